@@ -1,0 +1,55 @@
+"""otel-eda's own health counters (invalid input, internal errors), API only.
+
+Instruments are created on first use from the global MeterProvider (the API's proxy
+before one is installed), so importing this module stays cheap and SDK-free.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+from opentelemetry import metrics
+
+from otel_eda import semconv
+
+_log = logging.getLogger("otel_eda")
+
+
+@cache
+def _invalid_counter() -> metrics.Counter:
+    return metrics.get_meter("otel_eda").create_counter(
+        semconv.METRIC_INVALID_HEADERS,
+        unit="{value}",
+        description="Incoming otel-eda header or baggage values dropped as invalid",
+    )
+
+
+@cache
+def _error_counter() -> metrics.Counter:
+    return metrics.get_meter("otel_eda").create_counter(
+        semconv.METRIC_INTERNAL_ERRORS,
+        unit="{error}",
+        description="Internal otel-eda errors caught before they reached the application",
+    )
+
+
+def count_invalid(field: str, reason: str) -> None:
+    """Count one dropped incoming value. Never logs the value itself."""
+    try:
+        _invalid_counter().add(1, {"eda.field": field, "eda.reason": reason})
+    except Exception:  # pragma: no cover - a broken meter must not break extraction
+        _log.debug("could not count an invalid value", exc_info=True)
+
+
+def count_internal_error(component: str) -> None:
+    try:
+        _error_counter().add(1, {"eda.component": component})
+    except Exception:  # pragma: no cover
+        _log.debug("could not count an internal error", exc_info=True)
+
+
+def internal_error(component: str, what: str) -> None:
+    """Log (with traceback) and count an internal error. Call from an ``except`` block."""
+    _log.error("otel-eda %s failed while %s; the application continues", component, what, exc_info=True)
+    count_internal_error(component)

@@ -1,0 +1,503 @@
+"""The embedded, in-process asyncio event bus: otel-eda's default transport.
+
+>>> import asyncio
+>>> async def main() -> list[str]:
+...     seen: list[str] = []
+...     async with EventBus(service="shop") as bus:
+...         async def charge(delivery: Delivery) -> None:
+...             seen.append(delivery.event.event_type)
+...             await delivery.emit("payment_authorized", {"amount": 42})
+...         bus.subscribe("order_placed", charge, subscriber="payment")
+...         await bus.publish("order_placed", {"order": 1}, business_key="order-1")
+...         await bus.join()
+...         flow = bus.store.flow(bus.store.find("order-1")[0])
+...     return seen + [e.event_type for e in flow]
+>>> asyncio.run(main())
+['order_placed', 'order_placed', 'payment_authorized']
+
+Behaviour, all of it observable in spans, metrics and lifecycle records:
+
+* several subscribers per event type, each with its own bounded queue and worker;
+* ``publish`` waits up to ``publish_timeout_s`` for room in a full queue, then raises
+  :class:`BusFull` (after delivering to every subscriber that had room) and counts the
+  drop in ``eda.bus.dropped``;
+* an event with no subscriber is counted in ``eda.bus.unrouted`` and logged at DEBUG;
+* a handler that raises is retried per its :class:`RetryPolicy` (each attempt its own
+  CONSUMER span with ``eda.delivery.attempt``); after the last attempt the event is
+  dead-lettered: counted, recorded, kept in :attr:`EventBus.dead_letters` (bounded) and
+  passed to dead-letter handlers. A handler that raises :class:`Rejected` is not retried
+  and not dead-lettered: the event is recorded as failed;
+* queue depth is the observable instrument ``eda.bus.queue.depth``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from otel_eda import semconv
+from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.identity import EventContext, current_event
+from otel_eda.records import Recorder, Stage
+from otel_eda.settings import Settings
+from otel_eda.store import EventStore
+from otel_eda.telemetry import Attempt, EventTelemetry, TraceMode, error_type
+from otel_eda.validation import type_problem
+
+__all__ = [
+    "BusFull",
+    "DeadLetter",
+    "Delivery",
+    "EventBus",
+    "Handler",
+    "Outlet",
+    "Rejected",
+    "RetryPolicy",
+    "WireMessage",
+]
+
+_log = logging.getLogger(__name__)
+DEAD_LETTERS_KEPT: Final = 1000
+
+
+class BusFull(Exception):
+    """``publish`` waited ``publish_timeout_s`` and some subscriber queue stayed full.
+
+    The event was delivered to every subscriber not listed in ``missed``; each drop
+    is counted in ``eda.bus.dropped`` and recorded as ``dropped``.
+    """
+
+    def __init__(self, event: EventContext, missed: Sequence[str]):
+        super().__init__(f"event {event.event_type} dropped for subscribers {', '.join(missed)}: queue full")
+        self.event = event
+        self.missed = tuple(missed)
+
+
+class Rejected(Exception):
+    """Raised by a handler to refuse an event for good: no retry, no dead letter."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often a failing handler is tried, and how long to wait between attempts.
+
+    >>> RetryPolicy(max_attempts=4, initial_backoff_s=0.1).backoff(3)
+    0.4
+    """
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.01
+    multiplier: float = 2.0
+    max_backoff_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff_s < 0 or self.multiplier < 1 or self.max_backoff_s < 0:
+            raise ValueError("backoff values must be non-negative and the multiplier at least 1")
+
+    def backoff(self, failed_attempt: int) -> float:
+        """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (failed_attempt - 1))
+
+
+@dataclasses.dataclass(slots=True)
+class WireMessage:
+    """A message as a transport carries it: a destination, string headers and a payload."""
+
+    destination: str
+    headers: dict[str, str]
+    payload: Any
+    enqueued_ns: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    event: EventContext
+    payload: Any
+    subscriber: str
+    attempts: int
+    error_type: str
+
+
+class Outlet(Protocol):
+    """Forwards messages of some event types to another process (see ``interprocess``)."""
+
+    name: str
+
+    async def send(self, message: WireMessage) -> bool:
+        """Forward ``message``; ``False`` when the other side stayed full past a timeout."""
+        ...
+
+
+class Delivery:
+    """What a handler receives: the event, its payload, and ways to act within its flow."""
+
+    __slots__ = ("_attempt", "_bus", "attempt", "event", "payload", "subscriber")
+
+    def __init__(self, bus: EventBus, attempt_scope: Attempt, payload: Any) -> None:
+        self._bus = bus
+        self._attempt = attempt_scope
+        self.event: EventContext = attempt_scope.event
+        self.payload = payload
+        self.attempt = attempt_scope.attempt
+        self.subscriber = attempt_scope.subscriber
+
+    async def emit(
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> EventContext:
+        """Publish an event caused by this one (same correlation id, causation = this id)."""
+        return await self._bus.publish(
+            event_type, payload, business_key=business_key, metadata=metadata, cause=self.event
+        )
+
+    def set_business_key(self, key: str) -> bool:
+        """Attach a business key (an order number, say) to this event and its descendants.
+
+        It is set as ``eda.business_key`` on the span and indexed by the store
+        (``EventStore.find``). An invalid key is ignored, logged and counted; returns
+        whether the key was attached.
+        """
+        problem = type_problem(key)
+        if problem is not None:
+            count_invalid("business_key", problem)
+            _log.warning("business key ignored: %s (length %d)", problem, len(key) if isinstance(key, str) else -1)
+            return False
+        self.event = dataclasses.replace(self.event, business_key=key)
+        self._attempt.keyed(self.event)
+        return True
+
+
+Handler = Callable[[Delivery], Awaitable[None] | None]
+DeadLetterHandler = Callable[[DeadLetter], Awaitable[None] | None]
+
+
+class _Subscription:
+    __slots__ = ("event_type", "handler", "name", "queue", "retry", "task")
+
+    def __init__(self, event_type: str, name: str, handler: Handler, retry: RetryPolicy, size: int):
+        self.event_type = event_type
+        self.name = name
+        self.handler = handler
+        self.retry = retry
+        self.queue: asyncio.Queue[WireMessage] = asyncio.Queue(size)
+        self.task: asyncio.Task[None] | None = None
+
+
+async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
+    result = handler(arg)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> Exception | None:
+    """Run one handler attempt with the event's context attached; return what it raised."""
+    token = attach(context)
+    try:
+        await _call(handler, delivery)
+    except Exception as exc:
+        return exc
+    finally:
+        detach(token)
+    return None
+
+
+class EventBus:
+    """An in-process asyncio publish/subscribe bus with full otel-eda telemetry.
+
+    ``service`` names this process's service in lifecycle records (default: the tracer
+    provider's ``service.name``). ``mode`` defaults to ``OTEL_EDA_TRACE_MODE``. Lifecycle
+    records go to ``store`` (default: a new :class:`EventStore`) and to ``recorders``.
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str | None = None,
+        mode: TraceMode | str | None = None,
+        queue_size: int = 1024,
+        publish_timeout_s: float = 1.0,
+        retry: RetryPolicy | None = None,
+        store: EventStore | None = None,
+        recorders: Iterable[Recorder] = (),
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        settings = settings or Settings.from_environ()
+        self.store = store if store is not None else EventStore(settings.store_max_events)
+        self.service = service or _service_name(tracer_provider)
+        self.queue_size = queue_size
+        self.publish_timeout_s = publish_timeout_s
+        self.retry = retry or RetryPolicy()
+        self.telemetry = EventTelemetry(
+            self.service,
+            mode=TraceMode(mode) if mode is not None else settings.trace_mode,
+            recorders=(self.store, *recorders),
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+        )
+        self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=DEAD_LETTERS_KEPT)
+        self._subscriptions: dict[str, list[_Subscription]] = {}
+        self._outlets: dict[str, list[Outlet]] = {}
+        self._dead_letter_handlers: list[DeadLetterHandler] = []
+        self._closed = False
+        meter = metrics.get_meter("otel_eda", meter_provider=meter_provider)
+        ref = weakref.ref(self)
+        meter.create_observable_up_down_counter(
+            semconv.METRIC_QUEUE_DEPTH,
+            callbacks=[lambda options: _observe_depth(ref, options)],
+            unit="{message}",
+            description="Messages waiting in a subscriber queue of the embedded bus",
+        )
+
+    # -- wiring -------------------------------------------------------------------------
+    def subscribe(
+        self,
+        event_type: str,
+        handler: Handler,
+        *,
+        subscriber: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        """Deliver every ``event_type`` event to ``handler`` (sync or async).
+
+        ``subscriber`` names the subscription (its consumer group); default: the
+        handler's qualified name. One subscriber name per event type.
+        """
+        name = subscriber or getattr(handler, "__qualname__", None) or repr(handler)
+        subs = self._subscriptions.setdefault(event_type, [])
+        if any(s.name == name for s in subs):
+            raise ValueError(f"subscriber {name!r} already subscribes to {event_type!r}")
+        sub = _Subscription(event_type, name, handler, retry or self.retry, self.queue_size)
+        subs.append(sub)
+        self._start(sub)
+
+    def subscribe_dead_letters(self, handler: DeadLetterHandler) -> None:
+        """Call ``handler`` with every dead-lettered event."""
+        self._dead_letter_handlers.append(handler)
+
+    def add_outlet(self, event_type: str, outlet: Outlet) -> None:
+        """Also forward ``event_type`` events to ``outlet`` (another process)."""
+        self._outlets.setdefault(event_type, []).append(outlet)
+
+    def _start(self, sub: _Subscription) -> None:
+        if sub.task is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # started by the first publish/deliver/join inside a loop
+            sub.task = loop.create_task(self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}")
+
+    def _start_all(self) -> None:
+        for subs in self._subscriptions.values():
+            for sub in subs:
+                self._start(sub)
+
+    # -- publishing ---------------------------------------------------------------------
+    async def publish(
+        self,
+        event_type: str,
+        payload: Any = None,
+        *,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        cause: EventContext | None = None,
+        context: Context | None = None,
+    ) -> EventContext:
+        """Publish an event and return its identity.
+
+        The event is a child of ``cause`` or, by default, of the event current in
+        ``context`` (inside a handler: the handled event); otherwise it starts a flow.
+        Raises :class:`BusFull` when a subscriber queue stayed full past the timeout.
+        """
+        if self._closed:
+            raise RuntimeError("the bus is closed")
+        parent = cause if cause is not None else current_event(context)
+        if parent is not None:
+            event = parent.child(event_type, business_key=business_key, metadata=metadata)
+        else:
+            event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
+        headers: dict[str, str] = {}
+        with self.telemetry.publishing(event, event_type, headers, context):
+            await self._route(event, WireMessage(event_type, headers, payload, time.time_ns()))
+        return event
+
+    async def _route(self, event: EventContext, message: WireMessage) -> None:
+        self._start_all()
+        subs = self._subscriptions.get(message.destination, ())
+        outlets = self._outlets.get(message.destination, ())
+        if not subs and not outlets:
+            self.telemetry.unrouted(event, message.destination)
+            return
+        missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
+        for sub_name in missed:
+            self.telemetry.dropped(event, message.destination, sub_name)
+        for outlet in outlets:
+            try:
+                sent = await outlet.send(message)
+            except Exception:
+                internal_error("outlet", f"forwarding {message.destination}")
+                sent = False
+            if not sent:
+                missed.append(outlet.name)
+                self.telemetry.dropped(event, message.destination, outlet.name)
+        if missed:
+            raise BusFull(event, missed)
+
+    async def _enqueue(self, sub: _Subscription, message: WireMessage) -> bool:
+        try:
+            sub.queue.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            pass
+        try:
+            await asyncio.wait_for(sub.queue.put(message), self.publish_timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+    async def deliver(self, message: WireMessage) -> None:
+        """Hand a message that arrived from another process to the local subscribers.
+
+        Its headers carry the producer's context; no new producer span is made. Raises
+        :class:`BusFull` like ``publish``.
+        """
+        self._start_all()
+        subs = self._subscriptions.get(message.destination, ())
+        if not subs:
+            count_invalid("message", "no_subscriber")
+            _log.debug("no local subscriber for delivered event type %s", message.destination)
+            return
+        missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
+        if missed:
+            received = self.telemetry.receive(message.headers, message.destination, missed[0])
+            for name in missed:
+                self.telemetry.dropped(received.event, message.destination, name)
+            raise BusFull(received.event, missed)
+
+    # -- consuming ----------------------------------------------------------------------
+    async def _worker(self, sub: _Subscription) -> None:
+        while True:
+            message = await sub.queue.get()
+            try:
+                await self._handle(sub, message)
+            except Exception:
+                internal_error("bus worker", f"handling {sub.event_type} for {sub.name}")
+            finally:
+                sub.queue.task_done()
+
+    async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
+        telemetry = self.telemetry
+        received = telemetry.receive(message.headers, message.destination, sub.name)
+        waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
+        attempt_no = 0
+        while True:
+            attempt_no += 1
+            attempt = telemetry.start_attempt(received, message.destination, sub.name, attempt_no, waited)
+            delivery = Delivery(self, attempt, message.payload)
+            exc = await _run_handler(sub.handler, delivery, attempt.context)
+            if exc is None:
+                attempt.completed()
+                return
+            if isinstance(exc, Rejected):
+                attempt.failed(exc, Stage.FAILED)
+                _log.info("%s rejected %s: %s", sub.name, message.destination, error_type(exc))
+                return
+            if attempt_no >= sub.retry.max_attempts:
+                attempt.failed(exc, Stage.DEAD_LETTERED)
+                letter = DeadLetter(delivery.event, message.payload, sub.name, attempt_no, error_type(exc))
+                await self._dead_letter(letter)
+                return
+            attempt.failed(exc, Stage.RETRIED)
+            started = time.perf_counter()
+            await asyncio.sleep(sub.retry.backoff(attempt_no))
+            waited = time.perf_counter() - started
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.append(letter)
+        _log.warning(
+            "event %s (%s) dead-lettered by %s after %d attempts (%s)",
+            letter.event.event_id,
+            letter.event.event_type,
+            letter.subscriber,
+            letter.attempts,
+            letter.error_type,
+        )
+        for handler in self._dead_letter_handlers:
+            try:
+                await _call(handler, letter)
+            except Exception:
+                internal_error("dead-letter handler", "handling a dead letter")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def queue_depths(self) -> dict[tuple[str, str], int]:
+        """Messages waiting, per (event type, subscriber)."""
+        return {(s.event_type, s.name): s.queue.qsize() for subs in self._subscriptions.values() for s in subs}
+
+    async def join(self) -> None:
+        """Wait until every queued message has been handled (retries included)."""
+        self._start_all()
+        for subs in list(self._subscriptions.values()):
+            for sub in subs:
+                await sub.queue.join()
+
+    async def close(self) -> None:
+        """Handle what is queued, then stop the workers. Idempotent."""
+        if self._closed:
+            return
+        await self.join()
+        self._closed = True
+        tasks = [s.task for subs in self._subscriptions.values() for s in subs if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> EventBus:
+        self._start_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _observe_depth(ref: weakref.ref[EventBus], options: CallbackOptions) -> Iterable[Observation]:
+    bus = ref()
+    if bus is None:
+        return []
+    return [
+        Observation(
+            depth,
+            {
+                semconv.MESSAGING_SYSTEM: bus.telemetry.system,
+                semconv.MESSAGING_DESTINATION_NAME: event_type,
+                semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
+            },
+        )
+        for (event_type, name), depth in bus.queue_depths().items()
+    ]
+
+
+def _service_name(tracer_provider: trace.TracerProvider | None) -> str:
+    provider = tracer_provider or trace.get_tracer_provider()
+    resource = getattr(provider, "resource", None)
+    name = getattr(resource, "attributes", {}).get("service.name") if resource is not None else None
+    return str(name) if name else "unknown_service"

@@ -1,0 +1,225 @@
+"""Event identity: the immutable :class:`EventContext` and where it lives in an OTel Context.
+
+An event has an id (UUIDv7), a correlation id (the business flow; a root event's
+correlation id is its own id), a causation id (the id of the event whose handling emitted
+it), a type, a creation time and an optional business key (an order number, say).
+
+The current event is stored in the OpenTelemetry ``Context`` under an otel-eda key, so it
+follows ``context.attach``, threads that copy the context, asyncio tasks and explicit
+``context=`` arguments. :func:`flow_ids` is the one validated accessor through which the
+span processor, the bus and the store read the ids of the flow a context belongs to.
+
+>>> order = EventContext.root("order_placed", business_key="order-123")
+>>> payment = order.child("payment_authorized")
+>>> payment.correlation_id == order.event_id and payment.causation_id == order.event_id
+True
+>>> payment.business_key
+'order-123'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final, NamedTuple
+
+from opentelemetry import baggage
+from opentelemetry.context import Context, create_key, get_value, set_value
+
+from otel_eda.ids import new_event_id
+from otel_eda.validation import id_problem, type_problem
+
+__all__ = [
+    "BAGGAGE_CAUSATION_ID",
+    "BAGGAGE_CORRELATION_ID",
+    "EventContext",
+    "FlowIds",
+    "current_event",
+    "flow_ids",
+    "with_event",
+]
+
+#: W3C baggage key carrying the correlation id across processes.
+BAGGAGE_CORRELATION_ID: Final = "eda.correlation_id"
+#: W3C baggage key carrying the causation id across processes.
+BAGGAGE_CAUSATION_ID: Final = "eda.causation_id"
+
+MAX_METADATA_ENTRIES: Final = 16
+MAX_METADATA_LENGTH: Final = 256
+
+_EVENT_KEY: Final = create_key("otel_eda.event")
+# Set by the propagator's extract: what the otel-eda headers said (validated).
+_INCOMING_KEY: Final = create_key("otel_eda.incoming")
+
+_EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventContext:
+    """The identity of one event. Immutable; build it with :meth:`root` or :meth:`child`.
+
+    ``metadata`` is a small str→str mapping (at most 16 entries of 256 characters) that
+    stays in the process: it is never put on the wire, on a span or in a log record.
+    """
+
+    event_id: str
+    correlation_id: str
+    causation_id: str | None
+    event_type: str
+    created_ns: int
+    business_key: str | None = None
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: _EMPTY, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("event_id", "correlation_id"):
+            problem = id_problem(getattr(self, name))
+            if problem:
+                raise ValueError(f"invalid {name}: {problem}")
+        if self.causation_id is not None and id_problem(self.causation_id):
+            raise ValueError(f"invalid causation_id: {id_problem(self.causation_id)}")
+        problem = type_problem(self.event_type)
+        if problem:
+            raise ValueError(f"invalid event_type: {problem}")
+        if self.business_key is not None and type_problem(self.business_key):
+            raise ValueError(f"invalid business_key: {type_problem(self.business_key)}")
+        if self.metadata is not _EMPTY:
+            object.__setattr__(self, "metadata", _freeze_metadata(self.metadata))
+
+    @classmethod
+    def root(
+        cls,
+        event_type: str,
+        *,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> EventContext:
+        """A new flow: the event is its own correlation id and has no cause."""
+        event_id = new_event_id()
+        return cls(event_id, event_id, None, event_type, time.time_ns(), business_key, metadata or _EMPTY)
+
+    def child(
+        self,
+        event_type: str,
+        *,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> EventContext:
+        """An event caused by this one: same flow, causation id = this event's id.
+
+        The business key is inherited unless a new one is given.
+        """
+        return EventContext(
+            new_event_id(),
+            self.correlation_id,
+            self.event_id,
+            event_type,
+            time.time_ns(),
+            business_key if business_key is not None else self.business_key,
+            metadata or _EMPTY,
+        )
+
+
+def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise ValueError(f"metadata has more than {MAX_METADATA_ENTRIES} entries")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("metadata keys and values must be str")
+        if len(key) > MAX_METADATA_LENGTH or len(value) > MAX_METADATA_LENGTH:
+            raise ValueError(f"metadata entries are limited to {MAX_METADATA_LENGTH} characters")
+    return MappingProxyType(dict(metadata))
+
+
+class FlowIds(NamedTuple):
+    """The ids of the flow a context belongs to, as read by :func:`flow_ids`."""
+
+    correlation_id: str
+    causation_id: str | None
+
+
+class IncomingHeaders(NamedTuple):
+    """What the otel-eda headers of one message said, each value already validated."""
+
+    event_id: str | None
+    event_type: str | None
+    created_ns: int | None
+    business_key: str | None
+    correlation_id: str | None  # only when no baggage propagator carried it
+    causation_id: str | None
+
+
+def with_event(event: EventContext, context: Context | None = None) -> Context:
+    """Return ``context`` (default: the current one) with ``event`` as the current event.
+
+    The correlation and causation ids are also set as W3C baggage entries, so that a
+    ``baggage`` propagator carries them to every downstream service and protocol.
+    """
+    ctx = set_value(_EVENT_KEY, event, context)
+    ctx = baggage.set_baggage(BAGGAGE_CORRELATION_ID, event.correlation_id, ctx)
+    if event.causation_id is not None:
+        ctx = baggage.set_baggage(BAGGAGE_CAUSATION_ID, event.causation_id, ctx)
+    else:
+        ctx = baggage.remove_baggage(BAGGAGE_CAUSATION_ID, ctx)
+    return ctx
+
+
+def current_event(context: Context | None = None) -> EventContext | None:
+    """The event being published or handled in ``context`` (default: the current one)."""
+    event = get_value(_EVENT_KEY, context)
+    return event if isinstance(event, EventContext) else None
+
+
+def _incoming(context: Context | None) -> IncomingHeaders | None:
+    value = get_value(_INCOMING_KEY, context)
+    return value if isinstance(value, IncomingHeaders) else None
+
+
+def flow_ids(context: Context | None = None) -> FlowIds | None:
+    """The validated correlation and causation ids of ``context``, or ``None``.
+
+    Sources, in order: the current event; the baggage entries ``eda.correlation_id`` and
+    ``eda.causation_id`` (set by any upstream service, so validated here); otel-eda's own
+    headers when no baggage propagator is configured. An invalid value is never returned.
+    """
+    event = get_value(_EVENT_KEY, context)
+    if isinstance(event, EventContext):
+        return FlowIds(event.correlation_id, event.causation_id)
+    entries = baggage.get_all(context)
+    correlation = entries.get(BAGGAGE_CORRELATION_ID)
+    causation = entries.get(BAGGAGE_CAUSATION_ID)
+    if correlation is None or causation is None:
+        incoming = _incoming(context)
+        if incoming is not None:
+            correlation = correlation if correlation is not None else incoming.correlation_id
+            causation = causation if causation is not None else incoming.causation_id
+    if correlation is None or id_problem(correlation) is not None:
+        return None
+    if causation is not None and id_problem(causation) is not None:
+        causation = None
+    return FlowIds(str(correlation), None if causation is None else str(causation))
+
+
+def incoming_event(context: Context) -> EventContext | None:
+    """The event a message carried, rebuilt from an extracted context, or ``None``.
+
+    ``None`` when the message has no valid otel-eda event id or type. The correlation id
+    falls back to the event id (a root event) when no valid one arrived.
+    """
+    incoming = _incoming(context)
+    if incoming is None or incoming.event_id is None or incoming.event_type is None:
+        return None
+    ids = flow_ids(context)
+    return EventContext(
+        incoming.event_id,
+        ids.correlation_id if ids else incoming.event_id,
+        ids.causation_id if ids else None,
+        incoming.event_type,
+        incoming.created_ns if incoming.created_ns is not None else time.time_ns(),
+        incoming.business_key,
+    )
+
+
+def set_incoming(headers: IncomingHeaders, context: Context | None) -> Context:
+    return set_value(_INCOMING_KEY, headers, context)

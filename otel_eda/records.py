@@ -1,0 +1,59 @@
+"""Lifecycle records: what the bus and service API write at each step of an event's life.
+
+Records are made by the code that moves events, not derived from spans, so they stay
+exact when traces are sampled. A record is a small, picklable value carrying the whole
+identity of its event, so records from several processes can be merged into one store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Protocol
+
+__all__ = ["LifecycleRecord", "Recorder", "Stage"]
+
+
+class Stage(enum.StrEnum):
+    """One step of an event's life."""
+
+    PUBLISHED = "published"
+    UNROUTED = "unrouted"  # published, but no subscriber existed
+    DROPPED = "dropped"  # a subscriber's queue stayed full past the publish timeout
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"  # final: the handler rejected the event (no retry)
+    RETRIED = "retried"  # one attempt failed; another follows
+    DEAD_LETTERED = "dead_lettered"  # final: every attempt failed
+    KEYED = "keyed"  # a handler attached a business key
+
+
+FINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LifecycleRecord:
+    stage: Stage
+    time_ns: int
+    event_id: str
+    correlation_id: str
+    causation_id: str | None
+    event_type: str
+    service: str
+    business_key: str | None = None
+    #: the subscriber (consumer group) for delivery stages; ``None`` for publish stages
+    subscriber: str | None = None
+    attempt: int = 0
+    #: seconds spent in the stage this record closes (processing time for completed/failed)
+    duration_s: float | None = None
+    error_type: str | None = None
+    created_ns: int = 0
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+class Recorder(Protocol):
+    """Anything that takes lifecycle records: a store, a forwarder to another process."""
+
+    def record(self, record: LifecycleRecord) -> None: ...

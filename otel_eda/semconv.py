@@ -1,0 +1,82 @@
+"""Attribute and metric names used by otel-eda.
+
+The OpenTelemetry messaging conventions are still incubating and live in a private,
+changing module of ``opentelemetry-semantic-conventions``; their string values are copied
+here so that otel-eda does not depend on that module. Names with the ``eda.`` prefix are
+otel-eda's own, used where the conventions have no name.
+"""
+
+from typing import Final
+
+# --- OpenTelemetry messaging semantic conventions (incubating) -------------------------
+MESSAGING_SYSTEM: Final = "messaging.system"
+MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
+MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
+MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
+MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
+MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
+MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
+ERROR_TYPE: Final = "error.type"
+
+OPERATION_TYPE_SEND: Final = "send"
+OPERATION_TYPE_PROCESS: Final = "process"
+
+METRIC_SENT_MESSAGES: Final = "messaging.client.sent.messages"
+METRIC_CONSUMED_MESSAGES: Final = "messaging.client.consumed.messages"
+METRIC_PROCESS_DURATION: Final = "messaging.process.duration"
+
+# --- otel-eda's own names ---------------------------------------------------------------
+#: ``messaging.system`` value of otel-eda's embedded transports.
+MESSAGING_SYSTEM_EDA: Final = "otel_eda"
+
+EDA_EVENT_ID: Final = "eda.event_id"
+EDA_CORRELATION_ID: Final = "eda.correlation_id"
+EDA_CAUSATION_ID: Final = "eda.causation_id"
+EDA_EVENT_TYPE: Final = "eda.event_type"
+EDA_BUSINESS_KEY: Final = "eda.business_key"
+EDA_DELIVERY_ATTEMPT: Final = "eda.delivery.attempt"
+#: Trace and span id (lower-case hex) of the producer span a consumer span links to.
+#: Zipkin drops span links; these attributes keep the causation followable there.
+EDA_PRODUCER_TRACE_ID: Final = "eda.producer.trace_id"
+EDA_PRODUCER_SPAN_ID: Final = "eda.producer.span_id"
+#: Seconds spent in the stage that a lifecycle span event closes.
+EDA_STAGE_SECONDS: Final = "eda.stage.duration"
+
+# lifecycle span events
+EVENT_RECEIVED: Final = "eda.received"
+EVENT_PROCESSING: Final = "eda.processing"
+EVENT_COMPLETED: Final = "eda.completed"
+EVENT_FAILED: Final = "eda.failed"
+EVENT_RETRIED: Final = "eda.retried"
+EVENT_DEAD_LETTERED: Final = "eda.dead_lettered"
+
+# otel-eda metrics
+METRIC_INVALID_HEADERS: Final = "eda.propagation.invalid"
+METRIC_QUEUE_DEPTH: Final = "eda.bus.queue.depth"
+METRIC_DROPPED: Final = "eda.bus.dropped"
+METRIC_UNROUTED: Final = "eda.bus.unrouted"
+METRIC_RETRIES: Final = "eda.bus.retries"
+METRIC_DEAD_LETTERS: Final = "eda.bus.dead_letters"
+METRIC_INTERNAL_ERRORS: Final = "eda.internal.errors"
+
+#: Histogram bucket boundaries for durations in seconds (1 ms ... 60 s).
+DURATION_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+)

@@ -1,0 +1,298 @@
+"""``EventStore``: in-process answers to "what happened to this flow?".
+
+It aggregates :class:`~otel_eda.records.LifecycleRecord` values (it is a ``Recorder``)
+into one entry per event, and answers, for a correlation id, the flow's events in time
+order with their status and durations; for an event id, its causation chain root → leaf
+and its descendants; for a business key, the flows it appears in. Memory is bounded:
+beyond ``max_events`` the oldest events are evicted (counted in ``evicted``), and each
+event keeps at most ``MAX_DELIVERIES`` subscriber entries.
+
+>>> from otel_eda.testing import record_flow
+>>> store = EventStore(max_events=100)
+>>> root, child = record_flow(store, "order_placed", "payment_authorized", business_key="order-1")
+>>> [e.event_type for e in store.flow(root.correlation_id)]
+['order_placed', 'payment_authorized']
+>>> [e.event_type for e in store.causation_chain(child.event_id)]
+['order_placed', 'payment_authorized']
+>>> store.find("order-1") == [root.correlation_id]
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from typing import Final
+
+from otel_eda.records import LifecycleRecord, Stage
+
+__all__ = ["DeliverySummary", "EventStore", "EventSummary"]
+
+MAX_DELIVERIES: Final = 64
+DEFAULT_MAX_EVENTS: Final = 10_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliverySummary:
+    """One subscriber's handling of one event."""
+
+    subscriber: str
+    service: str
+    status: Stage
+    attempts: int
+    duration_s: float | None
+    error_type: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventSummary:
+    event_id: str
+    correlation_id: str
+    causation_id: str | None
+    event_type: str
+    business_key: str | None
+    created_ns: int
+    publisher: str | None
+    status: str
+    deliveries: tuple[DeliverySummary, ...]
+    trace_id: str | None
+    span_id: str | None
+
+
+@dataclasses.dataclass(slots=True)
+class _Delivery:
+    service: str
+    status: Stage = Stage.RECEIVED
+    attempts: int = 0
+    duration_s: float | None = None
+    error_type: str | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    event_id: str
+    correlation_id: str
+    causation_id: str | None
+    event_type: str
+    business_key: str | None
+    created_ns: int
+    publisher: str | None = None
+    publish_stage: Stage | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    deliveries: dict[str, _Delivery] = dataclasses.field(default_factory=dict)
+
+    def status(self) -> str:
+        states = [d.status for d in self.deliveries.values()]
+        if not states:
+            return (self.publish_stage or Stage.PUBLISHED).value
+        for final in (Stage.DEAD_LETTERED, Stage.FAILED):
+            if final in states:
+                return final.value
+        if all(s is Stage.COMPLETED for s in states):
+            return Stage.COMPLETED.value
+        return "in_progress"
+
+    def summary(self) -> EventSummary:
+        return EventSummary(
+            self.event_id,
+            self.correlation_id,
+            self.causation_id,
+            self.event_type,
+            self.business_key,
+            self.created_ns,
+            self.publisher,
+            self.status(),
+            tuple(
+                DeliverySummary(name, d.service, d.status, d.attempts, d.duration_s, d.error_type)
+                for name, d in self.deliveries.items()
+            ),
+            self.trace_id,
+            self.span_id,
+        )
+
+
+class EventStore:
+    """A bounded, thread-safe index of lifecycle records. See the module documentation."""
+
+    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self.max_events = max_events
+        self.evicted = 0
+        self._lock = threading.Lock()
+        self._events: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_correlation: dict[str, list[str]] = {}
+        self._by_key: dict[str, dict[str, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    # -- Recorder -----------------------------------------------------------------------
+    def record(self, record: LifecycleRecord) -> None:
+        with self._lock:
+            entry = self._events.get(record.event_id)
+            if entry is None:
+                entry = self._add(record)
+            stage = record.stage
+            if stage in (Stage.PUBLISHED, Stage.UNROUTED, Stage.DROPPED) and record.subscriber is None:
+                entry.publisher = record.service
+                if entry.publish_stage is None or stage is not Stage.PUBLISHED:
+                    entry.publish_stage = stage
+                entry.trace_id, entry.span_id = record.trace_id, record.span_id
+                return
+            if stage is Stage.KEYED:
+                self._set_key(entry, record.business_key)
+                return
+            if record.subscriber is None:
+                return
+            delivery = entry.deliveries.get(record.subscriber)
+            if delivery is None:
+                if len(entry.deliveries) >= MAX_DELIVERIES:
+                    return
+                delivery = entry.deliveries[record.subscriber] = _Delivery(record.service)
+            if stage is Stage.PROCESSING:
+                delivery.attempts = max(delivery.attempts, record.attempt)
+            if delivery.status not in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
+                delivery.status = stage
+            if record.duration_s is not None and stage in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
+                delivery.duration_s = record.duration_s
+            if record.error_type is not None:
+                delivery.error_type = record.error_type
+
+    def _add(self, record: LifecycleRecord) -> _Entry:
+        entry = _Entry(
+            record.event_id,
+            record.correlation_id,
+            record.causation_id,
+            record.event_type,
+            None,
+            record.created_ns,
+        )
+        self._events[record.event_id] = entry
+        self._by_correlation.setdefault(record.correlation_id, []).append(record.event_id)
+        self._set_key(entry, record.business_key)
+        while len(self._events) > self.max_events:
+            self._evict_oldest()
+        return entry
+
+    def _set_key(self, entry: _Entry, key: str | None) -> None:
+        if key is None or key == entry.business_key:
+            return
+        if entry.business_key is not None:
+            self._unindex_key(entry)
+        entry.business_key = key
+        flows = self._by_key.setdefault(key, {})
+        flows[entry.correlation_id] = flows.get(entry.correlation_id, 0) + 1
+
+    def _unindex_key(self, entry: _Entry) -> None:
+        key = entry.business_key
+        if key is None:
+            return
+        flows = self._by_key.get(key)
+        if flows is None:
+            return
+        left = flows.get(entry.correlation_id, 0) - 1
+        if left > 0:
+            flows[entry.correlation_id] = left
+        else:
+            flows.pop(entry.correlation_id, None)
+            if not flows:
+                del self._by_key[key]
+
+    def _evict_oldest(self) -> None:
+        event_id, entry = self._events.popitem(last=False)
+        self.evicted += 1
+        ids = self._by_correlation.get(entry.correlation_id)
+        if ids is not None:
+            ids.remove(event_id)
+            if not ids:
+                del self._by_correlation[entry.correlation_id]
+        self._unindex_key(entry)
+
+    # -- queries ------------------------------------------------------------------------
+    def get(self, event_id: str) -> EventSummary | None:
+        with self._lock:
+            entry = self._events.get(event_id)
+            return entry.summary() if entry else None
+
+    def flow(self, correlation_id: str) -> list[EventSummary]:
+        """The events of one flow, oldest first, with their status and deliveries."""
+        with self._lock:
+            entries = [self._events[i] for i in self._by_correlation.get(correlation_id, ())]
+            return [e.summary() for e in sorted(entries, key=lambda e: (e.created_ns, e.event_id))]
+
+    def causation_chain(self, event_id: str) -> list[EventSummary]:
+        """The chain of causes of an event, root first, the event itself last.
+
+        The chain stops early where a cause has been evicted or was never recorded here.
+        """
+        with self._lock:
+            chain: list[_Entry] = []
+            seen: set[str] = set()
+            current = self._events.get(event_id)
+            while current is not None and current.event_id not in seen:
+                seen.add(current.event_id)
+                chain.append(current)
+                current = self._events.get(current.causation_id) if current.causation_id else None
+            return [e.summary() for e in reversed(chain)]
+
+    def descendants(self, event_id: str) -> list[EventSummary]:
+        """Every event caused, directly or not, by ``event_id``, breadth first."""
+        with self._lock:
+            root = self._events.get(event_id)
+            if root is None:
+                return []
+            children: dict[str, list[_Entry]] = {}
+            for i in self._by_correlation.get(root.correlation_id, ()):
+                e = self._events[i]
+                if e.causation_id is not None:
+                    children.setdefault(e.causation_id, []).append(e)
+            found: list[_Entry] = []
+            frontier, seen = [event_id], {event_id}
+            while frontier:
+                nxt: list[str] = []
+                for parent in frontier:
+                    for child in sorted(children.get(parent, ()), key=lambda e: (e.created_ns, e.event_id)):
+                        if child.event_id not in seen:
+                            seen.add(child.event_id)
+                            found.append(child)
+                            nxt.append(child.event_id)
+                frontier = nxt
+            return [e.summary() for e in found]
+
+    def find(self, business_key: str) -> list[str]:
+        """The correlation ids of the flows in which ``business_key`` appears."""
+        with self._lock:
+            return list(self._by_key.get(business_key, {}))
+
+    def correlation_ids(self) -> list[str]:
+        """Every flow held, in the order its first event arrived."""
+        with self._lock:
+            return list(self._by_correlation)
+
+    def render_flow(self, correlation_id: str) -> str:
+        """A text tree of one flow: each event under its cause, with status and timings."""
+        events = self.flow(correlation_id)
+        by_cause: dict[str | None, list[EventSummary]] = {}
+        ids = {e.event_id for e in events}
+        for e in events:
+            by_cause.setdefault(e.causation_id if e.causation_id in ids else None, []).append(e)
+        lines: list[str] = []
+
+        def walk(cause: str | None, depth: int) -> None:
+            for e in by_cause.get(cause, ()):
+                handled = ", ".join(
+                    f"{d.service}: {d.status.value}"
+                    + (f" after {d.attempts} attempts" if d.attempts > 1 else "")
+                    + (f" {d.duration_s * 1000:.1f} ms" if d.duration_s is not None else "")
+                    + (f" ({d.error_type})" if d.error_type else "")
+                    for d in e.deliveries
+                )
+                origin = f" from {e.publisher}" if e.publisher else ""
+                lines.append(f"{'  ' * depth}- {e.event_type}{origin} [{e.status}] {handled}".rstrip())
+                walk(e.event_id, depth + 1)
+
+        walk(None, 0)
+        return "\n".join(lines)
