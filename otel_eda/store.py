@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from typing import Final
 
-from otel_eda.records import LifecycleRecord, Stage
+from otel_eda.records import FINAL_STAGES, LifecycleRecord, Stage
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
 
@@ -87,7 +87,7 @@ class _Entry:
         states = [d.status for d in self.deliveries.values()]
         if not states:
             return (self.publish_stage or Stage.PUBLISHED).value
-        for final in (Stage.DEAD_LETTERED, Stage.FAILED):
+        for final in (Stage.DEAD_LETTERED, Stage.FAILED, Stage.DROPPED):
             if final in states:
                 return final.value
         if all(s is Stage.COMPLETED for s in states):
@@ -154,7 +154,7 @@ class EventStore:
                 delivery = entry.deliveries[record.subscriber] = _Delivery(record.service)
             if stage is Stage.PROCESSING:
                 delivery.attempts = max(delivery.attempts, record.attempt)
-            if delivery.status not in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
+            if delivery.status not in FINAL_STAGES:
                 delivery.status = stage
             if record.duration_s is not None and stage in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
                 delivery.duration_s = record.duration_s

@@ -1,0 +1,348 @@
+"""The embedded bus: spans, links, lifecycle, retries, dead letters, backpressure, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind, StatusCode
+
+from otel_eda import BusFull, DeadLetter, Delivery, Rejected, RetryPolicy, Service
+from otel_eda.testing import TelemetryCapture, assert_causation_chain, assert_linked_to_producer
+
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.001)
+
+
+def _by_message(spans: list[ReadableSpan], kind: SpanKind) -> dict[str, list[ReadableSpan]]:
+    found: dict[str, list[ReadableSpan]] = {}
+    for s in spans:
+        if s.kind == kind:
+            found.setdefault(str(s.attributes["messaging.message.id"]), []).append(s)
+    return found
+
+
+async def test_publish_and_handle_follow_the_messaging_conventions(capture: TelemetryCapture) -> None:
+    async with capture.bus(service="shop") as bus:
+        bus.subscribe("order_placed", lambda d: None, subscriber="payment")
+        event = await bus.publish("order_placed", {"card": "4111-SECRET"}, business_key="order-1")
+        await bus.join()
+
+    (producer,) = capture.spans(kind=SpanKind.PRODUCER)
+    (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert producer.name == "send order_placed"
+    assert consumer.name == "process order_placed"
+    common = {
+        "messaging.system": "otel_eda",
+        "messaging.destination.name": "order_placed",
+        "messaging.message.id": event.event_id,
+        "messaging.message.conversation_id": event.correlation_id,
+        "eda.correlation_id": event.correlation_id,
+        "eda.business_key": "order-1",
+    }
+    assert (
+        dict(producer.attributes or {}).items()
+        >= {
+            **common,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+        }.items()
+    )
+    assert (
+        dict(consumer.attributes or {}).items()
+        >= {
+            **common,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.consumer.group.name": "payment",
+            "eda.delivery.attempt": 1,
+        }.items()
+    )
+    # parent mode (the default): child of the producer, and linked to it
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    assert consumer.context.trace_id == producer.context.trace_id
+    assert_linked_to_producer(consumer, producer)
+    (link,) = consumer.links
+    assert dict(link.attributes or {}) == {
+        "messaging.message.id": event.event_id,
+        "eda.correlation_id": event.correlation_id,
+    }
+    # lifecycle stages as span events, each with the seconds spent in the stage it closes
+    assert [e.name for e in consumer.events] == ["eda.received", "eda.processing", "eda.completed"]
+    assert all(float(e.attributes["eda.stage.duration"]) >= 0 for e in consumer.events)  # type: ignore[arg-type,index]
+    assert consumer.status.status_code is StatusCode.UNSET
+    # no payload anywhere
+    assert "4111-SECRET" not in "".join(s.to_json() for s in (producer, consumer))
+
+
+async def test_child_events_carry_the_flow_ids_and_causation(capture: TelemetryCapture) -> None:
+    async with capture.bus() as bus:
+        payment = Service("payment", bus)
+        inventory = Service("inventory", bus)
+        tracer = capture.tracer_provider.get_tracer("app")
+
+        @payment.handles("order_placed")
+        async def charge(d: Delivery) -> None:
+            with tracer.start_as_current_span("charge card"):
+                await d.emit("payment_authorized")
+
+        @inventory.handles("payment_authorized")
+        def reserve(d: Delivery) -> None:  # a plain function works too
+            tracer.start_span("UPDATE stock").end()
+
+        order = await bus.publish("order_placed")
+        await bus.join()
+
+    flow = bus.store.flow(order.correlation_id)
+    assert [e.event_type for e in flow] == ["order_placed", "payment_authorized"]
+    payment_event = flow[1]
+    assert_causation_chain(bus.store, payment_event.event_id, ["order_placed", "payment_authorized"])
+    for span in capture.spans():
+        assert span.attributes["eda.correlation_id"] == order.correlation_id
+    by_name = {s.name: s for s in capture.spans()}
+    # a hand-made span in a handler describes the handled event
+    assert "eda.causation_id" not in by_name["charge card"].attributes  # order_placed is a root
+    assert by_name["UPDATE stock"].attributes["eda.causation_id"] == order.event_id
+    # the PRODUCER span of the child describes the child
+    assert by_name["send payment_authorized"].attributes["eda.causation_id"] == order.event_id
+    assert by_name["send payment_authorized"].attributes["messaging.message.id"] == payment_event.event_id
+    assert_linked_to_producer(by_name["process payment_authorized"], by_name["send payment_authorized"])
+
+
+async def test_several_subscribers_each_get_the_event(capture: TelemetryCapture) -> None:
+    got: list[str] = []
+    async with capture.bus() as bus:
+        for name in ("audit", "billing", "mailer"):
+            bus.subscribe("order_placed", lambda d, n=name: got.append(n), subscriber=name)
+        with pytest.raises(ValueError, match="already subscribes"):
+            bus.subscribe("order_placed", lambda d: None, subscriber="audit")
+        event = await bus.publish("order_placed")
+        await bus.join()
+    assert sorted(got) == ["audit", "billing", "mailer"]
+    summary = bus.store.get(event.event_id)
+    assert summary is not None and summary.status == "completed"
+    assert sorted(d.subscriber for d in summary.deliveries) == ["audit", "billing", "mailer"]
+    assert capture.counter_total("messaging.client.consumed.messages") == 3
+
+
+async def test_link_mode_starts_a_new_trace_linked_to_the_producer(capture: TelemetryCapture) -> None:
+    async with capture.bus(mode="link") as bus:
+        bus.subscribe("order_placed", lambda d: None, subscriber="payment")
+        await bus.publish("order_placed")
+        await bus.join()
+    (producer,) = capture.spans(kind=SpanKind.PRODUCER)
+    (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert consumer.parent is None
+    assert consumer.context.trace_id != producer.context.trace_id
+    assert_linked_to_producer(consumer, producer)
+    assert consumer.attributes["eda.producer.span_id"] == f"{producer.context.span_id:016x}"
+
+
+@pytest.mark.parametrize("mode", ["parent", "link"])
+async def test_consumer_is_sampled_exactly_when_its_producer_was(mode: str) -> None:
+    with TelemetryCapture(sampler=ParentBased(TraceIdRatioBased(0.25))) as capture:
+        async with capture.bus(mode=mode) as bus:
+            bus.subscribe("order_placed", lambda d: None, subscriber="payment")
+            for _ in range(400):
+                await bus.publish("order_placed")
+            await bus.join()
+        producers = _by_message(capture.spans(), SpanKind.PRODUCER)
+        consumers = _by_message(capture.spans(), SpanKind.CONSUMER)
+    assert 40 < len(producers) < 200  # sampled at 25%
+    assert producers.keys() == consumers.keys()
+    # ... while counts and lifecycle records stay exact
+    assert capture.counter_total("messaging.client.sent.messages") == 400
+    assert capture.histogram_count("messaging.process.duration") == 400
+    assert len(bus.store) == 400
+    assert {e.status for c in bus.store.correlation_ids() for e in bus.store.flow(c)} == {"completed"}
+
+
+async def test_lifecycle_records_stay_exact_with_traces_sampled_at_10_percent() -> None:
+    with TelemetryCapture(sampler=ParentBased(TraceIdRatioBased(0.1))) as capture:
+        async with capture.bus() as bus:
+            bus.subscribe("order_placed", lambda d: d.emit("payment_authorized"), subscriber="payment")
+            bus.subscribe("payment_authorized", lambda d: None, subscriber="inventory")
+            orders = [await bus.publish("order_placed", business_key=f"order-{i}") for i in range(300)]
+            await bus.join()
+        spans = capture.spans()
+        sent = capture.counter_total("messaging.client.sent.messages")
+    assert len(spans) < 0.3 * 4 * 300
+    assert sent == 600
+    for i, order in enumerate(orders):
+        flow = bus.store.flow(order.correlation_id)
+        assert [(e.event_type, e.status) for e in flow] == [
+            ("order_placed", "completed"),
+            ("payment_authorized", "completed"),
+        ]
+        assert bus.store.find(f"order-{i}") == [order.correlation_id]
+
+
+async def test_rejected_event_fails_without_retry(capture: TelemetryCapture) -> None:
+    class CardDeclined(Rejected):
+        pass
+
+    calls = 0
+
+    async def charge(d: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        raise CardDeclined("card declined")
+
+    async with capture.bus(retry=FAST_RETRY) as bus:
+        bus.subscribe("order_placed", charge, subscriber="payment")
+        event = await bus.publish("order_placed")
+        await bus.join()
+    assert calls == 1
+    (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert consumer.status.status_code is StatusCode.ERROR
+    assert consumer.attributes["error.type"].endswith("CardDeclined")  # type: ignore[union-attr]
+    assert [e.name for e in consumer.events] == ["eda.received", "eda.processing", "exception", "eda.failed"]
+    summary = bus.store.get(event.event_id)
+    assert summary is not None and summary.status == "failed"
+    assert not bus.dead_letters
+    assert capture.histogram_count("messaging.process.duration", {"error.type": consumer.attributes["error.type"]}) == 1
+
+
+async def test_failing_handler_is_retried_with_one_span_per_attempt(capture: TelemetryCapture) -> None:
+    attempts: list[int] = []
+
+    async def flaky(d: Delivery) -> None:
+        attempts.append(d.attempt)
+        if d.attempt < 3:
+            raise ConnectionError("stock service unavailable")
+
+    async with capture.bus(retry=FAST_RETRY) as bus:
+        bus.subscribe("payment_authorized", flaky, subscriber="inventory")
+        event = await bus.publish("payment_authorized")
+        await bus.join()
+    assert attempts == [1, 2, 3]
+    consumers = capture.spans(kind=SpanKind.CONSUMER)
+    assert [s.attributes["eda.delivery.attempt"] for s in consumers] == [1, 2, 3]
+    assert {s.attributes["messaging.message.id"] for s in consumers} == {event.event_id}
+    assert [s.events[-1].name for s in consumers] == ["eda.retried", "eda.retried", "eda.completed"]
+    assert consumers[0].attributes["error.type"] == "ConnectionError"
+    summary = bus.store.get(event.event_id)
+    assert summary is not None and summary.status == "completed"
+    assert summary.deliveries[0].attempts == 3
+    assert capture.counter_total("eda.bus.retries") == 2
+    assert capture.counter_total("messaging.client.consumed.messages") == 1
+
+
+async def test_event_is_dead_lettered_after_the_last_attempt(
+    capture: TelemetryCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    letters: list[DeadLetter] = []
+
+    def always_fails(d: Delivery) -> None:
+        raise ValueError("no such address")
+
+    async with capture.bus(retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.001)) as bus:
+        bus.subscribe("payment_authorized", always_fails, subscriber="notification")
+        bus.subscribe_dead_letters(letters.append)
+        with caplog.at_level(logging.WARNING, logger="otel_eda"):
+            event = await bus.publish("payment_authorized", {"email": "x"})
+            await bus.join()
+    (letter,) = letters
+    assert letter.event.event_id == event.event_id
+    assert (letter.subscriber, letter.attempts, letter.error_type) == ("notification", 2, "ValueError")
+    assert letter.payload == {"email": "x"}
+    assert list(bus.dead_letters) == letters
+    summary = bus.store.get(event.event_id)
+    assert summary is not None and summary.status == "dead_lettered"
+    assert capture.counter_total("eda.bus.dead_letters") == 1
+    assert capture.spans(kind=SpanKind.CONSUMER)[-1].events[-1].name == "eda.dead_lettered"
+    assert any("dead-lettered" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_full_queue_makes_publish_wait_then_raise_and_count_the_drop(capture: TelemetryCapture) -> None:
+    release = asyncio.Event()
+
+    async def slow(d: Delivery) -> None:
+        await release.wait()
+
+    bus = capture.bus(queue_size=1, publish_timeout_s=0.05)
+    bus.subscribe("order_placed", slow, subscriber="slow")
+    bus.subscribe("order_placed", lambda d: None, subscriber="fast")
+    await bus.publish("order_placed")  # taken by the worker
+    await asyncio.sleep(0.01)
+    await bus.publish("order_placed")  # waits in the queue
+    with pytest.raises(BusFull) as info:
+        await bus.publish("order_placed")
+    assert info.value.missed == ("slow",)
+    dropped = info.value.event
+    await asyncio.sleep(0.01)  # let the fast subscriber catch up
+    # observable queue depth while the slow subscriber is stuck
+    depth = {p.attributes["messaging.consumer.group.name"]: p.value for p in capture.points("eda.bus.queue.depth")}
+    assert depth == {"slow": 1, "fast": 0}
+    release.set()
+    await bus.close()
+    summary = bus.store.get(dropped.event_id)
+    assert summary is not None and summary.status == "dropped"
+    assert {d.subscriber: d.status.value for d in summary.deliveries} == {"fast": "completed", "slow": "dropped"}
+    assert capture.counter_total("eda.bus.dropped", {"messaging.consumer.group.name": "slow"}) == 1
+    failed_send = [s for s in capture.spans(kind=SpanKind.PRODUCER) if s.status.status_code is StatusCode.ERROR]
+    assert len(failed_send) == 1 and failed_send[0].attributes["error.type"] == "otel_eda.bus.BusFull"
+
+
+async def test_event_without_subscriber_is_counted_and_logged_at_debug(
+    capture: TelemetryCapture, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with capture.bus() as bus:
+        with caplog.at_level(logging.DEBUG, logger="otel_eda"):
+            event = await bus.publish("nobody_listens")
+    assert capture.counter_total("eda.bus.unrouted", {"messaging.destination.name": "nobody_listens"}) == 1
+    summary = bus.store.get(event.event_id)
+    assert summary is not None and summary.status == "unrouted"
+    assert any(r.levelno == logging.DEBUG and "no subscriber" in r.getMessage() for r in caplog.records)
+
+
+async def test_business_key_set_in_a_handler_is_searchable_and_inherited(capture: TelemetryCapture) -> None:
+    async def take_order(d: Delivery) -> None:
+        assert d.set_business_key("order-123")
+        assert not d.set_business_key("not a key\r\n")  # ignored, logged, counted
+        await d.emit("order_accepted")
+
+    async with capture.bus() as bus:
+        bus.subscribe("checkout", take_order, subscriber="order")
+        bus.subscribe("order_accepted", lambda d: None, subscriber="mailer")
+        root = await bus.publish("checkout")
+        await bus.join()
+    assert bus.store.find("order-123") == [root.correlation_id]
+    assert [e.business_key for e in bus.store.flow(root.correlation_id)] == ["order-123", "order-123"]
+    process_checkout = capture.spans(name="process checkout")[0]
+    assert process_checkout.attributes["eda.business_key"] == "order-123"
+    assert capture.spans(name="send order_accepted")[0].attributes["eda.business_key"] == "order-123"
+
+
+async def test_a_raising_handler_leaves_the_bus_running(capture: TelemetryCapture) -> None:
+    seen: list[str] = []
+
+    def handler(d: Delivery) -> None:
+        if d.payload == "bad":
+            raise KeyError("boom")
+        seen.append(d.payload)
+
+    async with capture.bus(retry=RetryPolicy(max_attempts=1)) as bus:
+        bus.subscribe("work", handler, subscriber="worker")
+        for payload in ("a", "bad", "b"):
+            await bus.publish("work", payload)
+        await bus.join()
+    assert seen == ["a", "b"]
+    assert len(bus.dead_letters) == 1
+
+
+async def test_closed_bus_refuses_to_publish(capture: TelemetryCapture) -> None:
+    bus = capture.bus()
+    await bus.close()
+    await bus.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        await bus.publish("order_placed")
+
+
+def test_retry_policy_backoff_grows_and_is_capped() -> None:
+    policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.1, multiplier=3, max_backoff_s=0.5)
+    assert [policy.backoff(n) for n in (1, 2, 3)] == [0.1, pytest.approx(0.3), 0.5]
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)

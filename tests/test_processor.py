@@ -1,0 +1,129 @@
+"""EventSpanProcessor: every span of a flow carries its ids, foreign spans included."""
+
+from __future__ import annotations
+
+import http.server
+import logging
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+from opentelemetry import context, trace
+from opentelemetry.instrumentation.urllib import URLLibInstrumentor
+from opentelemetry.trace import Link, SpanKind
+
+from otel_eda import processor as processor_module
+from otel_eda.identity import EventContext, with_event
+from otel_eda.testing import TelemetryCapture
+
+
+@pytest.fixture
+def flow() -> Iterator[EventContext]:
+    event = EventContext.root("order_placed").child("payment_authorized")
+    token = context.attach(with_event(event))
+    yield event
+    context.detach(token)
+
+
+def test_hand_made_span_of_a_foreign_tracer_gets_the_flow_ids(capture: TelemetryCapture, flow: EventContext) -> None:
+    tracer = capture.tracer_provider.get_tracer("some.other.library")
+    with tracer.start_as_current_span("SELECT orders"), tracer.start_as_current_span("nested"):
+        pass
+    spans = capture.spans()
+    assert [s.name for s in spans] == ["nested", "SELECT orders"]
+    for span in spans:
+        assert span.attributes["eda.correlation_id"] == flow.correlation_id
+        assert span.attributes["eda.causation_id"] == flow.causation_id
+
+
+def test_span_outside_a_flow_is_left_alone(capture: TelemetryCapture) -> None:
+    with capture.tracer_provider.get_tracer("x").start_as_current_span("idle"):
+        pass
+    (span,) = capture.spans()
+    assert not any(k.startswith("eda.") for k in span.attributes or {})
+
+
+def test_explicit_context_argument_wins_over_the_current_one(capture: TelemetryCapture, flow: EventContext) -> None:
+    other = EventContext.root("refund_requested")
+    tracer = capture.tracer_provider.get_tracer("x")
+    tracer.start_span("explicit", context=with_event(other)).end()
+    (span,) = capture.spans()
+    assert span.attributes["eda.correlation_id"] == other.correlation_id
+    assert "eda.causation_id" not in span.attributes
+
+
+def test_values_already_on_the_span_are_never_overwritten(capture: TelemetryCapture, flow: EventContext) -> None:
+    tracer = capture.tracer_provider.get_tracer("x")
+    own = {"eda.correlation_id": "own-flow", "eda.causation_id": "own-cause"}
+    tracer.start_span("own", attributes=own).end()
+    (span,) = capture.spans()
+    assert span.attributes["eda.correlation_id"] == "own-flow"
+    assert span.attributes["eda.causation_id"] == "own-cause"
+
+
+def test_message_link_is_kept_as_attributes_for_zipkin(capture: TelemetryCapture) -> None:
+    tracer = capture.tracer_provider.get_tracer("x")
+    with tracer.start_as_current_span("send orders", kind=SpanKind.PRODUCER) as producer:
+        producer_ctx = producer.get_span_context()
+    unrelated = tracer.start_span("other")
+    unrelated.end()
+    links = [
+        Link(unrelated.get_span_context()),  # not a message link: skipped
+        Link(producer_ctx, {"messaging.message.id": "m-1"}),
+    ]
+    tracer.start_span("process orders", context=context.Context(), kind=SpanKind.CONSUMER, links=links).end()
+    consumer = capture.spans(name="process orders")[0]
+    assert consumer.attributes["eda.producer.trace_id"] == trace.format_trace_id(producer_ctx.trace_id)
+    assert consumer.attributes["eda.producer.span_id"] == trace.format_span_id(producer_ctx.span_id)
+
+
+def test_an_internal_error_is_logged_and_counted_never_raised(
+    capture: TelemetryCapture, flow: EventContext, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(_: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(processor_module, "flow_ids", broken)
+    with caplog.at_level(logging.ERROR, logger="otel_eda"):
+        capture.tracer_provider.get_tracer("x").start_span("still works").end()
+    assert [s.name for s in capture.spans()] == ["still works"]
+    assert any("span processor" in r.getMessage() for r in caplog.records)
+
+
+class _Echo(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, str]]] = []
+
+    def do_GET(self) -> None:
+        _Echo.received.append(dict(self.headers))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_instrumented_http_client_span_carries_ids_and_sends_them_downstream(
+    capture: TelemetryCapture, flow: EventContext
+) -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    instrumentor = URLLibInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/stock", timeout=5) as response:
+            assert response.read() == b"ok"
+    finally:
+        instrumentor.uninstrument()
+        server.shutdown()
+    (client,) = capture.spans(kind=SpanKind.CLIENT)
+    assert client.attributes["eda.correlation_id"] == flow.correlation_id
+    assert client.attributes["eda.causation_id"] == flow.causation_id
+    # the ids reach the downstream service as W3C baggage
+    headers = {k.lower(): v for k, v in _Echo.received[-1].items()}
+    assert f"eda.correlation_id={flow.correlation_id}" in headers["baggage"]
+    assert f"eda.causation_id={flow.causation_id}" in headers["baggage"]
