@@ -1,0 +1,130 @@
+"""configure(): the SDK's own configuration, plus otel-eda's pieces, exactly once.
+
+Each case runs in a fresh interpreter: OpenTelemetry's global providers can be set once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+
+APP = textwrap.dedent(
+    """
+    import asyncio, json, sys, threading
+    from opentelemetry import propagate, trace
+    import otel_eda
+    from otel_eda.configuration import has_event_processor
+
+    threads_before = threading.active_count()
+    for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 1):
+        otel_eda.configure()
+
+    async def main():
+        async with otel_eda.EventBus(service="app") as bus:
+            bus.subscribe("order_placed", lambda d: None, subscriber="payment")
+            event = await bus.publish("order_placed")
+            await bus.join()
+        return event, len(bus.store)
+
+    event, stored = asyncio.run(main())
+    provider = trace.get_tracer_provider()
+    processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
+    report = {
+        "provider": type(provider).__name__,
+        "eda_processors": sum(type(p).__name__ == "EventSpanProcessor" for p in processors),
+        "sampler": getattr(getattr(provider, "sampler", None), "get_description", lambda: None)(),
+        "propagators": [type(p).__name__ for p in getattr(propagate.get_global_textmap(), "_propagators", [])],
+        "new_threads": threading.active_count() - threads_before,
+        "stored": stored,
+        "correlation_id": event.correlation_id,
+    }
+    if hasattr(provider, "force_flush"):
+        provider.force_flush()
+    print("REPORT " + json.dumps(report), file=sys.stderr)
+    """
+)
+
+
+def _run(tmp_path: Path, *args: str, prefix: tuple[str, ...] = (), **env: str) -> tuple[dict[str, object], str]:
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [*prefix, sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "OTEL_SERVICE_NAME": "app", **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("REPORT ")]
+    assert lines, result.stderr
+    return json.loads(lines[-1][len("REPORT ") :]), result.stdout
+
+
+def test_defaults_to_console_traces_with_the_processor_and_link_aware_sampler(tmp_path: Path) -> None:
+    report, stdout = _run(tmp_path)
+    assert report["provider"] == "TracerProvider"
+    assert report["eda_processors"] == 1
+    assert str(report["sampler"]).startswith("LinkAwareSampler{ParentBased")
+    assert "EdaPropagator" in report["propagators"]  # type: ignore[operator]
+    assert report["stored"] == 1
+    assert '"name": "send order_placed"' in stdout
+    assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
+    assert '"service.name": "app"' in stdout
+
+
+def test_is_idempotent(tmp_path: Path) -> None:
+    report, stdout = _run(tmp_path, "3")
+    assert report["eda_processors"] == 1
+    assert report["propagators"].count("EdaPropagator") == 1  # type: ignore[union-attr]
+    assert stdout.count('"name": "send order_placed"') == 1
+
+
+def test_respects_the_configured_exporter_and_sampler(tmp_path: Path) -> None:
+    report, stdout = _run(
+        tmp_path, OTEL_TRACES_EXPORTER="none", OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1"
+    )
+    assert stdout == ""
+    assert str(report["sampler"]).startswith("LinkAwareSampler{TraceIdRatioBased{0.1}")
+    assert report["stored"] == 1
+
+
+def test_sdk_disabled_installs_nothing_and_starts_no_thread_but_the_bus_works(tmp_path: Path) -> None:
+    report, stdout = _run(tmp_path, OTEL_SDK_DISABLED="true")
+    assert report["provider"] == "ProxyTracerProvider"
+    assert report["eda_processors"] == 0
+    assert report["new_threads"] == 0
+    assert report["stored"] == 1
+    assert stdout == ""
+
+
+def test_completes_a_provider_installed_by_opentelemetry_instrument(tmp_path: Path) -> None:
+    instrument = VENV_BIN / "opentelemetry-instrument"
+    if not instrument.exists():
+        pytest.fail("opentelemetry-instrument is missing from the virtualenv: run scripts/setup-venv")
+    report, stdout = _run(
+        tmp_path,
+        "2",
+        prefix=(str(instrument),),
+        OTEL_PROPAGATORS="tracecontext,baggage,eda",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="none",
+    )
+    assert report["provider"] == "TracerProvider"
+    # the provider is the one opentelemetry-instrument built (otel-eda's would wrap the sampler) ...
+    assert not str(report["sampler"]).startswith("LinkAwareSampler")
+    # ... completed with exactly one EventSpanProcessor
+    assert report["eda_processors"] == 1
+    assert report["propagators"] == ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "EdaPropagator"]
+    assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
