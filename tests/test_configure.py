@@ -23,6 +23,13 @@ APP = textwrap.dedent(
     import otel_eda
     from otel_eda.configuration import has_event_processor
 
+    import os
+    if os.environ.get("PRESET_PROVIDER"):  # an SDK provider installed before otel-eda's configure()
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+        preset = TracerProvider()
+        preset.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        trace.set_tracer_provider(preset)
     threads_before = threading.active_count()
     for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 1):
         otel_eda.configure()
@@ -108,7 +115,17 @@ def test_sdk_disabled_installs_nothing_and_starts_no_thread_but_the_bus_works(tm
     assert stdout == ""
 
 
-def test_completes_a_provider_installed_by_opentelemetry_instrument(tmp_path: Path) -> None:
+def test_completes_an_sdk_provider_that_is_already_installed(tmp_path: Path) -> None:
+    report, stdout = _run(tmp_path, "2", PRESET_PROVIDER="1")
+    # the preset provider is kept (otel-eda's own would wrap the sampler) ...
+    assert not str(report["sampler"]).startswith("LinkAwareSampler")
+    # ... completed with exactly one EventSpanProcessor, exporting through the preset exporter
+    assert report["eda_processors"] == 1
+    assert stdout.count('"name": "send order_placed"') == 1
+    assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
+
+
+def test_runs_under_opentelemetry_instrument_with_the_eda_propagator(tmp_path: Path) -> None:
     instrument = VENV_BIN / "opentelemetry-instrument"
     if not instrument.exists():
         pytest.fail("opentelemetry-instrument is missing from the virtualenv: run scripts/setup-venv")
@@ -122,9 +139,6 @@ def test_completes_a_provider_installed_by_opentelemetry_instrument(tmp_path: Pa
         OTEL_LOGS_EXPORTER="none",
     )
     assert report["provider"] == "TracerProvider"
-    # the provider is the one opentelemetry-instrument built (otel-eda's would wrap the sampler) ...
-    assert not str(report["sampler"]).startswith("LinkAwareSampler")
-    # ... completed with exactly one EventSpanProcessor
     assert report["eda_processors"] == 1
     assert report["propagators"] == ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "EdaPropagator"]
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
