@@ -284,7 +284,7 @@ class EventStore:
         def walk(cause: str | None, depth: int) -> None:
             for e in by_cause.get(cause, ()):
                 handled = ", ".join(
-                    f"{d.service}: {d.status.value}"
+                    f"{d.subscriber}: {d.status.value}"
                     + (f" after {d.attempts} attempts" if d.attempts > 1 else "")
                     + (f" {d.duration_s * 1000:.1f} ms" if d.duration_s is not None else "")
                     + (f" ({d.error_type})" if d.error_type else "")

@@ -47,8 +47,8 @@ def test_render_flow_shows_the_tree() -> None:
     root, _ = record_flow(store, "order_placed", "payment_authorized", service="shop")
     text = store.render_flow(root.correlation_id)
     assert text.splitlines() == [
-        "- order_placed from shop [completed] shop: completed 1.0 ms",
-        "  - payment_authorized from shop [completed] shop: completed 1.0 ms",
+        "- order_placed from shop [completed] subscriber: completed 1.0 ms",
+        "  - payment_authorized from shop [completed] subscriber: completed 1.0 ms",
     ]
 
 
