@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import inspect
 import logging
 import time
@@ -260,14 +261,7 @@ class EventBus:
         self._outlets: dict[str, list[Outlet]] = {}
         self._dead_letter_handlers: list[DeadLetterHandler] = []
         self._closed = False
-        meter = metrics.get_meter("otel_eda", meter_provider=meter_provider)
-        ref = weakref.ref(self)
-        meter.create_observable_up_down_counter(
-            semconv.METRIC_QUEUE_DEPTH,
-            callbacks=[lambda options: _observe_depth(ref, options)],
-            unit="{message}",
-            description="Messages waiting in a subscriber queue of the embedded bus",
-        )
+        _track_queue_depth(self, meter_provider)
 
     # -- wiring -------------------------------------------------------------------------
     def subscribe(
@@ -389,7 +383,7 @@ class EventBus:
             return
         missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
         if missed:
-            received = self.telemetry.receive(message.headers, message.destination, missed[0])
+            received = self.telemetry.extract(message.headers, message.destination)
             for name in missed:
                 self.telemetry.dropped(received.event, message.destination, name)
             raise BusFull(received.event, missed)
@@ -479,10 +473,29 @@ class EventBus:
         await self.close()
 
 
-def _observe_depth(ref: weakref.ref[EventBus], options: CallbackOptions) -> Iterable[Observation]:
-    bus = ref()
-    if bus is None:
-        return []
+# One observable instrument per meter provider observes every live bus on it: a second
+# registration of the same instrument name returns the first instrument and silently drops
+# the new callback, so buses cannot each register their own.
+_depth_sources: weakref.WeakKeyDictionary[metrics.MeterProvider, weakref.WeakSet[EventBus]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _track_queue_depth(bus: EventBus, meter_provider: metrics.MeterProvider | None) -> None:
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    buses = _depth_sources.get(provider)
+    if buses is None:
+        buses = _depth_sources[provider] = weakref.WeakSet()
+        metrics.get_meter("otel_eda", meter_provider=provider).create_observable_up_down_counter(
+            semconv.METRIC_QUEUE_DEPTH,
+            callbacks=[functools.partial(_observe_depth, buses)],
+            unit="{message}",
+            description="Messages waiting in a subscriber queue of the embedded bus",
+        )
+    buses.add(bus)
+
+
+def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
     return [
         Observation(
             depth,
@@ -492,6 +505,7 @@ def _observe_depth(ref: weakref.ref[EventBus], options: CallbackOptions) -> Iter
                 semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
             },
         )
+        for bus in list(buses)
         for (event_type, name), depth in bus.queue_depths().items()
     ]
 

@@ -255,8 +255,8 @@ class EventTelemetry:
         self._record(Stage.DROPPED, event, trace.get_current_span().get_span_context(), subscriber=subscriber)
 
     # -- consuming ----------------------------------------------------------------------
-    def receive(self, headers: Mapping[str, str], destination: str, subscriber: str) -> Received:
-        """Extract one message's context and event, and record its reception."""
+    def extract(self, headers: Mapping[str, str], destination: str) -> Received:
+        """Rebuild a message's event and producer context from its headers (no record)."""
         ctx = self._propagator().extract(headers, context=Context())
         event = incoming_event(ctx)
         if event is None:
@@ -274,9 +274,14 @@ class EventTelemetry:
             if event.causation_id is not None:
                 link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
             link = Link(producer, link_attrs)
-        self._consumed.add(1, self._attrs(destination, semconv.OPERATION_TYPE_PROCESS, subscriber))
-        self._record(Stage.RECEIVED, event, producer, subscriber=subscriber)
         return Received(event, ctx, producer, link)
+
+    def receive(self, headers: Mapping[str, str], destination: str, subscriber: str) -> Received:
+        """Extract one message delivered to ``subscriber``; count and record its reception."""
+        received = self.extract(headers, destination)
+        self._consumed.add(1, self._attrs(destination, semconv.OPERATION_TYPE_PROCESS, subscriber))
+        self._record(Stage.RECEIVED, received.event, received.producer, subscriber=subscriber)
+        return received
 
     def start_attempt(
         self, received: Received, destination: str, subscriber: str, attempt: int, waited_s: float

@@ -346,3 +346,22 @@ def test_retry_policy_backoff_grows_and_is_capped() -> None:
     assert [policy.backoff(n) for n in (1, 2, 3)] == [0.1, pytest.approx(0.3), 0.5]
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+async def test_queue_depth_is_observed_for_every_bus_on_a_provider(capture: TelemetryCapture) -> None:
+    release = asyncio.Event()
+
+    async def stuck(d: Delivery) -> None:
+        await release.wait()
+
+    buses = [capture.bus(queue_size=10), capture.bus(queue_size=10)]
+    for i, bus in enumerate(buses):
+        bus.subscribe(f"type_{i}", stuck, subscriber=f"sub_{i}")
+        for _ in range(i + 2):
+            await bus.publish(f"type_{i}")
+    await asyncio.sleep(0.01)
+    depth = {p.attributes["messaging.consumer.group.name"]: p.value for p in capture.points("eda.bus.queue.depth")}
+    assert depth == {"sub_0": 1, "sub_1": 2}
+    release.set()
+    for bus in buses:
+        await bus.close()
