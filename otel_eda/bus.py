@@ -378,8 +378,9 @@ class EventBus:
         self._start_all()
         subs = self._subscriptions.get(message.destination, ())
         if not subs:
-            count_invalid("message", "no_subscriber")
-            _log.debug("no local subscriber for delivered event type %s", message.destination)
+            self.telemetry.unrouted(
+                self.telemetry.extract(message.headers, message.destination).event, message.destination
+            )
             return
         missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
         if missed:

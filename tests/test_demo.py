@@ -1,0 +1,367 @@
+"""The order-flow demo (issue 2, section 9), run the way a user runs it.
+
+``examples/order_flow.py`` starts four services, each in its own spawned interpreter with
+its own ``OTEL_SERVICE_NAME``; console exporters write each service's spans and metrics to
+its own file. These tests read the launcher's ``--json`` summary (built from the lifecycle
+records of all four processes) and parse those files, and check: each service is its own
+Resource, every causation chain is right, the declined / retried / dead-lettered orders end
+as they should, every consumer span links to a producer span of another service, handler
+spans carry the flow's correlation id, the lifecycle stays exact when traces are sampled at
+10%, and link mode starts a new trace per consumer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "examples" / "order_flow.py"
+SERVICES = ("order", "payment", "inventory", "notification")
+HANDLER_SPANS = {"charge card": "payment", "reserve stock": "inventory", "send email": "notification"}
+
+pytestmark = pytest.mark.timeout(90)
+
+# What each order's flow must look like: (event type, type of its cause) ->
+# (event status, {subscriber: (delivery status, attempts)}).
+Shape = dict[tuple[str, str | None], tuple[str, dict[str, tuple[str, int]]]]
+HAPPY: Shape = {
+    ("order_placed", None): ("completed", {"payment": ("completed", 1)}),
+    ("payment_authorized", "order_placed"): ("completed", {"inventory": ("completed", 1)}),
+    ("stock_reserved", "payment_authorized"): (
+        "completed",
+        {"order": ("completed", 1), "notification": ("completed", 1)},
+    ),
+}
+RETRIED: Shape = {**HAPPY, ("payment_authorized", "order_placed"): ("completed", {"inventory": ("completed", 2)})}
+DECLINED: Shape = {
+    ("order_placed", None): ("failed", {"payment": ("failed", 1)}),
+    ("payment_declined", "order_placed"): ("completed", {"order": ("completed", 1), "notification": ("completed", 1)}),
+}
+DEAD_LETTERED: Shape = {
+    **HAPPY,
+    ("stock_reserved", "payment_authorized"): (
+        "dead_lettered",
+        {"order": ("completed", 1), "notification": ("dead_lettered", 3)},
+    ),
+}
+SPECIAL = {"order-1002": RETRIED, "order-1003": DECLINED, "order-1004": DEAD_LETTERED}
+
+
+def expected_shape(business_key: str) -> Shape:
+    return SPECIAL.get(business_key, HAPPY)
+
+
+@dataclasses.dataclass
+class DemoRun:
+    result: subprocess.CompletedProcess[str]
+    summary: dict[str, Any]
+    spans: dict[str, list[dict[str, Any]]]  # service file -> span objects
+    metrics: dict[str, list[dict[str, Any]]]  # service file -> metrics objects
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return list(self.summary["events"])
+
+    def flows(self) -> dict[str, list[dict[str, Any]]]:
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for event in self.events:
+            by_key.setdefault(event["business_key"], []).append(event)
+        return by_key
+
+    def all_spans(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for service, spans in self.spans.items():
+            for span in spans:
+                yield service, span
+
+
+def read_json_stream(path: Path) -> list[dict[str, Any]]:
+    """The console exporters write a stream of pretty-printed JSON objects."""
+    text = path.read_text()
+    decoder = json.JSONDecoder()
+    objects: list[dict[str, Any]] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return objects
+        obj, pos = decoder.raw_decode(text, pos)
+        objects.append(obj)
+
+
+def run_demo(workdir: Path, *args: str, **env_vars: str) -> DemoRun:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="console",
+        OTEL_METRIC_EXPORT_INTERVAL="600000",  # export once, at shutdown
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(env_vars)
+    output_dir = workdir / "telemetry"
+    summary_file = workdir / "summary.json"
+    result = subprocess.run(
+        [sys.executable, str(DEMO), "--json", str(summary_file), "--output-dir", str(output_dir), *args],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    spans: dict[str, list[dict[str, Any]]] = {}
+    metrics: dict[str, list[dict[str, Any]]] = {}
+    for service in SERVICES:
+        objects = read_json_stream(output_dir / f"{service}.telemetry.jsonl")
+        spans[service] = [o for o in objects if "context" in o and "kind" in o]
+        metrics[service] = [o for o in objects if "resource_metrics" in o]
+        assert len(spans[service]) + len(metrics[service]) == len(objects), f"unknown objects in {service}'s file"
+    return DemoRun(result, json.loads(summary_file.read_text()), spans, metrics)
+
+
+def flow_shape(events: list[dict[str, Any]]) -> Shape:
+    types = {e["event_id"]: e["event_type"] for e in events}
+    shape: Shape = {}
+    for e in events:
+        key = (e["event_type"], types.get(e["causation_id"]) if e["causation_id"] else None)
+        assert key not in shape, f"two {key} events in one flow"
+        shape[key] = (e["status"], {d["subscriber"]: (d["status"], d["attempts"]) for d in e["deliveries"]})
+    return shape
+
+
+def assert_flows_as_expected(run: DemoRun, orders: int) -> None:
+    flows = run.flows()
+    keys = [f"order-{1001 + i}" for i in range(orders)]
+    assert sorted(flows) == sorted(keys)
+    assert run.summary["orders"] == keys
+    for key, events in flows.items():
+        assert flow_shape(events) == expected_shape(key), key
+
+
+def metric_points(run: DemoRun, service: str, name: str) -> list[dict[str, Any]]:
+    points = []
+    for obj in run.metrics[service]:
+        for rm in obj["resource_metrics"]:
+            for sm in rm["scope_metrics"]:
+                for metric in sm["metrics"]:
+                    if metric["name"] == name:
+                        points.extend(metric["data"]["data_points"])
+    return points
+
+
+def attr(span: dict[str, Any], name: str) -> Any:
+    return span["attributes"].get(name)
+
+
+# -- the default run: 6 orders, parent mode, everything sampled -----------------------------
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    return run_demo(tmp_path_factory.mktemp("demo"))
+
+
+def test_demo_prints_trees_summary_and_the_answer_about_order_1003(demo: DemoRun) -> None:
+    out = demo.result.stdout
+    for section in (
+        "== Causation tree of each order (6 flows",
+        "== Per service (from the lifecycle records) ==",
+        "== What happened to order-1003? ==",
+        "== Telemetry (console exporters, one file per service) ==",
+    ):
+        assert section in out
+    for number in range(1001, 1007):
+        assert f"order-{number}  (correlation id " in out
+    assert "- order_placed from order [failed] payment: failed" in out
+    assert "inventory: completed after 2 attempts" in out
+    assert "notification: dead_lettered after 3 attempts" in out
+    answer = out.split("== What happened to order-1003? ==")[1].split("==")[0]
+    assert "store.find('order-1003') -> ['" in answer
+    assert "In short: order_placed failed at payment (PaymentDeclined)." in answer
+    for service in SERVICES:
+        assert f"{service}.telemetry.jsonl" in out
+    # The exported telemetry went to the files, not into the report.
+    assert '"trace_id"' not in out and "resource_metrics" not in out
+
+
+def test_each_service_is_its_own_resource_in_spans_and_metrics(demo: DemoRun) -> None:
+    for service in SERVICES:
+        spans, metrics = demo.spans[service], demo.metrics[service]
+        assert spans, f"no spans from {service}"
+        assert {s["resource"]["attributes"]["service.name"] for s in spans} == {service}
+        assert metrics, f"no metrics from {service}"
+        names = {rm["resource"]["attributes"]["service.name"] for obj in metrics for rm in obj["resource_metrics"]}
+        assert names == {service}
+        # Metrics are exact: one consumed message per delivery the launcher saw.
+        consumed = sum(p["value"] for p in metric_points(demo, service, "messaging.client.consumed.messages"))
+        assert consumed == demo.summary["services"][service]["handled"] > 0
+
+
+def test_every_causation_chain_is_right(demo: DemoRun) -> None:
+    for key, events in demo.flows().items():
+        by_id = {e["event_id"]: e for e in events}
+        roots = [e for e in events if e["causation_id"] is None]
+        assert [r["event_type"] for r in roots] == ["order_placed"], key
+        root = roots[0]
+        assert root["correlation_id"] == root["event_id"]
+        for event in events:
+            assert event["correlation_id"] == root["correlation_id"]
+            # Walk up: every chain ends at the root, each link a real parent.
+            chain = [event]
+            while chain[-1]["causation_id"] is not None:
+                chain.append(by_id[chain[-1]["causation_id"]])
+                assert len(chain) <= len(events)
+            assert chain[-1] is root
+    assert_flows_as_expected(demo, 6)
+
+
+def test_declined_retried_and_dead_lettered_orders(demo: DemoRun) -> None:
+    flows = demo.flows()
+
+    def delivery(key: str, event_type: str, subscriber: str) -> dict[str, Any]:
+        [event] = [e for e in flows[key] if e["event_type"] == event_type]
+        found: list[dict[str, Any]] = [d for d in event["deliveries"] if d["subscriber"] == subscriber]
+        assert len(found) == 1
+        return found[0]
+
+    declined = delivery("order-1003", "order_placed", "payment")
+    assert (declined["status"], declined["attempts"]) == ("failed", 1)
+    assert declined["error_type"].endswith("PaymentDeclined")
+    assert delivery("order-1003", "payment_declined", "notification")["status"] == "completed"
+    retried = delivery("order-1002", "payment_authorized", "inventory")
+    assert (retried["status"], retried["attempts"]) == ("completed", 2)
+    dead = delivery("order-1004", "stock_reserved", "notification")
+    assert (dead["status"], dead["attempts"]) == ("dead_lettered", 3)
+    assert dead["error_type"].endswith("MailboxUnavailable")
+    services = demo.summary["services"]
+    assert services["payment"] | {"mean_processing_ms": None} == {
+        "published": 6,
+        "handled": 6,
+        "completed": 5,
+        "failed": 1,
+        "retries": 0,
+        "dead_lettered": 0,
+        "mean_processing_ms": None,
+    }
+    assert (services["inventory"]["retries"], services["inventory"]["completed"]) == (1, 5)
+    assert (services["notification"]["retries"], services["notification"]["dead_lettered"]) == (2, 1)
+    assert all(s["mean_processing_ms"] > 0 for s in services.values())
+
+
+def test_every_consumer_span_links_to_a_producer_span_of_another_service(demo: DemoRun) -> None:
+    producers = {
+        s["context"]["span_id"]: (service, s) for service, s in demo.all_spans() if s["kind"] == "SpanKind.PRODUCER"
+    }
+    consumers = [(service, s) for service, s in demo.all_spans() if s["kind"] == "SpanKind.CONSUMER"]
+    # Nothing sampled away or lost: one producer span per event, one consumer span per attempt.
+    assert len(producers) == len(demo.events)
+    assert len(consumers) == sum(d["attempts"] for e in demo.events for d in e["deliveries"])
+    for event in demo.events:
+        _, producer = producers[f"0x{event['span_id']}"]
+        assert attr(producer, "messaging.message.id") == event["event_id"]
+    for service, consumer in consumers:
+        message_id = attr(consumer, "messaging.message.id")
+        linked = [link for link in consumer["links"] if link["context"]["span_id"] in producers]
+        assert len(linked) == 1, f"{consumer['name']} in {service} has no link to a producer span"
+        link = linked[0]
+        producer_service, producer = producers[link["context"]["span_id"]]
+        assert producer_service != service
+        assert link["context"]["trace_id"] == producer["context"]["trace_id"]
+        assert link["attributes"]["messaging.message.id"] == message_id == attr(producer, "messaging.message.id")
+        assert link["attributes"]["eda.correlation_id"] == attr(producer, "eda.correlation_id")
+        assert attr(consumer, "eda.correlation_id") == attr(producer, "eda.correlation_id")
+        assert attr(consumer, "eda.causation_id") == attr(producer, "eda.causation_id")
+        # Parent mode (the default): the consumer span is also the producer span's child.
+        assert consumer["parent_id"] == producer["context"]["span_id"]
+        assert consumer["context"]["trace_id"] == producer["context"]["trace_id"]
+        # Zipkin drops links: the producer's ids stay visible as attributes.
+        assert "0x" + attr(consumer, "eda.producer.span_id") == producer["context"]["span_id"]
+
+
+def test_spans_started_inside_handlers_carry_the_flow_ids(demo: DemoRun) -> None:
+    consumers = {s["context"]["span_id"]: s for _, s in demo.all_spans() if s["kind"] == "SpanKind.CONSUMER"}
+    seen: Counter[str] = Counter()
+    for service, span in demo.all_spans():
+        if span["name"] not in HANDLER_SPANS:
+            continue
+        assert service == HANDLER_SPANS[span["name"]]
+        assert span["kind"] == "SpanKind.INTERNAL"
+        handling = consumers[span["parent_id"]]
+        assert attr(span, "eda.correlation_id") == attr(handling, "eda.correlation_id") is not None
+        assert attr(span, "eda.causation_id") == attr(handling, "eda.causation_id")
+        seen[span["name"]] += 1
+    # One per attempt: 6 charges, 5 + 1 retry reservations, 6 + 2 retries emails.
+    assert seen == {"charge card": 6, "reserve stock": 6, "send email": 8}
+
+
+# -- sampled at 10 %: the lifecycle stays exact ------------------------------------------------
+
+
+def test_lifecycle_is_exact_when_traces_are_sampled_at_ten_percent(tmp_path: Path) -> None:
+    orders = 20
+    run = run_demo(tmp_path, "--orders", str(orders), OTEL_TRACES_SAMPLER="traceidratio", OTEL_TRACES_SAMPLER_ARG="0.1")
+    assert_flows_as_expected(run, orders)  # every event of every order, same statuses
+    assert len(run.events) == 3 * orders - 1  # the declined order has 2 events, the others 3
+    services = run.summary["services"]
+    assert services["payment"]["handled"] == orders and services["payment"]["failed"] == 1
+    assert services["notification"]["dead_lettered"] == 1 and services["inventory"]["retries"] == 1
+    attempts = sum(d["attempts"] for e in run.events for d in e["deliveries"])
+    consumer_spans = sum(1 for _, s in run.all_spans() if s["kind"] == "SpanKind.CONSUMER")
+    # A flow is one trace in parent mode: about 2 of 20 flows are kept. 10 or more would
+    # happen with a probability below 1e-5.
+    assert consumer_spans < attempts / 2, (consumer_spans, attempts)
+    # Metrics are not sampled.
+    for service in SERVICES:
+        consumed = sum(p["value"] for p in metric_points(run, service, "messaging.client.consumed.messages"))
+        assert consumed == services[service]["handled"]
+
+
+# -- link mode: each consumer span starts a new trace -----------------------------------------
+
+
+def test_link_mode_consumer_spans_start_new_traces(tmp_path: Path) -> None:
+    run = run_demo(tmp_path, "--orders", "4", "--mode", "link")
+    assert run.summary["trace_mode"] == "link"
+    assert_flows_as_expected(run, 4)
+    producers = {s["context"]["span_id"]: s for _, s in run.all_spans() if s["kind"] == "SpanKind.PRODUCER"}
+    consumers = [s for _, s in run.all_spans() if s["kind"] == "SpanKind.CONSUMER"]
+    assert len(consumers) == sum(d["attempts"] for e in run.events for d in e["deliveries"])
+    for consumer in consumers:
+        assert consumer["parent_id"] is None
+        [link] = consumer["links"]
+        producer = producers[link["context"]["span_id"]]
+        assert link["context"]["trace_id"] == producer["context"]["trace_id"]
+        assert consumer["context"]["trace_id"] != producer["context"]["trace_id"]
+        assert link["attributes"]["messaging.message.id"] == attr(consumer, "messaging.message.id")
+        assert attr(consumer, "eda.correlation_id") == attr(producer, "eda.correlation_id")
+
+
+# -- the launcher fails loudly -----------------------------------------------------------------
+
+
+def test_launcher_fails_loudly_when_a_service_dies(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, str(DEMO), "--crash", "inventory", "--output-dir", str(tmp_path), "--timeout", "30"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "order_flow: error: service 'inventory'" in result.stderr
+    assert "died with exit code 70 before the flows settled" in result.stderr
+    assert "== Causation tree" not in result.stdout
