@@ -261,6 +261,7 @@ class EventBus:
         self._outlets: dict[str, list[Outlet]] = {}
         self._dead_letter_handlers: list[DeadLetterHandler] = []
         self._closed = False
+        self._unstarted = False
         _track_queue_depth(self, meter_provider)
 
     # -- wiring -------------------------------------------------------------------------
@@ -298,10 +299,14 @@ class EventBus:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                return  # started by the first publish/deliver/join inside a loop
+                self._unstarted = True  # started by the first publish/deliver/join in a loop
+                return
             sub.task = loop.create_task(self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}")
 
     def _start_all(self) -> None:
+        if not self._unstarted:
+            return
+        self._unstarted = False
         for subs in self._subscriptions.values():
             for sub in subs:
                 self._start(sub)

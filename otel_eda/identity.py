@@ -157,11 +157,14 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
     ``baggage`` propagator carries them to every downstream service and protocol.
     """
     ctx = set_value(_EVENT_KEY, event, context)
-    ctx = baggage.set_baggage(BAGGAGE_CORRELATION_ID, event.correlation_id, ctx)
-    if event.causation_id is not None:
-        ctx = baggage.set_baggage(BAGGAGE_CAUSATION_ID, event.causation_id, ctx)
-    else:
-        ctx = baggage.remove_baggage(BAGGAGE_CAUSATION_ID, ctx)
+    entries = baggage.get_all(ctx)
+    if entries.get(BAGGAGE_CORRELATION_ID) != event.correlation_id:
+        ctx = baggage.set_baggage(BAGGAGE_CORRELATION_ID, event.correlation_id, ctx)
+    if entries.get(BAGGAGE_CAUSATION_ID) != event.causation_id:
+        if event.causation_id is not None:
+            ctx = baggage.set_baggage(BAGGAGE_CAUSATION_ID, event.causation_id, ctx)
+        else:
+            ctx = baggage.remove_baggage(BAGGAGE_CAUSATION_ID, ctx)
     return ctx
 
 

@@ -6,9 +6,10 @@ and ``eda.causation_id`` from its parent context, read through
 :func:`otel_eda.identity.flow_ids` (so only validated ids are stamped). A value already
 set on the span is never overwritten: ``eda.*`` describes the span's own event.
 
-Zipkin drops span links, so for a span whose link points at a message's creation context
-(a link carrying ``messaging.message.id``) the processor also records the linked span's
-trace and span id as ``eda.producer.trace_id`` and ``eda.producer.span_id``.
+Zipkin drops span links, so for a CONSUMER span whose link points at a message's creation
+context (a link carrying ``messaging.message.id``) the processor also records the linked
+span's trace and span id as ``eda.producer.trace_id`` and ``eda.producer.span_id`` (the
+bus sets them itself on its own consumer spans; this covers other instrumentations').
 
 Every method guards itself: an internal error is logged and counted
 (``eda.internal.errors``), never raised into the application's ``start_span``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import format_span_id, format_trace_id
+from opentelemetry.trace import SpanKind
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
@@ -29,6 +30,8 @@ __all__ = ["EventSpanProcessor"]
 _CORRELATION = semconv.EDA_CORRELATION_ID
 _CAUSATION = semconv.EDA_CAUSATION_ID
 _MESSAGE_ID = semconv.MESSAGING_MESSAGE_ID
+_PRODUCER_TRACE = semconv.EDA_PRODUCER_TRACE_ID
+_PRODUCER_SPAN = semconv.EDA_PRODUCER_SPAN_ID
 
 
 class EventSpanProcessor(SpanProcessor):
@@ -37,21 +40,25 @@ class EventSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             ids = flow_ids(parent_context)
-            links = span._links  # the live list; ``span.links`` copies it
-            if ids is None and not links:
+            consumer_links = span.kind is SpanKind.CONSUMER and span._links
+            if ids is None and not consumer_links:
                 return
-            attributes = span._attributes
+            # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
+            present = getattr(span._attributes, "_dict", None) or span._attributes or {}
+            stamp: dict[str, str] = {}
             if ids is not None:
-                if attributes is None or _CORRELATION not in attributes:
-                    span.set_attribute(_CORRELATION, ids.correlation_id)
-                if ids.causation_id is not None and (attributes is None or _CAUSATION not in attributes):
-                    span.set_attribute(_CAUSATION, ids.causation_id)
-            if links and (attributes is None or semconv.EDA_PRODUCER_SPAN_ID not in attributes):
-                for link in links:
+                if _CORRELATION not in present:
+                    stamp[_CORRELATION] = ids.correlation_id
+                if ids.causation_id is not None and _CAUSATION not in present:
+                    stamp[_CAUSATION] = ids.causation_id
+            if consumer_links and _PRODUCER_SPAN not in present:
+                for link in consumer_links:
                     if link.attributes and _MESSAGE_ID in link.attributes:
-                        span.set_attribute(semconv.EDA_PRODUCER_TRACE_ID, format_trace_id(link.context.trace_id))
-                        span.set_attribute(semconv.EDA_PRODUCER_SPAN_ID, format_span_id(link.context.span_id))
+                        stamp[_PRODUCER_TRACE] = f"{link.context.trace_id:032x}"
+                        stamp[_PRODUCER_SPAN] = f"{link.context.span_id:016x}"
                         break
+            if stamp:
+                span.set_attributes(stamp)
         except Exception:
             internal_error("span processor", "stamping a span")
 

@@ -7,9 +7,8 @@ identity of its event, so records from several processes can be merged into one 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["LifecycleRecord", "Recorder", "Stage"]
 
@@ -32,8 +31,10 @@ class Stage(enum.StrEnum):
 FINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class LifecycleRecord:
+class LifecycleRecord(NamedTuple):
+    """One step of one event's life, as written by the bus (an immutable tuple: cheap to
+    build on the hot path, picklable across processes)."""
+
     stage: Stage
     time_ns: int
     event_id: str
@@ -49,8 +50,9 @@ class LifecycleRecord:
     duration_s: float | None = None
     error_type: str | None = None
     created_ns: int = 0
-    trace_id: str | None = None
-    span_id: str | None = None
+    #: trace and span id of the span of this step (0 when there is none)
+    trace_id: int = 0
+    span_id: int = 0
 
 
 class Recorder(Protocol):

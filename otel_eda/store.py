@@ -79,8 +79,8 @@ class _Entry:
     created_ns: int
     publisher: str | None = None
     publish_stage: Stage | None = None
-    trace_id: str | None = None
-    span_id: str | None = None
+    trace_id: int = 0
+    span_id: int = 0
     deliveries: dict[str, _Delivery] = dataclasses.field(default_factory=dict)
 
     def status(self) -> str:
@@ -108,8 +108,8 @@ class _Entry:
                 DeliverySummary(name, d.service, d.status, d.attempts, d.duration_s, d.error_type)
                 for name, d in self.deliveries.items()
             ),
-            self.trace_id,
-            self.span_id,
+            f"{self.trace_id:032x}" if self.trace_id else None,
+            f"{self.span_id:016x}" if self.span_id else None,
         )
 
 

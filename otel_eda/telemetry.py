@@ -22,7 +22,7 @@ from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, format_span_id, format_trace_id
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
@@ -177,8 +177,8 @@ class EventTelemetry:
             duration_s,
             error,
             event.created_ns,
-            format_trace_id(span_context.trace_id) if span_context and span_context.is_valid else None,
-            format_span_id(span_context.span_id) if span_context and span_context.is_valid else None,
+            span_context.trace_id if span_context is not None else 0,
+            span_context.span_id if span_context is not None else 0,
         )
         for recorder in self.recorders:
             try:
@@ -329,6 +329,9 @@ class Attempt:
         attrs = telemetry._message_attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
         attrs[semconv.EDA_DELIVERY_ATTEMPT] = attempt
         attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = subscriber
+        if received.link is not None:
+            attrs[semconv.EDA_PRODUCER_TRACE_ID] = f"{received.producer.trace_id:032x}"
+            attrs[semconv.EDA_PRODUCER_SPAN_ID] = f"{received.producer.span_id:016x}"
         self._received_ns = time.time_ns()
         self.span = span = telemetry._tracer.start_span(
             f"process {destination}",
