@@ -58,6 +58,11 @@ METRIC_UNROUTED: Final = "eda.bus.unrouted"
 METRIC_RETRIES: Final = "eda.bus.retries"
 METRIC_DEAD_LETTERS: Final = "eda.bus.dead_letters"
 METRIC_INTERNAL_ERRORS: Final = "eda.internal.errors"
+#: Seconds from an event's creation (the ``eda-event-created`` header) to the start of its
+#: handling: end-to-end lag. The conventions have no time-in-queue metric (semconv#792).
+METRIC_EVENT_AGE: Final = "eda.event.age"
+#: Events whose creation time lay in the consumer's future (clock skew): their age is 0.
+METRIC_CLOCK_SKEW: Final = "eda.event.clock_skew"
 
 #: Histogram bucket boundaries for durations in seconds (1 ms ... 60 s).
 DURATION_BUCKETS_S: Final = (

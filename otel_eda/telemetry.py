@@ -118,6 +118,17 @@ class EventTelemetry:
         self._unrouted = meter.create_counter(
             semconv.METRIC_UNROUTED, unit="{message}", description="Messages published with no subscriber"
         )
+        self._age = meter.create_histogram(
+            semconv.METRIC_EVENT_AGE,
+            unit="s",
+            description="Age of an event when its handling starts (end-to-end lag)",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
+        self._skewed = meter.create_counter(
+            semconv.METRIC_CLOCK_SKEW,
+            unit="{message}",
+            description="Events created in the consumer's future (clock skew); their age is recorded as 0",
+        )
         self._eda = EdaPropagator()
         self._seen_textmap: TextMapPropagator | None = None
         self._textmap: TextMapPropagator = self._eda
@@ -279,7 +290,13 @@ class EventTelemetry:
     def receive(self, headers: Mapping[str, str], destination: str, subscriber: str) -> Received:
         """Extract one message delivered to ``subscriber``; count and record its reception."""
         received = self.extract(headers, destination)
-        self._consumed.add(1, self._attrs(destination, semconv.OPERATION_TYPE_PROCESS, subscriber))
+        attrs = self._attrs(destination, semconv.OPERATION_TYPE_PROCESS, subscriber)
+        self._consumed.add(1, attrs)
+        age = (time.time_ns() - received.event.created_ns) / 1e9
+        if age < 0:
+            self._skewed.add(1, attrs)
+            age = 0.0
+        self._age.record(age, attrs)
         self._record(Stage.RECEIVED, received.event, received.producer, subscriber=subscriber)
         return received
 

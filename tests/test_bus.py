@@ -365,3 +365,26 @@ async def test_queue_depth_is_observed_for_every_bus_on_a_provider(capture: Tele
     release.set()
     for bus in buses:
         await bus.close()
+
+
+async def test_event_age_is_recorded_and_clock_skew_clamped_and_counted(capture: TelemetryCapture) -> None:
+    import time
+
+    from otel_eda.bus import WireMessage
+    from otel_eda.identity import EventContext, with_event
+    from otel_eda.propagation import EdaPropagator
+
+    async with capture.bus() as bus:
+        bus.subscribe("order_placed", lambda d: None, subscriber="payment")
+        for created_in_s in (-2.0, +3600.0):  # two seconds old; an hour in the future (skewed clock)
+            event = EventContext.root("order_placed")
+            headers: dict[str, str] = {}
+            EdaPropagator().inject(headers, with_event(event))
+            headers["eda-event-created"] = str(time.time_ns() + int(created_in_s * 1e9))
+            await bus.deliver(WireMessage("order_placed", headers, None))
+        await bus.join()
+    (point,) = capture.points("eda.event.age")
+    assert point.count == 2
+    assert point.min == 0.0
+    assert 2.0 <= point.max < 5.0
+    assert capture.counter_total("eda.event.clock_skew") == 1

@@ -1,0 +1,180 @@
+"""``AnomalyMetricReader``: a MetricReader that feeds the anomaly engine on its own cadence.
+
+It sits on the same MeterProvider as the exporting reader, prefers DELTA temporality (a
+counter's point is then the interval's increase, a histogram's the interval's
+measurements) and exponential histograms (good percentiles), and collects every
+``interval_s`` seconds (``OTEL_EDA_ANOMALY_INTERVAL``, default 5) from a daemon thread —
+independently of ``OTEL_METRIC_EXPORT_INTERVAL``. On shutdown it evaluates one last time
+and stops its thread. It never raises: an internal error is logged and counted.
+
+It is the ``eda_anomaly`` entry point of ``opentelemetry_metrics_exporter``, which
+``otel_eda.configure()`` appends to the configured metric exporters, so that the
+provider's shutdown reaches it. Where a MeterProvider already exists, :func:`attach`
+adds one with ``add_metric_reader`` and registers its own ``atexit`` shutdown (a
+provider does not shut down readers added that way).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.sdk.metrics import (
+    Counter,
+    Histogram,
+    MeterProvider,
+    ObservableCounter,
+    ObservableGauge,
+    ObservableUpDownCounter,
+    UpDownCounter,
+)
+from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader, MetricsData
+from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+
+from otel_eda._selfmetrics import internal_error
+from otel_eda.anomaly.alerts import Alert, AlertSink
+from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.series import to_series
+
+__all__ = ["AnomalyMetricReader", "attach"]
+
+_log = logging.getLogger(__name__)
+
+_TEMPORALITY = {
+    Counter: AggregationTemporality.DELTA,
+    Histogram: AggregationTemporality.DELTA,
+    ObservableCounter: AggregationTemporality.DELTA,
+    UpDownCounter: AggregationTemporality.CUMULATIVE,
+    ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
+    ObservableGauge: AggregationTemporality.CUMULATIVE,
+}
+
+
+class _Callback:
+    """Adapts a plain callable to the AlertSink interface."""
+
+    def __init__(self, fn: Callable[[Alert], Any]) -> None:
+        self._fn = fn
+
+    def send(self, alert: Alert) -> None:
+        self._fn(alert)
+
+
+class AnomalyMetricReader(MetricReader):
+    """Collects on its own cadence and passes each collection to an :class:`AnomalyEngine`.
+
+    With no arguments (as the SDK builds it from the entry point) its settings come from
+    the ``OTEL_EDA_*`` variables: the rules file (or the default rule set), the interval,
+    the series cap, and an Alertmanager URL.
+    """
+
+    def __init__(
+        self,
+        engine: AnomalyEngine | None = None,
+        *,
+        interval_s: float | None = None,
+        callbacks: Iterable[Callable[[Alert], Any]] = (),
+        sinks: Iterable[AlertSink] = (),
+        start: bool = True,
+    ) -> None:
+        super().__init__(
+            preferred_temporality=_TEMPORALITY,  # type: ignore[arg-type]
+            preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()},
+        )
+        if engine is None or interval_s is None:
+            from otel_eda.settings import Settings
+
+            settings = Settings.from_environ()
+            if engine is None:
+                engine = _engine_from_settings(settings)
+            if interval_s is None:
+                interval_s = settings.anomaly_interval_s
+        self.engine = engine
+        self.engine.sinks.extend(sinks)
+        self.engine.sinks.extend(_Callback(fn) for fn in callbacks)
+        self.interval_s = interval_s
+        self.collections = 0
+        self._resource_seen = False
+        self._stop = threading.Event()
+        self._shutdown_done = False
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="otel-eda-anomaly", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._collect_safely()
+
+    def _collect_safely(self) -> None:
+        try:
+            self.collect()
+        except Exception:
+            internal_error("anomaly reader", "collecting metrics")
+
+    def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
+        try:
+            if not self._resource_seen and metrics_data.resource_metrics:
+                self._resource_seen = True
+                service = metrics_data.resource_metrics[0].resource.attributes.get("service.name")
+                if service is not None:
+                    self.engine.resource_labels.setdefault("service", str(service))
+            self.collections += 1
+            self.engine.evaluate(to_series(metrics_data), time.time())
+        except Exception:
+            internal_error("anomaly reader", "evaluating a collection")
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        self._collect_safely()
+        return True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if self._shutdown_done:
+            return
+        self._shutdown_done = True
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_millis / 1000)
+        self._collect_safely()  # one last evaluation
+        for sink in self.engine.sinks:
+            close = getattr(sink, "shutdown", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    internal_error("alert sink", "shutting down")
+
+
+def _engine_from_settings(settings: Any) -> AnomalyEngine:
+    from otel_eda.anomaly.rules import default_rules, load_rules
+
+    rules = default_rules()
+    if settings.rules_file:
+        try:
+            rules = load_rules(settings.rules_file)
+        except ValueError as exc:
+            _log.error("%s; using the default rule set", exc)
+    sinks: list[AlertSink] = []
+    try:
+        from otel_eda.anomaly.logsink import LogRecordSink
+
+        sinks.append(LogRecordSink())
+    except ImportError:  # pragma: no cover - the module ships with otel-eda
+        pass
+    if settings.alertmanager_url:
+        from otel_eda.anomaly.alertmanager import AlertmanagerSink
+
+        sinks.append(AlertmanagerSink(settings.alertmanager_url))
+    return AnomalyEngine(rules, sinks, max_series=settings.max_series)
+
+
+def attach(provider: MeterProvider, reader: AnomalyMetricReader | None = None) -> AnomalyMetricReader:
+    """Add an anomaly reader to an existing MeterProvider, shut down at interpreter exit."""
+    reader = reader or AnomalyMetricReader()
+    provider.add_metric_reader(reader)
+    atexit.register(reader.shutdown)
+    return reader
