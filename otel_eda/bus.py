@@ -207,11 +207,20 @@ async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> N
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> Exception | None:
-    """Run one handler attempt with the event's context attached; return what it raised."""
+async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> BaseException | None:
+    """Run one handler attempt with the event's context attached; return what it raised.
+
+    A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
+    failure of that attempt; one that cancels the bus's own worker is re-raised.
+    """
     token = attach(context)
     try:
         await _call(handler, delivery)
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return exc
     except Exception as exc:
         return exc
     finally:
@@ -414,7 +423,11 @@ class EventBus:
             attempt_no += 1
             attempt = telemetry.start_attempt(received, message.destination, sub.name, attempt_no, waited)
             delivery = Delivery(self, attempt, message.payload)
-            exc = await _run_handler(sub.handler, delivery, attempt.context)
+            try:
+                exc = await _run_handler(sub.handler, delivery, attempt.context)
+            except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
+                attempt.failed(cancelled, Stage.FAILED)
+                raise
             if exc is None:
                 attempt.completed()
                 return

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from otel_eda.processor import EventSpanProcessor
-from otel_eda.propagation import EdaPropagator, install_baggage_log_filter
+from otel_eda.propagation import EdaPropagator, install_log_filters
 from otel_eda.sampling import LinkAwareSampler
 from otel_eda.telemetry import _contains
 
@@ -45,7 +45,7 @@ def configure() -> None:
     if sdk_disabled():
         _log.info("OTEL_SDK_DISABLED=true: otel-eda installs nothing; the bus still works")
         return
-    install_baggage_log_filter()
+    install_log_filters()
     _ensure_propagator()
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):

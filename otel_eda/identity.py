@@ -20,6 +20,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -28,6 +29,7 @@ from typing import Final, NamedTuple
 from opentelemetry import baggage
 from opentelemetry.context import Context, create_key, get_value, set_value
 
+from otel_eda._selfmetrics import count_invalid
 from otel_eda.ids import new_event_id
 from otel_eda.validation import id_problem, type_problem
 
@@ -158,13 +160,19 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
     """
     ctx = set_value(_EVENT_KEY, event, context)
     entries = baggage.get_all(ctx)
-    if entries.get(BAGGAGE_CORRELATION_ID) != event.correlation_id:
-        ctx = baggage.set_baggage(BAGGAGE_CORRELATION_ID, event.correlation_id, ctx)
-    if entries.get(BAGGAGE_CAUSATION_ID) != event.causation_id:
-        if event.causation_id is not None:
-            ctx = baggage.set_baggage(BAGGAGE_CAUSATION_ID, event.causation_id, ctx)
-        else:
-            ctx = baggage.remove_baggage(BAGGAGE_CAUSATION_ID, ctx)
+    wanted = [(BAGGAGE_CORRELATION_ID, event.correlation_id)]
+    if event.causation_id is not None:
+        wanted.append((BAGGAGE_CAUSATION_ID, event.causation_id))
+    if list(itertools.islice(entries.items(), len(wanted))) == wanted and (
+        event.causation_id is not None or BAGGAGE_CAUSATION_ID not in entries
+    ):
+        return ctx
+    # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
+    # 8192 bytes), the baggage propagator drops the *last* entries on inject.
+    others = [(k, v) for k, v in entries.items() if k not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID)]
+    ctx = baggage.clear(ctx)
+    for key, value in (*wanted, *others):
+        ctx = baggage.set_baggage(key, value, ctx)
     return ctx
 
 
@@ -208,8 +216,15 @@ def incoming_event(context: Context) -> EventContext | None:
     """The event a message carried, rebuilt from an extracted context, or ``None``.
 
     ``None`` when the message has no valid otel-eda event id or type. The correlation id
-    falls back to the event id (a root event) when no valid one arrived.
+    falls back to the event id (a root event) when no valid one arrived. Invalid otel-eda
+    baggage entries are counted in ``eda.propagation.invalid`` here, once per message.
     """
+    entries = baggage.get_all(context)
+    for key in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
+        value = entries.get(key)
+        problem = id_problem(value) if value is not None else None
+        if problem is not None:
+            count_invalid(key, problem)
     incoming = _incoming(context)
     if incoming is None or incoming.event_id is None or incoming.event_type is None:
         return None

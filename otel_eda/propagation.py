@@ -64,7 +64,7 @@ __all__ = [
     "HEADER_EVENT_ID",
     "HEADER_EVENT_TYPE",
     "EdaPropagator",
-    "install_baggage_log_filter",
+    "install_log_filters",
 ]
 
 HEADER_EVENT_ID: Final = "eda-event-id"
@@ -123,7 +123,7 @@ class EdaPropagator(TextMapPropagator):
         self._checked_textmap: object = None
         self._baggage_configured = True
         self._warned_no_baggage = False
-        install_baggage_log_filter()
+        install_log_filters()
 
     def extract(
         self,
@@ -217,29 +217,44 @@ def _carries_baggage(textmap: object) -> bool:
     return isinstance(inner, list | tuple) and any(_carries_baggage(p) for p in inner)
 
 
-class _RedactBaggageInput(logging.Filter):
-    """Rewrites the OTel baggage propagator's warnings so they never carry input text.
+class _Redacted:
+    """Stands in for a logged argument: shows its length, never its text."""
 
-    ``W3CBaggagePropagator`` logs a rejected header or entry verbatim (up to 8 KB, CR/LF
-    included). This filter keeps the warning but replaces each argument by its length.
+    __slots__ = ("_length",)
+
+    def __init__(self, value: object) -> None:
+        self._length = len(value) if isinstance(value, str | bytes) else -1
+
+    def __str__(self) -> str:
+        length = f"{self._length} characters" if self._length >= 0 else "value"
+        return f"<{length} redacted by otel-eda>"
+
+    __repr__ = __str__
+
+
+class _RedactInput(logging.Filter):
+    """Rewrites OpenTelemetry warnings that would carry raw header text.
+
+    ``W3CBaggagePropagator`` logs a rejected baggage header or entry verbatim (up to 8 KB,
+    CR/LF included) and ``TraceState.from_header`` a malformed ``tracestate`` member. This
+    filter keeps each warning but replaces every text argument by its length (numbers,
+    such as lengths, are kept).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
-            lengths = ", ".join(
-                f"<{len(a) if isinstance(a, str | bytes) else 'value'} redacted by otel-eda>" for a in args
-            )
-            record.msg = f"{record.msg.split('`')[0].strip()} ({lengths})"
-            record.args = None
+            record.args = tuple(a if isinstance(a, int | float) else _Redacted(a) for a in args)
         return True
 
 
-_BAGGAGE_LOGGER: Final = "opentelemetry.baggage.propagation"
+#: The OpenTelemetry loggers that write raw incoming header text.
+_RAW_INPUT_LOGGERS: Final = ("opentelemetry.baggage.propagation", "opentelemetry.trace.span")
 
 
-def install_baggage_log_filter() -> None:
-    """Attach the redacting filter to the OTel baggage propagator's logger (once)."""
-    logger = logging.getLogger(_BAGGAGE_LOGGER)
-    if not any(isinstance(f, _RedactBaggageInput) for f in logger.filters):
-        logger.addFilter(_RedactBaggageInput())
+def install_log_filters() -> None:
+    """Attach the redacting filter to the OpenTelemetry loggers that echo input (once)."""
+    for name in _RAW_INPUT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactInput) for f in logger.filters):
+            logger.addFilter(_RedactInput())

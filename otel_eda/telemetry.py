@@ -255,7 +255,14 @@ class EventTelemetry:
             span.end()
 
     def unrouted(self, event: EventContext, destination: str) -> None:
-        """Count and record an event that no subscriber received."""
+        """Count and record an event that no subscriber received.
+
+        ``destination`` may come from another process: an invalid one is neither logged
+        nor used as a metric attribute (it becomes ``_invalid``).
+        """
+        if not valid_type(destination):
+            count_invalid("destination", "bad_characters")
+            destination = "_invalid"
         self._unrouted.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
         self._record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
         _log.debug("no subscriber for event type %s", destination)
@@ -267,8 +274,18 @@ class EventTelemetry:
 
     # -- consuming ----------------------------------------------------------------------
     def extract(self, headers: Mapping[str, str], destination: str) -> Received:
-        """Rebuild a message's event and producer context from its headers (no record)."""
-        ctx = self._propagator().extract(headers, context=Context())
+        """Rebuild a message's event and producer context from its headers (no record).
+
+        Never raises: when another propagator fails on malformed headers (OTel's raise on
+        ``bytes`` or non-string values), the otel-eda headers alone are used, so the
+        message is still handled as its own event; the failure is counted.
+        """
+        try:
+            ctx = self._propagator().extract(headers, context=Context())
+        except Exception:
+            count_invalid("headers", "propagator_failed")
+            _log.debug("a propagator failed on a message's headers; using otel-eda's headers only")
+            ctx = self._eda.extract(headers, context=Context())
         event = incoming_event(ctx)
         if event is None:
             # Not an otel-eda message, or its identity was invalid: handle it as a new flow
