@@ -16,7 +16,7 @@ headers dict and a payload) with the same telemetry written against the bare SDK
 PRODUCER span (name, kind, attributes), injection through the same global propagator
 (tracecontext + baggage + ``EdaPropagator``), extraction on the consumer side, the same
 CONSUMER span (attributes, link with link attributes, three span events) and the same
-metric recordings (sent and consumed counters, duration histogram, same attribute sets).
+metric recordings (sent and consumed counters, duration and event-age histograms, same attribute sets).
 The baseline writes no lifecycle records: that is part of the abstraction being measured.
 An extra line shows otel-eda with its lifecycle recorders switched off.
 
@@ -221,6 +221,12 @@ class HandWrittenBus:
             unit="s",
             explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
         )
+        self._age = meter.create_histogram(
+            semconv.METRIC_EVENT_AGE,
+            unit="s",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
+        self._skewed = meter.create_counter(semconv.METRIC_CLOCK_SKEW, unit="{message}")
         self._queue_size = queue_size
         self._subs: dict[str, list[_Subscription]] = {}
         self._sent_attrs: dict[str, Mapping[str, str]] = {}
@@ -326,10 +332,18 @@ class HandWrittenBus:
         if event.causation_id is not None:
             link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
         self._consumed.add(1, sub.attrs)
+        age = (time.time_ns() - event.created_ns) / 1e9
+        if age < 0:
+            self._skewed.add(1, sub.attrs)
+            age = 0.0
+        self._age.record(age, sub.attrs)
         waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9)
         attrs = self._attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
         attrs[semconv.EDA_DELIVERY_ATTEMPT] = 1
         attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = sub.name
+        if producer.is_valid:
+            attrs[semconv.EDA_PRODUCER_TRACE_ID] = f"{producer.trace_id:032x}"
+            attrs[semconv.EDA_PRODUCER_SPAN_ID] = f"{producer.span_id:016x}"
         received_ns = time.time_ns()
         span = self._tracer.start_span(
             f"process {destination}",
@@ -556,6 +570,7 @@ _CHECKED_METRICS: Final = (
     semconv.METRIC_SENT_MESSAGES,
     semconv.METRIC_CONSUMED_MESSAGES,
     semconv.METRIC_PROCESS_DURATION,
+    semconv.METRIC_EVENT_AGE,
 )
 _ID_ATTRIBUTES: Final = frozenset(
     {
@@ -943,7 +958,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared.flush()
     metric_problems = bench_a.metric_check(reader)
     print(
-        "    metric check (attribute sets and totals of sent, consumed, duration per side): "
+        "    metric check (attribute sets and totals of sent, consumed, duration, event age per side): "
         + ("identical" if not metric_problems else "DIFFERENT: " + "; ".join(metric_problems))
     )
     for case in cases_a:
