@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""Speed of otel-eda's anomaly engine (issue 3, section 8).
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/anomaly_speed.py                 # full run
+    .venv/bin/python benchmarks/anomaly_speed.py --quick         # smoke run, a few seconds
+    .venv/bin/python benchmarks/anomaly_speed.py --json out.json # also write every number
+
+Section "detectors": per-update cost of each streaming detector at window sizes 100,
+1,000, 10,000 and 100,000 (the O(1) ones should be flat), the robust (median/MAD)
+detector reported separately, against a naive implementation that keeps a deque of point
+dicts and recomputes mean and standard deviation over the whole window for every point
+(the original design's way). Each detector is filled to its window first (steady state),
+then timed on a fixed pseudo-random series; cases are interleaved round-robin with the
+order rotating each repetition, and each line gives the median (min-max) over the
+repetitions in microseconds per update, plus ratios from the same run.
+
+Sections are separate functions returning plain dicts; ``main`` runs them and writes
+``{"detectors": {...}, ...}`` with ``--json``. The exit status is 0 whatever the numbers:
+this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from otel_eda.anomaly.detectors import make_detector
+
+WINDOWS = (100, 1_000, 10_000, 100_000)
+
+
+class NaiveZScore:
+    """The original design's monitor: a deque of point dicts, mean/std recomputed per point."""
+
+    threshold = 0.5
+
+    def __init__(self, window: int) -> None:
+        self.points: deque[dict[str, float]] = deque(maxlen=window)
+        self.score = 0.0
+
+    def update(self, t: float, x: float) -> NaiveZScore:
+        self.points.append({"timestamp": t, "value": x})
+        values = [p["value"] for p in self.points]
+        n = len(values)
+        mean = sum(values) / n
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+        self.score = 1.0 if std > 0 and abs(x - mean) > 2 * std else 0.0
+        return self
+
+
+def _series(n: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return [100.0 + 10.0 * math.sin(i / 50.0) + rng.gauss(0.0, 1.0) for i in range(n)]
+
+
+def _factory(kind: str, **params: Any) -> Callable[[], Any]:
+    return lambda: make_detector(kind, **params)
+
+
+def _cases(windows: Sequence[int]) -> dict[str, tuple[str, int, Callable[[], Any]]]:
+    """name -> (group, window, factory)."""
+    cases: dict[str, tuple[str, int, Callable[[], Any]]] = {}
+    for w in windows:
+        cases[f"zscore w={w}"] = ("O(1)", w, _factory("zscore", window=w))
+        cases[f"ewma alpha=1/{w}"] = ("O(1)", w, _factory("ewma", alpha=1.0 / w))
+        cases[f"trend w={w}"] = ("O(1)", w, _factory("trend", window=w))
+        cases[f"likelihood w={w}"] = ("O(1)", w, _factory("likelihood", window=w, history=w))
+        cases[f"robust w={w}"] = ("robust", w, _factory("robust", window=w))
+        cases[f"naive w={w}"] = ("naive", w, lambda w=w: NaiveZScore(w))  # type: ignore[misc]
+    return cases
+
+
+def detector_section(windows: Sequence[int], reps: int, points: int, naive_budget: float) -> dict[str, Any]:
+    """Time every detector case; return {case: {group, window, us_median, us_min, us_max}} plus ratios."""
+    cases = _cases(windows)
+    series = _series(points, seed=1)
+    # Steady state: each detector has seen a full window before it is timed.
+    state: dict[str, Any] = {}
+    n_points: dict[str, int] = {}
+    for name, (group, w, factory) in cases.items():
+        det = factory()
+        if group == "naive":
+            for i in range(w):
+                det.points.append({"timestamp": float(i), "value": series[i % points]})
+            # the naive one costs O(w) per point: time fewer points, same total budget
+            n_points[name] = max(5, min(points, int(naive_budget / (w * 0.05e-6) / reps)))
+        else:
+            for i, x in enumerate(_series(w + 1, seed=2)):
+                det.update(1e9 - 60.0 * (w + 1 - i), x)
+            n_points[name] = points
+        state[name] = det
+    timings: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    clock = {name: 1e9 for name in cases}  # each detector's own increasing epoch seconds
+    for rep in range(reps):
+        k = rep % len(names)
+        for name in names[k:] + names[:k]:
+            det = state[name]
+            update = det.update
+            n = n_points[name]
+            t0 = clock[name]
+            start = time.perf_counter()
+            for i in range(n):
+                update(t0 + 60.0 * i, series[i])
+            timings[name].append((time.perf_counter() - start) / n * 1e6)
+            clock[name] = t0 + 60.0 * n
+    results: dict[str, Any] = {}
+    for name, (group, w, _) in cases.items():
+        ts = timings[name]
+        results[name] = {
+            "group": group,
+            "window": w,
+            "points": n_points[name],
+            "us_median": statistics.median(ts),
+            "us_min": min(ts),
+            "us_max": max(ts),
+        }
+    ratios: dict[str, float] = {}
+    w0, w1 = windows[0], windows[-1]
+    for kind in ("zscore", "trend", "likelihood", "robust", "naive"):
+        a, b = f"{kind} w={w0}", f"{kind} w={w1}"
+        ratios[f"{kind} w={w1} / w={w0}"] = results[b]["us_median"] / results[a]["us_median"]
+    a, b = f"ewma alpha=1/{w0}", f"ewma alpha=1/{w1}"
+    ratios[f"ewma alpha=1/{w1} / alpha=1/{w0}"] = results[b]["us_median"] / results[a]["us_median"]
+    for w in windows:
+        ratios[f"naive / zscore at w={w}"] = (
+            results[f"naive w={w}"]["us_median"] / results[f"zscore w={w}"]["us_median"]
+        )
+    return {"cases": results, "ratios": ratios, "reps": reps}
+
+
+def print_detector_section(res: dict[str, Any]) -> None:
+    print(f"detectors: microseconds per update, median (min-max) of {res['reps']} interleaved repetitions")
+    for group, title in (
+        ("O(1)", "O(1) detectors"),
+        ("robust", "robust (median/MAD, sorted list)"),
+        ("naive", "naive"),
+    ):
+        print(f"  {title}")
+        for name, r in res["cases"].items():
+            if r["group"] == group:
+                print(
+                    f"    {name:26} {r['us_median']:11.2f} ({r['us_min']:.2f}-{r['us_max']:.2f})"
+                    f"  [{r['points']} points per repetition]"
+                )
+    print("  ratios (from this run)")
+    for name, v in res["ratios"].items():
+        print(f"    {name:36} {v:10.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="otel-eda anomaly engine speed")
+    parser.add_argument("--json", type=Path, help="write all numbers to this file")
+    parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions (default 7)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small windows, few points (noisy)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    out: dict[str, Any] = {}
+    if args.quick:
+        det = detector_section((100, 1_000), reps=3, points=500, naive_budget=0.05)
+    else:
+        det = detector_section(WINDOWS, reps=max(args.reps, 3), points=20_000, naive_budget=2.0)
+    out["detectors"] = det
+    print_detector_section(det)
+    # (further sections, e.g. one collection of 100,000 series, are added here)
+    out["elapsed_s"] = time.perf_counter() - started
+    print(f"elapsed {out['elapsed_s']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
