@@ -118,6 +118,7 @@ class AnomalyEngine:
         now = time.time() if now is None else now
         changes: list[Alert] = []
         with self._lock:
+            self._evict_idle(now)  # first, so that idle series free their places
             for point in points:
                 rules = self._by_signal.get((point.metric, point.signal))
                 if not rules:
@@ -130,7 +131,6 @@ class AnomalyEngine:
                         change = self._update(rule, point)
                         if change is not None:
                             changes.append(change)
-            self._evict_idle(now)
             self._silences = [s for s in self._silences if s.until > now]
             delivered = [a for a in changes if not self._suppressed(a, now)]
         for alert in delivered:
@@ -142,7 +142,7 @@ class AnomalyEngine:
         key = (rule.name, attributes)
         state = self._states.get(key)
         if state is None:
-            if len(self._states) >= self.max_series:
+            if len(self._states) >= self.max_series - 1:  # keep one place for the overflow series
                 self.overflowed += 1
                 key = (rule.name, OVERFLOW)
                 state = self._states.get(key)

@@ -36,7 +36,6 @@ from otel_eda.anomaly.alerts import Severity
 __all__ = ["SIGNALS", "Rule", "RulesFileError", "default_rules", "load_rules", "parse_duration"]
 
 SIGNALS = frozenset({"rate", "value", "count", "mean", "p95", "p99", "error_ratio"})
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def parse_duration(value: object) -> float:
@@ -70,7 +69,7 @@ class Rule:
     detector: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "zscore"})
     alert: str | None = None
     severity: Severity = Severity.WARNING
-    match: Mapping[str, str] = _EMPTY
+    match: Mapping[str, str] = dataclasses.field(default_factory=dict)
     labels: tuple[str, ...] | None = None
     for_evaluations: int = 1
     for_seconds: float = 0.0
@@ -282,5 +281,3 @@ def default_rules() -> list[Rule]:
             summary="host CPU utilisation {value:.0%}",
         ),
     ]
-
-

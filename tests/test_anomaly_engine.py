@@ -1,0 +1,183 @@
+"""The anomaly engine: alert lifecycle, escalation, suppression and bounded state."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import pytest
+
+from otel_eda.anomaly.alerts import Alert, AlertState, Exemplar, Severity
+from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.rules import Rule
+from otel_eda.anomaly.series import SeriesPoint
+
+QUEUE = (("messaging.destination.name", "order_placed"), ("messaging.consumer.group.name", "payment"))
+
+
+def errors_rule(**overrides: object) -> Rule:
+    fields: dict[str, object] = {
+        "name": "processing-errors",
+        "alert": "ProcessingErrorsHigh",
+        "metric": "messaging.process.duration",
+        "signal": "error_ratio",
+        "detector": {"kind": "threshold", "op": "gt", "value": 0.2},
+        "for_evaluations": 2,
+        "resolve_after": 2,
+        "cooldown_s": 10.0,
+    }
+    fields.update(overrides)
+    return Rule(**fields)  # type: ignore[arg-type]
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def states(self) -> list[tuple[str, str]]:
+        return [(a.state.value, a.severity.label) for a in self.alerts]
+
+
+def feed(engine: AnomalyEngine, values: list[float], start: float = 0.0, attrs: tuple = QUEUE) -> None:  # type: ignore[type-arg]
+    for i, v in enumerate(values):
+        t = start + i
+        engine.evaluate([SeriesPoint("messaging.process.duration", "error_ratio", attrs, t, v)], now=t)
+
+
+def test_fires_after_for_and_resolves_with_hysteresis() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule()], [sink], resource_labels={"service": "payment-svc"})
+    feed(engine, [0.0, 0.25, 0.0, 0.25, 0.25, 0.25, 0.1, 0.25, 0.1, 0.1])
+    # one anomalous point is not enough (for: 2); a dip of one point does not resolve (resolve_after: 2)
+    assert sink.states() == [("firing", "warning"), ("resolved", "warning")]
+    firing, resolved = sink.alerts
+    assert firing.started_at == 4.0 and resolved.ended_at == 9.0
+    assert firing.labels == {
+        "messaging.destination.name": "order_placed",
+        "messaging.consumer.group.name": "payment",
+        "service": "payment-svc",
+        "alertname": "ProcessingErrorsHigh",
+        "rule": "processing-errors",
+        "severity": "warning",
+    }
+    assert firing.threshold == 0.2 and firing.value == 0.25
+    assert firing.summary.startswith("ProcessingErrorsHigh: messaging.process.duration error_ratio = 0.25 on ")
+    assert engine.active_alerts() == []
+
+
+def test_a_firing_alert_is_not_repeated_and_cooldown_holds_back_a_new_one() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule()], [sink])
+    feed(engine, [0.3] * 5 + [0.0, 0.0] + [0.3] * 4 + [0.0] * 6 + [0.3] * 3)
+    # t=0..4 firing once; resolved at t=6; t=7..10 inside the 10 s cooldown; fires again at t=18
+    assert [(a.state.value, a.started_at) for a in sink.alerts] == [
+        ("firing", 1.0),
+        ("resolved", 1.0),
+        ("firing", 18.0),
+    ]
+
+
+def test_escalates_with_persistence_and_at_once_past_one_and_a_half_times_the_threshold() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule(escalate_after_s=3.0)], [sink])
+    feed(engine, [0.25] * 9)
+    assert sink.states() == [("firing", "warning"), ("firing", "critical")]
+    assert sink.alerts[1].started_at == sink.alerts[0].started_at  # the same alert, escalated
+
+    sink2 = Collect()
+    engine2 = AnomalyEngine([errors_rule()], [sink2])
+    feed(engine2, [0.25, 0.25, 0.31])  # 0.31 > 1.5 x 0.2
+    assert sink2.states() == [("firing", "warning"), ("firing", "critical")]
+
+
+def test_silences_mute_matching_alerts_until_they_expire() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule()], [sink], resource_labels={"service": "payment-svc"})
+    engine.silence({"service": "payment-svc"}, duration_s=5.0, now=0.0)
+    feed(engine, [0.3] * 3)
+    assert sink.alerts == [] and engine.suppressed == 1
+    assert [a.rule for a in engine.active_alerts()] == ["processing-errors"]  # tracked, not delivered
+
+
+def test_a_critical_alert_on_a_service_inhibits_its_warnings() -> None:
+    sink = Collect()
+    critical = errors_rule(
+        name="errors-critical", severity="critical", detector={"kind": "threshold", "op": "gt", "value": 0.22}
+    )
+    engine = AnomalyEngine([critical, errors_rule()], [sink], resource_labels={"service": "payment-svc"})
+    feed(engine, [0.25, 0.25, 0.25])
+    assert [(a.rule, a.severity.label) for a in sink.alerts] == [("errors-critical", "critical")]
+    assert engine.suppressed == 1
+
+
+def test_nan_and_infinite_values_are_skipped_and_counted() -> None:
+    engine = AnomalyEngine([errors_rule()])
+    feed(engine, [math.nan, math.inf, -math.inf, 0.1])
+    assert engine.skipped == 3
+    assert engine.series_count == 1
+
+
+def test_exemplars_of_the_offending_series_ride_on_the_alert_as_annotations() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule(for_evaluations=1)], [sink])
+    ex = (Exemplar("a" * 32, "b" * 16),)
+    engine.evaluate([SeriesPoint("messaging.process.duration", "error_ratio", QUEUE, 1.0, 0.5, ex)], now=1.0)
+    (alert,) = sink.alerts
+    assert alert.exemplars == ex
+    assert alert.annotations()["trace_ids"] == "a" * 32
+    assert "a" * 32 not in str(alert.labels)
+
+
+def test_series_beyond_the_cap_go_to_one_overflow_series_and_idle_ones_are_evicted() -> None:
+    engine = AnomalyEngine([errors_rule()], max_series=100, idle_timeout_s=500.0)
+    for i in range(150):
+        feed(engine, [0.0], start=float(i), attrs=(("messaging.destination.name", f"q{i}"),))
+    assert engine.series_count == 100  # 99 series + the overflow series
+    assert engine.overflowed == 51
+    feed(engine, [0.0], start=1000.0, attrs=(("messaging.destination.name", "late"),))
+    assert engine.evicted == 100
+    assert engine.series_count == 1
+
+
+def test_a_million_distinct_series_keep_memory_bounded() -> None:
+    """1,000,000 attribute sets, fed as collections of 10,000 points one second apart."""
+    engine = AnomalyEngine(
+        [errors_rule(detector={"kind": "zscore", "window": 60})], max_series=1000, idle_timeout_s=3.0
+    )
+    settled = 0
+    for batch in range(100):
+        if batch == 80:  # long warmed up: trace the allocations of the last 200,000 points
+            tracemalloc.start()
+        if batch == 90:  # every state has been replaced since tracing started
+            settled = tracemalloc.get_traced_memory()[0]
+        t = float(batch)
+        points = [
+            SeriesPoint("messaging.process.duration", "error_ratio", (("k", f"{batch}-{i}"),), t, 0.0)
+            for i in range(10_000)
+        ]
+        engine.evaluate(points, now=t)
+        del points
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert engine.series_count <= 1000
+    assert engine.overflowed > 900_000
+    assert engine.evicted > 0
+    # 100,000 more points after that left nothing more behind: no growth
+    assert abs(current - settled) < 200_000, f"the engine grew by {current - settled} bytes over 100,000 points"
+    # peak: one collection's points (10,000) in flight plus replaced states
+    assert peak < 8_000_000, f"peak {peak} bytes"
+
+
+def test_rules_are_validated_when_declared() -> None:
+    with pytest.raises(ValueError, match="unknown signal"):
+        Rule(name="r", metric="m", signal="p50")
+    with pytest.raises(ValueError):
+        Rule(name="r", metric="m", detector={"kind": "nope"})
+    with pytest.raises(ValueError, match="severity"):
+        Rule(name="r", metric="m", severity="urgent")  # type: ignore[arg-type]
+    assert Rule(name="queue-depth", metric="m").alert_name == "QueueDepth"
+    assert Rule(name="r", metric="m", severity="critical").severity is Severity.CRITICAL  # type: ignore[arg-type]
+    assert AlertState.FIRING.value == "firing"
