@@ -38,7 +38,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.engine import AnomalyEngine
-from otel_eda.anomaly.series import to_series
+from otel_eda.anomaly.series import SeriesPoint, ZeroFill, to_series
 
 __all__ = ["AnomalyMetricReader", "attach"]
 
@@ -94,6 +94,7 @@ class AnomalyMetricReader(MetricReader):
             if interval_s is None:
                 interval_s = settings.anomaly_interval_s
         self.engine = engine
+        self._zero_fill = ZeroFill(engine.max_series, engine.idle_timeout_s)
         self.engine.sinks.extend(sinks)
         self.engine.sinks.extend(_Callback(fn) for fn in callbacks)
         self.interval_s = interval_s
@@ -106,15 +107,29 @@ class AnomalyMetricReader(MetricReader):
             self._thread = threading.Thread(target=self._run, name="otel-eda-anomaly", daemon=True)
             self._thread.start()
 
+    def add_callback(self, fn: Callable[[Alert], Any]) -> None:
+        """Also call ``fn`` with every alert change."""
+        self.engine.sinks.append(_Callback(fn))
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._collect_safely()
 
     def _collect_safely(self) -> None:
         try:
+            before = self.collections
             self.collect()
+            if self.collections == before:
+                # the SDK reports nothing when no instrument has data (DELTA, a quiet
+                # interval): that is still an evaluation, of zero rates
+                self._evaluate([])
         except Exception:
             internal_error("anomaly reader", "collecting metrics")
+
+    def _evaluate(self, points: list[SeriesPoint]) -> None:
+        self.collections += 1
+        now = time.time()
+        self.engine.evaluate(self._zero_fill(points, now), now)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         try:
@@ -123,8 +138,7 @@ class AnomalyMetricReader(MetricReader):
                 service = metrics_data.resource_metrics[0].resource.attributes.get("service.name")
                 if service is not None:
                     self.engine.resource_labels.setdefault("service", str(service))
-            self.collections += 1
-            self.engine.evaluate(to_series(metrics_data), time.time())
+            self._evaluate(to_series(metrics_data))
         except Exception:
             internal_error("anomaly reader", "evaluating a collection")
 

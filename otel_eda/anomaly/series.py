@@ -165,3 +165,39 @@ def _convert(name: str, data: Any, out: list[SeriesPoint]) -> None:
         for attrs, (total, errors, t) in totals.items():
             if total > 0:
                 out.append(SeriesPoint(name, "error_ratio", attrs, t, errors / total))
+
+
+class ZeroFill:
+    """Adds ``0`` points for rate and count series that a collection did not report.
+
+    With DELTA temporality the SDK reports nothing for an attribute set that saw no new
+    measurement, but for a detector "no events this interval" is a rate of 0 — the very
+    thing a throughput-collapse rule must see. Series silent for ``idle_timeout_s`` are
+    forgotten; at most ``max_series`` are remembered.
+    """
+
+    _SIGNALS = frozenset({"rate", "count"})
+
+    def __init__(self, max_series: int = 10_000, idle_timeout_s: float = 3600.0) -> None:
+        self.max_series = max_series
+        self.idle_timeout_s = idle_timeout_s
+        self._last: dict[tuple[str, str, Attributes], float] = {}
+
+    def __call__(self, points: list[SeriesPoint], now: float) -> list[SeriesPoint]:
+        seen = set()
+        for p in points:
+            if p.signal in self._SIGNALS:
+                key = (p.metric, p.signal, p.attributes)
+                seen.add(key)
+                if key in self._last or len(self._last) < self.max_series:
+                    self._last[key] = now
+        horizon = now - self.idle_timeout_s
+        filled = list(points)
+        for key, last in list(self._last.items()):
+            if key in seen:
+                continue
+            if last < horizon:
+                del self._last[key]
+            else:
+                filled.append(SeriesPoint(key[0], key[1], key[2], now, 0.0))
+        return filled

@@ -1,0 +1,198 @@
+"""AnomalyMetricReader and rules files: OpenTelemetry metrics in, alerts out."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
+
+from otel_eda import semconv
+from otel_eda.anomaly.alerts import Alert
+from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.reader import AnomalyMetricReader
+from otel_eda.anomaly.rules import Rule, RulesFileError, load_rules
+from otel_eda.anomaly.series import SeriesPoint
+from otel_eda.testing import TelemetryCapture
+
+
+class SpyEngine(AnomalyEngine):
+    def __init__(self) -> None:
+        super().__init__([])
+        self.seen: list[list[SeriesPoint]] = []
+
+    def evaluate(self, points, now=None):  # type: ignore[no-untyped-def]
+        self.seen.append(list(points))
+        return []
+
+
+def _series(points: list[SeriesPoint]) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], float]:
+    return {(p.metric, p.signal, p.attributes): p.value for p in points}
+
+
+async def test_counters_become_rates_histograms_percentiles_and_errors_ratios() -> None:
+    spy = SpyEngine()
+    reader = AnomalyMetricReader(spy, interval_s=3600, start=False)
+    with TelemetryCapture() as capture:
+        provider = MeterProvider(metric_readers=[reader])
+        async with capture.bus(meter_provider=provider, retry=None) as bus:
+
+            def handler(d: object) -> None:
+                if getattr(d, "payload", None) == "bad":
+                    raise RuntimeError("boom")
+
+            from otel_eda import RetryPolicy
+
+            bus.subscribe("order_placed", handler, subscriber="payment", retry=RetryPolicy(max_attempts=1))
+            for payload in ["ok"] * 6 + ["bad"] * 2:
+                await bus.publish("order_placed", payload)
+            await bus.join()
+        reader.force_flush()
+        provider.shutdown()
+    series = _series(spy.seen[0])
+    queue = (
+        ("messaging.consumer.group.name", "payment"),
+        ("messaging.destination.name", "order_placed"),
+        ("messaging.operation.name", "process"),
+        ("messaging.system", "otel_eda"),
+    )
+    assert series[(semconv.METRIC_PROCESS_DURATION, "error_ratio", queue)] == pytest.approx(0.25)
+    assert series[(semconv.METRIC_CONSUMED_MESSAGES, "rate", queue)] > 0
+    p95 = series[(semconv.METRIC_PROCESS_DURATION, "p95", queue)]
+    mean = series[(semconv.METRIC_PROCESS_DURATION, "mean", queue)]
+    assert mean > 0 and 0 < p95 < 1
+    assert (semconv.METRIC_EVENT_AGE, "p99", queue) in series
+    depth = [k for k in series if k[0] == semconv.METRIC_QUEUE_DEPTH]
+    assert depth and all(k[1] == "value" for k in depth)
+
+
+def test_delta_temporality_turns_a_counter_into_per_interval_rates() -> None:
+    spy = SpyEngine()
+    reader = AnomalyMetricReader(spy, interval_s=3600, start=False)
+    provider = MeterProvider(metric_readers=[reader])
+    counter = provider.get_meter("t").create_counter("jobs")
+    counter.add(10)
+    reader.force_flush()
+    time.sleep(0.2)
+    reader.force_flush()  # nothing new: a rate of 0, not a cumulative 10
+    provider.shutdown()
+    rates = [p.value for batch in spy.seen for p in batch if p.metric == "jobs"]
+    assert rates[0] > 0 and rates[1] == 0.0
+
+
+def test_the_reader_keeps_its_own_cadence_and_evaluates_once_more_on_shutdown() -> None:
+    spy = SpyEngine()
+    reader = AnomalyMetricReader(spy, interval_s=0.05)
+    exporting = PeriodicExportingMetricReader(ConsoleMetricExporter(out=io.StringIO()), export_interval_millis=60_000)
+    provider = MeterProvider(metric_readers=[exporting, reader])
+    provider.get_meter("t").create_counter("jobs").add(1)
+    time.sleep(0.6)
+    before = reader.collections
+    assert before >= 4  # many collections while the exporter waits for its first minute
+    provider.shutdown()
+    assert reader.collections >= before + 1  # the last evaluation
+    assert reader._thread is not None and not reader._thread.is_alive()
+    reader.shutdown()  # idempotent, never raises
+
+
+def test_an_alert_reaches_callbacks() -> None:
+    got: list[Alert] = []
+    rule = Rule(name="jobs", metric="jobs", signal="rate", detector={"kind": "threshold", "op": "gt", "value": 0})
+    reader = AnomalyMetricReader(AnomalyEngine([rule]), interval_s=3600, start=False, callbacks=[got.append])
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("jobs").add(3)
+    reader.force_flush()
+    provider.shutdown()
+    assert [(a.name, a.state.value) for a in got] == [("Jobs", "firing")]
+
+
+RULES_YAML = """\
+rules:
+  - name: errors
+    metric: messaging.process.duration
+    signal: error_ratio
+    detector: {kind: threshold, op: gt, value: 0.2}
+    severity: critical
+    for: 30s
+    cooldown: 2m
+  - name: latency
+    metric: messaging.process.duration
+    signal: p95
+    detector: {kind: zscore, window: 100}
+    labels: [messaging.destination.name]
+"""
+
+
+def test_rules_file_in_yaml_and_json(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(RULES_YAML)
+    errors, latency = load_rules(path)
+    assert (errors.severity.label, errors.for_seconds, errors.cooldown_s) == ("critical", 30.0, 120.0)
+    assert latency.labels == ("messaging.destination.name",)
+    as_json = tmp_path / "rules.json"
+    as_json.write_text('{"rules": [{"name": "errors", "metric": "m", "signal": "rate", "for": 3}]}')
+    (rule,) = load_rules(as_json)
+    assert rule.for_evaluations == 3
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "expected"),
+    [
+        (".yaml", RULES_YAML.replace("signal: p95", "signal: p50"), r"rules.yaml:9: rule 'latency': unknown signal"),
+        (".yaml", RULES_YAML.replace("for: 30s", "for: soon"), r"rules.yaml:2: rule 'errors': not a duration"),
+        (".yaml", RULES_YAML + "  - name: errors\n    metric: m\n", r"rules.yaml:14: duplicate rule name"),
+        (".yaml", "rules:\n  - name: x\n    metric: [unclosed\n", r"rules.yaml:\d+: "),
+        (".yaml", RULES_YAML.replace("kind: zscore", "kind: magic"), r"rules.yaml:9: rule 'latency': .*magic"),
+        (".yaml", RULES_YAML.replace("cooldown", "cooldwn"), r"rules.yaml:2: rule 'errors': unknown field"),
+        (".json", '{"rules": [\n  {"name": "a", "metric": "m"},\n  {"name": "b"}\n]}', r"rules.json:3: .*metric"),
+        (".json", '{"rules": [\n  {"name": "a",, }\n]}', r"rules.json:2: "),
+    ],
+)
+def test_a_malformed_rules_file_names_the_file_line_and_reason(
+    tmp_path: Path, suffix: str, text: str, expected: str
+) -> None:
+    path = tmp_path / f"rules{suffix}"
+    path.write_text(text)
+    with pytest.raises(RulesFileError, match=expected):
+        load_rules(path)
+
+
+ATTACH_APP = textwrap.dedent(
+    """
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    import otel_eda
+
+    trace.set_tracer_provider(TracerProvider())
+    metrics.set_meter_provider(MeterProvider())       # an app's own provider, before otel-eda
+    otel_eda.configure(on_alert=lambda a: print("ALERT", a.name, a.state.value, flush=True))
+    metrics.get_meter("app").create_counter("jobs").add(5)
+    print("exiting", flush=True)
+    """
+)
+
+
+def test_attached_to_an_existing_provider_it_still_evaluates_at_exit(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: jobs\n    metric: jobs\n    signal: rate\n"
+        "    detector: {kind: threshold, op: gt, value: 0}\n"
+    )
+    app = tmp_path / "app.py"
+    app.write_text(ATTACH_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(OTEL_EDA_RULES_FILE=str(rules), OTEL_EDA_ANOMALY_INTERVAL="3600", OTEL_TRACES_EXPORTER="none")
+    result = subprocess.run(
+        [sys.executable, str(app)], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # the provider's own shutdown skips readers added later: otel-eda's atexit hook ran it
+    assert result.stdout.splitlines() == ["exiting", "ALERT Jobs firing"]
