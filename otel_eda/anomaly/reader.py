@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
+from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
 from otel_eda.anomaly.series import SeriesPoint, ZeroFill, to_series
 
@@ -52,16 +53,6 @@ _TEMPORALITY = {
     ObservableUpDownCounter: AggregationTemporality.CUMULATIVE,
     ObservableGauge: AggregationTemporality.CUMULATIVE,
 }
-
-
-class _Callback:
-    """Adapts a plain callable to the AlertSink interface."""
-
-    def __init__(self, fn: Callable[[Alert], Any]) -> None:
-        self._fn = fn
-
-    def send(self, alert: Alert) -> None:
-        self._fn(alert)
 
 
 class AnomalyMetricReader(MetricReader):
@@ -96,7 +87,7 @@ class AnomalyMetricReader(MetricReader):
         self.engine = engine
         self._zero_fill = ZeroFill(engine.max_series, engine.idle_timeout_s)
         self.engine.sinks.extend(sinks)
-        self.engine.sinks.extend(_Callback(fn) for fn in callbacks)
+        self.engine.sinks.extend(CallbackSink(fn) for fn in callbacks)
         self.interval_s = interval_s
         self.collections = 0
         self._resource_seen = False
@@ -109,7 +100,7 @@ class AnomalyMetricReader(MetricReader):
 
     def add_callback(self, fn: Callable[[Alert], Any]) -> None:
         """Also call ``fn`` with every alert change."""
-        self.engine.sinks.append(_Callback(fn))
+        self.engine.sinks.append(CallbackSink(fn))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
