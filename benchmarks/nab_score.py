@@ -48,7 +48,7 @@ published subset number, 12.1.
 
 API for other scripts (the default-rule-set hook)::
 
-    corpus = load_corpus(Path("/work/shared/nab"))
+    corpus = load_corpus(DEFAULT_DATA)
     result = score_detector(lambda: make_detector("zscore"), corpus)
     # {"standard": {"optimised": ..., "default_threshold": ...}, ...}
 
@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from otel_eda.anomaly.detectors import make_detector
 
-DEFAULT_DATA = Path("/work/shared/nab")
+DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "nab"
 PROBATION_FRACTION = 0.15
 PROBATION_CAP_ROWS = 5000  # NAB: min(floor(0.15 * rows), 0.15 * 5000) = at most 750 rows
 

@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBSET = Path("/work/shared/nab")
+SUBSET = Path(__file__).resolve().parent.parent.parent / "shared" / "nab"
 
 
 def _load() -> ModuleType:
