@@ -53,7 +53,11 @@ class SeriesPoint(NamedTuple):
 def _attrs(raw: Mapping[str, Any] | None) -> Attributes:
     if not raw:
         return ()
-    return tuple(sorted((k, v if isinstance(v, str) else str(v)) for k, v in raw.items()))
+    items = sorted(raw.items())
+    for _, v in items:
+        if type(v) is not str:
+            return tuple((k, v if isinstance(v, str) else str(v)) for k, v in items)
+    return tuple(items)
 
 
 def _exemplars(point: Any) -> tuple[Exemplar, ...]:
@@ -111,8 +115,9 @@ def percentile_exponential(point: ExponentialHistogramDataPoint, q: float) -> fl
     return float(point.max)
 
 
-def _histogram_points(name: str, point: Any, t: float, exemplars: tuple[Exemplar, ...]) -> Iterator[SeriesPoint]:
-    attrs = _attrs(point.attributes)
+def _histogram_points(
+    name: str, point: Any, attrs: Attributes, t: float, exemplars: tuple[Exemplar, ...]
+) -> Iterator[SeriesPoint]:
     yield SeriesPoint(name, "count", attrs, t, point.count / _interval_s(point), exemplars)
     if point.count == 0:
         return
@@ -141,24 +146,27 @@ def _convert(name: str, data: Any, out: list[SeriesPoint]) -> None:
     any_error = False
     for point in data.data_points:
         t = point.time_unix_nano / 1e9
-        exemplars = _exemplars(point)
+        exemplars = _exemplars(point) if point.exemplars else ()
+        raw = point.attributes or {}
+        attrs = _attrs(raw)
         if isinstance(data, Sum) and data.is_monotonic:
-            attrs = _attrs(point.attributes)
             out.append(SeriesPoint(name, "rate", attrs, t, point.value / _interval_s(point), exemplars))
             weight = float(point.value)
         elif isinstance(data, Sum | Gauge) and isinstance(point, NumberDataPoint):
-            out.append(SeriesPoint(name, "value", _attrs(point.attributes), t, float(point.value), exemplars))
+            out.append(SeriesPoint(name, "value", attrs, t, float(point.value), exemplars))
             continue
         elif isinstance(point, HistogramDataPoint | ExponentialHistogramDataPoint):
-            out.extend(_histogram_points(name, point, t, exemplars))
+            out.extend(_histogram_points(name, point, attrs, t, exemplars))
             weight = float(point.count)
         else:
             continue
-        raw = point.attributes or {}
-        base = _attrs({k: v for k, v in raw.items() if k != _ERROR_TYPE})
-        entry = totals.setdefault(base, [0.0, 0.0, t])
+        has_error = _ERROR_TYPE in raw
+        base = _attrs({k: v for k, v in raw.items() if k != _ERROR_TYPE}) if has_error else attrs
+        entry = totals.get(base)
+        if entry is None:
+            entry = totals[base] = [0.0, 0.0, t]
         entry[0] += weight
-        if _ERROR_TYPE in raw:
+        if has_error:
             entry[1] += weight
             any_error = True
     if any_error:
