@@ -196,3 +196,21 @@ def test_attached_to_an_existing_provider_it_still_evaluates_at_exit(tmp_path: P
     assert result.returncode == 0, result.stderr
     # the provider's own shutdown skips readers added later: otel-eda's atexit hook ran it
     assert result.stdout.splitlines() == ["exiting", "ALERT Jobs firing"]
+
+
+def test_a_malformed_rules_file_is_reported_and_the_default_rules_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from otel_eda.anomaly.rules import default_rules
+    from otel_eda.settings import Settings
+
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - name: x\n    metric: m\n    signal: p42\n")
+    reader = AnomalyMetricReader(interval_s=3600, start=False)  # settings from the environment
+    assert [r.name for r in reader.engine.rules] == [r.name for r in default_rules()]
+    with caplog.at_level("ERROR"):
+        from otel_eda.anomaly.reader import _engine_from_settings
+
+        engine = _engine_from_settings(Settings(rules_file=str(path)))
+    assert [r.name for r in engine.rules] == [r.name for r in default_rules()]
+    assert any(f"{path}:2: rule 'x': unknown signal" in r.getMessage() for r in caplog.records)
