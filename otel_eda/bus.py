@@ -356,7 +356,7 @@ class EventBus:
         if not subs and not outlets:
             self.telemetry.unrouted(event, message.destination)
             return
-        missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
+        missed = await self._enqueue_all(subs, message)
         for sub_name in missed:
             self.telemetry.dropped(event, message.destination, sub_name)
         for outlet in outlets:
@@ -371,17 +371,26 @@ class EventBus:
         if missed:
             raise BusFull(event, missed)
 
-    async def _enqueue(self, sub: _Subscription, message: WireMessage) -> bool:
-        try:
-            sub.queue.put_nowait(message)
-            return True
-        except asyncio.QueueFull:
-            pass
-        try:
-            await asyncio.wait_for(sub.queue.put(message), self.publish_timeout_s)
-            return True
-        except TimeoutError:
-            return False
+    async def _enqueue_all(self, subs: Sequence[_Subscription], message: WireMessage) -> list[str]:
+        """Enqueue for every subscriber; the full ones share one ``publish_timeout_s``.
+
+        Returns the names of the subscribers whose queue stayed full.
+        """
+        waiting = []
+        for sub in subs:
+            try:
+                sub.queue.put_nowait(message)
+            except asyncio.QueueFull:
+                waiting.append(sub)
+        if not waiting:
+            return []
+        puts = {asyncio.ensure_future(sub.queue.put(message)): sub for sub in waiting}
+        done, pending = await asyncio.wait(puts, timeout=self.publish_timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return [puts[t].name for t in puts if t not in done or t.cancelled()]
 
     async def deliver(self, message: WireMessage) -> None:
         """Hand a message that arrived from another process to the local subscribers.
@@ -396,7 +405,7 @@ class EventBus:
                 self.telemetry.extract(message.headers, message.destination).event, message.destination
             )
             return
-        missed = [sub.name for sub in subs if not await self._enqueue(sub, message)]
+        missed = await self._enqueue_all(subs, message)
         if missed:
             received = self.telemetry.extract(message.headers, message.destination)
             for name in missed:
@@ -498,20 +507,33 @@ class EventBus:
 _depth_sources: weakref.WeakKeyDictionary[metrics.MeterProvider, weakref.WeakSet[EventBus]] = (
     weakref.WeakKeyDictionary()
 )
+# Buses on the global provider share one registration made through the API's proxy, which
+# follows the provider that configure() installs later.
+_global_buses: weakref.WeakSet[EventBus] | None = None
 
 
 def _track_queue_depth(bus: EventBus, meter_provider: metrics.MeterProvider | None) -> None:
-    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
-    buses = _depth_sources.get(provider)
-    if buses is None:
-        buses = _depth_sources[provider] = weakref.WeakSet()
-        metrics.get_meter("otel_eda", meter_provider=provider).create_observable_up_down_counter(
-            semconv.METRIC_QUEUE_DEPTH,
-            callbacks=[functools.partial(_observe_depth, buses)],
-            unit="{message}",
-            description="Messages waiting in a subscriber queue of the embedded bus",
-        )
+    global _global_buses
+    if meter_provider is None:
+        buses = _global_buses
+        if buses is None:
+            buses = _global_buses = weakref.WeakSet()
+            _register_depth(metrics.get_meter("otel_eda"), buses)
+    else:
+        buses = _depth_sources.get(meter_provider)
+        if buses is None:
+            buses = _depth_sources[meter_provider] = weakref.WeakSet()
+            _register_depth(metrics.get_meter("otel_eda", meter_provider=meter_provider), buses)
     buses.add(bus)
+
+
+def _register_depth(meter: metrics.Meter, buses: weakref.WeakSet[EventBus]) -> None:
+    meter.create_observable_up_down_counter(
+        semconv.METRIC_QUEUE_DEPTH,
+        callbacks=[functools.partial(_observe_depth, buses)],
+        unit="{message}",
+        description="Messages waiting in a subscriber queue of the embedded bus",
+    )
 
 
 def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:

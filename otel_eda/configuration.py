@@ -28,9 +28,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.processor import EventSpanProcessor
-from otel_eda.propagation import EdaPropagator, install_log_filters
+from otel_eda.propagation import EdaPropagator, contains_propagator, install_log_filters
 from otel_eda.sampling import LinkAwareSampler
-from otel_eda.telemetry import _contains
 
 __all__ = ["anomaly_reader", "configure"]
 
@@ -118,5 +117,5 @@ def has_event_processor(provider: TracerProvider) -> bool:
 
 def _ensure_propagator() -> None:
     current = propagate.get_global_textmap()
-    if not _contains(current, EdaPropagator):
+    if not contains_propagator(current, EdaPropagator):
         propagate.set_global_textmap(CompositePropagator([current, EdaPropagator()]))

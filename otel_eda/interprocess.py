@@ -72,10 +72,17 @@ class RecordForwarder:
     def __init__(self, sink: _Queue) -> None:
         self._sink = sink
         self.lost = 0
+        self._losing = False
 
     def record(self, record: LifecycleRecord) -> None:
         try:
             self._sink.put_nowait(record)
         except queue.Full:
             self.lost += 1
-            _log.warning("lifecycle record lost: the collecting queue is full (%d lost)", self.lost)
+            if not self._losing:  # one line per burst, not one per record
+                self._losing = True
+                _log.warning("lifecycle records are being lost: the collecting queue is full (%d lost)", self.lost)
+        else:
+            if self._losing:
+                self._losing = False
+                _log.warning("lifecycle records flow again (%d lost in all)", self.lost)

@@ -196,7 +196,9 @@ class EdaPropagator(TextMapPropagator):
         textmap = propagate.get_global_textmap()
         if textmap is not self._checked_textmap:
             self._checked_textmap = textmap
-            self._baggage_configured = _carries_baggage(textmap)
+            from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+            self._baggage_configured = contains_propagator(textmap, W3CBaggagePropagator)
             if not self._baggage_configured and not self._warned_no_baggage:
                 self._warned_no_baggage = True
                 _log.warning(
@@ -208,13 +210,12 @@ class EdaPropagator(TextMapPropagator):
         return self._baggage_configured
 
 
-def _carries_baggage(textmap: object) -> bool:
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-
-    if isinstance(textmap, W3CBaggagePropagator):
+def contains_propagator(textmap: object, kind: type) -> bool:
+    """Whether ``textmap`` is, or is a composite that includes, a propagator of ``kind``."""
+    if isinstance(textmap, kind):
         return True
     inner = getattr(textmap, "_propagators", None)
-    return isinstance(inner, list | tuple) and any(_carries_baggage(p) for p in inner)
+    return isinstance(inner, list | tuple) and any(contains_propagator(p, kind) for p in inner)
 
 
 class _Redacted:

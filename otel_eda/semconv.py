@@ -29,7 +29,6 @@ METRIC_PROCESS_DURATION: Final = "messaging.process.duration"
 #: ``messaging.system`` value of otel-eda's embedded transports.
 MESSAGING_SYSTEM_EDA: Final = "otel_eda"
 
-EDA_EVENT_ID: Final = "eda.event_id"
 EDA_CORRELATION_ID: Final = "eda.correlation_id"
 EDA_CAUSATION_ID: Final = "eda.causation_id"
 EDA_EVENT_TYPE: Final = "eda.event_type"

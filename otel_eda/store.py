@@ -123,7 +123,7 @@ class EventStore:
         self.evicted = 0
         self._lock = threading.Lock()
         self._events: OrderedDict[str, _Entry] = OrderedDict()
-        self._by_correlation: dict[str, list[str]] = {}
+        self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
@@ -136,7 +136,7 @@ class EventStore:
             if entry is None:
                 entry = self._add(record)
             stage = record.stage
-            if stage in (Stage.PUBLISHED, Stage.UNROUTED, Stage.DROPPED) and record.subscriber is None:
+            if stage in (Stage.PUBLISHED, Stage.UNROUTED) and record.subscriber is None:
                 entry.publisher = record.service
                 if entry.publish_stage is None or stage is not Stage.PUBLISHED:
                     entry.publish_stage = stage
@@ -171,7 +171,7 @@ class EventStore:
             record.created_ns,
         )
         self._events[record.event_id] = entry
-        self._by_correlation.setdefault(record.correlation_id, []).append(record.event_id)
+        self._by_correlation.setdefault(record.correlation_id, {})[record.event_id] = None
         self._set_key(entry, record.business_key)
         while len(self._events) > self.max_events:
             self._evict_oldest()
@@ -206,7 +206,7 @@ class EventStore:
         self.evicted += 1
         ids = self._by_correlation.get(entry.correlation_id)
         if ids is not None:
-            ids.remove(event_id)
+            ids.pop(event_id, None)
             if not ids:
                 del self._by_correlation[entry.correlation_id]
         self._unindex_key(entry)

@@ -27,7 +27,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext, incoming_event, with_event
-from otel_eda.propagation import EdaPropagator
+from otel_eda.propagation import EdaPropagator, contains_propagator
 from otel_eda.records import LifecycleRecord, Recorder, Stage
 from otel_eda.validation import valid_type
 
@@ -54,13 +54,6 @@ def error_type(exc: BaseException) -> str:
     """The ``error.type`` value of an exception: its fully qualified class name."""
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _contains(textmap: TextMapPropagator, kind: type) -> bool:
-    if isinstance(textmap, kind):
-        return True
-    inner = getattr(textmap, "_propagators", None)
-    return isinstance(inner, list | tuple) and any(_contains(p, kind) for p in inner)
 
 
 class Received:
@@ -140,7 +133,9 @@ class EventTelemetry:
         current = propagate.get_global_textmap()
         if current is not self._seen_textmap:
             self._seen_textmap = current
-            self._textmap = current if _contains(current, EdaPropagator) else CompositePropagator([current, self._eda])
+            self._textmap = (
+                current if contains_propagator(current, EdaPropagator) else CompositePropagator([current, self._eda])
+            )
         return self._textmap
 
     def _attrs(self, *key: str) -> Mapping[str, str]:
@@ -170,13 +165,12 @@ class EventTelemetry:
         attempt: int = 0,
         duration_s: float | None = None,
         error: str | None = None,
-        time_ns: int | None = None,
     ) -> None:
         if not self.recorders:
             return
         record = LifecycleRecord(
             stage,
-            time_ns or time.time_ns(),
+            time.time_ns(),
             event.event_id,
             event.correlation_id,
             event.causation_id,
@@ -330,6 +324,7 @@ class Attempt:
 
     __slots__ = (
         "_ended",
+        "_received",
         "_received_ns",
         "_started",
         "_telemetry",
@@ -351,6 +346,7 @@ class Attempt:
         waited_s: float,
     ) -> None:
         self._telemetry = telemetry
+        self._received = received
         self.event = event = received.event
         self.destination = destination
         self.subscriber = subscriber
@@ -450,8 +446,8 @@ class Attempt:
         return seconds
 
     def keyed(self, event: EventContext) -> None:
-        """A business key was attached to the event during this attempt."""
-        self.event = event
+        """A business key was attached to the event during this attempt (and later ones)."""
+        self.event = self._received.event = event
         if event.business_key is not None:
             self.span.set_attribute(semconv.EDA_BUSINESS_KEY, event.business_key)
         self._telemetry._record(

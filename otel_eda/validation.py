@@ -10,11 +10,10 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MAX_ID_LENGTH", "MAX_TYPE_LENGTH", "id_problem", "type_problem", "valid_id", "valid_type"]
+__all__ = ["MAX_ID_LENGTH", "MAX_TYPE_LENGTH", "created_ns_problem", "id_problem", "type_problem", "valid_type"]
 
 MAX_ID_LENGTH: Final = 128
 MAX_TYPE_LENGTH: Final = 128
-MAX_BUSINESS_KEY_LENGTH: Final = 128
 MAX_CREATED_NS_DIGITS: Final = 20
 
 # ids: UUIDs and the usual upstream correlation-id shapes; no spaces, no separators that
@@ -50,10 +49,6 @@ def id_problem(value: object) -> str | None:
 def type_problem(value: object) -> str | None:
     """Why ``value`` is not a valid event type or business key (``None`` if it is)."""
     return _problem(value, _TYPE_RE, MAX_TYPE_LENGTH)
-
-
-def valid_id(value: object) -> bool:
-    return id_problem(value) is None
 
 
 def valid_type(value: object) -> bool:

@@ -388,3 +388,83 @@ async def test_event_age_is_recorded_and_clock_skew_clamped_and_counted(capture:
     assert point.min == 0.0
     assert 2.0 <= point.max < 5.0
     assert capture.counter_total("eda.event.clock_skew") == 1
+
+
+async def test_full_subscribers_share_one_publish_timeout(capture: TelemetryCapture) -> None:
+    import time
+
+    release = asyncio.Event()
+
+    async def stuck(d: Delivery) -> None:
+        await release.wait()
+
+    bus = capture.bus(queue_size=1, publish_timeout_s=0.2)
+    for name in ("a", "b", "c", "d"):
+        bus.subscribe("order_placed", stuck, subscriber=name)
+    await bus.publish("order_placed")  # taken by each worker
+    await asyncio.sleep(0.01)
+    await bus.publish("order_placed")  # fills each queue
+    started = time.perf_counter()
+    with pytest.raises(BusFull) as info:
+        await bus.publish("order_placed")
+    waited = time.perf_counter() - started
+    assert sorted(info.value.missed) == ["a", "b", "c", "d"]
+    assert 0.2 <= waited < 0.5  # one timeout, not four
+    release.set()
+    await bus.close()
+
+
+async def test_a_business_key_survives_a_retry(capture: TelemetryCapture) -> None:
+    async def flaky(d: Delivery) -> None:
+        if d.attempt == 1:
+            d.set_business_key("order-77")
+            raise ConnectionError("later")
+        await d.emit("order_accepted")
+
+    async with capture.bus(retry=FAST_RETRY) as bus:
+        bus.subscribe("checkout", flaky, subscriber="order")
+        bus.subscribe("order_accepted", lambda d: None, subscriber="mailer")
+        await bus.publish("checkout")
+        await bus.join()
+    second = capture.spans(name="process checkout")[1]
+    assert second.attributes["eda.business_key"] == "order-77"
+    assert capture.spans(name="send order_accepted")[0].attributes["eda.business_key"] == "order-77"
+
+
+def test_queue_depth_of_buses_on_the_global_provider_follows_configure() -> None:
+    """Buses built before and after the global MeterProvider is installed are all observed."""
+    code = """
+import asyncio
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from otel_eda import EventBus
+
+async def main():
+    release = asyncio.Event()
+    async def stuck(d):
+        await release.wait()
+    early = EventBus(service="s")                      # on the API's proxy provider
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    late = EventBus(service="s")                       # on the SDK provider
+    for name, bus in (("early", early), ("late", late)):
+        bus.subscribe("t", stuck, subscriber=name)
+        for _ in range(3):
+            await bus.publish("t")
+    await asyncio.sleep(0.05)
+    data = reader.get_metrics_data()
+    depth = {p.attributes["messaging.consumer.group.name"]: p.value
+             for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+             if m.name == "eda.bus.queue.depth" for p in m.data.data_points}
+    print(sorted(depth.items()))
+    release.set()
+
+asyncio.run(main())
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[('early', 2), ('late', 2)]"

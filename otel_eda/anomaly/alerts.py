@@ -109,7 +109,3 @@ class AlertSink(Protocol):
     """Receives every alert change (firing, escalated, resolved). Must not block."""
 
     def send(self, alert: Alert) -> None: ...
-
-
-def service_of(labels: Mapping[str, str]) -> str | None:
-    return labels.get("service")

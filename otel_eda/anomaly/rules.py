@@ -107,19 +107,22 @@ class RulesFileError(ValueError):
     """A rules file that cannot be used; the message names the file, the line and why."""
 
 
-_FIELDS: dict[str, str] = {
-    "name": "name",
-    "metric": "metric",
-    "signal": "signal",
-    "detector": "detector",
-    "alert": "alert",
-    "severity": "severity",
-    "match": "match",
-    "labels": "labels",
-    "resolve_after": "resolve_after",
-    "summary": "summary",
-    "escalate_factor": "escalate_factor",
-}
+# file fields passed to Rule as they are; "for", "cooldown" and "escalate_after" are parsed
+_FIELDS = frozenset(
+    {
+        "name",
+        "metric",
+        "signal",
+        "detector",
+        "alert",
+        "severity",
+        "match",
+        "labels",
+        "resolve_after",
+        "summary",
+        "escalate_factor",
+    }
+)
 
 
 def _rule_from_mapping(raw: Mapping[str, Any]) -> Rule:
@@ -129,7 +132,7 @@ def _rule_from_mapping(raw: Mapping[str, Any]) -> Rule:
     for required in ("name", "metric"):
         if required not in raw:
             raise ValueError(f"missing field {required!r}")
-    kwargs: dict[str, Any] = {_FIELDS[k]: v for k, v in raw.items() if k in _FIELDS}
+    kwargs: dict[str, Any] = {k: v for k, v in raw.items() if k in _FIELDS}
     if "labels" in kwargs and kwargs["labels"] is not None:
         kwargs["labels"] = tuple(str(x) for x in kwargs["labels"])
     if "for" in raw:
