@@ -336,7 +336,7 @@ class HandWrittenBus:
         if age < 0:
             self._skewed.add(1, sub.attrs)
             age = 0.0
-        self._age.record(age, sub.attrs)
+        self._age.record(age, sub.attrs, context=ctx)
         waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9)
         attrs = self._attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
         attrs[semconv.EDA_DELIVERY_ATTEMPT] = 1
@@ -364,7 +364,9 @@ class HandWrittenBus:
         except Exception as exc:
             seconds = time.perf_counter() - started
             etype = type(exc).__qualname__
-            self._duration.record(seconds, {**sub.attrs, semconv.ERROR_TYPE: etype})
+            self._duration.record(
+                seconds, {**sub.attrs, semconv.ERROR_TYPE: etype}, context=trace.set_span_in_context(span)
+            )
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, etype))
             span.set_attribute(semconv.ERROR_TYPE, etype)
@@ -373,7 +375,7 @@ class HandWrittenBus:
         finally:
             detach(token)
         seconds = time.perf_counter() - started
-        self._duration.record(seconds, sub.attrs)
+        self._duration.record(seconds, sub.attrs, context=trace.set_span_in_context(span))
         span.add_event(semconv.EVENT_COMPLETED, {semconv.EDA_STAGE_SECONDS: seconds})
         span.end()
 

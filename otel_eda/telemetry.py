@@ -307,7 +307,7 @@ class EventTelemetry:
         if age < 0:
             self._skewed.add(1, attrs)
             age = 0.0
-        self._age.record(age, attrs)
+        self._age.record(age, attrs, context=received.context)  # exemplar: the producer span
         self._record(Stage.RECEIVED, received.event, received.producer, subscriber=subscriber)
         return received
 
@@ -390,7 +390,11 @@ class Attempt:
         self._ended = True
         t = self._telemetry
         seconds = time.perf_counter() - self._started
-        t._duration.record(seconds, t._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self.subscriber))
+        t._duration.record(
+            seconds,
+            t._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self.subscriber),
+            context=trace.set_span_in_context(self.span),  # the exemplar points at this attempt
+        )
         span = self.span
         if span.is_recording():
             span.add_event(semconv.EVENT_COMPLETED, {semconv.EDA_STAGE_SECONDS: seconds})
@@ -415,11 +419,12 @@ class Attempt:
         seconds = time.perf_counter() - self._started
         etype = error_type(exc)
         attrs = t._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self.subscriber, etype)
-        t._duration.record(seconds, attrs)
+        exemplar = trace.set_span_in_context(self.span)
+        t._duration.record(seconds, attrs, context=exemplar)
         if outcome is Stage.RETRIED:
-            t._retries.add(1, attrs)
+            t._retries.add(1, attrs, context=exemplar)
         elif outcome is Stage.DEAD_LETTERED:
-            t._dead_letters.add(1, attrs)
+            t._dead_letters.add(1, attrs, context=exemplar)
         span = self.span
         if span.is_recording():
             span.record_exception(exc)

@@ -1,4 +1,5 @@
-"""Helpers for testing code that uses otel-eda: in-memory telemetry and flow assertions.
+"""Helpers for testing code that uses otel-eda: in-memory spans, metrics and alerts, and
+flow assertions.
 
 >>> import asyncio
 >>> from otel_eda.testing import TelemetryCapture, assert_causation_chain
@@ -33,6 +34,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind
 
+from otel_eda.anomaly.alerts import Alert
+from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.reader import AnomalyMetricReader
+from otel_eda.anomaly.rules import Rule, default_rules
 from otel_eda.bus import EventBus
 from otel_eda.identity import EventContext
 from otel_eda.processor import EventSpanProcessor
@@ -47,10 +52,18 @@ class TelemetryCapture:
     """Private, in-memory tracer and meter providers wired like ``configure()`` does.
 
     Nothing global is touched: pass ``capture.tracer_provider`` / ``meter_provider`` to
-    your code, or build a bus with :meth:`bus`.
+    your code, or build a bus with :meth:`bus`. An anomaly engine with ``rules`` (default:
+    the default rule set) watches the metrics; :meth:`evaluate` runs it now and
+    :attr:`alerts` holds what it delivered.
     """
 
-    def __init__(self, *, service: str = "test-service", sampler: Sampler | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        service: str = "test-service",
+        sampler: Sampler | None = None,
+        rules: Sequence[Rule] | None = None,
+    ) -> None:
         resource = Resource.create({"service.name": service})
         self.exporter = InMemorySpanExporter()
         self.tracer_provider = TracerProvider(
@@ -59,7 +72,15 @@ class TelemetryCapture:
         self.tracer_provider.add_span_processor(EventSpanProcessor())
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.metric_reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader], resource=resource)
+        #: every alert change the anomaly engine delivered, oldest first
+        self.alerts: list[Alert] = []
+        self.anomaly_reader = AnomalyMetricReader(
+            AnomalyEngine(default_rules() if rules is None else rules),
+            interval_s=3600,
+            start=False,
+            callbacks=[self.alerts.append],
+        )
+        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader, self.anomaly_reader], resource=resource)
 
     def __enter__(self) -> TelemetryCapture:
         return self
@@ -85,6 +106,13 @@ class TelemetryCapture:
             for s in self.exporter.get_finished_spans()
             if (name is None or s.name == name) and (kind is None or s.kind == kind)
         ]
+
+    # -- alerts -------------------------------------------------------------------------
+    def evaluate(self) -> list[Alert]:
+        """Run one anomaly evaluation now (as the reader's thread would); the new alerts."""
+        before = len(self.alerts)
+        self.anomaly_reader.force_flush()
+        return self.alerts[before:]
 
     # -- metrics ------------------------------------------------------------------------
     def points(self, metric: str) -> list[Any]:

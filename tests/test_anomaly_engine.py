@@ -100,6 +100,36 @@ def test_silences_mute_matching_alerts_until_they_expire() -> None:
     feed(engine, [0.3] * 3)
     assert sink.alerts == [] and engine.suppressed == 1
     assert [a.rule for a in engine.active_alerts()] == ["processing-errors"]  # tracked, not delivered
+    feed(engine, [0.3] * 3, start=3.0)  # the silence ends at t=5: the still-firing alert goes out
+    assert [(a.state.value, a.started_at) for a in sink.alerts] == [("firing", 1.0)]
+    assert engine.suppressed == 1
+
+
+def test_an_alert_resolved_while_muted_is_never_sent() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule()], [sink], resource_labels={"service": "payment-svc"})
+    engine.silence({"service": "payment-svc"}, duration_s=100.0, now=0.0)
+    feed(engine, [0.3, 0.3, 0.0, 0.0, 0.0])
+    assert sink.alerts == []
+
+
+def test_a_silent_series_resolves_its_alert_when_it_is_evicted() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule()], [sink], idle_timeout_s=10.0)
+    feed(engine, [0.3, 0.3])
+    engine.evaluate([], now=20.0)
+    assert sink.states() == [("firing", "warning"), ("resolved", "warning")]
+    assert engine.series_count == 0 and engine.evicted == 1
+
+
+def test_inhibition_needs_a_service() -> None:
+    sink = Collect()
+    critical = errors_rule(
+        name="errors-critical", severity="critical", detector={"kind": "threshold", "op": "gt", "value": 0.22}
+    )
+    engine = AnomalyEngine([critical, errors_rule()], [sink])  # no service label anywhere
+    feed(engine, [0.25, 0.25, 0.25])
+    assert sorted(a.rule for a in sink.alerts) == ["errors-critical", "processing-errors"]
 
 
 def test_a_critical_alert_on_a_service_inhibits_its_warnings() -> None:

@@ -214,3 +214,72 @@ def test_a_malformed_rules_file_is_reported_and_the_default_rules_used(
         engine = _engine_from_settings(Settings(rules_file=str(path)))
     assert [r.name for r in engine.rules] == [r.name for r in default_rules()]
     assert any(f"{path}:2: rule 'x': unknown signal" in r.getMessage() for r in caplog.records)
+
+
+async def test_alerts_carry_exemplars_of_real_traces_end_to_end() -> None:
+    from otel_eda import Delivery, RetryPolicy
+
+    rule = Rule(
+        name="dead-letters",
+        metric=semconv.METRIC_DEAD_LETTERS,
+        signal="rate",
+        detector={"kind": "threshold", "op": "gt", "value": 0},
+    )
+    got: list[Alert] = []
+    with TelemetryCapture() as capture:
+        reader = AnomalyMetricReader(AnomalyEngine([rule]), interval_s=3600, start=False, callbacks=[got.append])
+        provider = MeterProvider(metric_readers=[reader])
+
+        def fails(d: Delivery) -> None:
+            raise ValueError("no")
+
+        async with capture.bus(meter_provider=provider, retry=RetryPolicy(max_attempts=1)) as bus:
+            bus.subscribe("order_placed", fails, subscriber="payment")
+            await bus.publish("order_placed")
+            await bus.join()
+        reader.force_flush()
+        provider.shutdown()
+        (consumer,) = capture.spans(name="process order_placed")
+    (alert,) = got
+    assert alert.annotations()["trace_ids"] == f"{consumer.context.trace_id:032x}"
+    assert alert.annotations()["span_ids"] == f"{consumer.context.span_id:016x}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
+def test_a_forked_child_gets_its_own_evaluation_thread() -> None:
+    spy = SpyEngine()
+    reader = AnomalyMetricReader(spy, interval_s=0.02)
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("t").create_counter("jobs").add(1)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its reader thread must be running and collecting
+        try:
+            before = reader.collections
+            time.sleep(0.3)
+            alive = reader._thread is not None and reader._thread.is_alive()
+            os.write(write_end, b"ok" if alive and reader.collections > before else b"no")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 2)
+    os.waitpid(pid, 0)
+    provider.shutdown()
+    assert answer == b"ok"
+
+
+async def test_telemetry_capture_collects_alerts_for_users_tests() -> None:
+    from otel_eda import Delivery, RetryPolicy
+
+    with TelemetryCapture() as capture:  # the default rule set
+
+        def fails(d: Delivery) -> None:
+            raise ValueError("no")
+
+        async with capture.bus(retry=RetryPolicy(max_attempts=1)) as bus:
+            bus.subscribe("order_placed", fails, subscriber="payment")
+            await bus.publish("order_placed")
+            await bus.join()
+        new = capture.evaluate()
+    assert [(a.name, a.state.value) for a in new] == [("EventsDeadLettered", "firing")]
+    assert capture.alerts == new

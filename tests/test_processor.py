@@ -85,11 +85,16 @@ def test_an_internal_error_is_logged_and_counted_never_raised(
     def broken(_: object) -> None:
         raise RuntimeError("boom")
 
+    from otel_eda import _selfmetrics
+
     monkeypatch.setattr(processor_module, "flow_ids", broken)
+    errors = capture.meter_provider.get_meter("otel_eda").create_counter("eda.internal.errors")
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)  # counted where we can read it
     with caplog.at_level(logging.ERROR, logger="otel_eda"):
         capture.tracer_provider.get_tracer("x").start_span("still works").end()
     assert [s.name for s in capture.spans()] == ["still works"]
     assert any("span processor" in r.getMessage() for r in caplog.records)
+    assert capture.counter_total("eda.internal.errors", {"eda.component": "span processor"}) == 1
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):

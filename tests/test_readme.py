@@ -21,6 +21,13 @@ def test_readme_starts_with_the_two_commands_and_ci_calls_the_second() -> None:
         assert os.access(ROOT / command, os.X_OK)
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in ci and "ruff" in ci and "mypy" in ci
+    # both set up .venv at the repository root with every extra (benchmarks' included)
+    setup = (ROOT / "scripts" / "setup-venv").read_text()
+    assert "-m venv .venv" in setup and '-e ".[all]"' in setup
+    for command in commands:
+        assert "scripts/setup-venv" in (ROOT / command).read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'all = ["otel-eda[zipkin,otlp,auto,rules,test,bench]"]' in pyproject
 
 
 def test_quick_start_runs(tmp_path: Path) -> None:

@@ -340,6 +340,24 @@ class _WindowMoments:
         return math.sqrt(self.m2 / n) if n else 0.0
 
 
+_DIRECTIONS = ("both", "up", "down")
+
+
+def _check_direction(direction: object) -> str:
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(_DIRECTIONS)}, got {direction!r}")
+    return str(direction)
+
+
+def _directed(z: float, direction: str) -> float:
+    """``z`` when it deviates in the watched direction, else 0 (``up``: only rises count)."""
+    if direction == "up":
+        return z if z > 0 else 0.0
+    if direction == "down":
+        return z if z < 0 else 0.0
+    return z
+
+
 def _z(x: float, mean: float, std: float) -> float:
     d = x - mean
     if std > 0.0:
@@ -358,7 +376,9 @@ class ZScoreDetector(_Base):
 
     ``score = erf(|z| / √2)`` (see :func:`z_to_score`); 0.0 until ``warmup`` values are
     seen (default ``min(window, 30)``). A zero-variance window scores 1.0 for any
-    different value. Default threshold: |z| >= 5.
+    different value. Default threshold: |z| >= 5. ``direction="up"`` (or ``"down"``)
+    scores only deviations above (below) the mean: a latency rule should not fire when
+    latency drops.
 
     Reference: B. P. Welford, "Note on a method for calculating corrected sums of squares
     and products", Technometrics 4(3), 1962; removal as in T. Finch, "Incremental
@@ -371,9 +391,17 @@ class ZScoreDetector(_Base):
     (False, True)
     """
 
-    def __init__(self, window: int = 1000, *, warmup: int | None = None, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        window: int = 1000,
+        *,
+        warmup: int | None = None,
+        threshold: float | None = None,
+        direction: str = "both",
+    ) -> None:
         super().__init__(z_to_score(5.0) if threshold is None else threshold)
         self.window = _check_window(window)
+        self.direction = _check_direction(direction)
         self.warmup = min(window, 30) if warmup is None else _check_window(warmup, "warmup", 1)
         self._m = _WindowMoments(self.window)
         self.z = 0.0
@@ -395,7 +423,7 @@ class ZScoreDetector(_Base):
         m = self._m
         if len(m.buf) >= self.warmup:
             self.z = _z(x, m.mean, m.std)
-            s = z_to_score(self.z)
+            s = z_to_score(_directed(self.z, self.direction))
         else:
             self.z, s = 0.0, 0.0
         m.push(x)

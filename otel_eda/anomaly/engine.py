@@ -65,6 +65,8 @@ class _State:
     anomalous_since: float | None = None
     normal: int = 0
     alert: Alert | None = None
+    #: whether the current alert's firing reached the sinks (it may have been suppressed)
+    delivered: bool = False
     cooldown_until: float = 0.0
     exemplars: tuple[Exemplar, ...] = ()
 
@@ -116,9 +118,9 @@ class AnomalyEngine:
     def evaluate(self, points: Iterable[SeriesPoint], now: float | None = None) -> list[Alert]:
         """Feed one collection's points; deliver and return the alert changes."""
         now = time.time() if now is None else now
-        changes: list[Alert] = []
+        changes: list[tuple[_State, Alert]] = []
         with self._lock:
-            self._evict_idle(now)  # first, so that idle series free their places
+            self._evict_idle(now, changes)  # first, so that idle series free their places
             for point in points:
                 rules = self._by_signal.get((point.metric, point.signal))
                 if not rules:
@@ -128,14 +130,34 @@ class AnomalyEngine:
                     continue
                 for rule in rules:
                     if all(_get(point.attributes, k) == v for k, v in rule.match.items()):
-                        change = self._update(rule, point)
+                        state, change = self._update(rule, point)
                         if change is not None:
-                            changes.append(change)
+                            changes.append((state, change))
             self._silences = [s for s in self._silences if s.until > now]
-            delivered = [a for a in changes if not self._suppressed(a, now)]
+            delivered = self._filter(changes, now)
         for alert in delivered:
             self._deliver(alert)
         return delivered
+
+    def _filter(self, changes: list[tuple[_State, Alert]], now: float) -> list[Alert]:
+        """Apply silences and inhibition; a suppressed firing alert is offered again later."""
+        out: list[Alert] = []
+        changed = {id(state) for state, _ in changes}
+        # firing alerts held back earlier and not changed now: deliver once unmuted
+        held = [(s, s.alert) for s in self._states.values() if s.alert and not s.delivered and id(s) not in changed]
+        for state, alert in [*changes, *held]:
+            if alert.state is AlertState.RESOLVED:
+                if state.delivered:  # the sinks never saw a suppressed alert fire
+                    out.append(alert)
+                state.delivered = False
+            elif self._suppressed(alert, now):
+                if id(state) in changed:
+                    self.suppressed += 1  # counted once per change held back
+                state.delivered = False
+            else:
+                state.delivered = True
+                out.append(alert)
+        return out
 
     # -- internals ----------------------------------------------------------------------
     def _state(self, rule: Rule, attributes: Attributes, t: float) -> _State:
@@ -154,12 +176,15 @@ class AnomalyEngine:
         state.last_seen = t
         return state
 
-    def _evict_idle(self, now: float) -> None:
+    def _evict_idle(self, now: float, changes: list[tuple[_State, Alert]]) -> None:
+        """Evict series silent for ``idle_timeout_s``; a firing alert on one is resolved."""
         horizon = now - self.idle_timeout_s
         while self._states:
             key, state = next(iter(self._states.items()))
-            if state.last_seen >= horizon or state.alert is not None:
+            if state.last_seen >= horizon:
                 break
+            if state.alert is not None:
+                changes.append((state, self._resolved(state, state.alert.value, now)))
             del self._states[key]
             self.evicted += 1
 
@@ -169,7 +194,7 @@ class AnomalyEngine:
         labels.update(self.resource_labels)
         return labels
 
-    def _update(self, rule: Rule, point: SeriesPoint) -> Alert | None:
+    def _update(self, rule: Rule, point: SeriesPoint) -> tuple[_State, Alert | None]:
         state = self._state(rule, point.attributes, point.t)
         detector = state.detector
         detector.update(point.t, point.value)
@@ -185,10 +210,10 @@ class AnomalyEngine:
             state.anomalous = 0
             state.anomalous_since = None
         if state.alert is None:
-            return self._maybe_fire(state, point)
+            return state, self._maybe_fire(state, point)
         if state.normal >= rule.resolve_after:
-            return self._resolve(state, point)
-        return self._maybe_escalate(state, point)
+            return state, self._resolved(state, point.value, point.t)
+        return state, self._maybe_escalate(state, point)
 
     def _maybe_fire(self, state: _State, point: SeriesPoint) -> Alert | None:
         rule = state.rule
@@ -217,13 +242,13 @@ class AnomalyEngine:
         state.alert = self._alert(state, point, severity, AlertState.FIRING, started=alert.started_at)
         return state.alert
 
-    def _resolve(self, state: _State, point: SeriesPoint) -> Alert:
+    def _resolved(self, state: _State, value: float, t: float) -> Alert:
         alert = state.alert
         assert alert is not None
         state.alert = None
-        state.cooldown_until = point.t + state.rule.cooldown_s
+        state.cooldown_until = t + state.rule.cooldown_s
         return dataclasses.replace(
-            alert, state=AlertState.RESOLVED, value=point.value, score=state.detector.score, ended_at=point.t
+            alert, state=AlertState.RESOLVED, value=value, score=state.detector.score, ended_at=t
         )
 
     def _beyond_escalation_value(self, state: _State, value: float) -> bool:
@@ -264,16 +289,14 @@ class AnomalyEngine:
     def _suppressed(self, alert: Alert, now: float) -> bool:
         labels = alert.labels
         muted = any(s.matches(labels, now) for s in self._silences)
-        if not muted and alert.state is AlertState.FIRING and alert.severity < Severity.CRITICAL:
-            service = labels.get("service")
+        service = labels.get("service")
+        if not muted and service is not None and alert.severity < Severity.CRITICAL:
             muted = any(
                 s.alert is not None
                 and s.alert.severity is Severity.CRITICAL
                 and s.alert.series_labels.get("service") == service
                 for s in self._states.values()
             )
-        if muted:
-            self.suppressed += 1
         return muted
 
     def _deliver(self, alert: Alert) -> None:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -95,8 +97,17 @@ class AnomalyMetricReader(MetricReader):
         self._shutdown_done = False
         self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(target=self._run, name="otel-eda-anomaly", daemon=True)
-            self._thread.start()
+            self._start_thread()
+            _threaded.add(self)
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="otel-eda-anomaly", daemon=True)
+        self._thread.start()
+
+    def _restart_after_fork(self) -> None:
+        if not self._shutdown_done:
+            self._stop = threading.Event()
+            self._start_thread()
 
     def add_callback(self, fn: Callable[[Alert], Any]) -> None:
         """Also call ``fn`` with every alert change."""
@@ -177,9 +188,30 @@ def _engine_from_settings(settings: Any) -> AnomalyEngine:
     return AnomalyEngine(rules, sinks, max_series=settings.max_series)
 
 
+# Readers with a thread: a forked child (a pre-fork server's worker) restarts theirs, as the
+# SDK's PeriodicExportingMetricReader does. Readers added to an existing provider: shut down
+# at exit, since the provider's own shutdown skips them. Weak sets: a dropped reader goes.
+_threaded: weakref.WeakSet[AnomalyMetricReader] = weakref.WeakSet()
+_attached: weakref.WeakSet[AnomalyMetricReader] = weakref.WeakSet()
+
+
+def _restart_threads_in_child() -> None:
+    for reader in list(_threaded):
+        reader._restart_after_fork()
+
+
+def _shutdown_attached() -> None:
+    for reader in list(_attached):
+        reader.shutdown()
+
+
+os.register_at_fork(after_in_child=_restart_threads_in_child)
+atexit.register(_shutdown_attached)
+
+
 def attach(provider: MeterProvider, reader: AnomalyMetricReader | None = None) -> AnomalyMetricReader:
     """Add an anomaly reader to an existing MeterProvider, shut down at interpreter exit."""
     reader = reader or AnomalyMetricReader()
     provider.add_metric_reader(reader)
-    atexit.register(reader.shutdown)
+    _attached.add(reader)
     return reader

@@ -9,8 +9,9 @@ instrument                          signals
 counter (monotonic sum)            ``rate`` — per second over the collection interval
 up-down counter, gauge             ``value``
 histogram (explicit or exponential) ``count`` (per second), ``mean``, ``p95``, ``p99``
-histogram or counter with points   ``error_ratio`` — share of the interval's measurements that
-carrying ``error.type``             carry an ``error.type``, per attribute set without it
+``messaging.*`` histogram/counter  ``error_ratio`` — share of the interval's measurements that
+                                    carry an ``error.type``, per attribute set without it
+                                    (0 when none failed, so an error alert can resolve)
 =================================  ==========================================================
 
 Exemplars (trace and span ids of sampled measurements) travel with each point so an alert
@@ -38,6 +39,9 @@ __all__ = ["Attributes", "SeriesPoint", "percentile_explicit", "percentile_expon
 
 Attributes = tuple[tuple[str, str], ...]
 _ERROR_TYPE = "error.type"
+# error ratios are derived for these metrics only (otel-eda's retry and dead-letter
+# counters always carry error.type: their ratio would be a constant 1)
+_ERROR_RATIO_PREFIX = "messaging."
 MAX_EXEMPLARS = 3
 
 
@@ -161,6 +165,8 @@ def _convert(name: str, data: Any, out: list[SeriesPoint]) -> None:
         else:
             continue
         has_error = _ERROR_TYPE in raw
+        if has_error and not name.startswith(_ERROR_RATIO_PREFIX):
+            continue
         base = _attrs({k: v for k, v in raw.items() if k != _ERROR_TYPE}) if has_error else attrs
         entry = totals.get(base)
         if entry is None:
@@ -169,7 +175,7 @@ def _convert(name: str, data: Any, out: list[SeriesPoint]) -> None:
         if has_error:
             entry[1] += weight
             any_error = True
-    if any_error:
+    if any_error or name.startswith(_ERROR_RATIO_PREFIX):
         for attrs, (total, errors, t) in totals.items():
             if total > 0:
                 out.append(SeriesPoint(name, "error_ratio", attrs, t, errors / total))
