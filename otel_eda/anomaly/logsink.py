@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from opentelemetry import _logs, metrics
 from opentelemetry.context import Context
@@ -125,18 +126,8 @@ class LogRecordSink:
             severity_number, severity_text = _SEVERITY[alert.severity]
         attributes: dict[str, str] = {**alert.annotations(), **alert.labels, ATTR_ALERT_STATE: alert.state.value}
         now = time.time_ns()
-        if _HAS_EVENT_NAME:
-            return _logs.LogRecord(
-                timestamp=now,
-                observed_timestamp=now,
-                context=_exemplar_context(alert),
-                severity_number=severity_number,
-                severity_text=severity_text,
-                body=alert.summary,
-                attributes=attributes,
-                event_name=ALERT_EVENT_NAME,
-            )
-        return _logs.LogRecord(  # pragma: no cover - API releases without event names
+        extra: dict[str, Any] = {"event_name": ALERT_EVENT_NAME} if _HAS_EVENT_NAME else {}
+        return _logs.LogRecord(
             timestamp=now,
             observed_timestamp=now,
             context=_exemplar_context(alert),
@@ -144,6 +135,7 @@ class LogRecordSink:
             severity_text=severity_text,
             body=alert.summary,
             attributes=attributes,
+            **extra,
         )
 
     def __repr__(self) -> str:
