@@ -274,3 +274,24 @@ def test_make_detector_errors(kind: str, params: dict[str, Any], message: str) -
 def test_make_detector_rejects_non_string_kind() -> None:
     with pytest.raises(ValueError, match="unknown detector kind"):
         make_detector(None)  # type: ignore[arg-type]
+
+
+def test_zscore_hold_keeps_a_sustained_spike_anomalous() -> None:
+    """Without ``hold`` a spike becomes its own baseline within a few points; with it, the
+    whole spike stays anomalous (and a new level is still learnt after ``hold`` points)."""
+    rng = random.Random(1)
+
+    def flags(hold: int, spike: int) -> list[bool]:
+        d = make_detector("zscore", window=120, direction="up", hold=hold)
+        out = []
+        for i in range(60 + spike + 140):
+            x = 0.3 if 60 <= i < 60 + spike else 0.01 + rng.random() * 0.002
+            out.append(d.update(float(i), x).is_anomaly)
+        return out
+
+    assert sum(flags(0, 10)[60:70]) < 5
+    assert all(flags(120, 10)[60:70]) and not any(flags(120, 10)[71:])
+    long_level = flags(20, 100)  # a level shift longer than hold: learnt, then quiet
+    assert all(long_level[60:80]) and not any(long_level[100:160])
+    with pytest.raises(ValueError, match="hold"):
+        make_detector("zscore", hold=-1)

@@ -378,7 +378,9 @@ class ZScoreDetector(_Base):
     seen (default ``min(window, 30)``). A zero-variance window scores 1.0 for any
     different value. Default threshold: |z| >= 5. ``direction="up"`` (or ``"down"``)
     scores only deviations above (below) the mean: a latency rule should not fire when
-    latency drops.
+    latency drops. ``hold=n`` keeps up to ``n`` consecutive anomalous values out of the
+    window, so a sustained spike stays anomalous instead of becoming its own baseline; a
+    new level that lasts longer than ``n`` points is then learnt.
 
     Reference: B. P. Welford, "Note on a method for calculating corrected sums of squares
     and products", Technometrics 4(3), 1962; removal as in T. Finch, "Incremental
@@ -398,10 +400,15 @@ class ZScoreDetector(_Base):
         warmup: int | None = None,
         threshold: float | None = None,
         direction: str = "both",
+        hold: int = 0,
     ) -> None:
         super().__init__(z_to_score(5.0) if threshold is None else threshold)
         self.window = _check_window(window)
         self.direction = _check_direction(direction)
+        if isinstance(hold, bool) or not isinstance(hold, int) or not 0 <= hold <= MAX_WINDOW:
+            raise ValueError(f"hold must be an integer in [0, {MAX_WINDOW}], got {hold!r}")
+        self.hold = hold
+        self._held = 0
         self.warmup = min(window, 30) if warmup is None else _check_window(warmup, "warmup", 1)
         self._m = _WindowMoments(self.window)
         self.z = 0.0
@@ -426,6 +433,11 @@ class ZScoreDetector(_Base):
             s = z_to_score(_directed(self.z, self.direction))
         else:
             self.z, s = 0.0, 0.0
+        if s >= self.threshold and self._held < self.hold:
+            self._held += 1  # keep the anomaly out of the baseline, for up to ``hold`` points
+            return s
+        if s < self.threshold:
+            self._held = 0
         m.push(x)
         return s
 

@@ -237,7 +237,7 @@ def default_rules() -> list[Rule]:
             alert="ProcessingLatencyHigh",
             metric="messaging.process.duration",
             signal="p95",
-            detector={"kind": "zscore", "window": 120, "direction": "up"},
+            detector={"kind": "zscore", "window": 120, "direction": "up", "hold": 120},
             labels=("messaging.destination.name", "messaging.consumer.group.name"),
             for_evaluations=2,
             escalate_after_s=300.0,
