@@ -211,3 +211,37 @@ def test_rules_are_validated_when_declared() -> None:
     assert Rule(name="queue-depth", metric="m").alert_name == "QueueDepth"
     assert Rule(name="r", metric="m", severity="critical").severity is Severity.CRITICAL  # type: ignore[arg-type]
     assert AlertState.FIRING.value == "firing"
+
+
+def test_distinct_attribute_sets_through_a_meter_provider_keep_otel_edas_memory_bounded() -> None:
+    """40,000 distinct attribute sets through a MeterProvider and the anomaly reader.
+
+    The OpenTelemetry SDK 1.45 used here has no per-instrument cardinality limit: its own
+    storage keeps every attribute set (about 550 bytes each), which is the SDK's business.
+    What otel-eda allocates — series points, zero-fill memory, engine states — must not grow.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from otel_eda.anomaly.reader import AnomalyMetricReader
+
+    rule = errors_rule(name="jobs", metric="jobs", signal="rate", detector={"kind": "zscore", "window": 30})
+    engine = AnomalyEngine([rule], max_series=2_000, idle_timeout_s=0.0)
+    reader = AnomalyMetricReader(engine, interval_s=3600, start=False)
+    provider = MeterProvider(metric_readers=[reader])
+    counter = provider.get_meter("m").create_counter("jobs")
+    ours = [tracemalloc.Filter(True, "*/otel_eda/*")]
+    sizes = []
+    tracemalloc.start()
+    try:
+        for batch in range(4):
+            for i in range(10_000):
+                counter.add(1, {"job": f"{batch}-{i}"})
+            reader.force_flush()
+            snapshot = tracemalloc.take_snapshot().filter_traces(ours)
+            sizes.append(sum(stat.size for stat in snapshot.statistics("filename")))
+    finally:
+        tracemalloc.stop()
+        provider.shutdown()
+    assert engine.series_count <= 2_000
+    assert engine.overflowed > 30_000 and engine.evicted > 0
+    assert sizes[3] - sizes[1] < 300_000, f"otel-eda's memory grew by {sizes[3] - sizes[1]} bytes"
