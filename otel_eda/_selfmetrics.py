@@ -34,6 +34,22 @@ def _error_counter() -> metrics.Counter:
     )
 
 
+@cache
+def _config_error_counter() -> metrics.Counter:
+    return metrics.get_meter("otel_eda").create_counter(
+        semconv.METRIC_CONFIG_ERRORS,
+        unit="{error}",
+        description="Invalid OTEL_EDA_* settings and failed SDK configurations (eda.setting: the variable, or sdk)",
+    )
+
+
+def count_config_error(setting: str) -> None:
+    try:
+        _config_error_counter().add(1, {"eda.setting": setting})
+    except Exception:  # pragma: no cover
+        _log.debug("could not count a configuration error", exc_info=True)
+
+
 def count_invalid(field: str, reason: str) -> None:
     """Count one dropped incoming value. Never logs the value itself."""
     try:

@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -253,6 +254,7 @@ class EventBus:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         settings = settings or Settings.from_environ()
+        self._check_sdk = tracer_provider is None
         self.store = store if store is not None else EventStore(settings.store_max_events)
         self.service = service or _service_name(tracer_provider)
         self.queue_size = queue_size
@@ -339,6 +341,9 @@ class EventBus:
         """
         if self._closed:
             raise RuntimeError("the bus is closed")
+        if self._check_sdk:
+            self._check_sdk = False
+            _warn_if_uninstrumented()
         parent = cause if cause is not None else current_event(context)
         if parent is not None:
             event = parent.child(event_type, business_key=business_key, metadata=metadata)
@@ -549,6 +554,21 @@ def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Itera
         for bus in list(buses)
         for (event_type, name), depth in bus.queue_depths().items()
     ]
+
+
+@functools.cache
+def _warn_if_uninstrumented() -> None:
+    """One WARNING per process when a bus publishes with no OpenTelemetry SDK installed at all."""
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not _sdk_disabled():
+        _log.warning(
+            "no OpenTelemetry SDK is installed: event spans and metrics go nowhere (the store still records "
+            "them). Call otel_eda.configure() at start-up, or run under opentelemetry-instrument with "
+            "OTEL_PYTHON_DISTRO=otel_eda and OTEL_PYTHON_CONFIGURATOR=otel_eda"
+        )
+
+
+def _sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 def _service_name(tracer_provider: trace.TracerProvider | None) -> str:

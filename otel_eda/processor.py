@@ -11,12 +11,20 @@ context (a link carrying ``messaging.message.id``) the processor also records th
 span's trace and span id as ``eda.producer.trace_id`` and ``eda.producer.span_id`` (the
 bus sets them itself on its own consumer spans; this covers other instrumentations').
 
+With ``baggage_keys`` (``OTEL_EDA_BAGGAGE_KEYS``), the listed W3C baggage entries of the
+parent context are also copied onto every span, under their own names (a tenant id, say);
+an attribute already set is kept. Only listed keys are copied: baggage crosses trust
+boundaries and may carry what should not be stored.
+
 Every method guards itself: an internal error is logged and counted
 (``eda.internal.errors``), never raised into the application's ``start_span``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from opentelemetry import baggage
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
@@ -35,10 +43,19 @@ _PRODUCER_SPAN = semconv.EDA_PRODUCER_SPAN_ID
 
 
 class EventSpanProcessor(SpanProcessor):
-    """Adds ``eda.correlation_id`` / ``eda.causation_id`` to every span of a flow."""
+    """Adds ``eda.correlation_id`` / ``eda.causation_id`` to every span of a flow.
+
+    >>> EventSpanProcessor(baggage_keys=["tenant.id"]).baggage_keys
+    ('tenant.id',)
+    """
+
+    def __init__(self, *, baggage_keys: Iterable[str] = ()) -> None:
+        self.baggage_keys = tuple(baggage_keys)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
+            if self.baggage_keys:
+                self._copy_baggage(span, parent_context)
             ids = flow_ids(parent_context)
             consumer_links = span.kind is SpanKind.CONSUMER and span._links
             if ids is None and not consumer_links:
@@ -61,6 +78,19 @@ class EventSpanProcessor(SpanProcessor):
                 span.set_attributes(stamp)
         except Exception:
             internal_error("span processor", "stamping a span")
+
+    def _copy_baggage(self, span: Span, parent_context: Context | None) -> None:
+        entries = baggage.get_all(parent_context)
+        if not entries:
+            return
+        present = getattr(span._attributes, "_dict", None) or span._attributes or {}
+        stamp = {
+            key: value
+            for key in self.baggage_keys
+            if (value := entries.get(key)) is not None and isinstance(value, str) and key not in present
+        }
+        if stamp:
+            span.set_attributes(stamp)
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

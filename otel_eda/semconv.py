@@ -57,6 +57,8 @@ METRIC_UNROUTED: Final = "eda.bus.unrouted"
 METRIC_RETRIES: Final = "eda.bus.retries"
 METRIC_DEAD_LETTERS: Final = "eda.bus.dead_letters"
 METRIC_INTERNAL_ERRORS: Final = "eda.internal.errors"
+#: Invalid ``OTEL_EDA_*`` settings and failed SDK configurations, by ``eda.setting``.
+METRIC_CONFIG_ERRORS: Final = "eda.config.errors"
 #: Seconds from an event's creation (the ``eda-event-created`` header) to the start of its
 #: handling: end-to-end lag. The conventions have no time-in-queue metric (semconv#792).
 METRIC_EVENT_AGE: Final = "eda.event.age"

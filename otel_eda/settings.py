@@ -1,95 +1,176 @@
-"""otel-eda's own settings, read once from ``OTEL_EDA_*`` environment variables.
+"""otel-eda's own settings, parsed from the ``OTEL_EDA_*`` environment variables.
 
-============================== ========= ==============================================
-variable                        default   meaning
-============================== ========= ==============================================
-``OTEL_EDA_TRACE_MODE``         parent    ``parent`` or ``link``: how consumer spans
-                                          relate to producer spans (see ``TraceMode``)
-``OTEL_EDA_STORE_MAX_EVENTS``   10000     events the in-process store keeps
-``OTEL_EDA_ANOMALY_INTERVAL``   5         seconds between anomaly evaluations
-``OTEL_EDA_RULES_FILE``         (none)    YAML or JSON alert rules (default rule set)
-``OTEL_EDA_MAX_SERIES``         10000     series the anomaly engine tracks at most
-``OTEL_EDA_ALERTMANAGER_URL``   (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
-============================== ========= ==============================================
+=============================== ========= ============================================
+variable                         default   meaning
+=============================== ========= ============================================
+``OTEL_EDA_TRACE_MODE``          parent    ``parent`` or ``link``: how consumer spans
+                                           relate to producer spans (see ``TraceMode``)
+``OTEL_EDA_BAGGAGE_KEYS``        (none)    comma-separated baggage keys copied onto
+                                           every span as attributes
+``OTEL_EDA_STORE_MAX_EVENTS``    10000     events the in-process store keeps
+``OTEL_EDA_ANOMALY_INTERVAL``    5         seconds between anomaly evaluations
+``OTEL_EDA_RULES_FILE``          (none)    YAML or JSON alert rules (default rule set)
+``OTEL_EDA_MAX_SERIES``          10000     series the anomaly engine tracks at most
+``OTEL_EDA_ALERTMANAGER_URL``    (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
+``OTEL_EDA_STRICT``              false     ``true``: invalid settings stop start-up
+=============================== ========= ============================================
 
-An invalid value is reported as one ERROR naming the variable, the value and what is
-accepted; the default is used instead.
+An invalid value is reported once per process as one ERROR naming the variable, the value
+and the accepted values; that setting's default is used instead, and the problem is kept
+in :attr:`Settings.errors` (``configure()`` counts it, and fails in strict mode).
+
+>>> s = Settings.from_environ({"OTEL_EDA_TRACE_MODE": "link", "OTEL_EDA_MAX_SERIES": "500"})
+>>> s.trace_mode.value, s.max_series, s.errors
+('link', 500, ())
+>>> bad = Settings.from_environ({"OTEL_EDA_ANOMALY_INTERVAL": "soon"})
+>>> bad.anomaly_interval_s, bad.errors[0].variable
+(5.0, 'OTEL_EDA_ANOMALY_INTERVAL')
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import re
 from collections.abc import Mapping
 
+from otel_eda.environment_variables import (
+    OTEL_EDA_ALERTMANAGER_URL,
+    OTEL_EDA_ANOMALY_INTERVAL,
+    OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_MAX_SERIES,
+    OTEL_EDA_RULES_FILE,
+    OTEL_EDA_STORE_MAX_EVENTS,
+    OTEL_EDA_STRICT,
+    OTEL_EDA_TRACE_MODE,
+)
 from otel_eda.store import DEFAULT_MAX_EVENTS
 from otel_eda.telemetry import TraceMode
 
-__all__ = [
-    "OTEL_EDA_ALERTMANAGER_URL",
-    "OTEL_EDA_ANOMALY_INTERVAL",
-    "OTEL_EDA_MAX_SERIES",
-    "OTEL_EDA_RULES_FILE",
-    "OTEL_EDA_STORE_MAX_EVENTS",
-    "OTEL_EDA_TRACE_MODE",
-    "Settings",
-]
-
-OTEL_EDA_TRACE_MODE = "OTEL_EDA_TRACE_MODE"
-OTEL_EDA_STORE_MAX_EVENTS = "OTEL_EDA_STORE_MAX_EVENTS"
-OTEL_EDA_ANOMALY_INTERVAL = "OTEL_EDA_ANOMALY_INTERVAL"
-OTEL_EDA_RULES_FILE = "OTEL_EDA_RULES_FILE"
-OTEL_EDA_MAX_SERIES = "OTEL_EDA_MAX_SERIES"
-OTEL_EDA_ALERTMANAGER_URL = "OTEL_EDA_ALERTMANAGER_URL"
+__all__ = ["InvalidSetting", "Settings"]
 
 _log = logging.getLogger(__name__)
+
+_VARIABLES = (
+    OTEL_EDA_TRACE_MODE,
+    OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_STORE_MAX_EVENTS,
+    OTEL_EDA_ANOMALY_INTERVAL,
+    OTEL_EDA_RULES_FILE,
+    OTEL_EDA_MAX_SERIES,
+    OTEL_EDA_ALERTMANAGER_URL,
+    OTEL_EDA_STRICT,
+)
+#: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+MAX_BAGGAGE_KEYS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class InvalidSetting:
+    """One ``OTEL_EDA_*`` variable whose value was rejected."""
+
+    variable: str
+    value: str
+    accepted: str
+    default: str
+
+    def __str__(self) -> str:
+        return (
+            f"invalid {self.variable}={self.value!r}: accepted values are {self.accepted}; "
+            f"using the default {self.default}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """otel-eda's settings. ``Settings()`` is all defaults; ``from_environ()`` reads the variables."""
+
     trace_mode: TraceMode = TraceMode.PARENT
+    baggage_keys: tuple[str, ...] = ()
     store_max_events: int = DEFAULT_MAX_EVENTS
     anomaly_interval_s: float = 5.0
     rules_file: str | None = None
     max_series: int = 10_000
     alertmanager_url: str | None = None
+    strict: bool = False
+    errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse the ``OTEL_EDA_*`` variables of ``environ`` (default ``os.environ``).
+
+        Parsing is memoised on the variables' values, so however many buses and readers
+        ask, each invalid value is logged once.
+        """
         env = os.environ if environ is None else environ
-        d = cls()
-        mode = d.trace_mode
-        raw = env.get(OTEL_EDA_TRACE_MODE)
-        if raw:
-            try:
-                mode = TraceMode(raw.strip().lower())
-            except ValueError:
-                _invalid(OTEL_EDA_TRACE_MODE, raw, "parent, link", mode.value)
-        return cls(
-            trace_mode=mode,
-            store_max_events=int(_positive(env, OTEL_EDA_STORE_MAX_EVENTS, d.store_max_events, integer=True)),
-            anomaly_interval_s=_positive(env, OTEL_EDA_ANOMALY_INTERVAL, d.anomaly_interval_s, integer=False),
-            rules_file=env.get(OTEL_EDA_RULES_FILE) or None,
-            max_series=int(_positive(env, OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
-            alertmanager_url=(env.get(OTEL_EDA_ALERTMANAGER_URL) or "").rstrip("/") or None,
-        )
+        return _parse(tuple(env.get(name) for name in _VARIABLES))
 
 
-def _positive(env: Mapping[str, str], name: str, default: float, *, integer: bool) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-        if not value > 0:
-            raise ValueError
-        return value
-    except ValueError:
-        _invalid(name, raw, "a positive integer" if integer else "a positive number of seconds", str(default))
+@functools.lru_cache(maxsize=16)
+def _parse(values: tuple[str | None, ...]) -> Settings:
+    raw = dict(zip(_VARIABLES, values, strict=True))
+    d = Settings()
+    errors: list[InvalidSetting] = []
+
+    def invalid(name: str, accepted: str, default: object) -> None:
+        value = raw[name] or ""
+        shown = value if len(value) <= 64 and value.isprintable() else f"<{len(value)} characters>"
+        errors.append(InvalidSetting(name, shown, accepted, str(default)))
+
+    def positive(name: str, default: float, *, integer: bool) -> float:
+        text = (raw[name] or "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text) if integer else float(text)
+            if value > 0 and value != float("inf"):
+                return value
+        except ValueError:
+            pass
+        invalid(name, "a positive integer" if integer else "a positive number of seconds", default)
         return default
 
+    mode = d.trace_mode
+    if text := (raw[OTEL_EDA_TRACE_MODE] or "").strip():
+        try:
+            mode = TraceMode(text.lower())
+        except ValueError:
+            invalid(OTEL_EDA_TRACE_MODE, "parent, link", mode.value)
 
-def _invalid(name: str, value: str, accepted: str, default: str) -> None:
-    shown = value if len(value) <= 64 and value.isprintable() else f"<{len(value)} characters>"
-    _log.error("invalid %s=%r: accepted values are %s; using the default %s", name, shown, accepted, default)
+    keys: tuple[str, ...] = ()
+    if text := (raw[OTEL_EDA_BAGGAGE_KEYS] or "").strip():
+        parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) for p in parts):
+            keys = parts
+        else:
+            invalid(OTEL_EDA_BAGGAGE_KEYS, f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens)", "none")
+
+    strict = d.strict
+    if text := (raw[OTEL_EDA_STRICT] or "").strip():
+        if text.lower() in ("true", "false"):
+            strict = text.lower() == "true"
+        else:
+            invalid(OTEL_EDA_STRICT, "true, false", "false")
+
+    url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
+    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        invalid(OTEL_EDA_ALERTMANAGER_URL, "an http:// or https:// URL", "none")
+        url = None
+
+    settings = Settings(
+        trace_mode=mode,
+        baggage_keys=keys,
+        store_max_events=int(positive(OTEL_EDA_STORE_MAX_EVENTS, d.store_max_events, integer=True)),
+        anomaly_interval_s=positive(OTEL_EDA_ANOMALY_INTERVAL, d.anomaly_interval_s, integer=False),
+        rules_file=(raw[OTEL_EDA_RULES_FILE] or "").strip() or None,
+        max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
+        alertmanager_url=url,
+        strict=strict,
+        errors=tuple(errors),
+    )
+    for error in errors:
+        _log.error("%s", error)
+    return settings

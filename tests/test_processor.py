@@ -132,3 +132,27 @@ def test_instrumented_http_client_span_carries_ids_and_sends_them_downstream(
     headers = {k.lower(): v for k, v in _Echo.received[-1].items()}
     assert f"eda.correlation_id={flow.correlation_id}" in headers["baggage"]
     assert f"eda.causation_id={flow.causation_id}" in headers["baggage"]
+
+
+def test_listed_baggage_keys_are_copied_onto_every_span_and_nothing_else() -> None:
+    from opentelemetry import baggage
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otel_eda.processor import EventSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(EventSpanProcessor(baggage_keys=["tenant.id", "region"]))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ctx = baggage.set_baggage("tenant.id", "acme")
+    ctx = baggage.set_baggage("session.secret", "do-not-copy", ctx)
+    tracer = provider.get_tracer("x")
+    tracer.start_span("with baggage", context=ctx).end()
+    tracer.start_span("own value kept", context=ctx, attributes={"tenant.id": "own"}).end()
+    tracer.start_span("no baggage").end()
+    first, second, third = exporter.get_finished_spans()
+    assert first.attributes == {"tenant.id": "acme"}
+    assert second.attributes == {"tenant.id": "own"}
+    assert not third.attributes

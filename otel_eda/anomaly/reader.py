@@ -42,6 +42,7 @@ from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
 from otel_eda.anomaly.series import SeriesPoint, ZeroFill, to_series
+from otel_eda.settings import Settings
 
 __all__ = ["AnomalyMetricReader", "attach"]
 
@@ -72,6 +73,7 @@ class AnomalyMetricReader(MetricReader):
         interval_s: float | None = None,
         callbacks: Iterable[Callable[[Alert], Any]] = (),
         sinks: Iterable[AlertSink] = (),
+        settings: Settings | None = None,
         start: bool = True,
     ) -> None:
         super().__init__(
@@ -79,9 +81,7 @@ class AnomalyMetricReader(MetricReader):
             preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()},
         )
         if engine is None or interval_s is None:
-            from otel_eda.settings import Settings
-
-            settings = Settings.from_environ()
+            settings = settings or Settings.from_environ()
             if engine is None:
                 engine = _engine_from_settings(settings)
             if interval_s is None:
@@ -165,7 +165,7 @@ class AnomalyMetricReader(MetricReader):
                     internal_error("alert sink", "shutting down")
 
 
-def _engine_from_settings(settings: Any) -> AnomalyEngine:
+def _engine_from_settings(settings: Settings) -> AnomalyEngine:
     from otel_eda.anomaly.rules import default_rules, load_rules
 
     rules = default_rules()

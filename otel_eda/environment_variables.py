@@ -1,0 +1,35 @@
+"""otel-eda's own ``OTEL_EDA_*`` environment variables, as plain constants.
+
+This module is the ``opentelemetry_environment_variables`` entry point: the
+``opentelemetry-instrument`` command turns every ``OTEL_*`` name here into a flag
+(``OTEL_EDA_TRACE_MODE`` becomes ``--eda_trace_mode``). It imports nothing, so loading it
+costs nothing. Parsing and defaults live in :mod:`otel_eda.settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+OTEL_EDA_TRACE_MODE: Final = "OTEL_EDA_TRACE_MODE"
+"""``parent`` (default) or ``link``: how a consumer span relates to its producer span."""
+
+OTEL_EDA_BAGGAGE_KEYS: Final = "OTEL_EDA_BAGGAGE_KEYS"
+"""Comma-separated W3C baggage keys copied onto every span as attributes (default: none)."""
+
+OTEL_EDA_STORE_MAX_EVENTS: Final = "OTEL_EDA_STORE_MAX_EVENTS"
+"""Events the in-process store keeps (default 10000)."""
+
+OTEL_EDA_ANOMALY_INTERVAL: Final = "OTEL_EDA_ANOMALY_INTERVAL"
+"""Seconds between two evaluations of the anomaly engine (default 5)."""
+
+OTEL_EDA_RULES_FILE: Final = "OTEL_EDA_RULES_FILE"
+"""A YAML or JSON file of alert rules (default: the built-in rule set)."""
+
+OTEL_EDA_MAX_SERIES: Final = "OTEL_EDA_MAX_SERIES"
+"""Series the anomaly engine tracks at most; more go to one overflow series (default 10000)."""
+
+OTEL_EDA_ALERTMANAGER_URL: Final = "OTEL_EDA_ALERTMANAGER_URL"
+"""Base URL of a Prometheus Alertmanager that receives the alerts (default: none)."""
+
+OTEL_EDA_STRICT: Final = "OTEL_EDA_STRICT"
+"""``true``: an invalid setting or a failed SDK configuration stops start-up (default false)."""
