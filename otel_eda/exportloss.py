@@ -1,0 +1,473 @@
+"""Count every span an export pipeline loses: queue overflows, failed exports, shutdown.
+
+The SDK's ``BatchSpanProcessor`` drops spans silently when its queue is full (one SDK
+WARNING per 20 s, no count unless ``OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED``), and when
+an exporter raises (a stopped Zipkin: ``requests.ConnectionError``) it logs a full
+traceback for every batch and forgets the spans. :func:`track_span_losses` makes both
+exact and visible, for every ``BatchSpanProcessor`` and ``SimpleSpanProcessor`` of a
+``TracerProvider``:
+
+* the exporter is wrapped in a :class:`LossCountingSpanExporter`, which delegates, catches
+  the exporter's exceptions (no traceback per batch; the application and the export
+  thread never see them) and counts ``len(batch)`` lost when the export fails or raises;
+* the batch processor's queue is replaced by a lock-protected deque that counts each span
+  it evicts when full (reason ``queue_full``). The SDK's own ``drop_items`` hook is not
+  exact: ``emit`` checks "queue full" and appends in two steps, and the export thread can
+  pop in between, so a drop would be counted that never happened (or, with two emitting
+  threads, one missed);
+* spans ended after shutdown (the SDK's ``drop_items(1, "already_shutdown")``, seen through
+  a delegating proxy of the processor's private ``_metrics``) and spans still queued when
+  shutdown gives up on the export thread are counted with reason ``shutdown``.
+
+Counts go to an observable counter ``eda.export.spans.lost`` (unit ``{span}``, attributes
+``eda.reason`` = ``queue_full`` | ``export_failed`` | ``shutdown``, ``otel.component.type``
+and ``eda.exporter``: the exporter's class name) on the MeterProvider, so the anomaly
+engine sees a loss rate (the default ``SpansLost`` rule), and to plain integers
+(:class:`SpanLossTally`, see :func:`span_loss_tallies`). Each reason is logged as one
+WARNING at most every 30 s, with the number lost since the previous report and the total;
+what is still unreported is logged at shutdown.
+
+The queue and the metrics hook are private SDK attributes (checked against SDK 1.45): if
+they are missing, one WARNING says that queue overflows cannot be counted with this SDK
+version, and failed exports are still counted. Nothing here raises into the application.
+
+>>> from opentelemetry.sdk.trace import TracerProvider
+>>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+>>> class Down:
+...     def export(self, spans): return SpanExportResult.FAILURE
+...     def shutdown(self): pass
+>>> provider = TracerProvider()
+>>> provider.add_span_processor(SimpleSpanProcessor(Down()))
+>>> track_span_losses(provider), track_span_losses(provider)  # idempotent
+(1, 1)
+>>> provider.get_tracer("doc").start_span("lost").end()
+>>> span_loss_tallies(provider)[0].export_failed
+1
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from otel_eda._selfmetrics import internal_error
+
+__all__ = [
+    "LOG_INTERVAL_S",
+    "METRIC_SPANS_LOST",
+    "REASONS",
+    "LossCountingSpanExporter",
+    "SpanLossTally",
+    "span_loss_tallies",
+    "track_span_losses",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Observable counter of spans an export pipeline lost (otel-eda's own name: the SDK's
+#: ``otel.sdk.processor.span.processed`` only exists when its internal metrics are on,
+#: and does not count failed exports).
+METRIC_SPANS_LOST: Final = "eda.export.spans.lost"
+ATTR_REASON: Final = "eda.reason"
+ATTR_EXPORTER: Final = "eda.exporter"
+ATTR_COMPONENT_TYPE: Final = "otel.component.type"  # semconv, values copied below
+
+QUEUE_FULL: Final = "queue_full"
+EXPORT_FAILED: Final = "export_failed"
+SHUTDOWN: Final = "shutdown"
+REASONS: Final = (QUEUE_FULL, EXPORT_FAILED, SHUTDOWN)
+
+BATCHING_SPAN_PROCESSOR: Final = "batching_span_processor"
+SIMPLE_SPAN_PROCESSOR: Final = "simple_span_processor"
+
+#: At most one WARNING per reason and pipeline in this many seconds.
+LOG_INTERVAL_S: Final = 30.0
+
+_WHY = {
+    QUEUE_FULL: "the BatchSpanProcessor queue was full (max_queue_size={queue}; OTEL_BSP_MAX_QUEUE_SIZE)",
+    EXPORT_FAILED: "{exporter} failed to export them ({detail})",
+    SHUTDOWN: "they ended after shutdown or were still queued when shutdown stopped exporting",
+}
+
+
+class SpanLossTally:
+    """Exact totals of the spans one export pipeline lost, by reason. Thread-safe.
+
+    >>> tally = SpanLossTally("ZipkinExporter")
+    >>> tally.add("export_failed", 512, "ConnectionError")
+    >>> tally.export_failed, tally.total, tally.totals()
+    (512, 512, {'queue_full': 0, 'export_failed': 512, 'shutdown': 0})
+    """
+
+    def __init__(
+        self,
+        exporter: str,
+        component_type: str = BATCHING_SPAN_PROCESSOR,
+        *,
+        max_queue_size: int | None = None,
+        log_interval_s: float = LOG_INTERVAL_S,
+    ) -> None:
+        self.exporter = exporter
+        self.component_type = component_type
+        self.max_queue_size = max_queue_size
+        self.log_interval_s = log_interval_s
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(REASONS, 0)
+        self._unreported = dict.fromkeys(REASONS, 0)
+        self._last_log = dict.fromkeys(REASONS, -math.inf)
+        self._detail = dict.fromkeys(REASONS, "")
+        self.attributes = {
+            reason: {ATTR_REASON: reason, ATTR_COMPONENT_TYPE: component_type, ATTR_EXPORTER: exporter}
+            for reason in REASONS
+        }
+
+    @property
+    def queue_full(self) -> int:
+        return self._totals[QUEUE_FULL]
+
+    @property
+    def export_failed(self) -> int:
+        return self._totals[EXPORT_FAILED]
+
+    @property
+    def shutdown(self) -> int:
+        return self._totals[SHUTDOWN]
+
+    @property
+    def total(self) -> int:
+        return sum(self._totals.values())
+
+    def totals(self) -> dict[str, int]:
+        """Spans lost so far, by reason."""
+        return dict(self._totals)
+
+    def add(self, reason: str, count: int, detail: str = "") -> None:
+        """Count ``count`` spans lost for ``reason``; log if this reason was quiet long enough."""
+        if count <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._totals[reason] += count
+            self._unreported[reason] += count
+            if detail:
+                self._detail[reason] = detail
+            if now - self._last_log[reason] < self.log_interval_s:
+                return
+            self._last_log[reason] = now
+            line = self._take_report(reason)
+        _log.warning("%s", line)
+
+    def report_unreported(self) -> None:
+        """Log what the throttle has held back (at shutdown)."""
+        with self._lock:
+            lines = [self._take_report(reason) for reason in REASONS if self._unreported[reason]]
+        for line in lines:
+            _log.warning("%s", line)
+
+    def _take_report(self, reason: str) -> str:
+        lost, self._unreported[reason] = self._unreported[reason], 0
+        why = _WHY[reason].format(
+            queue=self.max_queue_size, exporter=self.exporter, detail=self._detail[reason] or "FAILURE"
+        )
+        return (
+            f"otel-eda: {lost} span(s) lost since the last report because {why}; "
+            f"{self._totals[reason]} lost for this reason and {sum(self._totals.values())} in all "
+            f"by this {self.component_type} ({METRIC_SPANS_LOST}{{{ATTR_REASON}={reason}}})"
+        )
+
+    def observations(self) -> Iterator[Observation]:
+        for reason in REASONS:
+            yield Observation(self._totals[reason], self.attributes[reason])
+
+
+class _Abandoned:
+    """What the counting queue's ``pop`` returns once drained: filtered out before export."""
+
+
+_ABANDONED: Final = _Abandoned()
+
+
+class _CountingQueue(collections.deque[Any]):
+    """The batch processor's queue, counting each span it evicts when full.
+
+    ``appendleft`` (the application's thread) and ``pop`` (the export thread) share a
+    lock, so "was it full?" and the append are one step. After :meth:`drain` (shutdown)
+    nothing is queued any more: a late span is counted lost at once, and a ``pop`` the
+    export thread had already decided on returns a marker instead of raising.
+    """
+
+    def __init__(self, maxlen: int, tally: SpanLossTally) -> None:
+        super().__init__((), maxlen)
+        self.lock = threading.Lock()
+        self.tally = tally
+        self.drained = False
+
+    def appendleft(self, item: Any) -> None:
+        with self.lock:
+            if self.drained:
+                evicted = 1
+            else:
+                evicted = 1 if len(self) == self.maxlen else 0
+                super().appendleft(item)
+        if evicted:
+            self.tally.add(SHUTDOWN if self.drained else QUEUE_FULL, 1)
+
+    def pop(self) -> Any:  # type: ignore[override]  # deque.pop takes no index
+        with self.lock:
+            if not self and self.drained:
+                return _ABANDONED
+            return super().pop()
+
+    def drain(self) -> int:
+        """Empty the queue for good; how many spans were in it."""
+        with self.lock:
+            self.drained = True
+            count = len(self)
+            self.clear()
+        return count
+
+    def adopt(self, items: Sequence[Any]) -> None:
+        """Take over the old queue's spans (newest first), behind any already queued."""
+        with self.lock:
+            room = (self.maxlen or len(items)) - len(self)
+            kept = list(items[:room])
+            self.extend(kept)
+            dropped = len(items) - len(kept)
+        if dropped > 0:
+            self.tally.add(QUEUE_FULL, dropped)
+
+
+class _MetricsProxy:
+    """Delegates to the SDK's processor metrics and counts ``drop_items`` in a tally."""
+
+    def __init__(self, inner: Any, tally: SpanLossTally, *, count_queue_full: bool) -> None:
+        self._inner = inner
+        self._tally = tally
+        self._count_queue_full = count_queue_full
+
+    def drop_items(self, count: int, error_type: str = QUEUE_FULL) -> None:
+        try:
+            if error_type == "already_shutdown":
+                self._tally.add(SHUTDOWN, count)
+            elif self._count_queue_full:
+                self._tally.add(QUEUE_FULL, count)
+        except Exception:  # pragma: no cover - counting must not break emit()
+            internal_error("span loss tracking", "counting dropped spans")
+        self._inner.drop_items(count, error_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class LossCountingSpanExporter(SpanExporter):
+    """Delegates to ``inner``; counts the spans of every failed or raising export as lost.
+
+    An exception from ``inner.export`` is caught and returned as ``FAILURE`` (logged at
+    DEBUG with its traceback; the tally's throttled WARNING names its type).
+    """
+
+    def __init__(self, inner: SpanExporter, tally: SpanLossTally | None = None) -> None:
+        self.inner = inner
+        self.tally = tally if tally is not None else SpanLossTally(type(inner).__name__)
+        self._queue: _CountingQueue | None = None
+        try:
+            self._shutdown_takes_timeout = "timeout_millis" in inspect.getfullargspec(inner.shutdown).args
+        except (TypeError, ValueError):
+            self._shutdown_takes_timeout = False
+
+    @property
+    def lost(self) -> int:
+        """Spans lost by this pipeline so far, every reason."""
+        return self.tally.total
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        items: Sequence[Any] = spans
+        if any(s is _ABANDONED for s in items):  # counted when the queue was drained
+            spans = [s for s in items if s is not _ABANDONED]
+            if not spans:
+                return SpanExportResult.SUCCESS
+        try:
+            result = self.inner.export(spans)
+        except Exception as exc:
+            _log.debug("%s raised while exporting %d span(s)", type(self.inner).__name__, len(spans), exc_info=True)
+            self._count(len(spans), type(exc).__name__)
+            return SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            self._count(len(spans), "")
+        return result
+
+    def _count(self, count: int, detail: str) -> None:
+        try:
+            self.tally.add(EXPORT_FAILED, count, detail)
+        except Exception:  # pragma: no cover
+            internal_error("span loss tracking", "counting a failed export")
+
+    def shutdown(self, timeout_millis: float | None = None) -> None:
+        # The BatchProcessor calls this after its worker stopped or its join timed out;
+        # then the worker exports nothing more, so whatever is still queued is lost.
+        try:
+            if self._queue is not None:
+                self.tally.add(SHUTDOWN, self._queue.drain())
+        except Exception:  # pragma: no cover
+            internal_error("span loss tracking", "counting spans left at shutdown")
+        try:
+            if self._shutdown_takes_timeout and timeout_millis is not None:
+                self.inner.shutdown(timeout_millis=timeout_millis)  # type: ignore[call-arg]
+            else:
+                self.inner.shutdown()
+        except Exception:
+            internal_error("span exporter", "shutting down")
+        self.tally.report_unreported()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        try:
+            return bool(self.inner.force_flush(timeout_millis))
+        except Exception:
+            internal_error("span exporter", "flushing")
+            return False
+
+
+# -- the observable counter: one per MeterProvider, reading every tally registered on it --
+
+
+class _LostSpansInstrument:
+    def __init__(self, meter_provider: Any) -> None:
+        self.tallies: weakref.WeakSet[SpanLossTally] = weakref.WeakSet()
+        meter_provider.get_meter("otel_eda").create_observable_counter(
+            METRIC_SPANS_LOST,
+            callbacks=[self._observe],
+            unit="{span}",
+            description="Spans an export pipeline lost: queue full, export failed, or shutdown",
+        )
+
+    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [obs for tally in list(self.tallies) for obs in tally.observations()]
+
+
+_instruments: weakref.WeakKeyDictionary[Any, _LostSpansInstrument] = weakref.WeakKeyDictionary()
+_instruments_strong: dict[int, tuple[Any, _LostSpansInstrument]] = {}  # providers without weak references
+_instruments_lock = threading.Lock()
+_warned_private_api = False
+
+
+def _register(tally: SpanLossTally, meter_provider: Any) -> None:
+    with _instruments_lock:
+        try:
+            instrument = _instruments.get(meter_provider)
+            if instrument is None:
+                instrument = _instruments[meter_provider] = _LostSpansInstrument(meter_provider)
+        except TypeError:
+            entry = _instruments_strong.get(id(meter_provider))
+            if entry is None:
+                entry = _instruments_strong[id(meter_provider)] = (meter_provider, _LostSpansInstrument(meter_provider))
+            instrument = entry[1]
+        instrument.tallies.add(tally)
+
+
+def _warn_private_api(what: str) -> None:
+    global _warned_private_api
+    if not _warned_private_api:
+        _warned_private_api = True
+        _log.warning(
+            "otel-eda cannot count span queue overflows with this OpenTelemetry SDK version (%s); "
+            "failed exports are still counted in %s",
+            what,
+            METRIC_SPANS_LOST,
+        )
+
+
+def _processors(provider: TracerProvider) -> tuple[Any, ...]:
+    return tuple(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
+
+
+def span_loss_tallies(provider: TracerProvider) -> list[SpanLossTally]:
+    """The tallies of the pipelines :func:`track_span_losses` tracks on ``provider``."""
+    found = []
+    for processor in _processors(provider):
+        exporter = _exporter_of(processor)
+        if isinstance(exporter, LossCountingSpanExporter):
+            found.append(exporter.tally)
+    return found
+
+
+def _exporter_of(processor: Any) -> Any:
+    if isinstance(processor, BatchSpanProcessor):
+        return getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+    if isinstance(processor, SimpleSpanProcessor):
+        return processor.span_exporter
+    return None
+
+
+def track_span_losses(provider: TracerProvider, *, meter_provider: Any = None) -> int:
+    """Count the spans every export pipeline of ``provider`` loses; idempotent.
+
+    ``meter_provider`` (default: the global one) receives ``eda.export.spans.lost``.
+    Returns how many pipelines are tracked now. Never raises.
+    """
+    tracked = 0
+    try:
+        for processor in _processors(provider):
+            if isinstance(_exporter_of(processor), LossCountingSpanExporter):
+                tracked += 1
+            elif isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor):
+                if meter_provider is None:
+                    meter_provider = metrics.get_meter_provider()
+                if _track(processor, meter_provider):
+                    tracked += 1
+    except Exception:
+        internal_error("span loss tracking", "wrapping the span exporters")
+    return tracked
+
+
+def _track(processor: BatchSpanProcessor | SimpleSpanProcessor, meter_provider: Any) -> bool:
+    if isinstance(processor, SimpleSpanProcessor):
+        tally = SpanLossTally(type(processor.span_exporter).__name__, SIMPLE_SPAN_PROCESSOR)
+        processor.span_exporter = LossCountingSpanExporter(processor.span_exporter, tally)
+        _hook_metrics(processor, tally, count_queue_full=False)
+        _register(tally, meter_provider)
+        return True
+    batch = getattr(processor, "_batch_processor", None)
+    inner = getattr(batch, "_exporter", None)
+    queue = getattr(batch, "_queue", None)
+    lock = getattr(batch, "_export_lock", None)
+    if batch is None or inner is None:
+        _warn_private_api("no BatchSpanProcessor._batch_processor._exporter")
+        return False
+    maxlen = queue.maxlen if isinstance(queue, collections.deque) else None
+    tally = SpanLossTally(type(inner).__name__, BATCHING_SPAN_PROCESSOR, max_queue_size=maxlen)
+    exporter = LossCountingSpanExporter(inner, tally)
+    counting_queue = maxlen is not None and lock is not None and hasattr(batch, "emit")
+    if counting_queue:
+        assert queue is not None and maxlen is not None and lock is not None
+        new = _CountingQueue(maxlen, tally)
+        with lock:  # the export thread pops under this lock: no pop while the queue moves
+            batch._queue = new
+            new.adopt(list(queue))  # spans queued before tracking (normally none)
+        exporter._queue = new
+    batch._exporter = exporter
+    if not _hook_metrics(batch, tally, count_queue_full=not counting_queue) and not counting_queue:
+        _warn_private_api("no BatchProcessor._queue deque and no _metrics")
+    elif not counting_queue:
+        _log.info("otel-eda counts span queue overflows through the SDK's drop_items hook (approximate)")
+    _register(tally, meter_provider)
+    return True
+
+
+def _hook_metrics(owner: Any, tally: SpanLossTally, *, count_queue_full: bool) -> bool:
+    inner = getattr(owner, "_metrics", None)
+    if inner is None or not callable(getattr(inner, "drop_items", None)):
+        return False
+    owner._metrics = _MetricsProxy(inner, tally, count_queue_full=count_queue_full)
+    return True
