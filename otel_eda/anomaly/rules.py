@@ -285,4 +285,14 @@ def default_rules() -> list[Rule]:
             escalate_factor=None,
             summary="CPU {series} is less than 10% idle ({value:.0%})",
         ),
+        Rule(
+            name="spans-lost",
+            alert="SpansLost",
+            metric="eda.export.spans.lost",
+            signal="rate",
+            detector={"kind": "threshold", "op": "gt", "value": 0.0},
+            labels=("eda.reason", "eda.exporter", "otel.component.type"),
+            escalate_factor=None,
+            summary="spans are being lost ({series}): {value:.3g} per second",
+        ),
     ]
