@@ -256,6 +256,7 @@ class HandWrittenBus:
             semconv.MESSAGING_DESTINATION_NAME: destination,
             semconv.MESSAGING_MESSAGE_ID: event.event_id,
             semconv.MESSAGING_MESSAGE_CONVERSATION_ID: event.correlation_id,
+            semconv.PEER_SERVICE: semconv.MESSAGING_SYSTEM_EDA,
             semconv.EDA_CORRELATION_ID: event.correlation_id,
             semconv.EDA_EVENT_TYPE: event.event_type,
         }

@@ -10,6 +10,10 @@ from typing import Final
 
 # --- OpenTelemetry messaging semantic conventions (incubating) -------------------------
 MESSAGING_SYSTEM: Final = "messaging.system"
+#: The remote service of a PRODUCER/CONSUMER span: the bus or broker (its messaging.system).
+#: Zipkin draws its dependency graph from it (the Collector's Zipkin translator maps it to
+#: ``remoteEndpoint``; so does otel-eda's ``zipkin_eda`` exporter).
+PEER_SERVICE: Final = "peer.service"
 MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
 MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
 MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"

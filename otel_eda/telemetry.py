@@ -199,6 +199,7 @@ class EventTelemetry:
             semconv.MESSAGING_DESTINATION_NAME: destination,
             semconv.MESSAGING_MESSAGE_ID: event.event_id,
             semconv.MESSAGING_MESSAGE_CONVERSATION_ID: event.correlation_id,
+            semconv.PEER_SERVICE: self.system,
             semconv.EDA_CORRELATION_ID: event.correlation_id,
             semconv.EDA_EVENT_TYPE: event.event_type,
         }
