@@ -5,7 +5,7 @@ SDK's configuration code from the standard ``OTEL_*`` variables (or, with
 ``OTEL_CONFIG_FILE``, from that declarative file); otel-eda adds its span processor,
 wraps the configured sampler in :class:`LinkAwareSampler`, appends its anomaly reader (the
 ``eda_anomaly`` metric exporter entry point), adds its propagator to the global one, and
-counts every span an exporter loses. It defaults ``OTEL_TRACES_EXPORTER`` to ``console``
+counts every span an export pipeline loses (:mod:`otel_eda.exportloss`). It defaults ``OTEL_TRACES_EXPORTER`` to ``console``
 when that variable is unset, and ``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf``
 (otel-eda[otlp] installs that exporter; ``otlp`` alone would mean gRPC).
 
@@ -58,6 +58,7 @@ from otel_eda._selfmetrics import count_config_error, internal_error
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
+from otel_eda.exportloss import track_span_losses
 from otel_eda.processor import EventSpanProcessor
 from otel_eda.propagation import EdaPropagator, contains_propagator, install_log_filters
 from otel_eda.sampling import LinkAwareSampler
@@ -214,6 +215,7 @@ def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, fr
     else:
         for callback in callbacks:
             reader.add_callback(callback)
+    track_span_losses(provider, meter_provider=meters)
 
 
 @dataclasses.dataclass(frozen=True)
