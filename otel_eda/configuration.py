@@ -5,8 +5,8 @@ SDK's configuration code from the standard ``OTEL_*`` variables (or, with
 ``OTEL_CONFIG_FILE``, from that declarative file); otel-eda adds its span processor,
 wraps the configured sampler in :class:`LinkAwareSampler`, appends its anomaly reader (the
 ``eda_anomaly`` metric exporter entry point), adds its propagator to the global one, and
-counts every span an export pipeline loses (:mod:`otel_eda.exportloss`). It defaults ``OTEL_TRACES_EXPORTER`` to ``console``
-when that variable is unset, and ``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf``
+counts every span an export pipeline loses (:mod:`otel_eda.exportloss`). It defaults
+``OTEL_TRACES_EXPORTER`` to ``console`` when that variable is unset, and ``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf``
 (otel-eda[otlp] installs that exporter; ``otlp`` alone would mean gRPC).
 
 Idempotent: where SDK providers are already installed (by ``opentelemetry-instrument``
