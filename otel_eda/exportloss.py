@@ -281,6 +281,9 @@ class LossCountingSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, tally: SpanLossTally | None = None) -> None:
         self.inner = inner
         self.tally = tally if tally is not None else SpanLossTally(type(inner).__name__)
+        #: spans the inner exporter accepted (``SUCCESS``)
+        self.exported = 0
+        self._exported_lock = threading.Lock()
         self._queue: _CountingQueue | None = None
         try:
             self._shutdown_takes_timeout = "timeout_millis" in inspect.getfullargspec(inner.shutdown).args
@@ -304,7 +307,10 @@ class LossCountingSpanExporter(SpanExporter):
             _log.debug("%s raised while exporting %d span(s)", type(self.inner).__name__, len(spans), exc_info=True)
             self._count(len(spans), type(exc).__name__)
             return SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
+        if result is SpanExportResult.SUCCESS:
+            with self._exported_lock:  # a SimpleSpanProcessor exports from the application's threads
+                self.exported += len(spans)
+        else:
             self._count(len(spans), "")
         return result
 

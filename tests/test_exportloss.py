@@ -136,6 +136,8 @@ def test_queue_overflow_is_counted_exactly(meters: tuple[MeterProvider, InMemory
     exporter.release.set()
     assert processor.force_flush()
     assert exporter.exported == 6
+    wrapper = processor._batch_processor._exporter
+    assert isinstance(wrapper, LossCountingSpanExporter) and wrapper.exported == 6  # accepted spans
     assert tally.totals() == {"queue_full": 6, "export_failed": 0, "shutdown": 0}
     assert lost_by_reason(meters[1])["queue_full"] == 6
     provider.shutdown()
