@@ -99,10 +99,10 @@ def read_json_stream(path: Path) -> list[dict[str, Any]]:
         objects.append(obj)
 
 
-def run_demo(zipkin: ZipkinServer, workdir: Path, mode: str) -> DemoRun:
+def run_demo(zipkin: ZipkinServer, workdir: Path, mode: str, exporter: str = "zipkin_json") -> DemoRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
-        OTEL_TRACES_EXPORTER="zipkin_json,console",  # each exporter has its own BatchSpanProcessor
+        OTEL_TRACES_EXPORTER=f"{exporter},console",  # each exporter has its own BatchSpanProcessor
         OTEL_EXPORTER_ZIPKIN_ENDPOINT=zipkin.spans_endpoint,
         OTEL_METRICS_EXPORTER="none",  # only spans in the console files (the anomaly reader still runs)
         PYTHONUNBUFFERED="1",
@@ -369,3 +369,47 @@ def test_a_graceful_shutdown_loses_no_span(zipkin: ZipkinServer, parent_run: Dem
         kinds = Counter(s.get("kind") for s in spans)
         assert kinds["PRODUCER"] == len(run.events)
         assert kinds["CONSUMER"] == sum(d["attempts"] for e in run.events for d in e["deliveries"])
+
+
+# -- the dependency graph ------------------------------------------------------------------------
+
+
+def test_zipkin_eda_exporter_gives_zipkin_its_dependency_graph(
+    zipkin: ZipkinServer, parent_run: DemoRun, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Zipkin links services only through messaging spans that name a remote service. The SDK's
+    ``zipkin_json`` exporter never writes ``remoteEndpoint``, so the runs above draw no graph;
+    otel-eda's ``zipkin_eda`` exporter writes ``peer.service`` (the bus) there, so the services
+    appear linked through the bus: producers into it, consumers out of it."""
+    window_start_ms = int(time.time() * 1000)
+    time.sleep(0.01)
+    graph_run = run_demo(zipkin, tmp_path_factory.mktemp("graph"), "parent", exporter="zipkin_eda")
+    window_end_ms = int(time.time() * 1000) + 1
+
+    def edges(end_ms: int, lookback_ms: int) -> set[tuple[str, str]]:
+        links = zipkin.api("/api/v2/dependencies", endTs=end_ms, lookback=lookback_ms)
+        return {(link["parent"], link["child"]) for link in links}
+
+    bus = "otel_eda"
+    assert edges(window_end_ms, window_end_ms - window_start_ms) == {
+        ("order", bus),  # order publishes order_placed ...
+        (bus, "order"),  # ... and hears back stock_reserved / payment_declined
+        (bus, "payment"),  # payment consumes it ...
+        ("payment", bus),  # ... and publishes payment_authorized / payment_declined
+        (bus, "inventory"),
+        ("inventory", bus),
+        (bus, "notification"),
+    }
+    # the zipkin_json run before it (same services, same spans otherwise) left no edge at all
+    parent_start_ms = min(int(s["start_time_unix_ms"]) for s in _start_times(parent_run))
+    assert edges(window_start_ms - 1, window_start_ms - 1 - parent_start_ms) == set()
+    assert graph_run.emitted_keys() <= {key(s) for s in zipkin.spans()}
+
+
+def _start_times(run: DemoRun) -> list[dict[str, Any]]:
+    from datetime import datetime
+
+    return [
+        {"start_time_unix_ms": datetime.fromisoformat(span["start_time"].replace("Z", "+00:00")).timestamp() * 1000}
+        for span in run.emitted
+    ]
