@@ -36,6 +36,8 @@ SCRIPT = ROOT / "scripts" / "alertmanager"
 TRACE_IDS = ("4bf92f3577b34da6a3ce929d0e0e4736", "0af7651916cd43dd8448eb211c80319c")
 SPAN_IDS = ("00f067aa0ba902b7", "b7ad6b7169203331")
 
+pytestmark = pytest.mark.integration
+
 
 # ---------------------------------------------------------------------------------- helpers
 

@@ -46,7 +46,7 @@ ORDERS = 6
 
 # A module fixture pays for starting Zipkin (up to scripts/zipkin's 120 s on a loaded machine)
 # and for the two demo runs in the first tests that use them.
-pytestmark = pytest.mark.timeout(480)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 zipkin = zipkin_fixture(scope="module")
 
