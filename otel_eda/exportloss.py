@@ -51,6 +51,7 @@ import collections
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 import weakref
@@ -75,6 +76,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# Objects whose locks a forked child gets anew: a lock held by another thread at fork time
+# (the export thread popping, say) would otherwise stay held in the child forever, and the
+# child's first span would hang. The SDK does the same for its own export lock.
+_fork_safe: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # by id: a deque is unhashable
 
 #: Observable counter of spans an export pipeline lost (otel-eda's own name: the SDK's
 #: ``otel.sdk.processor.span.processed`` only exists when its internal metrics are on,
@@ -124,6 +130,7 @@ class SpanLossTally:
         self.max_queue_size = max_queue_size
         self.log_interval_s = log_interval_s
         self._lock = threading.Lock()
+        _fork_safe[id(self)] = self
         self._totals = dict.fromkeys(REASONS, 0)
         self._unreported = dict.fromkeys(REASONS, 0)
         self._last_log = dict.fromkeys(REASONS, -math.inf)
@@ -187,6 +194,9 @@ class SpanLossTally:
             f"by this {self.component_type} ({METRIC_SPANS_LOST}{{{ATTR_REASON}={reason}}})"
         )
 
+    def _reinit_locks(self) -> None:
+        self._lock = threading.Lock()
+
     def observations(self) -> Iterator[Observation]:
         for reason in REASONS:
             yield Observation(self._totals[reason], self.attributes[reason])
@@ -213,6 +223,10 @@ class _CountingQueue(collections.deque[Any]):
         self.lock = threading.Lock()
         self.tally = tally
         self.drained = False
+        _fork_safe[id(self)] = self
+
+    def _reinit_locks(self) -> None:
+        self.lock = threading.Lock()
 
     def appendleft(self, item: Any) -> None:
         with self.lock:
@@ -284,6 +298,7 @@ class LossCountingSpanExporter(SpanExporter):
         #: spans the inner exporter accepted (``SUCCESS``)
         self.exported = 0
         self._exported_lock = threading.Lock()
+        _fork_safe[id(self)] = self
         self._queue: _CountingQueue | None = None
         try:
             self._shutdown_takes_timeout = "timeout_millis" in inspect.getfullargspec(inner.shutdown).args
@@ -337,6 +352,9 @@ class LossCountingSpanExporter(SpanExporter):
             internal_error("span exporter", "shutting down")
         self.tally.report_unreported()
 
+    def _reinit_locks(self) -> None:
+        self._exported_lock = threading.Lock()
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         try:
             return bool(self.inner.force_flush(timeout_millis))
@@ -366,6 +384,17 @@ _instruments: weakref.WeakKeyDictionary[Any, _LostSpansInstrument] = weakref.Wea
 _instruments_strong: dict[int, tuple[Any, _LostSpansInstrument]] = {}  # providers without weak references
 _instruments_lock = threading.Lock()
 _warned_private_api = False
+
+
+def _reinit_locks_in_child() -> None:
+    global _instruments_lock
+    _instruments_lock = threading.Lock()
+    for obj in list(_fork_safe.values()):
+        obj._reinit_locks()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_locks_in_child)
 
 
 def _register(tally: SpanLossTally, meter_provider: Any) -> None:

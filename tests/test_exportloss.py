@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+import time
 import types
 from collections.abc import Iterator, Sequence
 
@@ -295,3 +298,32 @@ def test_the_anomaly_engine_alerts_on_lost_spans() -> None:
         assert alerts[0].labels["service"] == "shop"
         resolved = [capture.evaluate() for _ in range(3)]  # no more losses: rate 0
         assert [(a.labels["alertname"], a.state.value) for a in resolved[-1]] == [("SpansLost", "resolved")]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_inherit_a_held_queue_lock(meters: tuple[MeterProvider, InMemoryMetricReader]) -> None:
+    exporter = Recording()
+    provider, processor = pipeline(exporter, meters, max_queue_size=4, max_export_batch_size=2)
+    queue = processor._batch_processor._queue
+    assert isinstance(queue, exportloss._CountingQueue)
+    queue.lock.acquire()  # as if the export thread were popping when the process forks
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                emit(provider, 10)  # would hang on the inherited lock
+                processor.force_flush()
+                os._exit(0 if exporter.exported + span_loss_tallies(provider)[0].queue_full == 10 else 1)
+            finally:
+                os._exit(2)
+    finally:
+        queue.lock.release()
+    deadline = time.monotonic() + 20
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the span queue's lock")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    provider.shutdown()
