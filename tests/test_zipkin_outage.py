@@ -3,10 +3,10 @@
 A real OpenZipkin server (``scripts/zipkin``, in-memory storage, through ``tests/zipkin_server.py``)
 receives the spans of an application under steady load: a subprocess that calls
 ``otel_eda.configure()`` with ``OTEL_TRACES_EXPORTER=zipkin_json`` (so the pipeline is the one
-``configure()`` builds: a ``BatchSpanProcessor`` with the SDK's zipkin-json exporter), then
-``track_span_losses()`` (idempotent: harmless once ``configure()`` calls it itself), and
-publishes ``RATE`` events a second on an ``EventBus`` (two spans an event). It answers commands
-on stdin with JSON lines on stdout.
+``configure()`` builds: a ``BatchSpanProcessor`` with the SDK's zipkin-json exporter, whose
+losses ``configure()`` counts with ``track_span_losses``; the app calls that once more, which
+must find the one pipeline already tracked), and publishes ``RATE`` events a second on an
+``EventBus`` (two spans an event). It answers commands on stdin with JSON lines on stdout.
 
 Timeline::
 
@@ -112,7 +112,8 @@ APP = textwrap.dedent(
     alerts = []
     otel_eda.configure(on_alert=alerts.append)
     provider = trace.get_tracer_provider()
-    tracked = track_span_losses(provider)
+    by_configure = len(span_loss_tallies(provider))
+    tracked = track_span_losses(provider)  # idempotent
     counter = CountEnded()
     provider.add_span_processor(counter)
     (bsp,) = [p for p in provider._active_span_processor._span_processors if isinstance(p, BatchSpanProcessor)]
@@ -192,7 +193,7 @@ APP = textwrap.dedent(
                     raise
 
             bus.subscribe("tick", handle, subscriber="worker")
-            out(ready=True, tracked=tracked, pid=__import__("os").getpid())
+            out(ready=True, tracked=tracked, by_configure=by_configure)
             period = 1.0 / RATE
             next_at = time.perf_counter()
             while not done.is_set():
@@ -272,7 +273,7 @@ class App:
             cwd=ROOT,
         )
         ready = self.read()
-        assert ready.get("ready") and ready["tracked"] == 1, ready
+        assert ready.get("ready") and ready["by_configure"] == ready["tracked"] == 1, ready
 
     def read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
