@@ -236,7 +236,10 @@ class _CountingQueue(collections.deque[Any]):
                 evicted = 1 if len(self) == self.maxlen else 0
                 super().appendleft(item)
         if evicted:
-            self.tally.add(SHUTDOWN if self.drained else QUEUE_FULL, 1)
+            try:
+                self.tally.add(SHUTDOWN if self.drained else QUEUE_FULL, 1)
+            except Exception:  # pragma: no cover - this runs inside the application's span.end()
+                internal_error("span loss tracking", "counting a dropped span")
 
     def pop(self) -> Any:  # type: ignore[override]  # deque.pop takes no index
         with self.lock:
