@@ -27,6 +27,11 @@ engine sees a loss rate (the default ``SpansLost`` rule), and to plain integers
 WARNING at most every 30 s, with the number lost since the previous report and the total;
 what is still unreported is logged at shutdown.
 
+One limit: ``TracerProvider.shutdown()`` stops waiting for the export thread after 30 s
+(the SDK's ``BatchProcessor.shutdown``), so a batch still in flight then (a hung backend) is
+counted only when its export ends, after the exporter's timeout; a process that exits
+first leaves those spans (at most ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``) uncounted.
+
 The queue and the metrics hook are private SDK attributes (checked against SDK 1.45): if
 they are missing, one WARNING says that queue overflows cannot be counted with this SDK
 version, and failed exports are still counted. Nothing here raises into the application.
