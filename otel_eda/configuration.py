@@ -113,13 +113,14 @@ def configure(
     default_otlp_protocol()
     callbacks = [on_alert] if on_alert is not None else []
     sdk_error: Exception | None = None
+    reader_has_callbacks = False
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         try:
-            _install_from_environment(settings, callbacks, auto_instrumentation_version)
+            reader_has_callbacks = _install_from_environment(settings, callbacks, auto_instrumentation_version)
         except Exception as exc:  # the SDK raises plain RuntimeError/ValueError/ImportError
             sdk_error = exc
     try:
-        _complete(settings, callbacks, fresh=sdk_error is not None)
+        _complete(settings, [] if reader_has_callbacks else callbacks, fresh=sdk_error is not None)
         _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
         _instrument_host_metrics()
     except Exception:
@@ -171,11 +172,12 @@ def default_otlp_protocol() -> None:
 
 def _install_from_environment(
     settings: Settings, callbacks: list[Callable[[Alert], Any]], auto_instrumentation_version: str | None
-) -> None:
+) -> bool:
+    """Let the SDK build the providers; True if it built the anomaly reader (with ``callbacks``)."""
     if os.environ.get(OTEL_CONFIG_FILE, "").strip():
         # the declarative file is the sole source of the SDK's providers; _complete() adds ours
         _OTelSDKConfigurator().configure()  # type: ignore[no-untyped-call]
-        return
+        return False
     exporters = None if os.environ.get(OTEL_TRACES_EXPORTER, "").strip() else ["console"]
     _initialize_components(
         auto_instrumentation_version=auto_instrumentation_version,
@@ -185,6 +187,7 @@ def _install_from_environment(
         sampler=_link_aware_sampler(),
         exporter_args_map={AnomalyMetricReader: {"callbacks": callbacks, "settings": settings}},
     )
+    return True
 
 
 def _link_aware_sampler() -> Sampler:

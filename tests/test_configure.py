@@ -142,3 +142,37 @@ def test_runs_under_opentelemetry_instrument_with_the_eda_propagator(tmp_path: P
     assert report["eda_processors"] == 1
     assert report["propagators"] == ["TraceContextTextMapPropagator", "W3CBaggagePropagator", "EdaPropagator"]
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
+
+
+def test_on_alert_is_registered_once_per_call(tmp_path: Path) -> None:
+    script = tmp_path / "alerts.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from opentelemetry import metrics
+            import otel_eda
+            from otel_eda.anomaly.callbacks import CallbackSink
+            from otel_eda.configuration import anomaly_reader
+
+            def callbacks():
+                reader = anomaly_reader(metrics.get_meter_provider())
+                return sum(isinstance(sink, CallbackSink) for sink in reader.engine.sinks)
+
+            otel_eda.configure(on_alert=print)
+            first = callbacks()
+            otel_eda.configure(on_alert=repr)  # a second call adds its callback, and only that
+            print("CALLBACKS", first, callbacks())
+            """
+        )
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "OTEL_TRACES_EXPORTER": "none"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "CALLBACKS 1 2" in result.stdout
