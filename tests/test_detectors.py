@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from otel_eda.anomaly._context import ContextModel
 from otel_eda.anomaly.detectors import (
     MAX_WINDOW,
+    ContextDetector,
     Detector,
     EwmaDetector,
     LikelihoodDetector,
@@ -31,6 +33,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "trend": {"window": 60},
     "robust": {"window": 200},
     "likelihood": {"window": 200, "history": 400},
+    "context": {"window": 200, "history": 400, "learn": 100},
 }
 
 
@@ -155,7 +158,7 @@ def test_trend_slope_matches_least_squares_with_epoch_times() -> None:
     assert det.slope == pytest.approx(slope, rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["zscore", "ewma", "robust", "likelihood"])
+@pytest.mark.parametrize("kind", ["zscore", "ewma", "robust", "likelihood", "context"])
 def test_spike_fires_after_calm_noise(kind: str) -> None:
     det = make_detector(kind, **KINDS[kind])
     xs = noise(600, seed=8)
@@ -164,7 +167,7 @@ def test_spike_fires_after_calm_noise(kind: str) -> None:
     assert det.update(60.0 * 600, 150.0).is_anomaly
 
 
-@pytest.mark.parametrize("kind", ["zscore", "ewma", "robust", "likelihood"])
+@pytest.mark.parametrize("kind", ["zscore", "ewma", "robust", "likelihood", "context"])
 def test_step_fires(kind: str) -> None:
     det = make_detector(kind, **KINDS[kind])
     for i, x in enumerate(noise(600, seed=9)):
@@ -217,7 +220,7 @@ def test_robust_ignores_outliers_in_its_scale() -> None:
 
 
 def test_windows_are_capped() -> None:
-    for kind in ("zscore", "trend", "robust", "likelihood"):
+    for kind in ("zscore", "trend", "robust", "likelihood", "context"):
         with pytest.raises(ValueError, match="100000"):
             make_detector(kind, window=MAX_WINDOW + 1)
     det = ZScoreDetector(window=100)
@@ -264,6 +267,11 @@ def test_memory_is_bounded_by_the_window() -> None:
         ("threshold", {"op": "gt", "value": 1, "max": 3}, "not both"),
         ("trend", {"window": 10, "warmup": 20}, "must not exceed"),
         ("likelihood", {"quiet": -1}, "quiet must be"),
+        ("context", {"bits": 0}, "bits must be"),
+        ("context", {"bits": 3.0}, "bits must be"),
+        ("context", {"margin": -0.1}, "margin must be"),
+        ("context", {"max_contexts": 5}, "max_contexts must be"),
+        ("context", {"learn": 0}, "learn must be"),
     ],
 )
 def test_make_detector_errors(kind: str, params: dict[str, Any], message: str) -> None:
@@ -295,3 +303,86 @@ def test_zscore_hold_keeps_a_sustained_spike_anomalous() -> None:
     assert all(long_level[60:80]) and not any(long_level[100:160])
     with pytest.raises(ValueError, match="hold"):
         make_detector("zscore", hold=-1)
+
+
+# --------------------------------------------------------------------------------------
+# context
+
+
+def sawtooth(n: int, seed: int, period: int = 8) -> list[float]:
+    rng = random.Random(seed)
+    return [float(i % period) + rng.gauss(0.0, 0.05) for i in range(n)]
+
+
+def test_context_sees_a_broken_sequence_that_every_feature_misses() -> None:
+    """A sawtooth that restarts early (3 -> 0 instead of 3 -> 4): every value, jump size and
+    short-term mean is ordinary, only the order is new."""
+    xs = [*sawtooth(3000, seed=3), 0.0, 1.0, 2.0, 3.0, *sawtooth(200, seed=4)]  # row 3004 breaks the rhythm
+    fired: dict[str, list[int]] = {}
+    for kind in ("context", "likelihood"):
+        det = make_detector(kind, **KINDS[kind])
+        fired[kind] = [i for i, x in enumerate(xs) if det.update(60.0 * i, x).is_anomaly and i > 1500]
+    assert fired["context"] == [3004]
+    assert fired["likelihood"] == []
+
+
+def test_context_memory_is_bounded() -> None:
+    det = ContextDetector(window=100, history=200, learn=50, max_contexts=300)
+    model = det._model
+    rng = random.Random(13)
+    for i in range(6000):  # white noise: every transition is new, the worst case for the memory
+        det.update(float(i), rng.random())
+        assert det.contexts <= 300
+    assert det.contexts > 200  # it did fill up and forget
+    assert len(model._lefts) <= 300
+    assert sum(len(v) for v in model._anchors.values()) + len(model._sensor_only) == len(model._lefts)
+    live = {left.sid for left in model._lefts.values()}
+    assert all(sid in live for posted in model._postings.values() for sid in posted)
+    assert all(ctx.left.rights[ctx.right] == cid for cid, ctx in model._contexts.items())
+    assert len(det._contextual.buf) == 100 and len(det._raw.buf) == 200
+
+
+def test_context_is_deterministic_across_hash_seeds() -> None:
+    """Same input, same scores: in this process, again, and under other hash seeds."""
+    import subprocess
+
+    code = (
+        "import random\n"
+        "from otel_eda.anomaly.detectors import make_detector\n"
+        "d = make_detector('context', window=100, history=200, learn=50, max_contexts=200)\n"
+        "rng = random.Random(5)\n"
+        "out = []\n"
+        "for i in range(1500):\n"
+        "    out.append(d.update(float(i), (i % 24) + rng.gauss(0, 0.5)).score)\n"
+        "print(repr(sum(out)), d.contexts)\n"
+    )
+    runs = set()
+    for seed in ("0", "1", "12345"):
+        env = {"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        runs.add(done.stdout)
+    assert len(runs) == 1
+    det = make_detector("context", window=100, history=200, learn=50, max_contexts=200)
+    rng = random.Random(5)
+    total = sum(det.update(float(i), (i % 24) + rng.gauss(0, 0.5)).score for i in range(1500))
+    assert runs == {f"{total!r} {det.contexts}\n"}  # type: ignore[attr-defined]
+
+
+def test_context_model_quantiser() -> None:
+    model = ContextModel(bits=3, warmup=2, margin=0.0)
+    assert model.learn(0.0) == 0.0 and not model.ready
+    assert model.learn(7.0) == 0.0 and model.ready  # range [0, 7]: one level per unit
+    levels = {x: model.facts(x) for x in (0.0, 1.0, 6.5, 7.0)}
+    assert all(len(f) == 3 for f in levels.values())  # one fact per binary digit
+    assert len(levels[0.0] & levels[1.0]) == 2  # 000 and 001 share two digits
+    assert levels[6.5] == frozenset(levels[6.5]) and len(levels[6.5] & levels[7.0]) == 2  # 110, 111
+    assert len(model.facts(8.0)) == 4  # beyond the range: one more digit
+    assert model.facts(-3.0).isdisjoint(model.facts(3.0))  # below the range: another family
+    assert model.facts(1e300) == model.facts(64.0)  # clamped at max_level
+    assert 0.0 <= model.learn(3.0) <= 1.0
+
+
+def test_context_defaults() -> None:
+    det = make_detector("context")
+    assert isinstance(det, ContextDetector)
+    assert det.threshold == 0.5 and det.quiet == 150 and det.max_contexts == 2000 and det.bits == 3
