@@ -283,3 +283,73 @@ async def test_telemetry_capture_collects_alerts_for_users_tests() -> None:
         new = capture.evaluate()
     assert [(a.name, a.state.value) for a in new] == [("EventsDeadLettered", "firing")]
     assert capture.alerts == new
+
+
+def test_the_series_converter_gives_to_series_points_and_reuses_attribute_tuples() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_eda.anomaly.reader import _TEMPORALITY
+    from otel_eda.anomaly.series import SeriesConverter, to_series
+
+    memory = InMemoryMetricReader(preferred_temporality=_TEMPORALITY)  # type: ignore[arg-type]
+    provider = MeterProvider(metric_readers=[memory])
+    meter = provider.get_meter("t")
+    jobs, depth = meter.create_counter("jobs"), meter.create_up_down_counter("depth")
+    latency, handled = meter.create_histogram("latency"), meter.create_counter("messaging.handled")
+    convert = SeriesConverter()
+    seen: list[list[SeriesPoint]] = []
+    for round_ in range(3):
+        for i in range(20):
+            jobs.add(i + round_, {"job": f"j{i}", "n": i})
+            depth.add(1, {"queue": f"q{i % 3}"})
+            latency.record(0.1 * (i + 1), {"job": f"j{i % 4}"})
+            handled.add(1, {"queue": "q", **({"error.type": "E"} if i % 5 == 0 else {})})
+        data = memory.get_metrics_data()
+        assert data is not None
+        points = convert(data)
+        assert points == to_series(data)  # the same points, in the same order
+        seen.append(points)
+    provider.shutdown()
+    assert {p.signal for p in seen[2]} == {"rate", "value", "count", "mean", "p95", "p99", "error_ratio"}
+    # an attribute set's tuple is computed once and found again by its mapping's identity
+    # (error ratios: the attributes without error.type, computed per collection)
+    first = {(p.metric, p.signal, p.attributes): p.attributes for p in seen[0]}
+    again = [p for p in seen[2] if p.signal != "error_ratio"]
+    assert again and all(first[(p.metric, p.signal, p.attributes)] is p.attributes for p in again)
+    assert (("job", "j3"), ("n", "3")) in {p.attributes for p in seen[2]}  # sorted, values as str
+
+
+def test_the_series_converters_memory_stays_bounded_under_churn() -> None:
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from otel_eda.anomaly.reader import _TEMPORALITY
+    from otel_eda.anomaly.series import SeriesConverter
+
+    memory = InMemoryMetricReader(preferred_temporality=_TEMPORALITY)  # type: ignore[arg-type]
+    provider = MeterProvider(metric_readers=[memory])
+    jobs = provider.get_meter("t").create_counter("jobs")
+    convert = SeriesConverter()
+    sizes = []
+    for round_ in range(8):
+        for i in range(1_000):  # every round, 1,000 attribute sets never seen before
+            jobs.add(1, {"job": f"{round_}-{i}"})
+        data = memory.get_metrics_data()
+        assert data is not None
+        assert len(convert(data)) == 1_000
+        sizes.append(len(convert._memory))
+    provider.shutdown()
+    assert max(sizes) <= 2 * 1_000 + 1_000
+
+
+def test_zero_fill_when_the_clock_does_not_advance() -> None:
+    from otel_eda.anomaly.series import ZeroFill
+
+    fill = ZeroFill()
+    a, b = (("k", "a"),), (("k", "b"),)
+    first = fill([SeriesPoint("jobs", "rate", a, 10.0, 1.0), SeriesPoint("jobs", "rate", b, 10.0, 1.0)], 10.0)
+    assert len(first) == 2
+    # the same ``now`` again (a clock step back or a coarse clock): b was not seen this time
+    again = fill([SeriesPoint("jobs", "rate", a, 10.0, 2.0)], 10.0)
+    assert [(p.attributes, p.value) for p in again] == [(a, 2.0), (b, 0.0)]
+    later = fill([], 11.0)
+    assert [(p.attributes, p.t, p.value) for p in later] == [(a, 11.0, 0.0), (b, 11.0, 0.0)]

@@ -41,7 +41,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
-from otel_eda.anomaly.series import SeriesPoint, ZeroFill, to_series
+from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
 from otel_eda.settings import Settings
 
 __all__ = ["AnomalyMetricReader", "attach"]
@@ -87,6 +87,7 @@ class AnomalyMetricReader(MetricReader):
             if interval_s is None:
                 interval_s = settings.anomaly_interval_s
         self.engine = engine
+        self._to_series = SeriesConverter()
         self._zero_fill = ZeroFill(engine.max_series, engine.idle_timeout_s)
         self.engine.sinks.extend(sinks)
         self.engine.sinks.extend(CallbackSink(fn) for fn in callbacks)
@@ -140,7 +141,7 @@ class AnomalyMetricReader(MetricReader):
                 service = metrics_data.resource_metrics[0].resource.attributes.get("service.name")
                 if service is not None:
                     self.engine.resource_labels.setdefault("service", str(service))
-            self._evaluate(to_series(metrics_data))
+            self._evaluate(self._to_series(metrics_data))
         except Exception:
             internal_error("anomaly reader", "evaluating a collection")
 

@@ -35,7 +35,15 @@ from opentelemetry.sdk.metrics.export import (
 
 from otel_eda.anomaly.alerts import Exemplar
 
-__all__ = ["Attributes", "SeriesPoint", "percentile_explicit", "percentile_exponential", "to_series"]
+__all__ = [
+    "Attributes",
+    "SeriesConverter",
+    "SeriesPoint",
+    "ZeroFill",
+    "percentile_explicit",
+    "percentile_exponential",
+    "to_series",
+]
 
 Attributes = tuple[tuple[str, str], ...]
 _ERROR_TYPE = "error.type"
@@ -135,47 +143,140 @@ def _histogram_points(
 
 
 def to_series(data: MetricsData) -> list[SeriesPoint]:
-    """Every series point in one collection (delta temporality assumed for sums/histograms)."""
-    out: list[SeriesPoint] = []
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                _convert(metric.name, metric.data, out)
-    return out
+    """Every series point in one collection (delta temporality assumed for sums/histograms).
+
+    A one-off conversion; :class:`SeriesConverter` does the same, faster when called
+    once per collection on the same MeterProvider.
+    """
+    return SeriesConverter()(data)
 
 
-def _convert(name: str, data: Any, out: list[SeriesPoint]) -> None:
-    # measurement counts per attribute set without error.type: (all, with error)
-    totals: dict[Attributes, list[float]] = {}
-    any_error = False
-    for point in data.data_points:
-        t = point.time_unix_nano / 1e9
-        exemplars = _exemplars(point) if point.exemplars else ()
-        raw = point.attributes or {}
-        attrs = _attrs(raw)
-        if isinstance(data, Sum) and data.is_monotonic:
-            out.append(SeriesPoint(name, "rate", attrs, t, point.value / _interval_s(point), exemplars))
-            weight = float(point.value)
-        elif isinstance(data, Sum | Gauge) and isinstance(point, NumberDataPoint):
-            out.append(SeriesPoint(name, "value", attrs, t, float(point.value), exemplars))
-            continue
-        elif isinstance(point, HistogramDataPoint | ExponentialHistogramDataPoint):
-            out.extend(_histogram_points(name, point, attrs, t, exemplars))
-            weight = float(point.count)
-        else:
-            continue
-        has_error = _ERROR_TYPE in raw
-        if has_error and not name.startswith(_ERROR_RATIO_PREFIX):
-            continue
-        base = _attrs({k: v for k, v in raw.items() if k != _ERROR_TYPE}) if has_error else attrs
-        entry = totals.get(base)
+# the entry of one attribute mapping in a SeriesConverter's memory: the mapping itself
+# (so that its id cannot be reused while the entry exists) and its Attributes
+_Entry = tuple[Any, Attributes]
+_new = tuple.__new__
+
+
+class SeriesConverter:
+    """:func:`to_series` for a reader that converts one collection after another.
+
+    The OpenTelemetry SDK hands out the same attribute mapping object for an attribute
+    set in every collection (the one its aggregation keeps), so the sorted
+    :data:`Attributes` tuple of a mapping is computed once and found again by the
+    mapping's identity: one dict look-up per point, and the same tuple object every
+    time (later dict look-ups by it compare by identity). Each remembered mapping is
+    held (so that its ``id`` cannot be reused while it is remembered). Bounded: when
+    the memory holds more than twice the points of a collection (plus 1,000), most
+    of it is stale — attribute sets the SDK no longer reports — and it is forgotten
+    as a whole (the next collection computes its tuples again). It assumes, as the
+    SDK does, that a point's attribute mapping is not modified once the point is made.
+    Not thread-safe: one converter per reader.
+    """
+
+    __slots__ = ("_memory",)
+
+    def __init__(self) -> None:
+        self._memory: dict[int, _Entry] = {}
+
+    def __call__(self, data: MetricsData) -> list[SeriesPoint]:
+        out: list[SeriesPoint] = []
+        seen = 0
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for metric in sm.metrics:
+                    seen += len(metric.data.data_points)
+                    self._convert(metric.name, metric.data, out)
+        if len(self._memory) > 2 * seen + 1_000:
+            self._memory = {}
+        return out
+
+    def _attrs(self, raw: Mapping[str, Any] | None) -> Attributes:
+        key = id(raw)
+        entry = self._memory.get(key)
         if entry is None:
-            entry = totals[base] = [0.0, 0.0, t]
-        entry[0] += weight
-        if has_error:
-            entry[1] += weight
-            any_error = True
-    if any_error or name.startswith(_ERROR_RATIO_PREFIX):
+            entry = self._memory[key] = (raw, _attrs(raw or {}))
+        return entry[1]
+
+    def _convert(self, name: str, data: Any, out: list[SeriesPoint]) -> None:
+        if name.startswith(_ERROR_RATIO_PREFIX):
+            self._convert_with_errors(name, data, out)
+        elif isinstance(data, Sum) and data.is_monotonic:
+            self._rates(name, data.data_points, out)
+        elif isinstance(data, Sum | Gauge):
+            self._values(name, data.data_points, out)
+        else:
+            # histograms, and anything else (skipped point by point, as before)
+            for point in data.data_points:
+                if isinstance(point, HistogramDataPoint | ExponentialHistogramDataPoint):
+                    t = point.time_unix_nano / 1e9
+                    exemplars = _exemplars(point) if point.exemplars else ()
+                    out.extend(_histogram_points(name, point, self._attrs(point.attributes), t, exemplars))
+
+    def _rates(self, name: str, points: Iterable[Any], out: list[SeriesPoint]) -> None:
+        """A monotonic sum's points as rates per second (the hot loop: many series)."""
+        memory = self._memory
+        get = memory.get
+        append = out.append
+        last_end = last_start = -1
+        t = seconds = math.nan
+        for point in points:
+            raw = point.attributes
+            entry = get(id(raw))
+            if entry is None:
+                entry = memory[id(raw)] = (raw, _attrs(raw or {}))
+            end = point.time_unix_nano
+            start = point.start_time_unix_nano
+            if end != last_end or start != last_start:  # the same for every point of a collection
+                last_end, last_start = end, start
+                t = end / 1e9
+                seconds = (end - start) / 1e9
+                if not seconds > 0:
+                    seconds = math.nan
+            exemplars = _exemplars(point) if point.exemplars else ()
+            append(_new(SeriesPoint, (name, "rate", entry[1], t, point.value / seconds, exemplars)))
+
+    def _values(self, name: str, points: Iterable[Any], out: list[SeriesPoint]) -> None:
+        """A gauge's or non-monotonic sum's points as values."""
+        attrs_of = self._attrs
+        append = out.append
+        for point in points:
+            if isinstance(point, NumberDataPoint):
+                exemplars = _exemplars(point) if point.exemplars else ()
+                t = point.time_unix_nano / 1e9
+                append(_new(SeriesPoint, (name, "value", attrs_of(point.attributes), t, float(point.value), exemplars)))
+            elif isinstance(point, HistogramDataPoint | ExponentialHistogramDataPoint):  # (not from the SDK)
+                exemplars = _exemplars(point) if point.exemplars else ()
+                t = point.time_unix_nano / 1e9
+                out.extend(_histogram_points(name, point, attrs_of(point.attributes), t, exemplars))
+
+    def _convert_with_errors(self, name: str, data: Any, out: list[SeriesPoint]) -> None:
+        """A ``messaging.*`` metric: its points, then the error ratio of each attribute set."""
+        # measurement counts per attribute set without error.type: (all, with error)
+        totals: dict[Attributes, list[float]] = {}
+        for point in data.data_points:
+            t = point.time_unix_nano / 1e9
+            exemplars = _exemplars(point) if point.exemplars else ()
+            raw = point.attributes or {}
+            attrs = self._attrs(point.attributes)
+            if isinstance(data, Sum) and data.is_monotonic:
+                out.append(SeriesPoint(name, "rate", attrs, t, point.value / _interval_s(point), exemplars))
+                weight = float(point.value)
+            elif isinstance(data, Sum | Gauge) and isinstance(point, NumberDataPoint):
+                out.append(SeriesPoint(name, "value", attrs, t, float(point.value), exemplars))
+                continue
+            elif isinstance(point, HistogramDataPoint | ExponentialHistogramDataPoint):
+                out.extend(_histogram_points(name, point, attrs, t, exemplars))
+                weight = float(point.count)
+            else:
+                continue
+            has_error = _ERROR_TYPE in raw
+            base = _attrs({k: v for k, v in raw.items() if k != _ERROR_TYPE}) if has_error else attrs
+            entry = totals.get(base)
+            if entry is None:
+                entry = totals[base] = [0.0, 0.0, t]
+            entry[0] += weight
+            if has_error:
+                entry[1] += weight
         for attrs, (total, errors, t) in totals.items():
             if total > 0:
                 out.append(SeriesPoint(name, "error_ratio", attrs, t, errors / total))
@@ -196,8 +297,39 @@ class ZeroFill:
         self.max_series = max_series
         self.idle_timeout_s = idle_timeout_s
         self._last: dict[tuple[str, str, Attributes], float] = {}
+        self._now = -math.inf  # the last call's ``now``
 
     def __call__(self, points: list[SeriesPoint], now: float) -> list[SeriesPoint]:
+        if not now > self._now:
+            # ``now`` did not advance: "seen in this call" cannot be told from the stamp
+            return self._fill_exact(points, now)
+        self._now = now
+        last = self._last
+        signals = self._SIGNALS
+        cap = self.max_series
+        for p in points:
+            if p[1] in signals:
+                key = p[:3]  # (metric, signal, attributes)
+                if len(last) < cap or key in last:
+                    last[key] = now
+        # every remembered series stamped ``now`` was seen in this call (earlier calls' stamps are older)
+        horizon = now - self.idle_timeout_s
+        filled = list(points)
+        append = filled.append
+        idle = []
+        for key, seen in last.items():
+            if seen == now:
+                continue
+            if seen < horizon:
+                idle.append(key)
+            else:
+                metric, signal, attrs = key
+                append(_new(SeriesPoint, (metric, signal, attrs, now, 0.0, ())))
+        for key in idle:
+            del last[key]
+        return filled
+
+    def _fill_exact(self, points: list[SeriesPoint], now: float) -> list[SeriesPoint]:
         seen = set()
         for p in points:
             if p.signal in self._SIGNALS:
