@@ -245,3 +245,58 @@ def test_distinct_attribute_sets_through_a_meter_provider_keep_otel_edas_memory_
     assert engine.series_count <= 2_000
     assert engine.overflowed > 30_000 and engine.evicted > 0
     assert sizes[3] - sizes[1] < 300_000, f"otel-eda's memory grew by {sizes[3] - sizes[1]} bytes"
+
+
+def _point(key: str, t: float, v: float, metric: str = "messaging.process.duration") -> SeriesPoint:
+    return SeriesPoint(metric, "error_ratio", (("messaging.destination.name", key),), t, v)
+
+
+def test_idle_series_go_least_recently_updated_first_and_resolve_their_alerts_in_that_order() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule(for_evaluations=1)], [sink], idle_timeout_s=10.0)
+    engine.evaluate([_point("a", 0.0, 0.5), _point("b", 1.0, 0.5), _point("c", 2.0, 0.5)], now=2.0)
+    engine.evaluate([_point("a", 3.0, 0.5)], now=3.0)  # a is now the most recently updated
+    assert [a.series_labels["messaging.destination.name"] for a in engine.active_alerts()] == ["b", "c", "a"]
+    engine.evaluate([], now=12.5)  # b (1.0) and c (2.0) are idle, a (3.0) is not
+    resolved = [a.series_labels["messaging.destination.name"] for a in sink.alerts if a.state is AlertState.RESOLVED]
+    assert resolved == ["b", "c"]
+    assert engine.evicted == 2 and engine.series_count == 1
+
+
+def test_with_times_that_go_back_an_idle_series_updated_after_a_fresh_one_waits_for_it() -> None:
+    engine = AnomalyEngine([errors_rule()], idle_timeout_s=10.0)
+    # b is updated after a, with an older time
+    engine.evaluate([_point("a", 5.0, 0.0), _point("b", 0.0, 0.0)], now=5.0)
+    engine.evaluate([], now=12.0)  # horizon 2: b is idle, but a, updated before it, is not
+    assert engine.evicted == 0
+    engine.evaluate([], now=16.0)  # horizon 6: both
+    assert engine.evicted == 2 and engine.series_count == 0
+
+
+def test_a_point_with_a_nan_time_leaves_its_series_idle() -> None:
+    engine = AnomalyEngine([errors_rule()], idle_timeout_s=10.0)
+    engine.evaluate([_point("a", math.nan, 0.0)], now=0.0)
+    assert engine.series_count == 1
+    engine.evaluate([], now=0.0)
+    assert engine.evicted == 1 and engine.series_count == 0
+
+
+def test_rules_find_their_metric_by_name_not_by_string_identity() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule(for_evaluations=1)], [sink])
+    name = "".join(["messaging.process", ".duration"])  # equal, not the same object
+    engine.evaluate([_point("a", 0.0, 0.1, metric=name), _point("b", 0.0, 0.5, metric=name)], now=0.0)
+    assert [a.series_labels["messaging.destination.name"] for a in sink.alerts] == ["b"]
+
+
+def test_one_collection_of_many_series_keeps_every_state_and_lifecycle() -> None:
+    """20,000 series in one collection, some of them firing: the hot path and the full path agree."""
+    sink = Collect()
+    engine = AnomalyEngine([errors_rule(for_evaluations=2, resolve_after=1)], [sink], max_series=30_000)
+    keys = [f"q{i}" for i in range(20_000)]
+    for t in range(4):
+        bad = {f"q{i}" for i in range(0, 20_000, 1_000)} if t in (1, 2) else set()
+        engine.evaluate([_point(k, float(t), 0.25 if k in bad else 0.0) for k in keys], now=float(t))
+    assert engine.series_count == 20_000
+    assert sink.states() == [("firing", "warning")] * 20 + [("resolved", "warning")] * 20
+    assert [a.started_at for a in sink.alerts[:20]] == [2.0] * 20
