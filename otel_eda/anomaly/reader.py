@@ -98,6 +98,16 @@ class AnomalyMetricReader(MetricReader):
         self._shutdown_done = False
         self._thread: threading.Thread | None = None
         if start:
+            self.start()
+
+    @property
+    def started(self) -> bool:
+        """Whether its collection thread was started (``start=False`` defers it to :meth:`start`)."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start collecting every ``interval_s`` on its own daemon thread; idempotent."""
+        if self._thread is None and not self._shutdown_done:
             self._start_thread()
             _threaded.add(self)
 
