@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
-from otel_eda.configuration import ConfigurationError, configure, default_otlp_protocol
+from otel_eda.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
 
@@ -63,7 +63,10 @@ class EdaConfigurator(_BaseConfigurator):
 
 def post_instrument() -> None:
     """Complete what the chosen configurator installed; idempotent after EdaConfigurator."""
-    _configure_or_stop(None)
+    try:
+        complete_installed()
+    except ConfigurationError as exc:
+        _stop(exc)
 
 
 def _configure_or_stop(version: str | None) -> None:

@@ -38,7 +38,6 @@ import dataclasses
 import functools
 import inspect
 import logging
-import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -52,7 +51,7 @@ from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext, current_event
 from otel_eda.records import Recorder, Stage
-from otel_eda.settings import Settings
+from otel_eda.settings import Settings, sdk_disabled
 from otel_eda.store import EventStore
 from otel_eda.telemetry import Attempt, EventTelemetry, TraceMode, error_type
 from otel_eda.validation import type_problem
@@ -559,16 +558,12 @@ def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Itera
 @functools.cache
 def _warn_if_uninstrumented() -> None:
     """One WARNING per process when a bus publishes with no OpenTelemetry SDK installed at all."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not _sdk_disabled():
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider) and not sdk_disabled():
         _log.warning(
             "no OpenTelemetry SDK is installed: event spans and metrics go nowhere (the store still records "
             "them). Call otel_eda.configure() at start-up, or run under opentelemetry-instrument with "
             "OTEL_PYTHON_DISTRO=otel_eda and OTEL_PYTHON_CONFIGURATOR=otel_eda"
         )
-
-
-def _sdk_disabled() -> bool:
-    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 def _service_name(tracer_provider: trace.TracerProvider | None) -> str:

@@ -3,26 +3,27 @@
 Providers, exporters, sampler arguments and resource are built by the OpenTelemetry
 SDK's configuration code from the standard ``OTEL_*`` variables (or, with
 ``OTEL_CONFIG_FILE``, from that declarative file); otel-eda adds its span processor,
-wraps the configured sampler in :class:`LinkAwareSampler`, appends its anomaly reader (the
+wraps the sampler in :class:`LinkAwareSampler`, appends its anomaly reader (the
 ``eda_anomaly`` metric exporter entry point), adds its propagator to the global one, and
 counts every span an export pipeline loses (:mod:`otel_eda.exportloss`). It defaults
-``OTEL_TRACES_EXPORTER`` to ``console`` when that variable is unset, and ``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf``
-(otel-eda[otlp] installs that exporter; ``otlp`` alone would mean gRPC).
+``OTEL_TRACES_EXPORTER`` to ``console`` when that variable is unset, and
+``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf`` (otel-eda[otlp] installs that
+exporter; ``otlp`` alone would mean gRPC).
 
-Idempotent: where SDK providers are already installed (by ``opentelemetry-instrument``
-with another configurator, by a declarative config file, by hand) it adds only what is
-missing. What it cannot add (the sampler of a provider built by someone else) is named in
-one WARNING.
+Idempotent and thread-safe: where providers are already installed (by
+``opentelemetry-instrument`` with another configurator, by a declarative config file, by
+hand) it adds only what is missing, never a second processor or reader; what it cannot add
+(to a provider that is not the SDK's) is named in one WARNING.
 
 Never leaves the application silently uninstrumented: when the SDK's own configuration
 fails (an unknown exporter name, a missing exporter package, a non-positive
 ``OTEL_BSP_*``), one ERROR says why and what is and is not installed, and otel-eda installs
 its processor, anomaly reader and propagator without the failed exporters, so context
 still propagates downstream and the anomaly engine still watches. Invalid ``OTEL_EDA_*``
-values are reported by :mod:`otel_eda.settings`. Both are counted
+values are reported by :mod:`otel_eda.settings`. Each problem is counted once per process
 (``eda.config.errors``); with ``OTEL_EDA_STRICT=true`` either stops start-up with
-:class:`ConfigurationError`. With ``OTEL_SDK_DISABLED=true`` it installs nothing and
-starts no thread.
+:class:`ConfigurationError`, before anything is installed. With ``OTEL_SDK_DISABLED=true``
+it installs nothing and starts no thread.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import dataclasses
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
@@ -43,11 +45,7 @@ from opentelemetry.sdk._configuration import (
     _initialize_components,
     _OTelSDKConfigurator,
 )
-from opentelemetry.sdk.environment_variables import (
-    OTEL_CONFIG_FILE,
-    OTEL_EXPORTER_OTLP_PROTOCOL,
-    OTEL_SDK_DISABLED,
-)
+from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -62,9 +60,16 @@ from otel_eda.exportloss import track_span_losses
 from otel_eda.processor import EventSpanProcessor
 from otel_eda.propagation import EdaPropagator, contains_propagator, install_log_filters
 from otel_eda.sampling import LinkAwareSampler
-from otel_eda.settings import Settings
+from otel_eda.settings import Settings, sdk_disabled
 
-__all__ = ["ConfigurationError", "Installation", "anomaly_reader", "configure", "installation"]
+__all__ = [
+    "ConfigurationError",
+    "Installation",
+    "anomaly_reader",
+    "complete_installed",
+    "configure",
+    "installation",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -78,12 +83,22 @@ HOST_METRICS: Final[dict[str, list[str] | None]] = {
 }
 
 
+#: the SDK's declarative configuration file (a literal: SDKs before 1.45 lack the constant)
+OTEL_CONFIG_FILE: Final = "OTEL_CONFIG_FILE"
+
+
 class ConfigurationError(RuntimeError):
     """``OTEL_EDA_STRICT=true`` and the configuration is invalid or could not be installed."""
 
 
-def sdk_disabled() -> bool:
-    return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
+_lock = threading.RLock()
+#: (setting, message) pairs already counted in eda.config.errors: configure() may run more than
+#: once per process (the configurator, then the post-instrument hook, then the application)
+_counted: set[tuple[str, str]] = set()
+#: exporter packages, for the ERROR when the SDK cannot load an exporter
+_EXPORTER_HINT: Final = (
+    "exporters ship in otel-eda[zipkin] (zipkin_json, zipkin_eda) and otel-eda[otlp] (otlp, over http/protobuf)"
+)
 
 
 def configure(
@@ -94,11 +109,38 @@ def configure(
     """Install (or complete) the global OpenTelemetry providers for otel-eda.
 
     ``on_alert`` is called (from the anomaly reader's thread) with every alert change.
-    Raises only :class:`ConfigurationError`, and only with ``OTEL_EDA_STRICT=true``.
+    Raises only :class:`ConfigurationError`, and only with ``OTEL_EDA_STRICT=true``;
+    anything else that goes wrong is logged and counted (``eda.internal.errors``).
 
     >>> import otel_eda
     >>> otel_eda.configure(on_alert=print)  # doctest: +SKIP
     """
+    with _lock:
+        try:
+            _configure(on_alert, auto_instrumentation_version, build=True)
+        except ConfigurationError:
+            raise
+        except Exception:
+            internal_error("configure()", "installing OpenTelemetry")
+
+
+def complete_installed() -> None:
+    """Add otel-eda's pieces to the SDK providers someone else installed; never build new ones.
+
+    The ``opentelemetry_post_instrument`` hook: when another configurator ran, this adds what
+    it did not install. When no SDK TracerProvider is installed at all, one WARNING says so
+    and nothing is installed (the configurator the user chose decides what runs).
+    """
+    with _lock:
+        try:
+            _configure(None, None, build=False)
+        except ConfigurationError:
+            raise
+        except Exception:
+            internal_error("configure()", "completing OpenTelemetry")
+
+
+def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, build: bool) -> None:
     if sdk_disabled():
         _log.info("OTEL_SDK_DISABLED=true: otel-eda installs nothing; the bus still works")
         return
@@ -110,37 +152,107 @@ def configure(
     if problems and settings.strict:
         raise ConfigurationError("OTEL_EDA_STRICT=true: " + "; ".join(problems.values()))
     install_log_filters()
-    default_otlp_protocol()
     callbacks = [on_alert] if on_alert is not None else []
     sdk_error: Exception | None = None
-    reader_has_callbacks = False
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+    if build and not _any_sdk_provider():
+        default_otlp_protocol()
         try:
-            reader_has_callbacks = _install_from_environment(settings, callbacks, auto_instrumentation_version)
+            _install_from_environment(settings, callbacks, version)
         except Exception as exc:  # the SDK raises plain RuntimeError/ValueError/ImportError
             sdk_error = exc
-    try:
-        _complete(settings, [] if reader_has_callbacks else callbacks, fresh=sdk_error is not None)
-        _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
-        _instrument_host_metrics()
-    except Exception:
-        internal_error("configure()", "completing the OpenTelemetry providers")
-    for variable in problems:
-        count_config_error(variable)
-    state = installation()
-    if sdk_error is not None:
-        count_config_error("sdk")
-        _log.error(
-            "OpenTelemetry SDK configuration failed: %s: %s. Installed: %s. NOT installed: the exporters "
-            "the OTEL_*_EXPORTER variables name (nothing is exported until the setting above is fixed)",
-            type(sdk_error).__name__,
-            sdk_error,
-            state.describe(),
+    if sdk_error is not None and settings.strict:
+        _report_sdk_error(sdk_error, "nothing (OTEL_EDA_STRICT=true)")
+        raise ConfigurationError(f"OTEL_EDA_STRICT=true: OpenTelemetry SDK configuration failed: {sdk_error}")
+    if not build and not isinstance(trace.get_tracer_provider(), TracerProvider):
+        _warn_once(
+            "the configurator that ran installed no OpenTelemetry SDK TracerProvider, so otel-eda installs "
+            "nothing either. Set OTEL_PYTHON_CONFIGURATOR=otel_eda, or call otel_eda.configure()"
         )
-        if settings.strict:
-            raise ConfigurationError(f"OTEL_EDA_STRICT=true: OpenTelemetry SDK configuration failed: {sdk_error}")
+        return
+    _complete(settings, callbacks, quiet=sdk_error is not None)
+    _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
+    _instrument_host_metrics()
+    for variable, message in problems.items():
+        if (variable, message) not in _counted:
+            _counted.add((variable, message))
+            count_config_error(variable)
+    if sdk_error is not None:
+        _report_sdk_error(sdk_error, installation().describe())
     else:
-        _warn_missing(state)
+        gaps = installation().missing()
+        if gaps:
+            _warn_once(
+                "otel-eda is only partly installed: missing "
+                + "; ".join(gaps)
+                + ". Set OTEL_PYTHON_DISTRO=otel_eda and OTEL_PYTHON_CONFIGURATOR=otel_eda (or call "
+                "otel_eda.configure() before anything else installs OpenTelemetry providers)"
+            )
+
+
+def _report_sdk_error(error: Exception, installed: str) -> None:
+    if ("sdk", str(error)) not in _counted:
+        _counted.add(("sdk", str(error)))
+        count_config_error("sdk")
+    _log.error(
+        "OpenTelemetry SDK configuration failed: %s: %s. Installed: %s. NOT installed: %s (%s)",
+        type(error).__name__,
+        str(error).rstrip("."),
+        installed,
+        _missing_exporters(),
+        _EXPORTER_HINT,
+    )
+
+
+def _missing_exporters() -> str:
+    """The OTEL_*_EXPORTER names whose signal has fewer exporters than it asked for."""
+    from opentelemetry.sdk._configuration import _get_exporter_names
+
+    state = installation()
+    installed = {
+        "traces": len(state.span_exporters),
+        "metrics": sum(name != AnomalyMetricReader.__name__ for name in state.metric_readers),
+        "logs": _log_processor_count(),
+    }
+    gaps = []
+    for signal, count in installed.items():
+        try:
+            names = _get_exporter_names(signal)  # type: ignore[arg-type]
+        except Exception as exc:
+            gaps.append(f"{signal} exporters ({exc})")
+            continue
+        if len(names) > count:
+            gaps.append(f"{signal} exporters {names}")
+    return ", ".join(gaps) or "no exporter is missing"
+
+
+def _log_processor_count() -> int:
+    from opentelemetry import _logs
+
+    provider = _logs.get_logger_provider()
+    multi = getattr(provider, "_multi_log_record_processor", None)
+    return len(getattr(multi, "_log_record_processors", ()))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        _log.warning("%s", message)
+
+
+def _any_sdk_provider() -> bool:
+    """Whether any global provider was already set (by hand, a config file, another configurator)."""
+    from opentelemetry import _logs
+    from opentelemetry._logs._internal import ProxyLoggerProvider
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    return (
+        not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+        or not isinstance(metrics.get_meter_provider(), _ProxyMeterProvider)
+        or not isinstance(_logs.get_logger_provider(), ProxyLoggerProvider)
+    )
 
 
 def _rules_file_problem(path: str) -> str | None:
@@ -158,26 +270,30 @@ def _check_rules_file(path: str, stamp: int) -> str | None:
 
     try:
         load_rules(path)
-    except ValueError as exc:
+    except Exception as exc:  # RulesFileError, or anything a broken file provokes
         _log.error("invalid OTEL_EDA_RULES_FILE: %s; using the default rule set", exc)
         return f"invalid OTEL_EDA_RULES_FILE: {exc}"
     return None
 
 
 def default_otlp_protocol() -> None:
-    """``otlp`` means gRPC unless told otherwise; otel-eda[otlp] installs the HTTP exporter."""
+    """``otlp`` means gRPC unless told otherwise; otel-eda[otlp] installs the HTTP exporter.
+
+    Sets ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` in the process environment when it is
+    unset (child processes inherit it), as OpenTelemetry distros set their defaults.
+    """
     if not os.environ.get(OTEL_EXPORTER_OTLP_PROTOCOL, "").strip():
         os.environ[OTEL_EXPORTER_OTLP_PROTOCOL] = "http/protobuf"
 
 
 def _install_from_environment(
     settings: Settings, callbacks: list[Callable[[Alert], Any]], auto_instrumentation_version: str | None
-) -> bool:
-    """Let the SDK build the providers; True if it built the anomaly reader (with ``callbacks``)."""
+) -> None:
+    """Let the SDK build the providers; _complete() adds what is otel-eda's."""
     if os.environ.get(OTEL_CONFIG_FILE, "").strip():
-        # the declarative file is the sole source of the SDK's providers; _complete() adds ours
+        # the declarative file is the sole source of the SDK's providers
         _OTelSDKConfigurator().configure()  # type: ignore[no-untyped-call]
-        return False
+        return
     exporters = None if os.environ.get(OTEL_TRACES_EXPORTER, "").strip() else ["console"]
     _initialize_components(
         auto_instrumentation_version=auto_instrumentation_version,
@@ -185,40 +301,62 @@ def _install_from_environment(
         metric_exporter_names=[ANOMALY_READER_ENTRY_POINT],
         span_processors=[EventSpanProcessor(baggage_keys=settings.baggage_keys)],
         sampler=_link_aware_sampler(),
-        exporter_args_map={AnomalyMetricReader: {"callbacks": callbacks, "settings": settings}},
+        # started by _complete() once it is on the global MeterProvider: if the SDK fails
+        # after building it, no thread runs for a reader nobody collects
+        exporter_args_map={AnomalyMetricReader: {"callbacks": callbacks, "settings": settings, "start": False}},
     )
-    return True
 
 
 def _link_aware_sampler() -> Sampler:
     return LinkAwareSampler(_import_sampler(_get_sampler()) or ParentBased(ALWAYS_ON))
 
 
-def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, fresh: bool) -> None:
+def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, quiet: bool) -> None:
     """Add whatever of otel-eda's pieces the installed providers lack (or install bare ones)."""
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
+    if isinstance(provider, trace.ProxyTracerProvider):
         provider = TracerProvider(resource=Resource.create(), sampler=_link_aware_sampler())
         trace.set_tracer_provider(provider)
+    if not isinstance(provider, TracerProvider):
+        return  # someone else's API implementation: nothing of the SDK's to complete
     if not has_event_processor(provider):
         provider.add_span_processor(EventSpanProcessor(baggage_keys=settings.baggage_keys))
-        if not fresh:
+        if not quiet:
             _log.info("otel-eda added its EventSpanProcessor to the installed TracerProvider")
+    _wrap_sampler(provider)
     meters = metrics.get_meter_provider()
-    if not isinstance(meters, MeterProvider):
+    if isinstance(meters, _ProxyMeterProvider):
         meters = MeterProvider(
             resource=provider.resource,
             metric_readers=[AnomalyMetricReader(callbacks=callbacks, settings=settings)],
         )
         metrics.set_meter_provider(meters)
-    elif (reader := anomaly_reader(meters)) is None:
-        attach(meters, AnomalyMetricReader(callbacks=callbacks, settings=settings))
-        if not fresh:
-            _log.info("otel-eda attached its AnomalyMetricReader to the installed MeterProvider")
-    else:
-        for callback in callbacks:
-            reader.add_callback(callback)
+    elif isinstance(meters, MeterProvider):
+        reader = anomaly_reader(meters)
+        if reader is None:
+            attach(meters, AnomalyMetricReader(callbacks=callbacks, settings=settings))
+            if not quiet:
+                _log.info("otel-eda attached its AnomalyMetricReader to the installed MeterProvider")
+        elif not reader.started:
+            reader.start()  # built by the SDK in this call, with the callbacks
+        else:
+            for callback in callbacks:
+                reader.add_callback(callback)
     track_span_losses(provider, meter_provider=meters)
+
+
+def _wrap_sampler(provider: TracerProvider) -> None:
+    """Wrap a provider's sampler in LinkAwareSampler (also for the tracers it already made)."""
+    sampler = provider.sampler
+    if isinstance(sampler, LinkAwareSampler):
+        return
+    wrapped = LinkAwareSampler(sampler)
+    provider.sampler = wrapped
+    for tracer in list(getattr(provider, "_tracers", {}).values()):
+        if getattr(tracer, "sampler", None) is sampler:
+            tracer.sampler = wrapped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,10 +410,7 @@ def installation() -> Installation:
     provider = trace.get_tracer_provider()
     processors = _span_processors(provider)
     meters = metrics.get_meter_provider()
-    readers = (
-        *getattr(getattr(meters, "_sdk_config", None), "metric_readers", ()),
-        *getattr(meters, "_all_metric_readers", ()),
-    )
+    readers = _metric_readers(meters)
     sampler = getattr(provider, "sampler", None)
     return Installation(
         tracer_provider=type(provider).__name__,
@@ -310,29 +445,18 @@ def _exporters(processors: Iterable[object]) -> Iterable[object]:
             yield getattr(exporter, "inner", exporter)
 
 
-_warned: set[tuple[str, ...]] = set()
-
-
-def _warn_missing(state: Installation) -> None:
-    gaps = tuple(state.missing())
-    if gaps and gaps not in _warned:
-        _warned.add(gaps)
-        _log.warning(
-            "otel-eda is only partly installed: missing %s. Set OTEL_PYTHON_DISTRO=otel_eda and "
-            "OTEL_PYTHON_CONFIGURATOR=otel_eda (or call otel_eda.configure() before anything else "
-            "installs a TracerProvider)",
-            "; ".join(gaps),
-        )
-
-
 def anomaly_reader(provider: object) -> AnomalyMetricReader | None:
     """The AnomalyMetricReader of an SDK MeterProvider, if it has one."""
-    readers = getattr(getattr(provider, "_sdk_config", None), "metric_readers", ())
-    extra = getattr(provider, "_all_metric_readers", ())
-    for reader in (*readers, *extra):
+    for reader in _metric_readers(provider):
         if isinstance(reader, AnomalyMetricReader):
             return reader
     return None
+
+
+def _metric_readers(provider: object) -> tuple[object, ...]:
+    """The readers registered on this MeterProvider (not on every provider of the process)."""
+    consumer = getattr(provider, "_measurement_consumer", None)
+    return tuple(getattr(consumer, "_reader_storages", {}))
 
 
 def _instrument_host_metrics() -> None:
@@ -342,9 +466,10 @@ def _instrument_host_metrics() -> None:
     except ImportError:
         _log.info("host CPU and memory metrics need otel-eda[auto] (opentelemetry-instrumentation-system-metrics)")
         return
-    instrumentor = SystemMetricsInstrumentor(config=HOST_METRICS)
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
+    running = SystemMetricsInstrumentor._instance  # a singleton: constructing it again resets its config
+    if running is not None and running.is_instrumented_by_opentelemetry:
+        return
+    SystemMetricsInstrumentor(config=HOST_METRICS).instrument()
 
 
 def has_event_processor(provider: TracerProvider) -> bool:

@@ -25,6 +25,10 @@ in :attr:`Settings.errors` (``configure()`` counts it, and fails in strict mode)
 >>> bad = Settings.from_environ({"OTEL_EDA_ANOMALY_INTERVAL": "soon"})
 >>> bad.anomaly_interval_s, bad.errors[0].variable
 (5.0, 'OTEL_EDA_ANOMALY_INTERVAL')
+>>> Settings.from_environ({"OTEL_EDA_BAGGAGE_KEYS": "tenant.id, region"}).baggage_keys
+('tenant.id', 'region')
+>>> Settings.from_environ({"OTEL_EDA_BAGGAGE_KEYS": "eda.correlation_id"}).baggage_keys  # never raw ids
+()
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from otel_eda.environment_variables import (
 from otel_eda.store import DEFAULT_MAX_EVENTS
 from otel_eda.telemetry import TraceMode
 
-__all__ = ["InvalidSetting", "Settings"]
+__all__ = ["InvalidSetting", "Settings", "sdk_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,6 +70,11 @@ _VARIABLES = (
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 MAX_BAGGAGE_KEYS = 32
+
+
+def sdk_disabled() -> bool:
+    """``OTEL_SDK_DISABLED=true``: the OpenTelemetry SDK is off, and otel-eda installs nothing."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +152,11 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
     keys: tuple[str, ...] = ()
     if text := (raw[OTEL_EDA_BAGGAGE_KEYS] or "").strip():
         parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) for p in parts):
+        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) and not p.startswith("eda.") for p in parts):
             keys = parts
         else:
-            invalid(OTEL_EDA_BAGGAGE_KEYS, f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens)", "none")
+            accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"
+            invalid(OTEL_EDA_BAGGAGE_KEYS, accepted, "none")
 
     strict = d.strict
     if text := (raw[OTEL_EDA_STRICT] or "").strip():

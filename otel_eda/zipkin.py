@@ -50,8 +50,8 @@ class RemoteEndpointJsonV2Encoder(JsonV2Encoder):
 class ZipkinRemoteEndpointExporter(ZipkinExporter):
     """OpenTelemetry's Zipkin JSON exporter (v2 protocol) with :class:`RemoteEndpointJsonV2Encoder`."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("version", Protocol.V2)
-        super().__init__(*args, **kwargs)
-        if kwargs["version"] == Protocol.V2:
-            self.encoder = RemoteEndpointJsonV2Encoder(self.encoder.max_tag_value_length)  # type: ignore[assignment]
+    def __init__(self, version: Protocol = Protocol.V2, *args: Any, **kwargs: Any) -> None:
+        if version != Protocol.V2:
+            raise ValueError("zipkin_eda writes Zipkin's JSON v2 (remoteEndpoint does not exist in v1)")
+        super().__init__(version, *args, **kwargs)
+        self.encoder = RemoteEndpointJsonV2Encoder(self.encoder.max_tag_value_length)  # type: ignore[assignment]

@@ -37,7 +37,7 @@ APP = textwrap.dedent(
     from otel_eda.configuration import installation
 
     if os.environ.get("CALL_CONFIGURE"):
-        otel_eda.configure()
+        otel_eda.configure(on_alert=print if os.environ.get("ON_ALERT") else None)
 
     async def main():
         async with otel_eda.EventBus(service="app") as bus:
@@ -47,9 +47,17 @@ APP = textwrap.dedent(
         return event, bus.telemetry.mode.value
 
     event, mode = asyncio.run(main())
+    if os.environ.get("LOG_RECORD"):
+        logging.getLogger("app").warning("a log record for the logs exporter")
     state = installation()
+    from otel_eda.anomaly.callbacks import CallbackSink
+    from otel_eda.configuration import anomaly_reader
+    import threading
+    reader = anomaly_reader(metrics.get_meter_provider())
     report = {**state.__dict__, "link_aware_sampler": state.link_aware_sampler,
-              "correlation_id": event.correlation_id, "mode": mode}
+              "correlation_id": event.correlation_id, "mode": mode,
+              "anomaly_threads": sum(t.name == "otel-eda-anomaly" for t in threading.enumerate()),
+              "callback_sinks": sum(isinstance(s, CallbackSink) for s in reader.engine.sinks) if reader else None}
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
         if hasattr(provider, "shutdown"):
             provider.shutdown()
@@ -98,6 +106,19 @@ def log_lines(result: subprocess.CompletedProcess[str], needle: str) -> list[str
     return [line for line in result.stderr.splitlines() if needle in line]
 
 
+def other_stderr(result: subprocess.CompletedProcess[str], *expected: str) -> list[str]:
+    """stderr lines that are neither the report nor one of the ``expected`` messages.
+
+    Without a logging configuration Python prints a record's message alone (no level name),
+    so "no WARNING" is checked as "nothing else on stderr".
+    """
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith("REPORT ") and not any(e in line for e in expected)
+    ]
+
+
 def assert_fully_installed(report: dict[str, object]) -> None:
     assert report["tracer_provider"] == "TracerProvider"
     assert report["event_processor"] is True
@@ -117,7 +138,8 @@ def test_alone_otel_eda_distro_and_configurator_install_everything(tmp_path: Pat
     # spans are exported, and carry the flow's identity
     assert '"name": "send order_placed"' in result.stdout
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in result.stdout
-    assert not log_lines(result, "WARNING"), result.stderr
+    assert report["anomaly_threads"] == 1
+    assert not other_stderr(result), result.stderr
 
 
 def test_beside_opentelemetry_distro_the_two_variables_select_otel_eda(tmp_path: Path) -> None:
@@ -131,25 +153,32 @@ def test_beside_opentelemetry_distro_the_two_variables_select_otel_eda(tmp_path:
     report = report_of(result)
     assert_fully_installed(report)
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in result.stdout
-    assert not log_lines(result, "otel-eda is only partly installed"), result.stderr
+    # opentelemetry-instrument warns that the other configurator was not loaded: that is all
+    assert not other_stderr(result, "Configuration of configurator not loaded"), result.stderr
 
 
-def test_beside_opentelemetry_distro_without_the_variables_the_hook_completes_and_warns_once(tmp_path: Path) -> None:
-    # opentelemetry-distro comes first on sys.path, so its distro and configurator are chosen
+def test_beside_opentelemetry_distro_without_the_variables_the_hook_completes_its_providers(tmp_path: Path) -> None:
+    # opentelemetry-distro comes first on sys.path, so its distro and configurator are chosen; the
+    # post-instrument hook adds otel-eda's processor, reader, propagator and sampler to its providers
     result = run_app(tmp_path, with_distro=True, OTEL_TRACES_EXPORTER="console")
     report = report_of(result)
-    # the post-instrument hook added otel-eda's processor, reader and propagator ...
-    assert report["event_processor"] is True
-    assert report["anomaly_reader"] is True
-    assert report["eda_propagator"] is True
+    assert_fully_installed(report)
+    assert report["anomaly_threads"] == 1
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in result.stdout
-    # ... and one WARNING names exactly what it could not add: the sampler of someone else's provider
-    assert report["link_aware_sampler"] is False
-    warnings = log_lines(result, "otel-eda is only partly installed")
+    # the system-metrics instrumentation the instrument command started keeps working (no callback
+    # failures), and nothing else is logged but the instrument command's own note
+    assert not other_stderr(result, "Configuration of otel_eda not loaded"), result.stderr
+
+
+def test_another_configurator_chosen_by_name_is_respected(tmp_path: Path) -> None:
+    # OTEL_PYTHON_CONFIGURATOR names a configurator that is not installed: none runs, and the
+    # post-instrument hook does not build providers behind the user's back; it says so once
+    result = run_app(tmp_path, OTEL_PYTHON_CONFIGURATOR="vendor_x", OTEL_TRACES_EXPORTER="console")
+    report = report_of(result)
+    assert report["tracer_provider"] == "ProxyTracerProvider"
+    assert result.stdout == ""
+    warnings = log_lines(result, "the configurator that ran installed no OpenTelemetry SDK TracerProvider")
     assert len(warnings) == 1, result.stderr
-    assert "LinkAwareSampler" in warnings[0]
-    assert "EventSpanProcessor" not in warnings[0]
-    assert "OTEL_PYTHON_CONFIGURATOR=otel_eda" in warnings[0]
 
 
 def test_opentelemetry_distro_defaults_that_fail_leave_one_warning_from_the_bus(tmp_path: Path) -> None:
@@ -199,8 +228,8 @@ def test_declarative_config_file_keeps_its_own_exporter_and_gets_otel_edas_piece
         assert f'"eda.correlation_id": "{report["correlation_id"]}"' in result.stdout
         assert report["anomaly_reader"] is True
         assert report["eda_propagator"] is True
-        warnings = log_lines(result, "otel-eda is only partly installed")
-        assert len(warnings) == 1 and "LinkAwareSampler" in warnings[0], result.stderr
+        assert report["link_aware_sampler"] is True  # the file's sampler, wrapped
+        assert not other_stderr(result), result.stderr
 
 
 class _OtlpSink(http.server.BaseHTTPRequestHandler):
@@ -240,6 +269,8 @@ def test_otlp_for_all_three_signals_works_with_only_the_http_exporter(
         OTEL_METRICS_EXPORTER="otlp",
         OTEL_LOGS_EXPORTER="otlp",
         OTEL_EXPORTER_OTLP_ENDPOINT=url,
+        OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
+        LOG_RECORD="1",
     )
     report = report_of(result)
     assert_fully_installed(report)
@@ -248,9 +279,9 @@ def test_otlp_for_all_three_signals_works_with_only_the_http_exporter(
         "OTLPMetricExporter" in report["metric_readers"] or "PeriodicExportingMetricReader" in report["metric_readers"]
     )
     paths = {path for path, _ in received}
-    assert {"/v1/traces", "/v1/metrics"} <= paths, (received, result.stderr)
+    assert paths == {"/v1/traces", "/v1/metrics", "/v1/logs"}, (received, result.stderr)
     assert all(kind == "application/x-protobuf" for _, kind in received)
-    assert not log_lines(result, "ERROR"), result.stderr
+    assert not other_stderr(result, "a log record for the logs exporter"), result.stderr
 
 
 def test_otel_eda_variables_are_opentelemetry_instrument_flags(tmp_path: Path) -> None:
@@ -259,8 +290,12 @@ def test_otel_eda_variables_are_opentelemetry_instrument_flags(tmp_path: Path) -
     help_text = subprocess.run(
         [str(INSTRUMENT), "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    for flag in ("--eda_trace_mode", "--eda_rules_file", "--eda_strict", "--eda_baggage_keys", "--eda_max_series"):
-        assert flag in help_text
+    import otel_eda.environment_variables as variables
+
+    names = [name for name in dir(variables) if name.startswith("OTEL_EDA_")]
+    assert len(names) == 8
+    for name in names:
+        assert f"--{name.removeprefix('OTEL_').lower()}" in help_text
 
 
 # ------------------------------------------------------------------ invalid settings
@@ -279,11 +314,13 @@ def test_an_invalid_otel_eda_value_is_one_error_then_the_default(tmp_path: Path,
     assert "'soon'" in errors[0] and "a positive number of seconds" in errors[0] and "default 5.0" in errors[0]
 
 
-def test_invalid_values_are_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("instrument", [True, False], ids=["instrumented", "configure()"])
+def test_invalid_values_are_counted_once(tmp_path: Path, instrument: bool) -> None:
+    # instrumented, configure() runs twice (the configurator, then the post-instrument hook)
     result = run_app(
         tmp_path,
-        instrument=False,
-        CALL_CONFIGURE="1",
+        instrument=instrument,
+        CALL_CONFIGURE="" if instrument else "1",
         OTEL_EDA_TRACE_MODE="sideways",
         OTEL_EDA_BAGGAGE_KEYS="tenant id",
         OTEL_TRACES_EXPORTER="none",
@@ -326,9 +363,14 @@ def test_strict_mode_turns_an_invalid_value_into_a_start_up_failure(tmp_path: Pa
     assert "otel_eda.configuration.ConfigurationError: OTEL_EDA_STRICT=true" in plain.stderr
 
 
-def test_a_malformed_rules_file_is_reported_with_file_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    ["rules:\n  - name: x\n    metric: [unclosed\n", "rules:\n  - name: x\n    metric: !!python/object:os.system {}\n"],
+    ids=["syntax error", "unsafe tag"],
+)
+def test_a_malformed_rules_file_is_reported_with_file_and_line(tmp_path: Path, text: str) -> None:
     rules = tmp_path / "rules.yaml"
-    rules.write_text("rules:\n  - name: x\n    metric: [unclosed\n")
+    rules.write_text(text)
     result = run_app(tmp_path, OTEL_EDA_RULES_FILE=str(rules), OTEL_TRACES_EXPORTER="none")
     assert_fully_installed(report_of(result))
     errors = log_lines(result, "invalid OTEL_EDA_RULES_FILE")
@@ -370,3 +412,26 @@ def test_a_failed_sdk_configuration_is_one_clear_error_and_otel_eda_still_works(
     strict = run_app(tmp_path, instrument=instrument, OTEL_EDA_STRICT="true", **env)
     assert strict.returncode == (EXIT_CONFIG if instrument else 1), strict.stderr
     assert "REPORT" not in strict.stderr
+    assert "Installed: nothing (OTEL_EDA_STRICT=true)" in strict.stderr
+    assert strict.stdout == ""
+
+
+def test_a_failure_halfway_through_the_sdk_keeps_what_it_installed_and_one_reader(tmp_path: Path) -> None:
+    # tracing is installed, then the metrics step fails (an export interval of 0 is refused)
+    result = run_app(
+        tmp_path,
+        instrument=False,
+        CALL_CONFIGURE="1",
+        ON_ALERT="1",
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="console",
+        OTEL_METRIC_EXPORT_INTERVAL="0",
+    )
+    report = report_of(result)
+    assert report["span_exporters"] == ["ConsoleSpanExporter"]
+    assert_fully_installed(report)
+    assert report["anomaly_threads"] == 1  # no second reader left running for nobody
+    assert report["callback_sinks"] == 1
+    (error,) = log_lines(result, "OpenTelemetry SDK configuration failed")
+    assert "NOT installed: metrics exporters ['console']" in error
+    assert "traces exporters" not in error

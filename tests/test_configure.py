@@ -117,8 +117,8 @@ def test_sdk_disabled_installs_nothing_and_starts_no_thread_but_the_bus_works(tm
 
 def test_completes_an_sdk_provider_that_is_already_installed(tmp_path: Path) -> None:
     report, stdout = _run(tmp_path, "2", PRESET_PROVIDER="1")
-    # the preset provider is kept (otel-eda's own would wrap the sampler) ...
-    assert not str(report["sampler"]).startswith("LinkAwareSampler")
+    # the preset provider is kept, its sampler wrapped in LinkAwareSampler ...
+    assert str(report["sampler"]).startswith("LinkAwareSampler{ParentBased")
     # ... completed with exactly one EventSpanProcessor, exporting through the preset exporter
     assert report["eda_processors"] == 1
     assert stdout.count('"name": "send order_placed"') == 1

@@ -190,7 +190,14 @@ def _yaml_items(path: Path, text: str) -> list[tuple[int, Any]]:
         raise RulesFileError(f"{path}:{line}: {getattr(exc, 'problem', None) or exc}") from None
     seq = _rules_node(path, root, yaml)
     loader = yaml.SafeLoader("")
-    return [(node.start_mark.line + 1, loader.construct_document(node)) for node in seq]
+    items = []
+    for node in seq:
+        try:
+            items.append((node.start_mark.line + 1, loader.construct_document(node)))
+        except yaml.YAMLError as exc:  # e.g. a tag SafeLoader refuses (!!python/object)
+            mark = getattr(exc, "problem_mark", None) or node.start_mark
+            raise RulesFileError(f"{path}:{mark.line + 1}: {getattr(exc, 'problem', None) or exc}") from None
+    return items
 
 
 def _rules_node(path: Path, root: Any, yaml: Any) -> list[Any]:
