@@ -259,9 +259,11 @@ class ContextModel:
         current = self.facts(x)
         self._now += 1
         now = self._now
-        new_cid, is_new = -1, False
+        skip, is_new = -1, False  # skip: the context this step just created (it would predict itself)
         if self._started:
-            new_cid, is_new = self._add(self._sens, self._neur, current, True)
+            skip, is_new = self._add(self._sens, self._neur, current, True)
+            if not is_new:
+                skip = -1
         contexts = self._contexts
         max_left = self.max_left
         prev_neur = self._neur
@@ -269,22 +271,27 @@ class ContextModel:
         selected = 0
         candidates: dict[tuple[frozenset[int], frozenset[int], frozenset[int]], None] = {}
         for left, k, crossed in self._crossings(partial=is_new):
-            full = k == left.n
-            for right, cid in left.rights.items():
-                if is_new and cid == new_cid:
-                    continue
-                ctx = contexts[cid]
-                matched = right & current
-                if full:
+            learnable = is_new and k <= max_left
+            if k == left.n:  # fully present in the previous state: its contexts predict
+                for right, cid in left.rights.items():
+                    if cid == skip:
+                        continue
                     selected += 1
-                    if len(matched) == len(right):
+                    if right <= current:
+                        ctx = contexts[cid]
                         ctx.count += 1
                         ctx.last = now
                         active.append((ctx.count, cid))
-                    elif matched and is_new and ctx.zero and k <= max_left:
-                        candidates[(left.sens, left.neur, matched)] = None
-                elif matched and ctx.zero and k <= max_left and crossed is not None:
-                    candidates[(crossed, left.neur & prev_neur, matched)] = None
+                    elif learnable and contexts[cid].zero:
+                        matched = right & current
+                        if matched:
+                            candidates[(left.sens, left.neur, matched)] = None
+            elif learnable and crossed is not None:  # partly present: generalise zero-level contexts
+                for right, cid in left.rights.items():
+                    if cid != skip and contexts[cid].zero:
+                        matched = right & current
+                        if matched:
+                            candidates[(crossed, left.neur & prev_neur, matched)] = None
         if is_new:
             candidates.pop((self._sens, self._neur, current), None)
         n_candidates = len(candidates) + (1 if is_new else 0)
