@@ -398,6 +398,7 @@ DETECTORS: dict[str, Callable[[], ScoredDetector]] = {
     "trend w=60": lambda: make_detector("trend", window=60),
     "robust w=1000": lambda: make_detector("robust", window=1000),
     "likelihood": lambda: make_detector("likelihood"),
+    "context": lambda: make_detector("context"),
 }
 
 PUBLISHED_WINDOWED_GAUSSIAN_SUBSET = 12.1
