@@ -353,3 +353,47 @@ def test_zero_fill_when_the_clock_does_not_advance() -> None:
     assert [(p.attributes, p.value) for p in again] == [(a, 2.0), (b, 0.0)]
     later = fill([], 11.0)
     assert [(p.attributes, p.t, p.value) for p in later] == [(a, 11.0, 0.0), (b, 11.0, 0.0)]
+
+
+def test_garbage_collection_is_paused_for_otel_edas_own_work_only() -> None:
+    import gc
+    from collections.abc import Iterable
+    from typing import Any
+
+    enabled: dict[str, bool] = {}
+
+    class Probe(AnomalyEngine):
+        def _feed(self, points: Iterable[SeriesPoint], changes: list[Any]) -> None:  # under the engine's lock
+            enabled["evaluate"] = gc.isenabled()
+            super()._feed(points, changes)
+
+    rule = Rule(name="jobs", metric="jobs", signal="rate", detector={"kind": "threshold", "op": "gt", "value": 0})
+    in_callback: list[bool] = []
+    reader = AnomalyMetricReader(
+        Probe([rule]), interval_s=3600, start=False, callbacks=[lambda a: in_callback.append(gc.isenabled())]
+    )
+    convert = reader._to_series
+
+    def spy(data: Any) -> list[SeriesPoint]:
+        enabled["convert"] = gc.isenabled()
+        return convert(data)
+
+    reader._to_series = spy  # type: ignore[assignment]
+    provider = MeterProvider(metric_readers=[reader])
+    counter = provider.get_meter("t").create_counter("jobs")
+    try:
+        assert gc.isenabled()
+        counter.add(3)
+        reader.force_flush()
+        # off while otel-eda converts and evaluates, on again for the callbacks and after
+        assert enabled == {"convert": False, "evaluate": False}
+        assert in_callback == [True] and gc.isenabled()
+        gc.disable()  # an application that runs with automatic collection off keeps it off
+        try:
+            counter.add(3)
+            reader.force_flush()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        provider.shutdown()

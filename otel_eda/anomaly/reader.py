@@ -40,7 +40,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
-from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.engine import AnomalyEngine, _paused_gc
 from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
 from otel_eda.settings import Settings
 
@@ -135,14 +135,21 @@ class AnomalyMetricReader(MetricReader):
             if self.collections == before:
                 # the SDK reports nothing when no instrument has data (DELTA, a quiet
                 # interval): that is still an evaluation, of zero rates
-                self._evaluate([])
+                self._evaluate(None)
         except Exception:
             internal_error("anomaly reader", "collecting metrics")
 
-    def _evaluate(self, points: list[SeriesPoint]) -> None:
+    def _series(self, metrics_data: MetricsData | None) -> tuple[list[SeriesPoint], float]:
+        """One collection's series points, quiet series zero-filled, and the evaluation time."""
+        with _paused_gc():  # otel-eda's own code only (see engine._paused_gc)
+            points = self._to_series(metrics_data) if metrics_data is not None else []
+            now = time.time()
+            return self._zero_fill(points, now), now
+
+    def _evaluate(self, metrics_data: MetricsData | None) -> None:
         self.collections += 1
-        now = time.time()
-        self.engine.evaluate(self._zero_fill(points, now), now)
+        points, now = self._series(metrics_data)
+        self.engine.evaluate(points, now)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
         try:
@@ -151,7 +158,7 @@ class AnomalyMetricReader(MetricReader):
                 service = metrics_data.resource_metrics[0].resource.attributes.get("service.name")
                 if service is not None:
                     self.engine.resource_labels.setdefault("service", str(service))
-            self._evaluate(self._to_series(metrics_data))
+            self._evaluate(metrics_data)
         except Exception:
             internal_error("anomaly reader", "evaluating a collection")
 
