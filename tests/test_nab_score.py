@@ -169,3 +169,26 @@ def test_json_output_shape(tmp_path: Path) -> None:
         assert set(profiles) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}
         for cell in profiles.values():
             assert set(cell) == {"optimised", "default_threshold"}
+
+
+def test_context_detector_is_scored_with_its_default_threshold(tmp_path: Path) -> None:
+    from otel_eda.anomaly.detectors import ContextDetector
+
+    det = ns.DETECTORS["context"]()
+    assert isinstance(det, ContextDetector) and det.threshold == 0.5
+    # a sawtooth whose rhythm breaks inside the window (rows 1500..1599): found, no false alarm
+    root = tmp_path / "c"
+    (root / "data" / "cat").mkdir(parents=True)
+    (root / "labels").mkdir()
+
+    def stamp(i: int) -> str:
+        return f"2020-01-{1 + i // 1440:02d} {i % 1440 // 60:02d}:{i % 60:02d}:00"
+
+    values = [float(i % 8) for i in range(2000)]
+    values[1550:1554] = [5.0, 6.0, 7.0, 0.0]  # one cycle restarts early
+    lines = ["timestamp,value"] + [f"{stamp(i)},{v}" for i, v in enumerate(values)]
+    (root / "data" / "cat" / "f.csv").write_text("\n".join(lines) + "\n")
+    labels = {"cat/f.csv": [[stamp(1500) + ".000000", stamp(1599) + ".000000"]]}
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(labels))
+    res = ns.score_detector(ns.DETECTORS["context"], ns.load_corpus(root))["standard"]
+    assert res["default_threshold"] > 80.0
