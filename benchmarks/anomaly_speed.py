@@ -20,8 +20,7 @@ Section "one collection": a MeterProvider with the anomaly reader's temporality 
 aggregation preferences and 100,000 counter attribute sets; the SDK's ``collect`` is
 timed apart from otel-eda's part, which runs exactly as the reader runs it: conversion
 to series points and zero fill (``AnomalyMetricReader._series``), then
-``AnomalyEngine.evaluate`` with a z-score rule on every series — each with automatic
-garbage collection paused, as the reader and the engine do. Full (generation 2)
+``AnomalyEngine.evaluate`` with a z-score rule on every series. Full (generation 2)
 garbage collections are counted per part.
 
 Sections are separate functions returning plain dicts; ``main`` runs them and writes

@@ -330,12 +330,20 @@ class LossCountingSpanExporter(SpanExporter):
             _log.debug("%s raised while exporting %d span(s)", type(self.inner).__name__, len(spans), exc_info=True)
             self._count(len(spans), type(exc).__name__)
             return SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            with self._exported_lock:  # a SimpleSpanProcessor exports from the application's threads
-                self.exported += len(spans)
-        else:
+        if result is SpanExportResult.FAILURE:
             self._count(len(spans), "")
-        return result
+            return result
+        # SUCCESS, or what a duck-typed exporter returns (None): the SDK ignores the result,
+        # so only an explicit FAILURE (or an exception) counts as lost
+        with self._exported_lock:  # a SimpleSpanProcessor exports from the application's threads
+            self.exported += len(spans)
+        return SpanExportResult.SUCCESS if result is None else result
+
+    def __getattr__(self, name: str) -> Any:
+        """The inner exporter's own attributes (``endpoint``, ``session``, ...) read through."""
+        if name == "inner":  # not set yet (during __init__ or unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def _count(self, count: int, detail: str) -> None:
         try:

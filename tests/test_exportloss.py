@@ -327,3 +327,35 @@ def test_a_forked_child_does_not_inherit_a_held_queue_lock(meters: tuple[MeterPr
         pytest.fail("the forked child hung on the span queue's lock")
     assert os.waitstatus_to_exitcode(done[1]) == 0
     provider.shutdown()
+
+
+def test_an_exporter_returning_none_loses_nothing_and_its_attributes_read_through() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from otel_eda.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
+
+    class DuckExporter:  # returns nothing, as the SDK tolerates
+        endpoint = "http://127.0.0.1:1/api"
+
+        def __init__(self) -> None:
+            self.spans = 0
+
+        def export(self, spans: object) -> None:
+            self.spans += len(spans)  # type: ignore[arg-type]
+
+        def shutdown(self) -> None:
+            pass
+
+    duck = DuckExporter()
+    provider = TracerProvider()
+    processor = SimpleSpanProcessor(duck)  # type: ignore[arg-type]
+    provider.add_span_processor(processor)
+    assert track_span_losses(provider) == 1
+    for _ in range(10):
+        provider.get_tracer("t").start_span("s").end()
+    wrapped = processor.span_exporter
+    assert isinstance(wrapped, LossCountingSpanExporter)
+    assert duck.spans == 10 and wrapped.exported == 10
+    assert span_loss_tallies(provider)[0].total == 0
+    assert wrapped.endpoint == DuckExporter.endpoint

@@ -28,23 +28,16 @@ records when it was last updated instead of moving in an LRU list, and idle stat
 found by a sweep that only runs when one may be idle (the oldest update is past the
 horizon). The common point — a normal value on a series with no alert — is handled
 inline; everything else takes the full lifecycle path.
-
-Garbage collection: automatic collection is paused (``gc.disable``) while the engine
-holds its lock — eviction, detectors, alert lifecycle — and turned back on before the
-alert changes are delivered, so that no sink or callback ever runs with it off. The
-pause covers the engine's own code only, which cannot block; see :func:`_paused_gc`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from otel_eda._selfmetrics import internal_error
@@ -151,7 +144,7 @@ class AnomalyEngine:
         """Feed one collection's points; deliver and return the alert changes."""
         now = time.time() if now is None else now
         changes: list[tuple[_State, Alert]] = []
-        with self._lock, _paused_gc():
+        with self._lock:
             self._evict_idle(now, changes)  # first, so that idle series free their places
             self._feed(points, changes)
             self._silences = [s for s in self._silences if s.until > now]
@@ -401,32 +394,6 @@ class AnomalyEngine:
                 sink.send(alert)
             except Exception:
                 internal_error("alert sink", f"delivering {alert.name}")
-
-
-@contextlib.contextmanager
-def _paused_gc() -> Iterator[None]:
-    """Automatic garbage collection off for a burst of otel-eda's own work, then on again.
-
-    Converting and evaluating one collection allocates an object or two per series: with
-    100,000 series, the collector's young-generation passes would then move the
-    collection's short-lived objects — the SDK's data points among them, still alive —
-    into the old generation, and a full collection of the whole process heap would
-    follow (about half the time of a collection, measured). Paused, those objects die
-    by reference counting before the collector sees them. Reference counting still
-    frees everything else; only cycles made by any thread during the pause wait for the
-    next collection. Left alone when it is already off (an application that runs with
-    it off keeps it off); ``gc.collect()`` still works during the pause. An application
-    toggling the collector itself during a pause could find it on again afterwards.
-    Never held around code that is not otel-eda's own (sinks, callbacks, the SDK).
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _get(attributes: Attributes, key: str) -> str | None:

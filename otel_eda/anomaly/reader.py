@@ -40,7 +40,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
-from otel_eda.anomaly.engine import AnomalyEngine, _paused_gc
+from otel_eda.anomaly.engine import AnomalyEngine
 from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
 from otel_eda.settings import Settings
 
@@ -95,6 +95,7 @@ class AnomalyMetricReader(MetricReader):
         self.collections = 0
         self._resource_seen = False
         self._stop = threading.Event()
+        self._evaluating = threading.Lock()
         self._shutdown_done = False
         self._thread: threading.Thread | None = None
         if start:
@@ -141,14 +142,16 @@ class AnomalyMetricReader(MetricReader):
 
     def _series(self, metrics_data: MetricsData | None) -> tuple[list[SeriesPoint], float]:
         """One collection's series points, quiet series zero-filled, and the evaluation time."""
-        with _paused_gc():  # otel-eda's own code only (see engine._paused_gc)
-            points = self._to_series(metrics_data) if metrics_data is not None else []
-            now = time.time()
-            return self._zero_fill(points, now), now
+        points = self._to_series(metrics_data) if metrics_data is not None else []
+        now = time.time()
+        return self._zero_fill(points, now), now
 
     def _evaluate(self, metrics_data: MetricsData | None) -> None:
-        self.collections += 1
-        points, now = self._series(metrics_data)
+        # one collection at a time: force_flush() (from any thread) may overlap the reader's
+        # own thread, and the conversion and zero fill keep state between collections
+        with self._evaluating:
+            self.collections += 1
+            points, now = self._series(metrics_data)
         self.engine.evaluate(points, now)
 
     def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> None:
