@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,14 +150,15 @@ def jaeger_flow(jaeger: Jaeger, service: str, correlation_id: str) -> list[dict[
     return [span for trace in traces for span in trace["spans"]]
 
 
-def settled(probe: Any, expected: int, what: str) -> Any:
-    """The Collector batches (200 ms) and retries: wait until a backend holds everything."""
+def settled(probe: Callable[[], set[str]], expected: set[str], what: str) -> set[str]:
+    """The Collector batches (200 ms) and retries: wait until a backend holds every expected span id."""
 
-    def enough() -> Any:
-        value = probe()
-        return value if len(value) >= expected else None
+    def complete() -> set[str] | None:
+        found = probe()
+        return found if found >= expected else None
 
-    return wait_for(enough, 30, what)
+    found: set[str] = wait_for(complete, 30, what)
+    return found
 
 
 # -- the tests -------------------------------------------------------------------------------------
@@ -167,8 +168,12 @@ def test_every_service_and_every_flow_reaches_zipkin_through_the_collector(run: 
     assert set(SERVICES) <= set(zipkin.services())
     for correlation_id in run.flows():
         expected = run.span_ids(correlation_id)
-        spans = settled(lambda c=correlation_id: zipkin_flow(zipkin, c), len(expected), f"flow {correlation_id}")
-        assert {span["id"] for span in spans} == expected
+        found = settled(
+            lambda c=correlation_id: {span["id"] for span in zipkin_flow(zipkin, c)},  # type: ignore[misc]
+            expected,
+            f"flow {correlation_id} in Zipkin",
+        )
+        assert found == expected  # and nothing more
 
 
 def test_every_service_and_every_flow_reaches_jaeger_through_the_collector(run: Run, jaeger: Jaeger) -> None:
@@ -178,11 +183,14 @@ def test_every_service_and_every_flow_reaches_jaeger_through_the_collector(run: 
         "the demo's services in Jaeger",
     )
     assert services
+
+    def jaeger_ids(correlation_id: str) -> set[str]:
+        # Jaeger's tag search needs service=
+        return {span["spanID"] for s in SERVICES for span in jaeger_flow(jaeger, s, correlation_id)}
+
     for correlation_id in run.flows():
         expected = run.span_ids(correlation_id)
-        found: set[str] = set()
-        for service in SERVICES:  # Jaeger's tag search needs service=
-            found |= {span["spanID"] for span in jaeger_flow(jaeger, service, correlation_id)}
+        found = settled(lambda c=correlation_id: jaeger_ids(c), expected, f"flow {correlation_id} in Jaeger")  # type: ignore[misc]
         assert found == expected, correlation_id
 
 
