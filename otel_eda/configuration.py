@@ -319,6 +319,12 @@ def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, qu
     if isinstance(provider, trace.ProxyTracerProvider):
         provider = TracerProvider(resource=Resource.create(), sampler=_link_aware_sampler())
         trace.set_tracer_provider(provider)
+        if not quiet:  # another provider was installed first, so the SDK's configuration did not run
+            _warn_once(
+                "a MeterProvider or LoggerProvider was installed before otel_eda.configure() but no "
+                "TracerProvider: otel-eda installed one without span exporters (OTEL_TRACES_EXPORTER is "
+                "not applied); call otel_eda.configure() first to get the SDK's full configuration"
+            )
     if not isinstance(provider, TracerProvider):
         return  # someone else's API implementation: nothing of the SDK's to complete
     if not has_event_processor(provider):

@@ -176,3 +176,36 @@ def test_on_alert_is_registered_once_per_call(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "CALLBACKS 1 2" in result.stdout
+
+
+def test_an_app_installed_meter_provider_gets_the_reader_and_one_warning_about_traces(tmp_path: Path) -> None:
+    script = tmp_path / "meters_first.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from opentelemetry import metrics
+            from opentelemetry.sdk.metrics import MeterProvider
+            from otel_eda.testing import TelemetryCapture
+
+            capture = TelemetryCapture()  # a private provider elsewhere in the process: not the app's
+            app_meters = MeterProvider()
+            metrics.set_meter_provider(app_meters)
+            import otel_eda
+            from otel_eda.configuration import anomaly_reader, installation
+            otel_eda.configure()
+            print("READER", anomaly_reader(app_meters) is not None, installation().span_exporters)
+            """
+        )
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "OTEL_TRACES_EXPORTER": "console"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "READER True ()" in result.stdout
+    assert result.stderr.count("otel-eda installed one without span exporters") == 1, result.stderr
