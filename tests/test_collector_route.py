@@ -94,7 +94,7 @@ def read_json_stream(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def run(collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def run(collector: Collector, zipkin: ZipkinServer, tmp_path_factory: pytest.TempPathFactory) -> Run:
     workdir = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
@@ -126,7 +126,15 @@ def run(collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Run:
     for failure in ("Failed to export", "Transient error", "OTLPSpanExporter"):
         assert failure not in result.stderr, result.stderr  # no export error logged
     emitted = [span for s in SERVICES for span in read_json_stream(workdir / "telemetry" / f"{s}.telemetry.jsonl")]
-    return Run(json.loads(summary.read_text()), emitted)
+    demo_run = Run(json.loads(summary.read_text()), emitted)
+    # The Collector batches and retries: let every span reach Zipkin before any test reads it
+    # (each Jaeger test waits for what it reads itself).
+    wait_for(
+        lambda: demo_run.span_ids() <= {span["id"] for span in zipkin.spans()},
+        60,
+        "every emitted span in Zipkin",
+    )
+    return demo_run
 
 
 # -- reading the backends ------------------------------------------------------------------------
@@ -165,7 +173,7 @@ def settled(probe: Callable[[], set[str]], expected: set[str], what: str) -> set
 
 
 def test_every_service_and_every_flow_reaches_zipkin_through_the_collector(run: Run, zipkin: ZipkinServer) -> None:
-    assert set(SERVICES) <= set(zipkin.services())
+    assert wait_for(lambda: set(SERVICES) <= set(zipkin.services()), 30, "the demo's services in Zipkin")
     for correlation_id in run.flows():
         expected = run.span_ids(correlation_id)
         found = settled(
@@ -200,8 +208,13 @@ def test_jaeger_keeps_every_link_as_a_follows_from_reference_with_its_attributes
     for consumer in consumers:
         (link,) = consumer["links"]
         trace_hex = consumer["context"]["trace_id"].removeprefix("0x")
-        v1 = http_json(f"http://127.0.0.1:{jaeger.query}/api/traces/{trace_hex}")["data"][0]["spans"]
-        (span,) = [s for s in v1 if s["spanID"] == consumer["context"]["span_id"].removeprefix("0x")]
+        span_hex = consumer["context"]["span_id"].removeprefix("0x")
+
+        def consumer_in_jaeger(trace_hex: str = trace_hex, span_hex: str = span_hex) -> list[dict[str, Any]]:
+            traces = http_json(f"http://127.0.0.1:{jaeger.query}/api/traces/{trace_hex}")["data"] or []
+            return [s for t in traces for s in t["spans"] if s["spanID"] == span_hex]
+
+        (span,) = wait_for(consumer_in_jaeger, 30, f"consumer span {span_hex} in Jaeger")
         references = [(r["refType"], id_as_int(r["traceID"]), id_as_int(r["spanID"])) for r in span["references"]]
         producer = (int(link["context"]["trace_id"], 16), int(link["context"]["span_id"], 16))
         assert ("FOLLOWS_FROM", *producer) in references
