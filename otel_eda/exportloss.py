@@ -214,6 +214,10 @@ class _Abandoned:
 _ABANDONED: Final = _Abandoned()
 
 
+_appendleft = collections.deque.appendleft  # the C methods, without super()'s lookup per call
+_pop = collections.deque.pop
+
+
 class _CountingQueue(collections.deque[Any]):
     """The batch processor's queue, counting each span it evicts when full.
 
@@ -239,7 +243,7 @@ class _CountingQueue(collections.deque[Any]):
                 evicted = 1
             else:
                 evicted = 1 if len(self) == self.maxlen else 0
-                super().appendleft(item)
+                _appendleft(self, item)
         if evicted:
             try:
                 self.tally.add(SHUTDOWN if self.drained else QUEUE_FULL, 1)
@@ -250,7 +254,7 @@ class _CountingQueue(collections.deque[Any]):
         with self.lock:
             if not self and self.drained:
                 return _ABANDONED
-            return super().pop()
+            return _pop(self)
 
     def drain(self) -> int:
         """Empty the queue for good; how many spans were in it."""
