@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from console_telemetry import read_json_stream
 from otel_servers import Collector, Jaeger, http_json, id_as_int, running_collector, running_jaeger, wait_for
 from zipkin_server import ZipkinServer, zipkin_fixture
 
@@ -80,17 +81,6 @@ class Run:
 
     def consumers(self) -> list[dict[str, Any]]:
         return [span for span in self.emitted if span["kind"] == "SpanKind.CONSUMER"]
-
-
-def read_json_stream(path: Path) -> list[dict[str, Any]]:
-    text, decoder, objects, pos = path.read_text(), json.JSONDecoder(), [], 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return objects
-        obj, pos = decoder.raw_decode(text, pos)
-        objects.append(obj)
 
 
 @pytest.fixture(scope="module")

@@ -144,68 +144,89 @@ def test_runs_under_opentelemetry_instrument_with_the_eda_propagator(tmp_path: P
     assert f'"eda.correlation_id": "{report["correlation_id"]}"' in stdout
 
 
-def test_on_alert_is_registered_once_per_call(tmp_path: Path) -> None:
-    script = tmp_path / "alerts.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            from opentelemetry import metrics
-            import otel_eda
-            from otel_eda.anomaly.callbacks import CallbackSink
-            from otel_eda.configuration import anomaly_reader
-
-            def callbacks():
-                reader = anomaly_reader(metrics.get_meter_provider())
-                return sum(isinstance(sink, CallbackSink) for sink in reader.engine.sinks)
-
-            otel_eda.configure(on_alert=print)
-            first = callbacks()
-            otel_eda.configure(on_alert=repr)  # a second call adds its callback, and only that
-            print("CALLBACKS", first, callbacks())
-            """
-        )
-    )
+def run_script(tmp_path: Path, source: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a fresh interpreter with no OTEL_* variable but ``env``; it must succeed."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**clean, "OTEL_TRACES_EXPORTER": "none"},
-        check=False,
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env={**clean, **env}, check=False
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_on_alert_is_registered_once_per_call(tmp_path: Path) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        from opentelemetry import metrics
+        import otel_eda
+        from otel_eda.anomaly.callbacks import CallbackSink
+        from otel_eda.configuration import anomaly_reader
+
+        def callbacks():
+            reader = anomaly_reader(metrics.get_meter_provider())
+            return sum(isinstance(sink, CallbackSink) for sink in reader.engine.sinks)
+
+        otel_eda.configure(on_alert=print)
+        first = callbacks()
+        otel_eda.configure(on_alert=repr)  # a second call adds its callback, and only that
+        print("CALLBACKS", first, callbacks())
+        """,
+        OTEL_TRACES_EXPORTER="none",
+    )
     assert "CALLBACKS 1 2" in result.stdout
 
 
 def test_an_app_installed_meter_provider_gets_the_reader_and_one_warning_about_traces(tmp_path: Path) -> None:
-    script = tmp_path / "meters_first.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            from opentelemetry import metrics
-            from opentelemetry.sdk.metrics import MeterProvider
-            from otel_eda.testing import TelemetryCapture
+    result = run_script(
+        tmp_path,
+        """
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from otel_eda.testing import TelemetryCapture
 
-            capture = TelemetryCapture()  # a private provider elsewhere in the process: not the app's
-            app_meters = MeterProvider()
-            metrics.set_meter_provider(app_meters)
-            import otel_eda
-            from otel_eda.configuration import anomaly_reader, installation
-            otel_eda.configure()
-            print("READER", anomaly_reader(app_meters) is not None, installation().span_exporters)
-            """
-        )
+        capture = TelemetryCapture()  # a private provider elsewhere in the process: not the app's
+        app_meters = MeterProvider()
+        metrics.set_meter_provider(app_meters)
+        import otel_eda
+        from otel_eda.configuration import anomaly_reader, installation
+        otel_eda.configure()
+        print("READER", anomaly_reader(app_meters) is not None, installation().span_exporters)
+        """,
+        OTEL_TRACES_EXPORTER="console",
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**clean, "OTEL_TRACES_EXPORTER": "console"},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
     assert "READER True ()" in result.stdout
     assert result.stderr.count("otel-eda installed one without span exporters") == 1, result.stderr
+
+
+def test_concurrent_calls_install_everything_once(tmp_path: Path) -> None:
+    result = run_script(
+        tmp_path,
+        """
+        import threading
+        from opentelemetry import trace
+        import otel_eda
+        from otel_eda.configuration import installation
+
+        start = threading.Barrier(8)
+
+        def call():
+            start.wait()
+            otel_eda.configure()
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        processors = trace.get_tracer_provider()._active_span_processor._span_processors
+        print("PROCESSORS", sum(type(p).__name__ == "EventSpanProcessor" for p in processors))
+        print("READERS", sum(t.name == "otel-eda-anomaly" for t in threading.enumerate()))
+        print("STATE", installation().missing())
+        """,
+        OTEL_TRACES_EXPORTER="none",
+    )
+    assert "PROCESSORS 1" in result.stdout and "READERS 1" in result.stdout and "STATE []" in result.stdout
+    assert "Overriding" not in result.stderr, result.stderr

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from console_telemetry import read_json_stream
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "order_flow.py"
@@ -88,21 +89,6 @@ class DemoRun:
         for service, spans in self.spans.items():
             for span in spans:
                 yield service, span
-
-
-def read_json_stream(path: Path) -> list[dict[str, Any]]:
-    """The console exporters write a stream of pretty-printed JSON objects."""
-    text = path.read_text()
-    decoder = json.JSONDecoder()
-    objects: list[dict[str, Any]] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return objects
-        obj, pos = decoder.raw_decode(text, pos)
-        objects.append(obj)
 
 
 def run_demo(workdir: Path, *args: str, read_telemetry: bool = True, **env_vars: str) -> DemoRun:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from console_telemetry import read_json_stream
 from zipkin_server import ZipkinServer, zipkin_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,21 +83,6 @@ class DemoRun:
             for span in self.emitted
             if correlation_id is None or span["attributes"].get("eda.correlation_id") == correlation_id
         }
-
-
-def read_json_stream(path: Path) -> list[dict[str, Any]]:
-    """The console exporter writes a stream of pretty-printed JSON objects."""
-    text = path.read_text()
-    decoder = json.JSONDecoder()
-    objects: list[dict[str, Any]] = []
-    pos = 0
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            return objects
-        obj, pos = decoder.raw_decode(text, pos)
-        objects.append(obj)
 
 
 def run_demo(zipkin: ZipkinServer, workdir: Path, mode: str, exporter: str = "zipkin_json") -> DemoRun:
