@@ -49,14 +49,13 @@ from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 
 from otel_eda._selfmetrics import count_config_error, internal_error
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
-from otel_eda.exportloss import track_span_losses
+from otel_eda.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
 from otel_eda.processor import EventSpanProcessor
 from otel_eda.propagation import EdaPropagator, contains_propagator, install_log_filters
 from otel_eda.sampling import LinkAwareSampler
@@ -115,13 +114,7 @@ def configure(
     >>> import otel_eda
     >>> otel_eda.configure(on_alert=print)  # doctest: +SKIP
     """
-    with _lock:
-        try:
-            _configure(on_alert, auto_instrumentation_version, build=True)
-        except ConfigurationError:
-            raise
-        except Exception:
-            internal_error("configure()", "installing OpenTelemetry")
+    _guarded(on_alert, auto_instrumentation_version, build=True)
 
 
 def complete_installed() -> None:
@@ -131,13 +124,18 @@ def complete_installed() -> None:
     it did not install. When no SDK TracerProvider is installed at all, one WARNING says so
     and nothing is installed (the configurator the user chose decides what runs).
     """
+    _guarded(None, None, build=False)
+
+
+def _guarded(on_alert: Callable[[Alert], Any] | None, version: str | None, *, build: bool) -> None:
+    """One configuration at a time; nothing but ConfigurationError reaches the application."""
     with _lock:
         try:
-            _configure(None, None, build=False)
+            _configure(on_alert, version, build=build)
         except ConfigurationError:
             raise
         except Exception:
-            internal_error("configure()", "completing OpenTelemetry")
+            internal_error("configure()", "installing OpenTelemetry" if build else "completing OpenTelemetry")
 
 
 def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, build: bool) -> None:
@@ -414,18 +412,18 @@ def installation() -> Installation:
     True
     """
     provider = trace.get_tracer_provider()
-    processors = _span_processors(provider)
+    processors = span_processors(provider)
     meters = metrics.get_meter_provider()
     readers = _metric_readers(meters)
     sampler = getattr(provider, "sampler", None)
     return Installation(
         tracer_provider=type(provider).__name__,
         span_exporters=tuple(type(e).__name__ for e in _exporters(processors)),
-        event_processor=any(isinstance(p, EventSpanProcessor) for p in processors),
+        event_processor=has_event_processor(provider),
         sampler=sampler.get_description() if sampler is not None else "none",
         meter_provider=type(meters).__name__,
         metric_readers=tuple(dict.fromkeys(type(r).__name__ for r in readers)),
-        anomaly_reader=any(isinstance(r, AnomalyMetricReader) for r in readers),
+        anomaly_reader=anomaly_reader(meters) is not None,
         eda_propagator=contains_propagator(propagate.get_global_textmap(), EdaPropagator),
     )
 
@@ -434,21 +432,12 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _span_processors(provider: object) -> tuple[object, ...]:
-    active = getattr(provider, "_active_span_processor", None)
-    return tuple(getattr(active, "_span_processors", ()))
-
-
 def _exporters(processors: Iterable[object]) -> Iterable[object]:
+    """The export pipelines' exporters, seen through otel-eda's loss-counting wrapper."""
     for processor in processors:
-        if isinstance(processor, BatchSpanProcessor):
-            exporter = getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
-        elif isinstance(processor, SimpleSpanProcessor):
-            exporter = getattr(processor, "span_exporter", None)
-        else:
-            continue
+        exporter = exporter_of(processor)
         if exporter is not None:
-            yield getattr(exporter, "inner", exporter)
+            yield exporter.inner if isinstance(exporter, LossCountingSpanExporter) else exporter
 
 
 def anomaly_reader(provider: object) -> AnomalyMetricReader | None:
@@ -478,8 +467,8 @@ def _instrument_host_metrics() -> None:
     SystemMetricsInstrumentor(config=HOST_METRICS).instrument()
 
 
-def has_event_processor(provider: TracerProvider) -> bool:
-    return any(isinstance(p, EventSpanProcessor) for p in _span_processors(provider))
+def has_event_processor(provider: object) -> bool:
+    return any(isinstance(p, EventSpanProcessor) for p in span_processors(provider))
 
 
 def _ensure_propagator() -> None:

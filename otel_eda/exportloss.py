@@ -443,21 +443,23 @@ def _warn_private_api(what: str) -> None:
         )
 
 
-def _processors(provider: TracerProvider) -> tuple[Any, ...]:
+def span_processors(provider: object) -> tuple[Any, ...]:
+    """The span processors of an SDK TracerProvider (its private multi-processor's list)."""
     return tuple(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
 
 
 def span_loss_tallies(provider: TracerProvider) -> list[SpanLossTally]:
     """The tallies of the pipelines :func:`track_span_losses` tracks on ``provider``."""
     found = []
-    for processor in _processors(provider):
-        exporter = _exporter_of(processor)
+    for processor in span_processors(provider):
+        exporter = exporter_of(processor)
         if isinstance(exporter, LossCountingSpanExporter):
             found.append(exporter.tally)
     return found
 
 
-def _exporter_of(processor: Any) -> Any:
+def exporter_of(processor: Any) -> Any:
+    """The exporter of a BatchSpanProcessor or SimpleSpanProcessor (None for other processors)."""
     if isinstance(processor, BatchSpanProcessor):
         return getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
     if isinstance(processor, SimpleSpanProcessor):
@@ -473,8 +475,8 @@ def track_span_losses(provider: TracerProvider, *, meter_provider: Any = None) -
     """
     tracked = 0
     try:
-        for processor in _processors(provider):
-            if isinstance(_exporter_of(processor), LossCountingSpanExporter):
+        for processor in span_processors(provider):
+            if isinstance(exporter_of(processor), LossCountingSpanExporter):
                 tracked += 1
             elif isinstance(processor, BatchSpanProcessor | SimpleSpanProcessor):
                 if meter_provider is None:

@@ -22,7 +22,7 @@ Every method guards itself: an internal error is logged and counted
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from opentelemetry import baggage
 from opentelemetry.context import Context
@@ -54,15 +54,13 @@ class EventSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            if self.baggage_keys:
-                self._copy_baggage(span, parent_context)
             ids = flow_ids(parent_context)
             consumer_links = span.kind is SpanKind.CONSUMER and span._links
-            if ids is None and not consumer_links:
+            if ids is None and not consumer_links and not self.baggage_keys:
                 return
             # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
             present = getattr(span._attributes, "_dict", None) or span._attributes or {}
-            stamp: dict[str, str] = {}
+            stamp = self._baggage(parent_context, present) if self.baggage_keys else {}
             if ids is not None:
                 if _CORRELATION not in present:
                     stamp[_CORRELATION] = ids.correlation_id
@@ -79,18 +77,12 @@ class EventSpanProcessor(SpanProcessor):
         except Exception:
             internal_error("span processor", "stamping a span")
 
-    def _copy_baggage(self, span: Span, parent_context: Context | None) -> None:
+    def _baggage(self, parent_context: Context | None, present: Mapping[str, object]) -> dict[str, str]:
+        """The listed baggage entries the span does not have yet (validated ids, stamped after, win)."""
         entries = baggage.get_all(parent_context)
-        if not entries:
-            return
-        present = getattr(span._attributes, "_dict", None) or span._attributes or {}
-        stamp = {
-            key: value
-            for key in self.baggage_keys
-            if (value := entries.get(key)) is not None and isinstance(value, str) and key not in present
+        return {
+            key: value for key in self.baggage_keys if isinstance(value := entries.get(key), str) and key not in present
         }
-        if stamp:
-            span.set_attributes(stamp)
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

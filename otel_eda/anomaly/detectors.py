@@ -941,13 +941,13 @@ class ContextDetector(LikelihoodDetector):
     floats. Cost per update: O(1) amortised for the features; for the context memory,
     proportional to the stored left sides that share a fact with the previous state
     when the transition is new (up to ``max_contexts``: noise), far fewer on regular
-    series (measured: 0.25-0.75 ms per update, about 2.3 MB when full). Default
+    series (measured: 0.2-0.75 ms per update, 2.1-3.2 MB when full). Default
     threshold 0.5. Hyperparameters: CAD OSE's published ones (``bits=3``,
     ``max_active=15``, ``max_left=7``, ``quiet`` = its rest period of 150 points) and the
-    likelihood detector's, not tuned here; ``learn``, ``margin`` and ``max_contexts`` are
-    round first choices (600 points, 10%, 2000) that held up against a few alternatives on
-    the 18-file NAB subset (see the README). One setting for every series, never per
-    series.
+    likelihood detector's; ``learn``, ``margin`` and ``max_contexts`` are round first
+    choices (600 points, 10%, 2000) kept after comparing a few alternatives on the 18-file
+    NAB subset it is scored on (see the README), so that score is in-sample. One setting
+    for every series, never per series.
 
     Reference: M. Smirnov, Y. Kotikov, "Contextual Anomaly Detector" (CAD OSE, 2016, in
     the Numenta Anomaly Benchmark); S. Ahmad, A. Lavin, S. Purdy, Z. Agha, "Unsupervised
