@@ -72,7 +72,7 @@ from typing import Any, Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from otel_eda.anomaly.detectors import make_detector
+from otel_eda.anomaly.detectors import CadOseDetector, make_detector
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "nab"
 PROBATION_FRACTION = 0.15
@@ -399,6 +399,7 @@ DETECTORS: dict[str, Callable[[], ScoredDetector]] = {
     "robust w=1000": lambda: make_detector("robust", window=1000),
     "likelihood": lambda: make_detector("likelihood"),
     "context": lambda: make_detector("context"),
+    "cad_ose (online range)": lambda: make_detector("cad_ose"),
 }
 
 PUBLISHED_WINDOWED_GAUSSIAN_SUBSET = 12.1
@@ -436,11 +437,157 @@ def default_rule_set_entries() -> dict[str, Any]:
     }
 
 
+# --- fidelity to a published detector's own rows ------------------------------------------------
+
+REFERENCE_DIR = "reference"
+AGREEMENT_TOLERANCE = 0.01
+
+
+def pandas_legacy_float(text: str) -> float:
+    """``text`` parsed as pandas' C parser did before pandas 1.3 (``xstrtod``, not correctly rounded).
+
+    NAB read its CSVs with that parser, so the minimum, maximum and values its detectors saw
+    can be one unit in the last place away from ``float(text)``; at a quantisation boundary
+    that changes a level (``ec2_request_latency_system_failure``'s maximum, 99.24799999999999,
+    is read as 99.248). Digits accumulate in a double, then the power of ten is applied by
+    repeated squaring, dividing for negative exponents.
+
+    >>> pandas_legacy_float("99.24799999999999"), float("99.24799999999999")
+    (99.248, 99.24799999999999)
+    >>> pandas_legacy_float("-1.0574e-05")
+    -1.0574e-05
+    """
+    s = text.strip()
+    negative = s.startswith("-")
+    if s[:1] in "+-":
+        s = s[1:]
+    mantissa, _, exp_text = s.lower().partition("e")
+    exponent = int(exp_text) if exp_text else 0
+    whole, _, decimals = mantissa.partition(".")
+    number = 0.0
+    for ch in whole:
+        number = number * 10.0 + (ord(ch) - 48)
+    for ch in decimals:
+        number = number * 10.0 + (ord(ch) - 48)
+        exponent -= 1
+    p10 = 10.0
+    n = abs(exponent)
+    while n:
+        if n & 1:
+            number = number / p10 if exponent < 0 else number * p10
+        n >>= 1
+        p10 *= p10
+    return -number if negative else number
+
+
+def nab_input_values(data_dir: Path, corpus: Corpus) -> list[list[float]]:
+    """Each file's values as NAB's detectors received them (:func:`pandas_legacy_float`)."""
+    out: list[list[float]] = []
+    for f in corpus.files:
+        with (data_dir / "data" / f.name).open() as fh:
+            fh.readline()
+            out.append([pandas_legacy_float(line.split(",")[1]) for line in fh if line.strip()])
+    return out
+
+
+def load_reference(data_dir: Path, corpus: Corpus, detector: str) -> list[list[float]] | None:
+    """The published detector's per-row scores for each file of ``corpus``, or None if any is missing.
+
+    ``<data_dir>/reference/<detector>/<category>/<detector>_<file>.csv`` (timestamp, value,
+    anomaly_score), row for row with the data file.
+    """
+    out: list[list[float]] = []
+    for f in corpus.files:
+        category, _, name = f.name.partition("/")
+        path = data_dir / REFERENCE_DIR / detector / category / f"{detector}_{name}"
+        if not path.exists():
+            return None
+        with path.open() as fh:
+            header = fh.readline().strip().split(",")
+            col = header.index("anomaly_score")
+            rows = [float(line.rstrip("\n").split(",")[col]) for line in fh if line.strip()]
+        if len(rows) != len(f.values):
+            raise ValueError(f"{path}: {len(rows)} rows, the data file has {len(f.values)}")
+        out.append(rows)
+    return out
+
+
+def agreement(corpus: Corpus, mine: Sequence[Sequence[float]], reference: Sequence[Sequence[float]]) -> list[float]:
+    """Per file, the share of scored rows (after probation) where the two scores differ by <= 0.01."""
+    shares: list[float] = []
+    for f, a, b in zip(corpus.files, mine, reference, strict=True):
+        start = probation_length(len(f.values))
+        n = len(f.values) - start
+        same = sum(1 for x, y in zip(a[start:], b[start:], strict=True) if abs(x - y) <= AGREEMENT_TOLERANCE)
+        shares.append(same / n if n else 1.0)
+    return shares
+
+
+def cad_ose_nab_inputs(data_dir: Path, corpus: Corpus, max_contexts: int | None = None) -> list[list[float]]:
+    """CAD OSE run as NAB ran ``contextOSE``: the file's min and max, rest period = probation / 5."""
+    out: list[list[float]] = []
+    for values in nab_input_values(data_dir, corpus):
+        det = CadOseDetector(
+            min_value=min(values),
+            max_value=max(values),
+            rest_period=int(probation_length(len(values)) / 5.0),
+            max_contexts=max_contexts,
+        )
+        out.append([det.update(float(i), x).score for i, x in enumerate(values)])
+    return out
+
+
+def fidelity_report(data_dir: Path, corpus: Corpus) -> dict[str, Any]:
+    """CAD OSE against NAB's published contextOSE rows: per-file agreement and subset scores.
+
+    Three runs: NAB's inputs with unbounded memory (the reproduction), NAB's inputs with
+    the shipped memory cap, and the shipped detector (range learnt online, cap, fixed rest
+    period) as users get it.
+    """
+    reference = load_reference(data_dir, corpus, "contextOSE")
+    if reference is None:
+        raise ValueError(f"no {REFERENCE_DIR}/contextOSE rows under {data_dir}")
+    shipped = CadOseDetector()
+    runs = {
+        "NAB inputs": cad_ose_nab_inputs(data_dir, corpus),
+        f"NAB inputs, max_contexts={shipped.max_contexts}": cad_ose_nab_inputs(data_dir, corpus, shipped.max_contexts),
+        "online (shipped)": run_detector(CadOseDetector, corpus),
+    }
+    report: dict[str, Any] = {"files": [f.name for f in corpus.files], "runs": {}}
+    report["reference"] = score_rows(corpus, reference, shipped.threshold)
+    for name, rows in runs.items():
+        report["runs"][name] = {
+            "agreement": agreement(corpus, rows, reference),
+            "scores": score_rows(corpus, rows, shipped.threshold),
+        }
+    return report
+
+
+def print_fidelity(report: Mapping[str, Any]) -> None:
+    """The fidelity table: agreement per file per run, then subset scores (standard profile)."""
+    names = list(report["runs"])
+    print(f"fidelity to NAB's contextOSE rows (share of scored rows within {AGREEMENT_TOLERANCE})")
+    print(f"{'file':52} " + " ".join(f"{n[:26]:>26}" for n in names))
+    for i, f in enumerate(report["files"]):
+        print(f"{f:52} " + " ".join(f"{report['runs'][n]['agreement'][i]:26.4f}" for n in names))
+    ref = report["reference"]
+    print("NAB subset score (optimised / at threshold 0.75):")
+    for profile in PROFILES:
+        cells = [f"reference {ref[profile]['optimised']:5.1f} /{ref[profile]['default_threshold']:5.1f}"]
+        for n in names:
+            sc = report["runs"][n]["scores"][profile]
+            cells.append(f"{n} {sc['optimised']:5.1f} /{sc['default_threshold']:5.1f}")
+        print(f"  {profile:20} " + " | ".join(cells))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="NAB-layout directory (data/ + labels/)")
     parser.add_argument("--json", type=Path, help="write {detector: {profile: {optimised, default_threshold}}}")
     parser.add_argument("--only", action="append", help="score only detectors whose name contains this")
+    parser.add_argument(
+        "--fidelity", action="store_true", help="compare CAD OSE with NAB's published contextOSE rows, then stop"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -450,6 +597,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"NAB corpus {args.data}: {len(corpus.files)} files, {rows} rows, {corpus.n_windows} windows "
         f"({corpus.scorable_windows} after probation)"
     )
+    if args.fidelity:
+        report = fidelity_report(args.data, corpus)
+        print_fidelity(report)
+        print(f"elapsed {time.perf_counter() - started:.1f} s")
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        return 0
     entries: dict[str, Callable[[], ScoredDetector]] = {
         "null (never alerts)": NullDetector,
         "windowedGaussian (NAB reference)": WindowedGaussian,

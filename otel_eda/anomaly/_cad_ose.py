@@ -34,19 +34,23 @@ fact was not predicted (0 otherwise), and after a step scoring ``>= 0.75`` it re
 for ``rest_period`` steps.
 
 Memory and cost grow with the contexts stored (the reference never forgets):
-``max_contexts`` caps them, after which the model stops storing new contexts and
-semi-contexts (it keeps scoring with what it has). Below the cap the output is the
-reference's.
+``max_contexts`` caps them. Once full, the model stores nothing more but scores every step
+as the reference would with the same memory: a transition or generalised context not in
+memory still counts as new (once per step), it is just not kept. Below the cap the output
+is the reference's.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from itertools import chain
 
 __all__ = ["CadOseModel", "Py2IntDict", "py2_tuple_hash"]
 
 _MASK64 = (1 << 64) - 1
 _SIGN64 = 1 << 63
 _NEURON_BASE = 2**31
-_NOT_STORED = -(2**62)  # _store's answer when memory is full and the context is new
+_NOT_STORED = -(2**62)  # _store's answer for a new context when memory is full
 
 
 def py2_tuple_hash(items: tuple[int, ...]) -> int:
@@ -80,13 +84,14 @@ class Py2IntDict:
     [9, 17, 1]
     """
 
-    __slots__ = ("_keys", "_mask", "_used", "_values")
+    __slots__ = ("_items", "_keys", "_mask", "_used", "_values")
 
     def __init__(self) -> None:
         self._mask = 7
         self._keys: list[int] = [-1] * 8
         self._values: list[int] = [0] * 8
         self._used = 0
+        self._items: list[tuple[int, int]] | None = None  # cached: items change only on insertion
 
     def __len__(self) -> int:
         return self._used
@@ -119,6 +124,7 @@ class Py2IntDict:
         self._keys[i] = key
         self._values[i] = default
         self._used += 1
+        self._items = None
         if self._used * 3 >= (self._mask + 1) * 2:  # no deletions: fill == used
             self._resize(4 * self._used)
         return default
@@ -137,33 +143,32 @@ class Py2IntDict:
             self._values[i] = v
 
     def items(self) -> list[tuple[int, int]]:
-        """``(key, value)`` pairs in slot order."""
-        return [(k, v) for k, v in zip(self._keys, self._values, strict=True) if k != -1]
-
-    def values(self) -> list[int]:
-        """Values in slot order."""
-        return [v for k, v in zip(self._keys, self._values, strict=True) if k != -1]
+        """``(key, value)`` pairs in slot order (the same list until the next insertion: do not modify)."""
+        items = self._items
+        if items is None:
+            items = self._items = [(k, v) for k, v in zip(self._keys, self._values, strict=True) if k != -1]
+        return items
 
 
 class _Semi:
-    """A semi-context: its facts, the facts of it seen this step, and (left side) its contexts."""
+    """A semi-context: its facts (sorted) and, on the left side, its contexts by right side id."""
 
-    __slots__ = ("crossed", "n", "n_crossed", "rights", "sid")
+    __slots__ = ("facts", "lookup", "n", "rights")
 
-    def __init__(self, sid: int, n: int, left: bool) -> None:
-        self.sid = sid
-        self.n = n
-        self.crossed: list[int] = []
-        self.n_crossed = 0
+    def __init__(self, facts: tuple[int, ...], left: bool) -> None:
+        self.facts = facts
+        self.n = len(facts)
         self.rights: Py2IntDict | None = Py2IntDict() if left else None
+        self.lookup: dict[int, int] = {}  # the same pairs as ``rights``, for fast look-ups
 
 
 class _Context:
     """A context: prediction record, right facts, zero-level flag, its sides' hashes."""
 
-    __slots__ = ("active", "left_hash", "right_hash", "zero")
+    __slots__ = ("active", "left_hash", "left_id", "right_hash", "zero")
 
-    def __init__(self, zero: bool, left_hash: int, right_hash: int) -> None:
+    def __init__(self, left_id: int, zero: bool, left_hash: int, right_hash: int) -> None:
+        self.left_id = left_id
         self.active = 0
         self.zero = zero
         self.left_hash = left_hash
@@ -199,14 +204,19 @@ class CadOseModel:
         self.max_bin = 2.0**bits - 1.0
         self.set_range(min_value, max_value)
         self._left_group: tuple[int, ...] = ()
-        self._facts: tuple[dict[int, list[_Semi]], dict[int, list[_Semi]]] = ({}, {})
-        self._semi_ids: tuple[dict[int, int], dict[int, int]] = ({}, {})
+        # fact -> ids of the semi-contexts holding it, per side (0: left, 1: right)
+        self._facts: tuple[dict[int, list[int]], dict[int, list[int]]] = ({}, {})
+        self._semi_ids: tuple[dict[int, int], dict[int, int]] = ({}, {})  # tuple hash -> id
         self._semis: tuple[list[_Semi], list[_Semi]] = ([], [])
-        self._crossed: tuple[list[_Semi], list[_Semi]] = ([], [])
+        # The last crossing of each side: (semi-context id, facts of it present) in id order,
+        # and the facts crossed (the reference keeps the crossed facts in each semi-context).
+        self._crossed: tuple[list[tuple[int, int]], list[tuple[int, int]]] = ([], [])
+        self._crossed_facts: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
         self.contexts: list[_Context] = []
         self._new_context_id = 0  # the reference's False, which equals context id 0
         self._since_high = 0  # raw scores since the last one >= base_threshold (the first counts)
         self.full = False
+        self._unstored: set[tuple[int, int]] = set()  # this step's new contexts not kept (full)
 
     def set_range(self, min_value: float, max_value: float) -> None:
         """Quantise over ``[min_value, max_value]`` from now on."""
@@ -270,38 +280,50 @@ class CadOseModel:
             return self._semis[side][sid]
         sid = len(ids)
         ids[h] = sid
-        semi = _Semi(sid, len(facts), side == 0)
+        semi = _Semi(facts, side == 0)
         self._semis[side].append(semi)
         index = self._facts[side]
         for fact in facts:
             lst = index.get(fact)
             if lst is None:
-                index[fact] = [semi]
+                index[fact] = [sid]
             else:
-                lst.append(semi)
+                lst.append(sid)
         return semi
 
     def _store(self, left: tuple[int, ...], right: tuple[int, ...], zero: bool) -> int:
-        """Store one context; return its id if it is new, else ``-1 - id``."""
+        """Store one context; its id if it is new, ``-1 - id`` if known, :data:`_NOT_STORED`.
+
+        :data:`_NOT_STORED`: the context is new but the memory is full, so it is not kept;
+        the step still counts it as new, once (as the reference would have).
+        """
         lh = py2_tuple_hash(left)
         rh = py2_tuple_hash(right)
-        if self.full and (lh not in self._semi_ids[0] or rh not in self._semi_ids[1]):
-            return _NOT_STORED
-        lsemi = self._semi(0, left, lh)
-        rsemi = self._semi(1, right, rh)
-        contexts = self.contexts
-        assert lsemi.rights is not None
         if self.full:
-            cid = lsemi.rights.get(rsemi.sid)
+            lsid = self._semi_ids[0].get(lh)
+            rsid = self._semi_ids[1].get(rh)
+            cid = None if lsid is None or rsid is None else self._semis[0][lsid].rights.get(rsid)  # type: ignore[union-attr]
             if cid is None:
+                key = (lh, rh)
+                if key in self._unstored:
+                    return -1 - 2**62  # counted once already this step, like a stored one
+                self._unstored.add(key)
                 return _NOT_STORED
             if zero:
-                contexts[cid].zero = True
+                self.contexts[cid].zero = True
             return -1 - cid
+        lsemi = self._semi(0, left, lh)
+        rsid = self._semi_ids[1].get(rh)
+        if rsid is None:
+            rsid = len(self._semis[1])
+            self._semi(1, right, rh)
+        contexts = self.contexts
+        assert lsemi.rights is not None
         nxt = len(contexts)
-        cid = lsemi.rights.setdefault(rsemi.sid, nxt)
+        cid = lsemi.rights.setdefault(rsid, nxt)
         if cid == nxt:
-            contexts.append(_Context(zero, lh, rh))
+            lsemi.lookup[rsid] = cid
+            contexts.append(_Context(self._semi_ids[0][lh], zero, lh, rh))
             if self.max_contexts is not None and len(contexts) >= self.max_contexts:
                 self.full = True
             return cid
@@ -314,60 +336,76 @@ class CadOseModel:
         if cid >= 0:
             self._new_context_id = cid
             return True
+        if cid == _NOT_STORED:
+            self._new_context_id = -1  # a new id, equal to no stored context
+            return True
         return False
 
-    def _cross(self, side: int, facts: tuple[int, ...]) -> list[_Semi]:
-        for semi in self._crossed[side]:
-            semi.crossed = []
-            semi.n_crossed = 0
-        touched: dict[int, _Semi] = {}
+    def _cross(self, side: int, facts: tuple[int, ...]) -> list[tuple[int, int]]:
+        """Which semi-contexts of ``side`` hold some of ``facts``, and how many: (id, count) by id."""
         index = self._facts[side]
-        for fact in facts:
-            for semi in index.get(fact, ()):
-                semi.crossed.append(fact)
-                touched[semi.sid] = semi
-        crossed = [touched[sid] for sid in sorted(touched)]
-        for semi in crossed:
-            semi.n_crossed = len(semi.crossed)
+        counts = Counter(chain.from_iterable([index[f] for f in facts if f in index]))
+        crossed = sorted(counts.items())
         self._crossed[side][:] = crossed
+        self._crossed_facts = (
+            (frozenset(facts), self._crossed_facts[1]) if side == 0 else (self._crossed_facts[0], frozenset(facts))
+        )
         return crossed
 
     def _cross_left(self, facts: tuple[int, ...], candidates: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> int:
         n_new = 0
         for left, right in candidates:
-            if self._store(left, right, False) >= 0:
+            cid = self._store(left, right, False)
+            if cid >= 0 or cid == _NOT_STORED:
                 n_new += 1
+        self._unstored.clear()
         self._cross(0, facts)
         return n_new
 
     def _cross_right(
         self, facts: tuple[int, ...], new_zero: bool
     ) -> tuple[list[tuple[int, int, int, int]], int, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
-        self._cross(1, facts)
         rights = self._semis[1]
+        right_counts = [0] * len(rights)
+        complete_rights = []
+        for rsid, count in self._cross(1, facts):
+            right_counts[rsid] = count
+            if rights[rsid].n == count:
+                complete_rights.append(rsid)
+        lefts = self._semis[0]
         contexts = self.contexts
         active: list[tuple[int, int, int, int]] = []
         n_selected = 0
         candidates: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         max_left = self.max_left
         skip = self._new_context_id
-        for lsemi in self._crossed[0]:
+        skip_left = contexts[skip].left_id if 0 <= skip < len(contexts) else -1
+        left_present = self._crossed_facts[0]
+        right_present = self._crossed_facts[1]
+        # The reference visits every (left, right) pair of the left semi-contexts crossed at
+        # the previous step, in Python 2 dict order. Activation and the selected count do not
+        # depend on that order (active contexts are sorted afterwards), so they are looked up
+        # directly; only the candidates, whose order decides new context ids, need the walk.
+        for lsid, lcount in self._crossed[0]:  # the left crossing of the previous step
+            lsemi = lefts[lsid]
+            complete = lsemi.n == lcount
+            generalise = new_zero and lcount <= max_left
+            if complete:
+                lookup = lsemi.lookup
+                n_selected += len(lookup) - (lsid == skip_left)
+                for rsid in complete_rights:
+                    cid = lookup.get(rsid)
+                    if cid is not None and cid != skip:
+                        c = contexts[cid]
+                        c.active += 1
+                        active.append((c.active, c.left_hash, c.right_hash, cid))
+            if not generalise:
+                continue
             assert lsemi.rights is not None
-            complete = lsemi.n == lsemi.n_crossed
             for rsid, cid in lsemi.rights.items():
-                if cid == skip:
-                    continue
-                c = contexts[cid]
-                rsemi = rights[rsid]
-                if complete:
-                    n_selected += 1
-                    if rsemi.n_crossed > 0:
-                        if rsemi.n == rsemi.n_crossed:
-                            c.active += 1
-                            active.append((c.active, c.left_hash, c.right_hash, cid))
-                        elif c.zero and new_zero and lsemi.n_crossed <= max_left:
-                            candidates.append((tuple(lsemi.crossed), tuple(rsemi.crossed)))
-                elif c.zero and new_zero and rsemi.n_crossed > 0 and lsemi.n_crossed <= max_left:
-                    candidates.append((tuple(lsemi.crossed), tuple(rsemi.crossed)))
+                rcount = right_counts[rsid]
+                if rcount and cid != skip and contexts[cid].zero and not (complete and rcount == rights[rsid].n):
+                    left_facts = lsemi.facts if complete else tuple(f for f in lsemi.facts if f in left_present)
+                    candidates.append((left_facts, tuple(f for f in rights[rsid].facts if f in right_present)))
         self._new_context_id = 0
         return active, n_selected, candidates

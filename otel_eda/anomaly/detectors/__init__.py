@@ -39,9 +39,11 @@ rounding drift cannot accumulate; that recomputation costs O(w) once per w updat
 """
 
 from otel_eda.anomaly.detectors.base import MAX_WINDOW, Detector, z_to_score
+from otel_eda.anomaly.detectors.cad_ose import CadOseDetector
 from otel_eda.anomaly.detectors.context import ContextDetector
 from otel_eda.anomaly.detectors.ewma import EwmaDetector
 from otel_eda.anomaly.detectors.factory import make_detector
+from otel_eda.anomaly.detectors.fallback import FallbackDetector
 from otel_eda.anomaly.detectors.likelihood import LikelihoodDetector
 from otel_eda.anomaly.detectors.robust import RobustDetector
 from otel_eda.anomaly.detectors.threshold import ThresholdDetector
@@ -50,9 +52,11 @@ from otel_eda.anomaly.detectors.zscore import ZScoreDetector
 
 __all__ = [
     "MAX_WINDOW",
+    "CadOseDetector",
     "ContextDetector",
     "Detector",
     "EwmaDetector",
+    "FallbackDetector",
     "LikelihoodDetector",
     "RobustDetector",
     "ThresholdDetector",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from otel_eda.anomaly.detectors.base import Detector, _Base
+from otel_eda.anomaly.detectors.cad_ose import CadOseDetector
 from otel_eda.anomaly.detectors.context import ContextDetector
 from otel_eda.anomaly.detectors.ewma import EwmaDetector
+from otel_eda.anomaly.detectors.fallback import FallbackDetector
 from otel_eda.anomaly.detectors.likelihood import LikelihoodDetector
 from otel_eda.anomaly.detectors.robust import RobustDetector
 from otel_eda.anomaly.detectors.threshold import ThresholdDetector
@@ -21,6 +23,8 @@ _KINDS: dict[str, type[_Base]] = {
     "robust": RobustDetector,
     "likelihood": LikelihoodDetector,
     "context": ContextDetector,
+    "cad_ose": CadOseDetector,
+    "fallback": FallbackDetector,
 }
 
 
@@ -31,10 +35,10 @@ def make_detector(kind: str, **params: Any) -> Detector:
 
     >>> make_detector("zscore", window=300).window
     300
-    >>> make_detector("median")
+    >>> make_detector("median")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown detector kind 'median': use one of context, ewma, likelihood, robust, threshold, trend, zscore
+    ValueError: unknown detector kind 'median': use one of cad_ose, context, ewma, fallback, likelihood, ...
     >>> make_detector("ewma", alpha=2)
     Traceback (most recent call last):
     ...
