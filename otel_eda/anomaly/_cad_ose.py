@@ -218,6 +218,11 @@ class CadOseModel:
         self.full = False
         self._unstored: set[tuple[int, int]] = set()  # this step's new contexts not kept (full)
 
+    @property
+    def range(self) -> tuple[float, float]:
+        """``(min_value, max_value)`` of the quantisation."""
+        return self.min_value, self.max_value
+
     def set_range(self, min_value: float, max_value: float) -> None:
         """Quantise over ``[min_value, max_value]`` from now on."""
         self.min_value = float(min_value)

@@ -24,10 +24,20 @@ class CadOseDetector(_Base):
 
     The range: with ``min_value`` and ``max_value`` (what NAB hands the detector: the whole
     file's extremes, known in advance) the model is NAB's ``contextOSE`` row for row. Without
-    them, the shipped mode, the range is learnt online: the running minimum and maximum of
-    the values seen so far (the quantisation follows them as they widen), since a deployed
-    series has no known extremes. A rule can also give one of the two (for example
-    ``min_value=0`` for a latency).
+    them, the shipped mode, the range is learnt online, since a deployed series has no known
+    extremes: for the first ``learn`` points (600) the model quantises over the running
+    minimum and maximum; at the ``learn``-th point the range is frozen to the extremes of
+    those points and a fresh model relearns them (the buffered ``learn`` values, replayed
+    once: what the reference would have learnt given that range), then carries on. Later
+    values beyond the range get levels beyond the eight (more binary digits, or a sign), as
+    in the reference's own encoding: new facts, so a new extreme is a novelty.
+    ``learn=0`` follows the running extremes for ever instead (re-quantising as they
+    widen). A rule can also give one limit (for example ``min_value=0`` for a latency).
+
+    ``is_anomaly`` stays true for ``hold`` points from a point scoring ``>= threshold``
+    (default: the rest period, CAD OSE's own length of one anomaly episode), because its
+    score is 0 on the points right after an anomaly, and an alert rule's ``for`` counts
+    consecutive anomalous evaluations; ``score`` is the reference's.
 
     Memory: at most ``max_contexts`` contexts (default 5000; ``None`` in NAB's own runs
     means unbounded, as the reference); once full, the memory stops growing and still
@@ -44,13 +54,15 @@ class CadOseDetector(_Base):
     standard score on the full corpus).
 
     >>> d = CadOseDetector()
-    >>> fired = []
+    >>> high, anomalous = [], []
     >>> for i in range(3000):
     ...     x = float(i % 10) + (5.0 if 2700 <= i < 2703 else 0.0)  # a sawtooth, then a jump
-    ...     if d.update(3600.0 * i, x).is_anomaly:
-    ...         fired.append(i)
-    >>> fired
-    [2700]
+    ...     _ = d.update(3600.0 * i, x)
+    ...     if d.score >= d.threshold:
+    ...         high.append(i)
+    ...     anomalous.append(d.is_anomaly)
+    >>> high, anomalous.index(True), sum(anomalous)
+    ([2700], 2700, 150)
     """
 
     def __init__(
@@ -62,6 +74,8 @@ class CadOseDetector(_Base):
         threshold: float = 0.75,
         base_threshold: float = 0.75,
         max_contexts: int | None = 5000,
+        hold: int | None = None,
+        learn: int = 600,
     ) -> None:
         super().__init__(threshold)
         lo = None if min_value is None else _real(min_value)
@@ -78,6 +92,9 @@ class CadOseDetector(_Base):
             raise ValueError(f"base_threshold must be a number in (0, 1], got {base_threshold!r}")
         self.base_threshold = bt
         self.max_contexts = None if max_contexts is None else _check_window(max_contexts, "max_contexts", 10)
+        self.hold = max(1, self.rest_period) if hold is None else _check_window(hold, "hold", 1)
+        self.learn = _check_window(learn, "learn", 0)
+        self._held = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -85,6 +102,8 @@ class CadOseDetector(_Base):
         hi = self.max_value if self.max_value is not None else -math.inf
         self._lo = lo
         self._hi = hi
+        fixed = self.min_value is not None and self.max_value is not None
+        self._learning: list[float] | None = None if fixed else []
         self._model = CadOseModel(
             lo if math.isfinite(lo) else 0.0,
             hi if math.isfinite(hi) else 0.0,
@@ -92,6 +111,11 @@ class CadOseDetector(_Base):
             base_threshold=self.base_threshold,
             max_contexts=self.max_contexts,
         )
+
+    @property
+    def is_anomaly(self) -> bool:
+        """True from a point scoring ``>= threshold`` for ``hold`` points (the score itself rests at 0)."""
+        return self._held > 0
 
     @property
     def contexts(self) -> int:
@@ -103,12 +127,46 @@ class CadOseDetector(_Base):
         """Points accepted so far."""
         return self._count
 
-    def _step(self, t: float, x: float) -> float:
+    @property
+    def learning(self) -> bool:
+        """Whether the range is still being learnt (the running extremes so far are used)."""
+        return self._learning is not None
+
+    def _new_model(self) -> CadOseModel:
         lo, hi = self._lo, self._hi
-        if x < lo or x > hi:  # learn the range online (never when both limits were given)
-            lo = x if x < lo and self.min_value is None else lo
-            hi = x if x > hi and self.max_value is None else hi
-            self._lo, self._hi = lo, hi
-            model = self._model
-            model.set_range(lo if math.isfinite(lo) else hi, hi if math.isfinite(hi) else lo)
-        return self._model.score(x)
+        return CadOseModel(
+            lo if math.isfinite(lo) else hi,
+            hi if math.isfinite(hi) else lo,
+            rest_period=self.rest_period,
+            base_threshold=self.base_threshold,
+            max_contexts=self.max_contexts,
+        )
+
+    def _step(self, t: float, x: float) -> float:
+        learning = self._learning
+        if learning is None:
+            score = self._model.score(x)
+        else:
+            lo, hi = self._lo, self._hi
+            if x < lo or x > hi:  # the running extremes (a limit given is kept)
+                self._lo = x if x < lo and self.min_value is None else lo
+                self._hi = x if x > hi and self.max_value is None else hi
+                lo, hi = self._lo, self._hi
+                self._model.set_range(lo if math.isfinite(lo) else hi, hi if math.isfinite(hi) else lo)
+            if self.learn and len(learning) + 1 >= self.learn:
+                # Range learnt: a fresh model over it relearns the buffered points (as the
+                # reference would have, given this range), then carries on with it.
+                learning.append(x)
+                self._learning = None
+                self._model = model = self._new_model()
+                for v in learning:
+                    score = model.score(v)
+            else:
+                if self.learn:
+                    learning.append(x)
+                score = self._model.score(x)
+        if score >= self.threshold:
+            self._held = self.hold
+        elif self._held:
+            self._held -= 1
+        return score

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +12,14 @@ from otel_eda.anomaly.detectors.base import Detector, _Base, _check_window
 
 __all__ = ["FallbackDetector"]
 
+_log = logging.getLogger(__name__)
+
 _DEFAULT_FALLBACK: Mapping[str, Any] = {"kind": "zscore"}
+
+# Live FallbackDetectors carrying their primary detector, per primary kind (process-wide).
+_carrying: dict[str, int] = {}
+_carrying_lock = threading.Lock()
+_warned: set[str] = set()
 
 
 def _spec(value: object, name: str) -> dict[str, Any]:
@@ -20,16 +30,32 @@ def _spec(value: object, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _release(kind: str) -> None:
+    with _carrying_lock:
+        _carrying[kind] -= 1
+
+
+def carrying(kind: str) -> int:
+    """How many live fallback detectors in this process carry a ``kind`` primary detector."""
+    with _carrying_lock:
+        return _carrying.get(kind, 0)
+
+
 class FallbackDetector(_Base):
     """``detector`` once it has seen ``warmup`` points; ``fallback`` (z-score) before that.
 
     Both are built with :func:`~otel_eda.anomaly.detectors.make_detector` from their
     mappings (as a rules file writes them) and fed every point until the warm-up ends;
-    after it, only ``detector`` is fed. ``score``, ``is_anomaly`` and ``active`` are those
-    of the detector in charge, so an alert rule is live from its first points with the
-    fallback's own threshold, then switches to the slower detector. ``threshold`` is
-    ``detector``'s. Memory and cost: the two detectors' (the fallback's only during the
-    warm-up).
+    after it, only ``detector`` is fed. ``score``, ``is_anomaly``, ``threshold_value`` and
+    ``active`` are those of the detector in charge, so an alert rule is live from its
+    first points with the fallback's own threshold, then switches to the slower detector.
+    ``threshold`` is ``detector``'s.
+
+    ``budget`` bounds the cost: at most that many fallback detectors in the process (per
+    primary kind) carry their primary detector at once; a series created beyond it keeps
+    the fallback for good (logged once per kind), and a slot frees when its detector is
+    dropped (series evicted). Memory and cost: the two detectors' (the fallback's only
+    during the warm-up).
 
     >>> d = FallbackDetector(detector={"kind": "cad_ose"}, fallback={"kind": "zscore", "window": 60}, warmup=300)
     >>> [type(d.update(60.0 * i, float(i % 7)).active).__name__ for i in (0, 1)]
@@ -46,29 +72,58 @@ class FallbackDetector(_Base):
         detector: Mapping[str, Any],
         fallback: Mapping[str, Any] = _DEFAULT_FALLBACK,
         warmup: int = 600,
+        budget: int = 1000,
     ) -> None:
         from otel_eda.anomaly.detectors.factory import make_detector
 
-        primary = make_detector(**_spec(detector, "detector"))
-        super().__init__(primary.threshold)
+        spec = _spec(detector, "detector")
         self.warmup = _check_window(warmup, "warmup", 0)
-        self.detector: Detector = primary
+        self.budget = _check_window(budget, "budget", 0)
         self.fallback: Detector = make_detector(**_spec(fallback, "fallback"))
+        kind = spec["kind"]
+        primary = make_detector(**spec)  # also validates the spec when over budget
+        with _carrying_lock:
+            over = _carrying.get(kind, 0) >= self.budget
+            if not over:
+                _carrying[kind] = _carrying.get(kind, 0) + 1
+        if over:
+            if kind not in _warned:
+                _warned.add(kind)
+                _log.warning(
+                    "fallback detector: %d series already carry a %r detector (budget); new series keep %r",
+                    self.budget,
+                    kind,
+                    self.fallback.__class__.__name__,
+                )
+            self.detector: Detector | None = None
+        else:
+            self.detector = primary
+            weakref.finalize(self, _release, kind)
+        super().__init__(primary.threshold)
         self._seen = 0
 
     @property
     def active(self) -> Detector:
         """The detector whose score counts now."""
-        return self.detector if self._seen >= self.warmup else self.fallback
+        if self.detector is not None and self._seen >= self.warmup:
+            return self.detector
+        return self.fallback
 
     @property
     def is_anomaly(self) -> bool:
         """The active detector's verdict (each keeps its own threshold)."""
         return self.active.is_anomaly
 
+    @property
+    def threshold_value(self) -> float | None:
+        """The active detector's fixed limit, if it has one (the engine's escalation reads it)."""
+        value = getattr(self.active, "threshold_value", None)
+        return float(value) if isinstance(value, int | float) else None
+
     def _step(self, t: float, x: float) -> float:
         self._seen += 1
-        self.detector.update(t, x)
-        if self._seen <= self.warmup:
+        if self.detector is not None:
+            self.detector.update(t, x)
+        if self._seen <= self.warmup or self.detector is None:
             self.fallback.update(t, x)
         return self.active.score
