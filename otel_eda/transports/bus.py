@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -71,6 +72,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT: Final = 1000
+_NO_AMBIENT_SPAN: Final = Context()
 
 
 class BusFull(Exception):
@@ -309,7 +311,11 @@ class EventBus:
             except RuntimeError:
                 self._unstarted = True  # started by the first publish/deliver/join in a loop
                 return
-            sub.task = loop.create_task(self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}")
+            # A fresh context: a worker started inside a handler or a request must not inherit
+            # its span (the process spans would become that span's children).
+            sub.task = loop.create_task(
+                self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}", context=contextvars.Context()
+            )
 
     def _start_all(self) -> None:
         if not self._unstarted:
@@ -429,7 +435,9 @@ class EventBus:
         attempt_no = 0
         while True:
             attempt_no += 1
-            processing = messaging.process(incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited)
+            processing = messaging.process(
+                incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
+            )
             delivery = Delivery(self, processing, message.payload, sub.name)
             try:
                 exc = await _run_handler(sub.handler, delivery, processing.context)
