@@ -123,3 +123,7 @@ METRIC_BROKER_QUEUE_DEPTH: Final = "eda.broker.queue.depth"
 #: ``messaging.destination.partition.id``, ``messaging.consumer.group.name`` (semconv #792).
 METRIC_CONSUMER_LAG: Final = "eda.consumer.lag"
 MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
+#: Event name of the alert log records.
+EVENT_ALERT: Final = "eda.alert"
+#: Log record attribute carrying an alert's state, ``firing`` or ``resolved``.
+EDA_ALERT_STATE: Final = "eda.alert.state"

@@ -193,7 +193,9 @@ class AnomalyEngine:
         >>> [r.name for r in engine.rules]
         ['deep-queue']
         """
-        return self.add_rule(condition_rule(name, condition, severity, description, metric=metric, signal=signal, **fields))
+        return self.add_rule(
+            condition_rule(name, condition, severity, description, metric=metric, signal=signal, **fields)
+        )
 
     def remove_rule(self, name: str) -> bool:
         """Stop watching with the rule(s) named ``name``; whether there was one.

@@ -228,11 +228,13 @@ class GuardedDetector:
     normal. Other attributes (``threshold_value``, ``slope``, ...) are read through.
     """
 
-    __slots__ = ("failures", "inner", "is_anomaly", "kind", "score")
+    __slots__ = ("failures", "inner", "is_anomaly", "kind", "score", "threshold")
 
     def __init__(self, kind: str, inner: Any) -> None:
         self.kind = kind
         self.inner = inner
+        #: the inner detector's threshold when built (informative: ``is_anomaly`` is the inner one's)
+        self.threshold = float(getattr(inner, "threshold", 1.0))
         self.score = 0.0
         self.is_anomaly = False
         self.failures = 0
@@ -261,10 +263,6 @@ class GuardedDetector:
         self.score = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
         self.is_anomaly = anomalous
         return self
-
-    @property
-    def threshold(self) -> float:
-        return float(getattr(self.inner, "threshold", 1.0))
 
     @property
     def value(self) -> float | None:
