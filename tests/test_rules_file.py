@@ -253,3 +253,10 @@ def test_a_bad_rules_file_is_one_error_and_the_defaults_are_used(tmp_path: Path)
     )
     assert errors[0].endswith("; using the default rule set")
     assert f"RULES {len(default_rules())}" in result.stdout
+
+
+def test_a_condition_detector_in_a_file_says_to_add_the_rule_from_python(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - name: c\n    metric: m\n    detector: {kind: condition}\n")
+    with pytest.raises(RulesFileError, match=r"rules.yaml:2: rule 'c': the 'condition' detector takes a Python"):
+        load_rules(path)

@@ -34,6 +34,7 @@ detector, ``score``, ``is_anomaly``, ``threshold``, ``value``, ``skipped``).
 >>> make_detector("above", limit=3).update(0.0, 5.0).is_anomaly
 True
 >>> unregister_detector("above")
+True
 """
 
 from __future__ import annotations

@@ -180,6 +180,8 @@ def _rule_from_mapping(raw: Mapping[str, Any]) -> Rule:
         kwargs["escalate_after_s"] = parse_duration(raw["escalate_after"])
     if "detector" in kwargs and not isinstance(kwargs["detector"], Mapping):
         raise ValueError("detector must be a mapping with a 'kind'")
+    if "detector" in kwargs and kwargs["detector"].get("kind") == "condition":
+        raise ValueError("the 'condition' detector takes a Python callable: add the rule from Python (add_alert_rule)")
     if "match" in kwargs and not isinstance(kwargs["match"], Mapping):
         raise ValueError("match must be a mapping of attribute to value")
     return Rule(**kwargs)

@@ -225,43 +225,44 @@ def _yaml_sections(path: Path, root: Any, yaml: Any) -> dict[str, list[Any]]:
 def _expanded_size(nodes: list[Any], yaml: Any) -> int:
     """Nodes under ``nodes`` with every alias expanded, without expanding anything.
 
-    Aliased nodes are the same node objects in the composed graph, so sizes are
-    memoised by identity; a recursive alias (which SafeLoader would also refuse to build)
-    counts as over the limit. Iterative: no recursion limit to hit.
+    Aliased nodes are the same node objects in the composed graph, so the sizes of
+    collections are memoised by identity (scalars count 1 and are not stored); a
+    recursive alias (which SafeLoader would also refuse to build) counts as over the
+    limit. Iterative: no recursion limit to hit.
     """
+    scalar = yaml.ScalarNode
+    mapping = yaml.MappingNode
+    over = MAX_YAML_NODES + 1
     sizes: dict[int, int] = {}
-    on_path: set[int] = set()
+    expanding: set[int] = set()  # collections whose children are being sized
     total = 0
     for root in nodes:
+        if root.__class__ is scalar:
+            total += 1
+            continue
         stack: list[tuple[Any, bool]] = [(root, False)]
         while stack:
             node, done = stack.pop()
             key = id(node)
+            children = [n for pair in node.value for n in pair] if node.__class__ is mapping else node.value
+            if done:
+                expanding.discard(key)
+                size = 1
+                for child in children:
+                    size += 1 if child.__class__ is scalar else sizes[id(child)]
+                sizes[key] = size if size < over else over
+                continue
             if key in sizes:
                 continue
-            children = _children(node, yaml)
-            if done:
-                on_path.discard(key)
-                size = 1 + sum(sizes[id(c)] for c in children)
-                sizes[key] = min(size, MAX_YAML_NODES + 1)
-                continue
-            if key in on_path:
-                return MAX_YAML_NODES + 1  # a node that contains itself
-            on_path.add(key)
+            if key in expanding:
+                return over  # a node that contains itself
+            expanding.add(key)
             stack.append((node, True))
-            stack.extend((c, False) for c in children if id(c) not in sizes)
+            stack.extend((c, False) for c in children if c.__class__ is not scalar and id(c) not in sizes)
         total += sizes[id(root)]
         if total > MAX_YAML_NODES:
-            break
+            return over
     return total
-
-
-def _children(node: Any, yaml: Any) -> list[Any]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
 
 
 # -- JSON ---------------------------------------------------------------------------------

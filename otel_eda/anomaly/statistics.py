@@ -50,7 +50,9 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def statistics_of(values: list[float], series: int = 0) -> SeriesStatistics:
-    """>>> statistics_of([1.0, 2.0, 3.0, 4.0]).p50
+    """The statistics of ``values`` (``series``: how many series they came from).
+
+    >>> statistics_of([1.0, 2.0, 3.0, 4.0]).p50
     2.5
     """
     if not values:
