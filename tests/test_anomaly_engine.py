@@ -360,3 +360,24 @@ def test_one_collection_of_many_series_keeps_every_state_and_lifecycle() -> None
     assert engine.series_count == 20_000
     assert sink.states() == [("firing", "warning")] * 20 + [("resolved", "warning")] * 20
     assert [a.started_at for a in sink.alerts[:20]] == [2.0] * 20
+
+
+def test_an_alert_the_sinks_saw_fire_is_resolved_even_if_its_escalation_was_muted() -> None:
+    sink = Collect()
+    source = errors_rule(name="source", alert="Source", severity="critical", metric="other", for_evaluations=1)
+    target = errors_rule(for_evaluations=1, escalate_after_s=2.0)
+    pair = Inhibition({"alertname": "Source"}, {"alertname": "ProcessingErrorsHigh"})
+    engine = AnomalyEngine([source, target], [sink], inhibitions=[pair])
+    feed(engine, [0.21])  # the target fires, delivered
+    for t, (target_value, source_value) in enumerate([(0.21, 0.9), (0.21, 0.9), (0.21, 0.9)], start=1):
+        engine.evaluate(
+            [
+                SeriesPoint("messaging.process.duration", "error_ratio", QUEUE, float(t), target_value),
+                SeriesPoint("other", "error_ratio", QUEUE, float(t), source_value),
+            ],
+            now=float(t),
+        )
+    assert engine.suppressed == 1  # the target's escalation to critical, while the source fires
+    feed(engine, [0.0, 0.0], start=4.0)  # the target resolves (resolve_after: 2)
+    target_changes = [(a.state.value, a.severity.label) for a in sink.alerts if a.rule == "processing-errors"]
+    assert target_changes == [("firing", "warning"), ("resolved", "critical")]

@@ -92,6 +92,8 @@ class _State:
     alert: Alert | None = None
     #: whether the current alert's firing reached the sinks (it may have been suppressed)
     delivered: bool = False
+    #: whether a change of the current alert was held back (silence, inhibition): offered again
+    held: bool = False
     cooldown_until: float = 0.0
     exemplars: tuple[Exemplar, ...] = ()
     #: the values of the current anomalous run (at most RECENT_VALUES; None: none yet)
@@ -332,19 +334,22 @@ class AnomalyEngine:
         held = [
             (s, s.alert)
             for s in (self._alerting_states() if self._alerting else ())
-            if s.alert and not s.delivered and id(s) not in changed
+            if s.alert and s.held and id(s) not in changed
         ]
         for state, alert in [*changes, *held]:
             if alert.state is AlertState.RESOLVED:
-                if state.delivered:  # the sinks never saw a suppressed alert fire
+                # the sinks never saw a suppressed alert fire; one they saw fire, they see resolve
+                # (also when a later change of it, an escalation, was held back)
+                if state.delivered:
                     out.append(alert)
-                state.delivered = False
+                state.delivered = state.held = False
             elif self._suppressed(alert, now):
                 if id(state) in changed:
                     self.suppressed += 1  # counted once per change held back
-                state.delivered = False
+                state.held = True
             else:
                 state.delivered = True
+                state.held = False
                 out.append(alert)
         return out
 
