@@ -344,3 +344,71 @@ def test_the_api_functions_act_on_the_installed_reader() -> None:
         provider.shutdown()
     with pytest.raises(RuntimeError, match="configure"):
         api.add_rule(rule, provider=MeterProvider())
+
+
+#: The README's example of the rules API ("Alert rules from Python"), verbatim.
+README_EXAMPLE = """\
+from opentelemetry import metrics
+
+import otel_eda
+from otel_eda.anomaly import api
+from otel_eda.anomaly.rules import Rule
+
+otel_eda.configure(on_alert=lambda alert: print(alert.state.value, alert.name, alert.summary, alert.recent_values))
+
+# A plain condition on a metric's series
+api.add_alert_rule(
+    "backlog", lambda depth: depth > 100, "critical", "{value:.0f} jobs waiting", metric="jobs.backlog"
+)
+
+
+# A detector class: update(t, x) returns it; score, is_anomaly, threshold, value, skipped
+class AtLeast:
+    def __init__(self, limit: float) -> None:
+        self.limit, self.threshold, self.score, self.value, self.skipped = limit, 1.0, 0.0, None, 0
+
+    def update(self, t: float, x: float) -> "AtLeast":
+        self.value, self.score = x, float(x >= self.limit)
+        return self
+
+    @property
+    def is_anomaly(self) -> bool:
+        return self.score >= self.threshold
+
+
+api.register_detector("at_least", AtLeast)  # or an entry point in the group otel_eda_detectors
+api.add_rule(Rule(name="workers", metric="jobs.workers", detector={"kind": "at_least", "limit": 8}))
+api.track("jobs.backlog")  # keep recent values for api.statistics()
+
+meter = metrics.get_meter("jobs")
+meter.create_gauge("jobs.backlog").set(250)
+meter.create_gauge("jobs.workers").set(8)
+metrics.get_meter_provider().force_flush()  # evaluate now (otherwise every OTEL_EDA_ANOMALY_INTERVAL s)
+print(api.statistics("jobs.backlog", window_s=60))
+api.remove_rule("backlog")  # its firing alert resolves
+"""
+
+
+def test_the_readme_example_of_the_rules_api_runs(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(README_EXAMPLE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "OTEL_TRACES_EXPORTER": "none", "OTEL_SERVICE_NAME": "jobs"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "firing Backlog 250 jobs waiting (250.0,)",
+        "firing Workers Workers: jobs.workers value = 8 on service=jobs (8.0,)",
+        "SeriesStatistics(count=1, mean=250.0, p50=250.0, p95=250.0, p99=250.0, series=1)",
+        "resolved Backlog 250 jobs waiting (250.0,)",
+    ]
