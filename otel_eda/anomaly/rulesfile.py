@@ -3,7 +3,7 @@
 Limits (each breach is one :class:`~otel_eda.anomaly.rules.RulesFileError` naming the
 file, and the line where there is one):
 
-* the file is at most :data:`MAX_FILE_BYTES` (4 MiB): a larger one is refused before it
+* the file is at most :data:`MAX_FILE_BYTES` (1 MiB): a larger one is refused before it
   is read;
 * at most :data:`MAX_RULES` rules and :data:`MAX_INHIBITIONS` inhibitions;
 * YAML: at most :data:`MAX_YAML_NODES` nodes once aliases are expanded (an "alias bomb"
@@ -36,7 +36,7 @@ from otel_eda.anomaly.rules import Rule, RuleSet, RulesFileError, _rule_from_map
 __all__ = ["MAX_FILE_BYTES", "MAX_INHIBITIONS", "MAX_QUOTE", "MAX_RULES", "MAX_YAML_NODES", "read_rule_set"]
 
 #: Largest rules file read (bytes).
-MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+MAX_FILE_BYTES: Final = 1024 * 1024
 #: Most rules in one file.
 MAX_RULES: Final = 10_000
 #: Most inhibitions in one file.
