@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
@@ -173,3 +174,37 @@ def test_every_default_inhibition_names_default_alerts_and_kept_labels() -> None
         for label in inhibition.equal:
             if label != "host":
                 assert source.labels is not None and label in source.labels and label in (target.labels or ())
+
+
+async def test_a_full_queue_of_a_real_bus_raises_queue_full_drops_and_publish_waits() -> None:
+    """Needs the bus to report eda.bus.queue.utilization and eda.bus.publish.wait.duration."""
+    got = Collect()
+    reader = AnomalyMetricReader(settings=Settings(), interval_s=3600, start=False, callbacks=[got])
+    provider = MeterProvider(metric_readers=[reader], resource=Resource.create({"service.name": "shop"}))
+    release = asyncio.Event()
+
+    async def stuck(delivery: Delivery) -> None:
+        await release.wait()
+
+    bus = EventBus(
+        service="shop",
+        queue_size=2,
+        publish_timeout_s=0.001,
+        tracer_provider=TracerProvider(),
+        meter_provider=provider,
+    )
+    bus.subscribe("order_placed", stuck, subscriber="slow")
+    try:
+        for _ in range(2):  # two evaluations (PublishWaits: for 2)
+            for _ in range(5):
+                with contextlib.suppress(BusFull):
+                    await bus.publish("order_placed")
+                await asyncio.sleep(0)
+            reader.force_flush()
+    finally:
+        release.set()
+        await bus.close()
+        provider.shutdown()
+    assert sorted(set(got.fired())) == ["EventsDropped", "PublishWaits", "QueueFull"]  # QueueNearlyFull muted
+    full = next(a for a in got.alerts if a.name == "QueueFull")
+    assert full.value == 1.0 and full.series_labels[semconv.MESSAGING_CONSUMER_GROUP_NAME] == "slow"

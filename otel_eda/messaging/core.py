@@ -203,6 +203,12 @@ class Messaging:
         self._dropped = meter.create_counter(
             semconv.METRIC_DROPPED, unit="{message}", description="Messages dropped because a queue stayed full"
         )
+        self._publish_wait = meter.create_histogram(
+            semconv.METRIC_PUBLISH_WAIT,
+            unit="s",
+            description="Seconds a publish waited for room in a full queue (only publishes that waited)",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
         self._unrouted = meter.create_counter(
             semconv.METRIC_UNROUTED, unit="{message}", description="Messages published with no subscriber"
         )
@@ -359,6 +365,10 @@ class Messaging:
         self._unrouted.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
         self.record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
         _log.debug("no subscriber for %s", destination)
+
+    def publish_waited(self, destination: str, seconds: float) -> None:
+        """Record that a publish to ``destination`` waited ``seconds`` for room in a full queue."""
+        self._publish_wait.record(seconds, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
 
     def dropped(self, event: EventContext, destination: str, subscriber: str) -> None:
         """Count and record an event a subscriber missed because its queue stayed full."""

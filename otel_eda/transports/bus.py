@@ -389,12 +389,14 @@ class EventBus:
                 waiting.append(sub)
         if not waiting:
             return []
+        started = time.perf_counter()
         puts = {asyncio.ensure_future(sub.queue.put(message)): sub for sub in waiting}
         done, pending = await asyncio.wait(puts, timeout=self.publish_timeout_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        self.messaging.publish_waited(message.destination, time.perf_counter() - started)
         return [puts[t].name for t in puts if t not in done or t.cancelled()]
 
     async def deliver(self, message: WireMessage) -> None:
@@ -541,6 +543,27 @@ def _register_depth(meter: metrics.Meter, buses: weakref.WeakSet[EventBus]) -> N
         unit="{message}",
         description="Messages waiting in a subscriber queue of the embedded bus",
     )
+    meter.create_observable_gauge(
+        semconv.METRIC_QUEUE_UTILIZATION,
+        callbacks=[functools.partial(_observe_utilization, buses)],
+        unit="1",
+        description="Messages waiting in a subscriber queue of the embedded bus, as a share of its queue_size",
+    )
+
+
+def _observe_utilization(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(
+            depth / bus.queue_size,
+            {
+                semconv.MESSAGING_SYSTEM: bus.messaging.system,
+                semconv.MESSAGING_DESTINATION_NAME: event_type,
+                semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
+            },
+        )
+        for bus in list(buses)
+        for (event_type, name), depth in bus.queue_depths().items()
+    ]
 
 
 def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
