@@ -29,7 +29,8 @@ do not bury the report. For example, to send spans to a local Zipkin instead::
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
-Options: ``--transport NAME`` (default ``embedded``), ``--orders N`` (story orders, default 6), ``--traffic SECONDS`` (background orders
+Options: ``--transport NAME`` (default ``embedded``), ``--orders N`` (story orders, default 6),
+``--traffic SECONDS`` (background orders
 after them, default 30; 0 for none), ``--mode parent|link`` (``OTEL_EDA_TRACE_MODE`` of the
 services), ``--json FILE`` (a machine-readable summary), ``--output-dir DIR``,
 ``--timeout S``. The launcher exits non-zero with a clear message if a service dies or the
