@@ -143,3 +143,12 @@ MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
 EVENT_ALERT: Final = "eda.alert"
 #: Log record attribute carrying an alert's state, ``firing`` or ``resolved``.
 EDA_ALERT_STATE: Final = "eda.alert.state"
+
+# --- anomaly engine self-metrics -------------------------------------------------------------
+METRIC_ALERTS_DROPPED: Final = "eda.alerts.dropped"
+METRIC_ALERT_SEND_FAILURES: Final = "eda.alerts.send_failures"
+EDA_ALERT_SINK: Final = "eda.alert.sink"
+#: Prefix of otel-eda's own names (``OTEL_EDA_BAGGAGE_KEYS`` refuses keys that start with it).
+EDA_PREFIX: Final = "eda."
+#: Prefix of the messaging conventions' metric names (error ratios are derived for these only).
+MESSAGING_PREFIX: Final = "messaging."
