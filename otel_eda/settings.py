@@ -34,26 +34,33 @@ in :attr:`Settings.errors` (``configure()`` counts it, and fails in strict mode)
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import logging
 import os
 import re
 from collections.abc import Mapping
+from typing import Final
 
+from otel_eda import semconv
 from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
     OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_CLOUDEVENTS,
+    OTEL_EDA_CLOUDEVENTS_SOURCE,
     OTEL_EDA_MAX_SERIES,
+    OTEL_EDA_METADATA_ATTRIBUTES,
+    OTEL_EDA_PROCESS_SPAN_MAX_S,
     OTEL_EDA_RULES_FILE,
+    OTEL_EDA_SETTLE_SPANS,
+    OTEL_EDA_SPAN_EVENTS,
     OTEL_EDA_STORE_MAX_EVENTS,
     OTEL_EDA_STRICT,
     OTEL_EDA_TRACE_MODE,
 )
-from otel_eda.store import DEFAULT_MAX_EVENTS
-from otel_eda.telemetry import TraceMode
 
-__all__ = ["InvalidSetting", "Settings", "sdk_disabled"]
+__all__ = ["DEFAULT_MAX_EVENTS", "CloudEventsMode", "InvalidSetting", "Settings", "TraceMode", "sdk_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,10 +73,39 @@ _VARIABLES = (
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_STRICT,
+    OTEL_EDA_SPAN_EVENTS,
+    OTEL_EDA_PROCESS_SPAN_MAX_S,
+    OTEL_EDA_SETTLE_SPANS,
+    OTEL_EDA_CLOUDEVENTS,
+    OTEL_EDA_CLOUDEVENTS_SOURCE,
+    OTEL_EDA_METADATA_ATTRIBUTES,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 MAX_BAGGAGE_KEYS = 32
+#: Events the in-process store keeps unless ``OTEL_EDA_STORE_MAX_EVENTS`` says otherwise.
+DEFAULT_MAX_EVENTS: Final = 10_000
+
+
+class CloudEventsMode(enum.StrEnum):
+    """``OTEL_EDA_CLOUDEVENTS``: whether transports read and write CloudEvents headers."""
+
+    OFF = "off"
+    READ = "read"
+    WRITE = "write"
+
+
+class TraceMode(enum.StrEnum):
+    """How a consumer span relates to its producer span (``OTEL_EDA_TRACE_MODE``).
+
+    ``parent``: the consumer span is the producer span's child (one trace per flow) and
+    also links to it. ``link``: the consumer span starts a new trace and links to the
+    producer span; it is sampled when its producer was (with ``LinkAwareSampler``).
+    """
+
+    PARENT = "parent"
+    LINK = "link"
 
 
 def sdk_disabled() -> bool:
@@ -105,6 +141,12 @@ class Settings:
     max_series: int = 10_000
     alertmanager_url: str | None = None
     strict: bool = False
+    span_events: bool = False
+    process_span_max_s: float = 30.0
+    settle_spans: bool = False
+    cloudevents: CloudEventsMode = CloudEventsMode.READ
+    cloudevents_source: str | None = None
+    metadata_attributes: tuple[str, ...] = ()
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -152,18 +194,44 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
     keys: tuple[str, ...] = ()
     if text := (raw[OTEL_EDA_BAGGAGE_KEYS] or "").strip():
         parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) and not p.startswith("eda.") for p in parts):
+        if len(parts) <= MAX_BAGGAGE_KEYS and all(
+            _TOKEN.fullmatch(p) and not p.startswith(semconv.EDA_PREFIX) for p in parts
+        ):
             keys = parts
         else:
             accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"
             invalid(OTEL_EDA_BAGGAGE_KEYS, accepted, "none")
 
-    strict = d.strict
-    if text := (raw[OTEL_EDA_STRICT] or "").strip():
-        if text.lower() in ("true", "false"):
-            strict = text.lower() == "true"
+    def flag(name: str, default: bool) -> bool:
+        text = (raw[name] or "").strip().lower()
+        if not text:
+            return default
+        if text in ("true", "false"):
+            return text == "true"
+        invalid(name, "true, false", str(default).lower())
+        return default
+
+    strict = flag(OTEL_EDA_STRICT, d.strict)
+
+    cloudevents = d.cloudevents
+    if text := (raw[OTEL_EDA_CLOUDEVENTS] or "").strip():
+        try:
+            cloudevents = CloudEventsMode(text.lower())
+        except ValueError:
+            invalid(OTEL_EDA_CLOUDEVENTS, "off, read, write", cloudevents.value)
+
+    source = (raw[OTEL_EDA_CLOUDEVENTS_SOURCE] or "").strip() or None
+    if source is not None and (len(source) > 256 or not source.isprintable() or " " in source):
+        invalid(OTEL_EDA_CLOUDEVENTS_SOURCE, "a URI-reference of at most 256 characters", "/<service.name>")
+        source = None
+
+    metadata_keys: tuple[str, ...] = ()
+    if text := (raw[OTEL_EDA_METADATA_ATTRIBUTES] or "").strip():
+        parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+        if len(parts) <= 16 and all(_METADATA_KEY.fullmatch(p) and len(p) <= 64 for p in parts):
+            metadata_keys = parts
         else:
-            invalid(OTEL_EDA_STRICT, "true, false", "false")
+            invalid(OTEL_EDA_METADATA_ATTRIBUTES, "up to 16 comma-separated metadata keys ([a-z0-9_.-])", "none")
 
     url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
     if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
@@ -179,6 +247,12 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
         alertmanager_url=url,
         strict=strict,
+        span_events=flag(OTEL_EDA_SPAN_EVENTS, d.span_events),
+        process_span_max_s=positive(OTEL_EDA_PROCESS_SPAN_MAX_S, d.process_span_max_s, integer=False),
+        settle_spans=flag(OTEL_EDA_SETTLE_SPANS, d.settle_spans),
+        cloudevents=cloudevents,
+        cloudevents_source=source,
+        metadata_attributes=metadata_keys,
         errors=tuple(errors),
     )
     for error in errors:

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -52,16 +51,18 @@ from typing import Any
 
 from opentelemetry import context, metrics
 
-from otel_eda import __version__
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
+from otel_eda.process_hooks import ForkHook, register_fork_hook
+from otel_eda.version import VERSION as __version__
 
 __all__ = ["METRIC_ALERTS_DROPPED", "AlertmanagerSink", "postable_alert"]
 
 _log = logging.getLogger("otel_eda.alerts")
 
 #: Counter of alerts the Alertmanager sink dropped because it was full.
-METRIC_ALERTS_DROPPED = "eda.alerts.dropped"
+METRIC_ALERTS_DROPPED = semconv.METRIC_ALERTS_DROPPED
 
 _VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INVALID_CHAR = re.compile(r"[^A-Za-z0-9_]")
@@ -178,8 +179,7 @@ def _reset_sinks_after_fork() -> None:
         sink._after_fork()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch
-    os.register_at_fork(after_in_child=_reset_sinks_after_fork)
+register_fork_hook(ForkHook("alertmanager sinks", after_in_child=_reset_sinks_after_fork))
 
 
 class AlertmanagerSink:
@@ -356,7 +356,7 @@ class AlertmanagerSink:
                     alert.name,
                 )
             try:
-                self._dropped_counter.add(1, {"eda.alert.sink": "alertmanager"})
+                self._dropped_counter.add(1, {semconv.EDA_ALERT_SINK: "alertmanager"})
             except Exception:  # pragma: no cover - a broken meter must not break send()
                 _log.debug("could not count a dropped alert", exc_info=True)
 

@@ -1,6 +1,6 @@
 """``EventStore``: in-process answers to "what happened to this flow?".
 
-It aggregates :class:`~otel_eda.records.LifecycleRecord` values (it is a ``Recorder``)
+It aggregates :class:`~otel_eda.flows.records.LifecycleRecord` values (it is a ``Recorder``)
 into one entry per event, and answers, for a correlation id, the flow's events in time
 order with their status and durations; for an event id, its causation chain root → leaf
 and its descendants; for a business key, the flows it appears in. Memory is bounded:
@@ -25,12 +25,12 @@ import threading
 from collections import OrderedDict
 from typing import Final
 
-from otel_eda.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.settings import DEFAULT_MAX_EVENTS
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
 
 MAX_DELIVERIES: Final = 64
-DEFAULT_MAX_EVENTS: Final = 10_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class _Entry:
         states = [d.status for d in self.deliveries.values()]
         if not states:
             return (self.publish_stage or Stage.PUBLISHED).value
-        for final in (Stage.DEAD_LETTERED, Stage.FAILED, Stage.DROPPED):
+        for final in (Stage.DEAD_LETTERED, Stage.FAILED, Stage.REJECTED, Stage.DROPPED):
             if final in states:
                 return final.value
         if all(s is Stage.COMPLETED for s in states):
@@ -152,11 +152,10 @@ class EventStore:
                 if len(entry.deliveries) >= MAX_DELIVERIES:
                     return
                 delivery = entry.deliveries[record.subscriber] = _Delivery(record.service)
-            if stage is Stage.PROCESSING:
-                delivery.attempts = max(delivery.attempts, record.attempt)
+            delivery.attempts = max(delivery.attempts, record.attempt)
             if delivery.status not in FINAL_STAGES:
                 delivery.status = stage
-            if record.duration_s is not None and stage in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
+            if record.duration_s is not None and stage in FINAL_STAGES:
                 delivery.duration_s = record.duration_s
             if record.error_type is not None:
                 delivery.error_type = record.error_type
