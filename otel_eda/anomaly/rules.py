@@ -255,14 +255,7 @@ def default_rules() -> list[Rule]:
             alert="ProcessingLatencyHigh",
             metric="messaging.process.duration",
             signal="p95",
-            # CAD OSE (NAB's contextOSE, range learnt online) once it has seen 600 points;
-            # the z-score detector until then (README, "Anomaly detection").
-            detector={
-                "kind": "fallback",
-                "detector": {"kind": "cad_ose"},
-                "fallback": {"kind": "zscore", "window": 120, "direction": "up", "hold": 120},
-                "warmup": 600,
-            },
+            detector={"kind": "zscore", "window": 120, "direction": "up", "hold": 120},
             labels=("messaging.destination.name", "messaging.consumer.group.name"),
             for_evaluations=2,
             escalate_after_s=300.0,
@@ -273,15 +266,7 @@ def default_rules() -> list[Rule]:
             alert="ProcessingErrorsHigh",
             metric="messaging.process.duration",
             signal="error_ratio",
-            # CAD OSE over the ratio's known range [0, 1] once warmed up; more than 20% of
-            # attempts failing until then (a fixed limit: z-scores of a mostly-zero ratio fire
-            # on the first error).
-            detector={
-                "kind": "fallback",
-                "detector": {"kind": "cad_ose", "min_value": 0.0, "max_value": 1.0},
-                "fallback": {"kind": "threshold", "op": "gt", "value": 0.2},
-                "warmup": 600,
-            },
+            detector={"kind": "threshold", "op": "gt", "value": 0.2},
             labels=("messaging.destination.name", "messaging.consumer.group.name"),
             for_evaluations=2,
             summary="{value:.0%} of handling attempts fail on {series}",

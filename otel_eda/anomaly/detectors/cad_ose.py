@@ -29,12 +29,12 @@ class CadOseDetector(_Base):
     minimum and maximum; at the ``learn``-th point the range is frozen to the extremes of
     those points and a fresh model relearns them (the buffered ``learn`` values, replayed
     once: what the reference would have learnt given that range), then carries on. Later
-    values beyond the learnt range are scored as the range's nearest limit: the reference
-    never sees a value outside its eight levels (its range holds every value of the file),
-    and a series' tail beyond a 600-point range is routine (noise exceeds its 600-point
-    maximum once in 600 points), not a novelty. ``learn=0`` follows the running extremes
-    for ever instead (re-quantising as they widen). A rule can also give one limit (for
-    example ``min_value=0`` for a latency); given limits are never clipped.
+    values beyond the range get levels beyond the eight (more binary digits, or a sign), as
+    in the reference's own encoding: new facts, so a new extreme is a novelty. (Scoring
+    them as the nearest limit instead was tried: it barely changed a noisy series' alert
+    count and hid spikes, so it was dropped.) ``learn=0`` follows the running extremes for
+    ever instead (re-quantising as they widen). A rule can also give one limit (for
+    example ``min_value=0`` for a latency).
 
     ``is_anomaly`` stays true for ``hold`` points from a point scoring ``>= threshold``
     (default: the rest period, CAD OSE's own length of one anomaly episode), because its
@@ -106,7 +106,6 @@ class CadOseDetector(_Base):
         self._hi = hi
         fixed = self.min_value is not None and self.max_value is not None
         self._learning: list[float] | None = None if fixed else []
-        self._clip = False
         self._model = CadOseModel(
             lo if math.isfinite(lo) else 0.0,
             hi if math.isfinite(hi) else 0.0,
@@ -148,8 +147,6 @@ class CadOseDetector(_Base):
     def _step(self, t: float, x: float) -> float:
         learning = self._learning
         if learning is None:
-            if self._clip:  # a learnt range: values beyond it fall in the extreme levels
-                x = self._lo if x < self._lo else (self._hi if x > self._hi else x)
             score = self._model.score(x)
         else:
             lo, hi = self._lo, self._hi
@@ -163,7 +160,6 @@ class CadOseDetector(_Base):
                 # reference would have, given this range), then carries on with it.
                 learning.append(x)
                 self._learning = None
-                self._clip = True
                 self._model = model = self._new_model()
                 for v in learning:
                     score = model.score(v)
