@@ -447,9 +447,17 @@ def default_rule_set_entries() -> dict[str, Any]:
             return f"{spec['detector']['kind']} after {spec.get('warmup', 600)}, {before} before"
         return str(spec["kind"])
 
-    return {
+    entries = {
         f"default rule {r.name} ({kind(r.detector)})": r for r in default_rules() if _adapts_to_any_series(r.detector)
     }
+    # Not shipped (a steady noisy series makes it alert ~40 times a day): the latency rule
+    # with CAD OSE after 600 points and its own z-score before, scored for comparison.
+    latency = next(r for r in default_rules() if r.name == "processing-latency")
+    candidate = {"kind": "fallback", "detector": {"kind": "cad_ose"}, "fallback": dict(latency.detector), "warmup": 600}
+    entries[f"rule {latency.name} with {kind(candidate)} (not shipped)"] = dataclasses.replace(
+        latency, detector=candidate
+    )
+    return entries
 
 
 # --- fidelity to a published detector's own rows ------------------------------------------------
