@@ -105,3 +105,14 @@ DURATION_BUCKETS_S: Final = (
     30.0,
     60.0,
 )
+
+# --- Kafka (aiokafka instrumentation) ---------------------------------------------------
+MESSAGING_SYSTEM_KAFKA: Final = "kafka"
+MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
+MESSAGING_KAFKA_OFFSET: Final = "messaging.kafka.offset"
+MESSAGING_KAFKA_MESSAGE_KEY: Final = "messaging.kafka.message.key"
+MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
+#: Records behind the partition's high watermark, per partition and consumer group (an
+#: observable gauge in ``{message}``). No convention exists yet (semconv #792 proposes
+#: ``messaging.consumer.lag``).
+METRIC_CONSUMER_LAG: Final = "eda.consumer.lag"
