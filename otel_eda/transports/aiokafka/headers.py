@@ -1,0 +1,90 @@
+"""Kafka record headers (a sequence of ``(str, bytes)`` tuples) as a propagation carrier.
+
+Reading: :class:`HeaderView` is a read-only mapping over a record's headers that
+propagators read like a dict. A key looked up gives the *last* value of that key, as
+Kafka's ``Headers.lastHeader`` does; values are decoded lazily, only for the keys a
+propagator asks for, so a record's other headers cost nothing. A value that is not UTF-8,
+is longer than :data:`MAX_VALUE_BYTES`, or is not bytes reads as missing and is counted
+in ``eda.propagation.invalid`` (field ``kafka_header``); nothing raises.
+
+Writing: :func:`with_injected` returns a new header list: the application's own headers,
+unchanged and in order, followed by the injected ones (so for a key the application set
+too, the injected value is the last one and wins).
+
+>>> view = HeaderView([("a", b"1"), ("traceparent", b"x"), ("a", b"2"), ("bad", b"\\xff")])
+>>> view.get("a"), view.get("bad"), view.get("missing"), sorted(view)
+('2', None, None, ['a', 'bad', 'traceparent'])
+>>> with_injected((("app", b"v"),), {"traceparent": "00-..."})
+[('app', b'v'), ('traceparent', b'00-...')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from otel_eda._selfmetrics import count_invalid
+
+__all__ = ["MAX_VALUE_BYTES", "HeaderView", "with_injected"]
+
+#: Longest header value read (bytes). Propagation values are short: a W3C ``baggage``
+#: header is capped at 8192 bytes by its specification.
+MAX_VALUE_BYTES: Final = 8192
+
+
+class HeaderView(Mapping[str, str]):
+    """A record's headers as a ``str -> str`` mapping (last value of a key wins)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: Sequence[tuple[Any, Any]] | None) -> None:
+        self._headers = headers or ()
+
+    def __getitem__(self, key: str) -> str:
+        headers = self._headers
+        for i in range(len(headers) - 1, -1, -1):
+            item = headers[i]
+            if item[0] == key:
+                return _decoded(item[1])
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        seen: dict[str, None] = {}
+        for item in self._headers:
+            if isinstance(item[0], str):
+                seen.setdefault(item[0])
+        return iter(seen)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return any(item[0] == key for item in self._headers)
+
+
+def _decoded(value: object) -> str:
+    """A header value as text; ``KeyError`` (reads as missing) when it is unusable, counted."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        if len(value) > MAX_VALUE_BYTES:
+            count_invalid("kafka_header", "too_long")
+            raise KeyError("value too long")
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError:
+            count_invalid("kafka_header", "not_utf8")
+            raise KeyError("value not UTF-8") from None
+    count_invalid("kafka_header", "not_bytes" if value is not None else "null")
+    raise KeyError("value not bytes")
+
+
+def with_injected(headers: Sequence[tuple[str, bytes]] | None, injected: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """The application's headers followed by the injected ones (UTF-8), as a new list."""
+    merged = list(headers) if headers else []
+    merged.extend((key, value.encode()) for key, value in injected.items())
+    return merged
