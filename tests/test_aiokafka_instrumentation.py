@@ -348,3 +348,43 @@ async def test_consumer_lag_of_an_instrumented_consumer(instrumented: Instrument
     finally:
         await consumer.stop()
     assert t.capture.points(semconv.METRIC_CONSUMER_LAG) == []
+
+
+async def test_a_cloudevents_record_is_handled_with_its_id_type_and_traceparent(instrumented: Instrumented) -> None:
+    t = instrumented
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"A234-1234-1234"),
+        ("ce_source", b"/shop/orders"),
+        ("ce_type", b"com.example.order.created"),
+        ("ce_time", b"2026-12-01T10:00:00Z"),
+        ("traceparent", f"00-{trace_id}-{span_id}-01".encode()),
+    ]
+    AIOKafkaInstrumentor().uninstrument()  # written by a CloudEvents producer, not by otel-eda
+    raw = await t.producer()
+    try:
+        await raw.send_and_wait(t.topic, b'{"order": 1}', headers=headers)
+    finally:
+        await raw.stop()
+    AIOKafkaInstrumentor().instrument(
+        tracer_provider=t.capture.tracer_provider, meter_provider=t.capture.meter_provider, recorders=[t.store]
+    )
+    consumer = await t.consumer()
+    try:
+        await consumer.getone()
+        event = current_event()
+    finally:
+        await consumer.stop()
+    assert event is not None
+    assert (event.event_id, event.event_type, event.correlation_id) == (
+        "A234-1234-1234",
+        "com.example.order.created",
+        "A234-1234-1234",
+    )
+    assert event.created_ns == 1796119200 * 10**9
+    (process,) = t.spans(name=f"process {t.topic}")
+    assert t.attr(process, semconv.MESSAGING_MESSAGE_ID) == "A234-1234-1234"
+    assert [(f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") for link in process.links] == [
+        (trace_id, span_id)
+    ]

@@ -7,6 +7,12 @@ propagator asks for, so a record's other headers cost nothing. A value that is n
 is longer than :data:`MAX_VALUE_BYTES`, or is not bytes reads as missing and is counted
 in ``eda.propagation.invalid`` (field ``kafka_header``); nothing raises.
 
+CloudEvents: a record in the CloudEvents Kafka binding's binary mode carries its event id,
+type and time as ``ce_id``, ``ce_type`` and ``ce_time``. Where a record has no otel-eda
+header for one of them, the view reads the CloudEvents one in its place (``ce_time``, an
+RFC 3339 timestamp, as epoch nanoseconds), so a record from a CloudEvents producer is
+handled with its own id and type and linked through its ``traceparent``.
+
 Writing: :func:`with_injected` returns a new header list: the application's own headers,
 unchanged and in order, followed by the injected ones (so for a key the application set
 too, the injected value is the last one and wins).
@@ -14,6 +20,9 @@ too, the injected value is the last one and wins).
 >>> view = HeaderView([("a", b"1"), ("traceparent", b"x"), ("a", b"2"), ("bad", b"\\xff")])
 >>> view.get("a"), view.get("bad"), view.get("missing"), sorted(view)
 ('2', None, None, ['a', 'bad', 'traceparent'])
+>>> ce = HeaderView([("ce_id", b"A-1"), ("ce_type", b"order.created"), ("ce_time", b"2026-01-02T03:04:05Z")])
+>>> ce.get("eda-event-id"), ce.get("eda-event-type"), ce.get("eda-event-created")
+('A-1', 'order.created', '1767323045000000000')
 >>> with_injected((("app", b"v"),), {"traceparent": "00-..."})
 [('app', b'v'), ('traceparent', b'00-...')]
 """
@@ -21,9 +30,11 @@ too, the injected value is the last one and wins).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from otel_eda._selfmetrics import count_invalid
+from otel_eda.identity.propagation import HEADER_CREATED, HEADER_EVENT_ID, HEADER_EVENT_TYPE
 
 __all__ = ["MAX_VALUE_BYTES", "HeaderView", "with_injected"]
 
@@ -46,6 +57,10 @@ class HeaderView(Mapping[str, str]):
             item = headers[i]
             if item[0] == key:
                 return _decoded(item[1])
+        fallback = _CLOUDEVENTS.get(key)
+        if fallback is not None:
+            value = self[fallback]
+            return _epoch_ns(value) if fallback == "ce_time" else value
         raise KeyError(key)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -66,6 +81,30 @@ class HeaderView(Mapping[str, str]):
 
     def __contains__(self, key: object) -> bool:
         return any(item[0] == key for item in self._headers)
+
+
+#: otel-eda headers and the CloudEvents (Kafka binding, binary mode) headers read in their place.
+_CLOUDEVENTS: Final = {
+    HEADER_EVENT_ID: "ce_id",
+    HEADER_EVENT_TYPE: "ce_type",
+    HEADER_CREATED: "ce_time",
+}
+
+
+def _epoch_ns(rfc3339: str) -> str:
+    """An RFC 3339 time as decimal epoch nanoseconds (``KeyError``: unusable, counted)."""
+    try:
+        moment = datetime.fromisoformat(rfc3339)
+    except ValueError:
+        count_invalid("kafka_header", "bad_ce_time")
+        raise KeyError("ce_time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    delta = moment - _EPOCH
+    return str((delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _decoded(value: object) -> str:
