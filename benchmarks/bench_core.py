@@ -75,13 +75,14 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_eda import semconv
-from otel_eda.bus import EventBus
+from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext, incoming_event, with_event
-from otel_eda.processor import EventSpanProcessor
-from otel_eda.propagation import EdaPropagator
-from otel_eda.sampling import LinkAwareSampler
-from otel_eda.store import DEFAULT_MAX_EVENTS, EventStore
+from otel_eda.identity.propagation import EdaPropagator
+from otel_eda.sdk.processor import EventSpanProcessor
+from otel_eda.sdk.sampling import LinkAwareSampler
+from otel_eda.settings import DEFAULT_MAX_EVENTS
 from otel_eda.testing import record_flow
+from otel_eda.transports.bus import EventBus
 
 ABSTRACTION_GOAL: Final = 1.20  # otel-eda / hand-written, ratio of medians
 PROCESSOR_GOAL: Final = 1.10  # span with / without the processor (added cost <= 10 %)
@@ -180,7 +181,7 @@ def install_propagators() -> None:
 # --- (a) the hand-written baseline: same transport shape, same telemetry, bare SDK --------
 @dataclasses.dataclass(slots=True)
 class Message:
-    """Shaped like ``otel_eda.bus.WireMessage``."""
+    """Shaped like ``otel_eda.transports.bus.WireMessage``."""
 
     destination: str
     headers: dict[str, str]

@@ -114,7 +114,7 @@ async def run(args: argparse.Namespace, directory: Path, results: dict[str, Any]
 
     import otel_eda
     from otel_eda import Delivery, EventBus
-    from otel_eda.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
+    from otel_eda.sdk.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
 
     otel_eda.configure()
     provider = trace.get_tracer_provider()

@@ -4,7 +4,7 @@ Run it with ``.venv/bin/python examples/order_flow.py`` (``scripts/demo`` sets u
 first). The services (``order_services.py``) are order → payment → inventory →
 notification. Each runs in its own spawned process with its own ``OTEL_SERVICE_NAME`` and
 calls ``otel_eda.configure()``, so each is its own Resource ``service.name`` in traces and
-metrics. Events cross processes over ``otel_eda.interprocess``: every service owns an inbox
+metrics. Events cross processes over ``otel_eda.transports.interprocess``: every service owns an inbox
 queue; a ``QueueOutlet`` forwards each published event to the inboxes of the services that
 subscribe to its type, with the producer's trace context and the event identity in plain
 string headers, exactly as a broker would carry them.
@@ -80,9 +80,9 @@ from order_services import (
 import otel_eda
 from otel_eda import EventBus, EventStore, Service
 from otel_eda.anomaly.alerts import Alert, AlertState
-from otel_eda.interprocess import QueueOutlet, RecordForwarder, pump
-from otel_eda.records import LifecycleRecord, Stage
-from otel_eda.store import EventSummary
+from otel_eda.flows.records import LifecycleRecord, Stage
+from otel_eda.flows.store import EventSummary
+from otel_eda.transports.interprocess import QueueOutlet, RecordForwarder, pump
 
 FINAL: Final = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
 CRASH_EXIT_CODE: Final = 70

@@ -12,13 +12,14 @@ from functools import cache
 from opentelemetry import metrics
 
 from otel_eda import semconv
+from otel_eda.version import VERSION
 
 _log = logging.getLogger("otel_eda")
 
 
 @cache
 def _invalid_counter() -> metrics.Counter:
-    return metrics.get_meter("otel_eda").create_counter(
+    return metrics.get_meter(semconv.SCOPE, VERSION).create_counter(
         semconv.METRIC_INVALID_HEADERS,
         unit="{value}",
         description="Incoming otel-eda header or baggage values dropped as invalid",
@@ -27,7 +28,7 @@ def _invalid_counter() -> metrics.Counter:
 
 @cache
 def _error_counter() -> metrics.Counter:
-    return metrics.get_meter("otel_eda").create_counter(
+    return metrics.get_meter(semconv.SCOPE, VERSION).create_counter(
         semconv.METRIC_INTERNAL_ERRORS,
         unit="{error}",
         description="Internal otel-eda errors caught before they reached the application",
@@ -36,7 +37,7 @@ def _error_counter() -> metrics.Counter:
 
 @cache
 def _config_error_counter() -> metrics.Counter:
-    return metrics.get_meter("otel_eda").create_counter(
+    return metrics.get_meter(semconv.SCOPE, VERSION).create_counter(
         semconv.METRIC_CONFIG_ERRORS,
         unit="{error}",
         description="Invalid OTEL_EDA_* settings and failed SDK configurations (eda.setting: the variable, or sdk)",
@@ -45,7 +46,7 @@ def _config_error_counter() -> metrics.Counter:
 
 def count_config_error(setting: str) -> None:
     try:
-        _config_error_counter().add(1, {"eda.setting": setting})
+        _config_error_counter().add(1, {semconv.EDA_SETTING: setting})
     except Exception:  # pragma: no cover
         _log.debug("could not count a configuration error", exc_info=True)
 
@@ -53,14 +54,14 @@ def count_config_error(setting: str) -> None:
 def count_invalid(field: str, reason: str) -> None:
     """Count one dropped incoming value. Never logs the value itself."""
     try:
-        _invalid_counter().add(1, {"eda.field": field, "eda.reason": reason})
+        _invalid_counter().add(1, {semconv.EDA_FIELD: field, semconv.EDA_REASON: reason})
     except Exception:  # pragma: no cover - a broken meter must not break extraction
         _log.debug("could not count an invalid value", exc_info=True)
 
 
 def count_internal_error(component: str) -> None:
     try:
-        _error_counter().add(1, {"eda.component": component})
+        _error_counter().add(1, {semconv.EDA_COMPONENT: component})
     except Exception:  # pragma: no cover
         _log.debug("could not count an internal error", exc_info=True)
 

@@ -30,6 +30,9 @@ METRIC_CONSUMED_MESSAGES: Final = "messaging.client.consumed.messages"
 METRIC_PROCESS_DURATION: Final = "messaging.process.duration"
 
 # --- otel-eda's own names ---------------------------------------------------------------
+#: Instrumentation scope of otel-eda's core (spans and metrics of the bus and the messaging
+#: API, self-metrics); an instrumentation of a client library uses ``otel_eda.<transport>``.
+SCOPE: Final = "otel_eda"
 #: ``messaging.system`` value of otel-eda's embedded transports.
 MESSAGING_SYSTEM_EDA: Final = "otel_eda"
 
@@ -53,7 +56,19 @@ EVENT_FAILED: Final = "eda.failed"
 EVENT_RETRIED: Final = "eda.retried"
 EVENT_DEAD_LETTERED: Final = "eda.dead_lettered"
 
+# attributes of otel-eda's self-metrics
+EDA_SETTING: Final = "eda.setting"
+EDA_FIELD: Final = "eda.field"
+EDA_REASON: Final = "eda.reason"
+EDA_COMPONENT: Final = "eda.component"
+EDA_EXPORTER: Final = "eda.exporter"
+OTEL_COMPONENT_TYPE: Final = "otel.component.type"
+
 # otel-eda metrics
+#: Observable counter of spans an export pipeline lost (otel-eda's own name: the SDK's
+#: ``otel.sdk.processor.span.processed`` only exists when its internal metrics are on,
+#: and does not count failed exports).
+METRIC_SPANS_LOST: Final = "eda.export.spans.lost"
 METRIC_INVALID_HEADERS: Final = "eda.propagation.invalid"
 METRIC_QUEUE_DEPTH: Final = "eda.bus.queue.depth"
 METRIC_DROPPED: Final = "eda.bus.dropped"

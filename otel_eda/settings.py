@@ -34,11 +34,13 @@ in :attr:`Settings.errors` (``configure()`` counts it, and fails in strict mode)
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import logging
 import os
 import re
 from collections.abc import Mapping
+from typing import Final
 
 from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
@@ -50,10 +52,8 @@ from otel_eda.environment_variables import (
     OTEL_EDA_STRICT,
     OTEL_EDA_TRACE_MODE,
 )
-from otel_eda.store import DEFAULT_MAX_EVENTS
-from otel_eda.telemetry import TraceMode
 
-__all__ = ["InvalidSetting", "Settings", "sdk_disabled"]
+__all__ = ["DEFAULT_MAX_EVENTS", "InvalidSetting", "Settings", "TraceMode", "sdk_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,6 +70,20 @@ _VARIABLES = (
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 MAX_BAGGAGE_KEYS = 32
+#: Events the in-process store keeps unless ``OTEL_EDA_STORE_MAX_EVENTS`` says otherwise.
+DEFAULT_MAX_EVENTS: Final = 10_000
+
+
+class TraceMode(enum.StrEnum):
+    """How a consumer span relates to its producer span (``OTEL_EDA_TRACE_MODE``).
+
+    ``parent``: the consumer span is the producer span's child (one trace per flow) and
+    also links to it. ``link``: the consumer span starts a new trace and links to the
+    producer span; it is sampled when its producer was (with ``LinkAwareSampler``).
+    """
+
+    PARENT = "parent"
+    LINK = "link"
 
 
 def sdk_disabled() -> bool:

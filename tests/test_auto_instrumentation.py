@@ -3,7 +3,7 @@
 The application below never calls ``otel_eda.configure()`` unless ``CALL_CONFIGURE`` is set: under
 ``opentelemetry-instrument`` otel-eda's distro, configurator and post-instrument hook install it.
 Each case runs in a fresh interpreter (OpenTelemetry's globals can be set once) and reports what is
-installed with :func:`otel_eda.configuration.installation`.
+installed with :func:`otel_eda.installation.configuration.installation`.
 
 ``opentelemetry-distro`` is kept outside the virtualenv (``scripts/setup-venv`` puts it in
 ``.venv/opt/opentelemetry-distro``) so that one venv serves the runs without it and, through
@@ -34,7 +34,7 @@ APP = textwrap.dedent(
     import asyncio, json, logging, os, sys
     import otel_eda
     from opentelemetry import metrics, trace
-    from otel_eda.configuration import installation
+    from otel_eda.installation.configuration import installation
 
     if os.environ.get("CALL_CONFIGURE"):
         otel_eda.configure(on_alert=print if os.environ.get("ON_ALERT") else None)
@@ -51,7 +51,7 @@ APP = textwrap.dedent(
         logging.getLogger("app").warning("a log record for the logs exporter")
     state = installation()
     from otel_eda.anomaly.callbacks import CallbackSink
-    from otel_eda.configuration import anomaly_reader
+    from otel_eda.installation.configuration import anomaly_reader
     import threading
     reader = anomaly_reader(metrics.get_meter_provider())
     report = {**state.__dict__, "link_aware_sampler": state.link_aware_sampler,
@@ -360,7 +360,7 @@ def test_strict_mode_turns_an_invalid_value_into_a_start_up_failure(tmp_path: Pa
     assert len(log_lines(instrumented, "OTEL_EDA_STRICT=true: invalid OTEL_EDA_TRACE_MODE='sideways'")) == 1
     plain = run_app(tmp_path, instrument=False, CALL_CONFIGURE="1", **env)
     assert plain.returncode == 1
-    assert "otel_eda.configuration.ConfigurationError: OTEL_EDA_STRICT=true" in plain.stderr
+    assert "otel_eda.installation.configuration.ConfigurationError: OTEL_EDA_STRICT=true" in plain.stderr
 
 
 @pytest.mark.parametrize(

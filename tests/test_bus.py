@@ -283,7 +283,7 @@ async def test_a_full_queue_makes_publish_wait_then_raise_and_count_the_drop(cap
     assert {d.subscriber: d.status.value for d in summary.deliveries} == {"fast": "completed", "slow": "dropped"}
     assert capture.counter_total("eda.bus.dropped", {"messaging.consumer.group.name": "slow"}) == 1
     failed_send = [s for s in capture.spans(kind=SpanKind.PRODUCER) if s.status.status_code is StatusCode.ERROR]
-    assert len(failed_send) == 1 and failed_send[0].attributes["error.type"] == "otel_eda.bus.BusFull"
+    assert len(failed_send) == 1 and failed_send[0].attributes["error.type"] == "otel_eda.transports.bus.BusFull"
 
 
 async def test_event_without_subscriber_is_counted_and_logged_at_debug(
@@ -370,9 +370,9 @@ async def test_queue_depth_is_observed_for_every_bus_on_a_provider(capture: Tele
 async def test_event_age_is_recorded_and_clock_skew_clamped_and_counted(capture: TelemetryCapture) -> None:
     import time
 
-    from otel_eda.bus import WireMessage
     from otel_eda.identity import EventContext, with_event
-    from otel_eda.propagation import EdaPropagator
+    from otel_eda.identity.propagation import EdaPropagator
+    from otel_eda.transports.bus import WireMessage
 
     async with capture.bus() as bus:
         bus.subscribe("order_placed", lambda d: None, subscriber="payment")

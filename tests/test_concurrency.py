@@ -32,10 +32,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_eda import semconv
-from otel_eda.bus import Delivery, EventBus, RetryPolicy
+from otel_eda.flows.store import EventStore, EventSummary
 from otel_eda.identity import EventContext, FlowIds, current_event, flow_ids, with_event
-from otel_eda.store import EventStore, EventSummary
 from otel_eda.testing import TelemetryCapture
+from otel_eda.transports.bus import Delivery, EventBus, RetryPolicy
 
 FLOWS = 200
 THREADS = 4

@@ -21,7 +21,7 @@ APP = textwrap.dedent(
     import asyncio, json, sys, threading
     from opentelemetry import propagate, trace
     import otel_eda
-    from otel_eda.configuration import has_event_processor
+    from otel_eda.installation.configuration import has_event_processor
 
     import os
     if os.environ.get("PRESET_PROVIDER"):  # an SDK provider installed before otel-eda's configure()
@@ -163,7 +163,7 @@ def test_on_alert_is_registered_once_per_call(tmp_path: Path) -> None:
         from opentelemetry import metrics
         import otel_eda
         from otel_eda.anomaly.callbacks import CallbackSink
-        from otel_eda.configuration import anomaly_reader
+        from otel_eda.installation.configuration import anomaly_reader
 
         def callbacks():
             reader = anomaly_reader(metrics.get_meter_provider())
@@ -191,7 +191,7 @@ def test_an_app_installed_meter_provider_gets_the_reader_and_one_warning_about_t
         app_meters = MeterProvider()
         metrics.set_meter_provider(app_meters)
         import otel_eda
-        from otel_eda.configuration import anomaly_reader, installation
+        from otel_eda.installation.configuration import anomaly_reader, installation
         otel_eda.configure()
         print("READER", anomaly_reader(app_meters) is not None, installation().span_exporters)
         """,
@@ -208,7 +208,7 @@ def test_concurrent_calls_install_everything_once(tmp_path: Path) -> None:
         import threading
         from opentelemetry import trace
         import otel_eda
-        from otel_eda.configuration import installation
+        from otel_eda.installation.configuration import installation
 
         start = threading.Barrier(8)
 

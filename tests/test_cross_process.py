@@ -32,10 +32,11 @@ from opentelemetry.trace import format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import otel_eda
-from otel_eda import Delivery, EdaPropagator
-from otel_eda.bus import WireMessage
-from otel_eda.interprocess import QueueOutlet, pump
+from otel_eda import Delivery
+from otel_eda.identity.propagation import EdaPropagator
 from otel_eda.testing import TelemetryCapture
+from otel_eda.transports.bus import WireMessage
+from otel_eda.transports.interprocess import QueueOutlet, pump
 
 pytestmark = pytest.mark.timeout(90)
 RESULT_TIMEOUT_S = 60

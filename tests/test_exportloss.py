@@ -16,18 +16,18 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from otel_eda import exportloss
-from otel_eda.exportloss import (
+from otel_eda.sdk import exportloss
+from otel_eda.sdk.exportloss import (
     METRIC_SPANS_LOST,
     LossCountingSpanExporter,
     SpanLossTally,
     span_loss_tallies,
     track_span_losses,
 )
-from otel_eda.processor import EventSpanProcessor
+from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.testing import TelemetryCapture
 
-LOGGER = "otel_eda.exportloss"
+LOGGER = "otel_eda.sdk.exportloss"
 
 
 class Recording(SpanExporter):
@@ -333,7 +333,7 @@ def test_an_exporter_returning_none_loses_nothing_and_its_attributes_read_throug
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from otel_eda.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
+    from otel_eda.sdk.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
 
     class DuckExporter:  # returns nothing, as the SDK tolerates
         endpoint = "http://127.0.0.1:1/api"

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import pytest
 
-from otel_eda import ids
-from otel_eda.ids import new_event_id, timestamp_ms
-from otel_eda.validation import id_problem
+from otel_eda.identity import ids
+from otel_eda.identity.ids import new_event_id, timestamp_ms
+from otel_eda.identity.validation import id_problem
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
 
@@ -120,8 +120,8 @@ def test_a_generator_without_the_fork_hook_would_collide() -> None:
 def _bus_in_child() -> dict[str, object]:
     import asyncio
 
-    from otel_eda.bus import Delivery
     from otel_eda.testing import TelemetryCapture
+    from otel_eda.transports.bus import Delivery
 
     async def main() -> dict[str, object]:
         handled: list[str] = []

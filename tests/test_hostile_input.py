@@ -9,7 +9,7 @@ Issue 2, section 14. Generated inputs (hypothesis, derandomized) go to
 Every hostile string carries :data:`MARKER` plus at least one character that no id, event
 type or business key may contain, so "the raw text leaked" is a substring check. The
 properties: nothing raises; the bus keeps handling; only values accepted by
-``otel_eda.validation`` come out of ``flow_ids`` / ``incoming_event`` or land on a span or
+``otel_eda.identity.validation`` come out of ``flow_ids`` / ``incoming_event`` or land on a span or
 in the store; dropped otel-eda header values are counted in ``eda.propagation.invalid``;
 no log record of the ``otel_eda`` or ``opentelemetry`` loggers carries the marker, a CR
 or LF, or more than 300 characters.
@@ -51,9 +51,9 @@ from opentelemetry.trace import StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_eda import _selfmetrics, semconv
-from otel_eda.bus import Delivery, Rejected, RetryPolicy, WireMessage
+from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext, FlowIds, current_event, flow_ids, incoming_event
-from otel_eda.propagation import (
+from otel_eda.identity.propagation import (
     HEADER_BUSINESS_KEY,
     HEADER_CAUSATION_ID,
     HEADER_CORRELATION_ID,
@@ -63,9 +63,9 @@ from otel_eda.propagation import (
     EdaPropagator,
     install_log_filters,
 )
-from otel_eda.store import EventStore
+from otel_eda.identity.validation import id_problem, type_problem
 from otel_eda.testing import TelemetryCapture
-from otel_eda.validation import id_problem, type_problem
+from otel_eda.transports.bus import Delivery, Rejected, RetryPolicy, WireMessage
 
 MARKER = "Zq7HoStIlE"
 MAX_LOG_MESSAGE = 300
@@ -520,7 +520,7 @@ def test_eda_propagator_alone_accepts_exactly_the_valid_values(
 def test_header_values_logged_only_as_field_reason_and_length(logs: pytest.LogCaptureFixture) -> None:
     hostile = f"{MARKER}\r\nSet-Cookie: a=b"
     EdaPropagator().extract({HEADER_EVENT_ID: hostile, HEADER_EVENT_TYPE: 42}, context=Context())
-    messages = [r.getMessage() for r in logs.records if r.name == "otel_eda.propagation"]
+    messages = [r.getMessage() for r in logs.records if r.name == "otel_eda.identity.propagation"]
     assert messages == [
         f"dropped invalid eda-event-id header (bad_characters, length {len(hostile)})",
         "dropped invalid eda-event-type header (not_a_string, length -1)",
@@ -533,7 +533,7 @@ def test_invalid_counter_reaches_the_global_meter_provider() -> None:
         """
         from opentelemetry import metrics
         from opentelemetry.context import Context
-        from otel_eda.propagation import EdaPropagator
+        from otel_eda.identity.propagation import EdaPropagator
         from otel_eda.testing import TelemetryCapture
 
         capture = TelemetryCapture()
@@ -598,7 +598,11 @@ def test_valid_ids_survive_amid_hostile_baggage_and_headers(logs: pytest.LogCapt
 # -- the OTel baggage propagator's verbatim logging, and otel-eda's filter ----------------
 def _otel_eda_filters() -> list[logging.Filter]:
     logger = logging.getLogger(BAGGAGE_LOGGER)
-    return [f for f in logger.filters if isinstance(f, logging.Filter) and type(f).__module__ == "otel_eda.propagation"]
+    return [
+        f
+        for f in logger.filters
+        if isinstance(f, logging.Filter) and type(f).__module__ == "otel_eda.identity.propagation"
+    ]
 
 
 @pytest.fixture
@@ -955,7 +959,7 @@ async def test_raising_handler_is_recorded_and_the_bus_keeps_running() -> None:
 
         summary = bus.store.get(rejected.event_id)
         assert summary is not None and summary.status == "failed"
-        assert summary.deliveries[0].error_type == "otel_eda.bus.Rejected"
+        assert summary.deliveries[0].error_type == "otel_eda.transports.bus.Rejected"
         assert getattr(bus.store.get(ok.event_id), "status", None) == "completed"
 
         attempts = [
@@ -970,7 +974,7 @@ async def test_raising_handler_is_recorded_and_the_bus_keeps_running() -> None:
             assert any(e.name == "exception" for e in span.events)
         (shipping,) = capture.spans(name="process order_packed")
         assert shipping.status.status_code is StatusCode.ERROR
-        assert (shipping.attributes or {})[semconv.ERROR_TYPE] == "otel_eda.bus.Rejected"
+        assert (shipping.attributes or {})[semconv.ERROR_TYPE] == "otel_eda.transports.bus.Rejected"
         assert capture.counter_total("eda.bus.dead_letters", {semconv.ERROR_TYPE: qualified}) == 1
 
 

@@ -18,7 +18,7 @@ from otel_eda.identity import (
     flow_ids,
     with_event,
 )
-from otel_eda.ids import new_event_id, timestamp_ms
+from otel_eda.identity.ids import new_event_id, timestamp_ms
 
 
 def test_ids_are_uuid7_unique_and_sorted_in_creation_order() -> None:

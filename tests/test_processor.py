@@ -14,8 +14,8 @@ from opentelemetry import context, trace
 from opentelemetry.instrumentation.urllib import URLLibInstrumentor
 from opentelemetry.trace import Link, SpanKind
 
-from otel_eda import processor as processor_module
 from otel_eda.identity import EventContext, with_event
+from otel_eda.sdk import processor as processor_module
 from otel_eda.testing import TelemetryCapture
 
 
@@ -140,7 +140,7 @@ def test_listed_baggage_keys_are_copied_onto_every_span_and_nothing_else() -> No
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from otel_eda.processor import EventSpanProcessor
+    from otel_eda.sdk.processor import EventSpanProcessor
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

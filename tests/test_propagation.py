@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from otel_eda.identity import EventContext, current_event, flow_ids, incoming_event, with_event
-from otel_eda.propagation import (
+from otel_eda.identity.propagation import (
     HEADER_BUSINESS_KEY,
     HEADER_CAUSATION_ID,
     HEADER_CORRELATION_ID,
@@ -166,7 +166,7 @@ def test_entry_point_eda_is_loaded_by_otel_propagators() -> None:
 def test_importing_the_propagator_loads_neither_sdk_nor_instrumentation() -> None:
     code = (
         "import sys, json\n"
-        "import otel_eda.propagation, otel_eda\n"
+        "import otel_eda.identity.propagation, otel_eda\n"
         "from opentelemetry import propagate\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('opentelemetry'))))\n"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from otel_eda.records import LifecycleRecord, Stage
-from otel_eda.store import EventStore
+from otel_eda.flows.records import LifecycleRecord, Stage
+from otel_eda.flows.store import EventStore
 from otel_eda.testing import record_flow
 
 

@@ -93,7 +93,7 @@ APP = textwrap.dedent(
     from opentelemetry.sdk.trace import SpanProcessor
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from otel_eda import EventBus
-    from otel_eda.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
+    from otel_eda.sdk.exportloss import LossCountingSpanExporter, span_loss_tallies, track_span_losses
 
     RATE = int(sys.argv[1])
 
@@ -377,7 +377,7 @@ def test_every_span_is_in_zipkin_or_counted_lost_through_an_outage(zipkin: Zipki
     assert found_at_end > 0 and after_restart
 
     # the loss WARNING is throttled: one per reason per 30 s, plus one summary per reason at shutdown
-    reports = [line for line in stderr.splitlines() if "otel_eda.exportloss: otel-eda:" in line]
+    reports = [line for line in stderr.splitlines() if "otel_eda.sdk.exportloss: otel-eda:" in line]
     print("app's stderr:", *stderr.splitlines()[:40], sep="\n  ")
     assert 2 <= len(reports) <= 3 * (2 + int((time.monotonic() - started) // 30)), reports
 

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -52,9 +51,10 @@ from typing import Any
 
 from opentelemetry import context, metrics
 
-from otel_eda import __version__
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
+from otel_eda.process_hooks import ForkHook, register_fork_hook
+from otel_eda.version import VERSION as __version__
 
 __all__ = ["METRIC_ALERTS_DROPPED", "AlertmanagerSink", "postable_alert"]
 
@@ -178,8 +178,7 @@ def _reset_sinks_after_fork() -> None:
         sink._after_fork()
 
 
-if hasattr(os, "register_at_fork"):  # pragma: no branch
-    os.register_at_fork(after_in_child=_reset_sinks_after_fork)
+register_fork_hook(ForkHook("alertmanager sinks", after_in_child=_reset_sinks_after_fork))
 
 
 class AlertmanagerSink:

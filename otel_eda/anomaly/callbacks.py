@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from opentelemetry import metrics
 
-from otel_eda import __version__
 from otel_eda.anomaly.alerts import Alert
+from otel_eda.version import VERSION as __version__
 
 __all__ = ["METRIC_ALERT_SEND_FAILURES", "CallbackSink", "count_send_failure", "send_failure_counter"]
 

@@ -18,9 +18,9 @@ from opentelemetry import _logs, metrics
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
-from otel_eda import __version__
 from otel_eda.anomaly.alerts import Alert, AlertState, Severity
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
+from otel_eda.version import VERSION as __version__
 
 __all__ = ["ALERT_EVENT_NAME", "ALERT_LOGGER_NAME", "ATTR_ALERT_STATE", "LogRecordSink"]
 

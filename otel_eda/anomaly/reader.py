@@ -16,9 +16,7 @@ provider does not shut down readers added that way).
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -42,6 +40,7 @@ from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
 from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
+from otel_eda.process_hooks import ExitHook, ForkHook, register_exit_hook, register_fork_hook
 from otel_eda.settings import Settings
 
 __all__ = ["AnomalyMetricReader", "attach"]
@@ -226,8 +225,8 @@ def _shutdown_attached() -> None:
         reader.shutdown()
 
 
-os.register_at_fork(after_in_child=_restart_threads_in_child)
-atexit.register(_shutdown_attached)
+register_fork_hook(ForkHook("anomaly readers", after_in_child=_restart_threads_in_child))
+register_exit_hook(ExitHook("anomaly readers", _shutdown_attached))
 
 
 def attach(provider: MeterProvider, reader: AnomalyMetricReader | None = None) -> AnomalyMetricReader:

@@ -16,8 +16,8 @@ import queue
 from typing import Any, Protocol
 
 from otel_eda._selfmetrics import internal_error
-from otel_eda.bus import BusFull, EventBus, WireMessage
-from otel_eda.records import LifecycleRecord
+from otel_eda.flows.records import LifecycleRecord
+from otel_eda.transports.bus import BusFull, EventBus, WireMessage
 
 __all__ = ["QueueOutlet", "RecordForwarder", "pump"]
 

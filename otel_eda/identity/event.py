@@ -29,9 +29,10 @@ from typing import Final, NamedTuple
 from opentelemetry import baggage
 from opentelemetry.context import Context, create_key, get_value, set_value
 
+from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid
-from otel_eda.ids import new_event_id
-from otel_eda.validation import id_problem, type_problem
+from otel_eda.identity.ids import new_event_id
+from otel_eda.identity.validation import id_problem, type_problem
 
 __all__ = [
     "BAGGAGE_CAUSATION_ID",
@@ -44,9 +45,9 @@ __all__ = [
 ]
 
 #: W3C baggage key carrying the correlation id across processes.
-BAGGAGE_CORRELATION_ID: Final = "eda.correlation_id"
+BAGGAGE_CORRELATION_ID: Final = semconv.EDA_CORRELATION_ID
 #: W3C baggage key carrying the causation id across processes.
-BAGGAGE_CAUSATION_ID: Final = "eda.causation_id"
+BAGGAGE_CAUSATION_ID: Final = semconv.EDA_CAUSATION_ID
 
 MAX_METADATA_ENTRIES: Final = 16
 MAX_METADATA_LENGTH: Final = 256

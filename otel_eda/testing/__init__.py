@@ -34,16 +34,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind
 
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.engine import AnomalyEngine
 from otel_eda.anomaly.reader import AnomalyMetricReader
 from otel_eda.anomaly.rules import Rule, default_rules
-from otel_eda.bus import EventBus
+from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
+from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
-from otel_eda.processor import EventSpanProcessor
-from otel_eda.records import LifecycleRecord, Recorder, Stage
-from otel_eda.sampling import LinkAwareSampler
-from otel_eda.store import EventStore
+from otel_eda.sdk.processor import EventSpanProcessor
+from otel_eda.sdk.sampling import LinkAwareSampler
+from otel_eda.transports.bus import EventBus
 
 __all__ = ["TelemetryCapture", "assert_causation_chain", "assert_linked_to_producer", "record_flow"]
 
@@ -155,8 +156,8 @@ def assert_linked_to_producer(consumer: ReadableSpan, producer: ReadableSpan) ->
     """Assert that a consumer span links to its producer span with the event's ids."""
     for link in consumer.links:
         if link.context.span_id == producer.context.span_id and link.context.trace_id == producer.context.trace_id:
-            link_id = (link.attributes or {}).get("messaging.message.id")
-            if link_id != (producer.attributes or {}).get("messaging.message.id"):
+            link_id = (link.attributes or {}).get(semconv.MESSAGING_MESSAGE_ID)
+            if link_id != (producer.attributes or {}).get(semconv.MESSAGING_MESSAGE_ID):
                 raise AssertionError("the link does not carry the producer's messaging.message.id")
             return
     raise AssertionError(f"{consumer.name} has no link to {producer.name}")

@@ -56,7 +56,6 @@ import collections
 import inspect
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -68,7 +67,10 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 
+from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
+from otel_eda.process_hooks import ForkHook, register_fork_hook
+from otel_eda.version import VERSION
 
 __all__ = [
     "LOG_INTERVAL_S",
@@ -87,13 +89,10 @@ _log = logging.getLogger(__name__)
 # child's first span would hang. The SDK does the same for its own export lock.
 _fork_safe: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()  # by id: a deque is unhashable
 
-#: Observable counter of spans an export pipeline lost (otel-eda's own name: the SDK's
-#: ``otel.sdk.processor.span.processed`` only exists when its internal metrics are on,
-#: and does not count failed exports).
-METRIC_SPANS_LOST: Final = "eda.export.spans.lost"
-ATTR_REASON: Final = "eda.reason"
-ATTR_EXPORTER: Final = "eda.exporter"
-ATTR_COMPONENT_TYPE: Final = "otel.component.type"  # semconv, values copied below
+METRIC_SPANS_LOST: Final = semconv.METRIC_SPANS_LOST
+ATTR_REASON: Final = semconv.EDA_REASON
+ATTR_EXPORTER: Final = semconv.EDA_EXPORTER
+ATTR_COMPONENT_TYPE: Final = semconv.OTEL_COMPONENT_TYPE  # semconv, values copied below
 
 QUEUE_FULL: Final = "queue_full"
 EXPORT_FAILED: Final = "export_failed"
@@ -389,7 +388,7 @@ class LossCountingSpanExporter(SpanExporter):
 class _LostSpansInstrument:
     def __init__(self, meter_provider: Any) -> None:
         self.tallies: weakref.WeakSet[SpanLossTally] = weakref.WeakSet()
-        meter_provider.get_meter("otel_eda").create_observable_counter(
+        meter_provider.get_meter(semconv.SCOPE, VERSION).create_observable_counter(
             METRIC_SPANS_LOST,
             callbacks=[self._observe],
             unit="{span}",
@@ -413,8 +412,7 @@ def _reinit_locks_in_child() -> None:
         obj._reinit_locks()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_locks_in_child)
+register_fork_hook(ForkHook("export-loss accounting", after_in_child=_reinit_locks_in_child))
 
 
 def _register(tally: SpanLossTally, meter_provider: Any) -> None:

@@ -49,12 +49,13 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.flows.records import Recorder, Stage
+from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext, current_event
-from otel_eda.records import Recorder, Stage
-from otel_eda.settings import Settings, sdk_disabled
-from otel_eda.store import EventStore
-from otel_eda.telemetry import Attempt, EventTelemetry, TraceMode, error_type
-from otel_eda.validation import type_problem
+from otel_eda.identity.validation import type_problem
+from otel_eda.messaging.telemetry import Attempt, EventTelemetry, error_type
+from otel_eda.settings import Settings, TraceMode, sdk_disabled
+from otel_eda.version import VERSION
 
 __all__ = [
     "BusFull",
@@ -522,12 +523,12 @@ def _track_queue_depth(bus: EventBus, meter_provider: metrics.MeterProvider | No
         buses = _global_buses
         if buses is None:
             buses = _global_buses = weakref.WeakSet()
-            _register_depth(metrics.get_meter("otel_eda"), buses)
+            _register_depth(metrics.get_meter(semconv.SCOPE, VERSION), buses)
     else:
         buses = _depth_sources.get(meter_provider)
         if buses is None:
             buses = _depth_sources[meter_provider] = weakref.WeakSet()
-            _register_depth(metrics.get_meter("otel_eda", meter_provider=meter_provider), buses)
+            _register_depth(metrics.get_meter(semconv.SCOPE, VERSION, meter_provider=meter_provider), buses)
     buses.add(bus)
 
 

@@ -1,6 +1,6 @@
 """``EventStore``: in-process answers to "what happened to this flow?".
 
-It aggregates :class:`~otel_eda.records.LifecycleRecord` values (it is a ``Recorder``)
+It aggregates :class:`~otel_eda.flows.records.LifecycleRecord` values (it is a ``Recorder``)
 into one entry per event, and answers, for a correlation id, the flow's events in time
 order with their status and durations; for an event id, its causation chain root → leaf
 and its descendants; for a business key, the flows it appears in. Memory is bounded:
@@ -25,12 +25,12 @@ import threading
 from collections import OrderedDict
 from typing import Final
 
-from otel_eda.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.settings import DEFAULT_MAX_EVENTS
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
 
 MAX_DELIVERIES: Final = 64
-DEFAULT_MAX_EVENTS: Final = 10_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

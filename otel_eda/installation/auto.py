@@ -30,7 +30,7 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
-from otel_eda.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
+from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
 

@@ -53,8 +53,8 @@ from opentelemetry.propagators.textmap import (
 )
 
 from otel_eda._selfmetrics import count_invalid, internal_error
-from otel_eda.identity import IncomingHeaders, current_event, flow_ids, set_incoming
-from otel_eda.validation import created_ns_problem, id_problem, type_problem
+from otel_eda.identity.event import IncomingHeaders, current_event, flow_ids, set_incoming
+from otel_eda.identity.validation import created_ns_problem, id_problem, type_problem
 
 __all__ = [
     "HEADER_BUSINESS_KEY",

@@ -11,7 +11,6 @@ Metrics and records are written on every event whether or not its trace is sampl
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -26,28 +25,17 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.identity import EventContext, incoming_event, with_event
-from otel_eda.propagation import EdaPropagator, contains_propagator
-from otel_eda.records import LifecycleRecord, Recorder, Stage
-from otel_eda.validation import valid_type
+from otel_eda.identity.propagation import EdaPropagator, contains_propagator
+from otel_eda.identity.validation import valid_type
+from otel_eda.settings import TraceMode
+from otel_eda.version import VERSION
 
 __all__ = ["Attempt", "EventTelemetry", "Received", "TraceMode", "error_type"]
 
 _log = logging.getLogger(__name__)
-_VERSION: Final = "0.1.0"
 _MAX_CACHED_ATTRIBUTE_SETS: Final = 4096
-
-
-class TraceMode(enum.StrEnum):
-    """How a consumer span relates to its producer span.
-
-    ``parent``: the consumer span is the producer span's child (one trace per flow) and
-    also links to it. ``link``: the consumer span starts a new trace and links to the
-    producer span; it is sampled when its producer was (with :class:`LinkAwareSampler`).
-    """
-
-    PARENT = "parent"
-    LINK = "link"
 
 
 def error_type(exc: BaseException) -> str:
@@ -85,8 +73,8 @@ class EventTelemetry:
         self.system = system
         self.mode = TraceMode(mode)
         self.recorders = tuple(recorders)
-        self._tracer = trace.get_tracer("otel_eda", _VERSION, tracer_provider)
-        meter = metrics.get_meter("otel_eda", _VERSION, meter_provider)
+        self._tracer = trace.get_tracer(semconv.SCOPE, VERSION, tracer_provider)
+        meter = metrics.get_meter(semconv.SCOPE, VERSION, meter_provider)
         self._sent = meter.create_counter(
             semconv.METRIC_SENT_MESSAGES, unit="{message}", description="Messages published"
         )

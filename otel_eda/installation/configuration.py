@@ -5,7 +5,7 @@ SDK's configuration code from the standard ``OTEL_*`` variables (or, with
 ``OTEL_CONFIG_FILE``, from that declarative file); otel-eda adds its span processor,
 wraps the sampler in :class:`LinkAwareSampler`, appends its anomaly reader (the
 ``eda_anomaly`` metric exporter entry point), adds its propagator to the global one, and
-counts every span an export pipeline loses (:mod:`otel_eda.exportloss`). It defaults
+counts every span an export pipeline loses (:mod:`otel_eda.sdk.exportloss`). It defaults
 ``OTEL_TRACES_EXPORTER`` to ``console`` when that variable is unset, and
 ``OTEL_EXPORTER_OTLP_PROTOCOL`` to ``http/protobuf`` (otel-eda[otlp] installs that
 exporter; ``otlp`` alone would mean gRPC).
@@ -55,10 +55,10 @@ from otel_eda._selfmetrics import count_config_error, internal_error
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
-from otel_eda.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
-from otel_eda.processor import EventSpanProcessor
-from otel_eda.propagation import EdaPropagator, contains_propagator, install_log_filters
-from otel_eda.sampling import LinkAwareSampler
+from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
+from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
+from otel_eda.sdk.processor import EventSpanProcessor
+from otel_eda.sdk.sampling import LinkAwareSampler
 from otel_eda.settings import Settings, sdk_disabled
 
 __all__ = [

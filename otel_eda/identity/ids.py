@@ -21,6 +21,8 @@ import random
 import threading
 import time
 
+from otel_eda.process_hooks import ForkHook, register_fork_hook
+
 __all__ = ["new_event_id", "timestamp_ms"]
 
 _COUNTER_BITS = 42
@@ -69,7 +71,7 @@ class _Generator:
 
 
 _generator = _Generator()
-os.register_at_fork(after_in_child=_generator.reseed_after_fork)
+register_fork_hook(ForkHook("event ids", after_in_child=_generator.reseed_after_fork))
 
 
 def new_event_id() -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from otel_eda.bus import EventBus, Handler, RetryPolicy
+from otel_eda.transports.bus import EventBus, Handler, RetryPolicy
 
 __all__ = ["Service"]
 
