@@ -74,7 +74,7 @@ _handlings: dict[int, _Handling] = {}
 class _Handling:
     """One record handed to the application: its process span, current until it ends."""
 
-    __slots__ = ("attempt", "context", "record", "state", "task", "timer", "token")
+    __slots__ = ("attempt", "context", "record", "started", "state", "task", "token")
 
     def __init__(self, state: _ConsumerState, record: Any, attempt: Attempt) -> None:
         self.state = state
@@ -83,9 +83,11 @@ class _Handling:
         self.context = attempt.context
         self.token: object | None = otel_context.attach(attempt.context)
         self.task = asyncio.current_task()
-        self.timer = asyncio.get_running_loop().call_later(PROCESS_SPAN_MAX_S, self.expire)
+        self.started = time.monotonic()
         _handlings[id(record)] = self
         state.current = self
+        if state.watchdog is None:
+            state.watch(PROCESS_SPAN_MAX_S)
 
     def end(self, exc: BaseException | None = None) -> None:
         """End the span (completed, or failed with ``exc``) and restore the caller's context."""
@@ -112,16 +114,17 @@ class _Handling:
             self.state.current = None
         if _handlings.get(id(self.record)) is self:
             del _handlings[id(self.record)]
-        self.timer.cancel()
 
 
 class _ConsumerState:
-    __slots__ = ("current", "group", "lag_tracked")
+    __slots__ = ("__weakref__", "current", "group", "lag_tracked", "watchdog")
 
     def __init__(self, group: str | None) -> None:
         self.group = group
         self.current: _Handling | None = None
         self.lag_tracked = False
+        #: one timer per consumer (not one per record) that ends a handling older than the maximum
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def end_current(self) -> None:
         current = self.current
@@ -130,6 +133,32 @@ class _ConsumerState:
                 current.end()
             except Exception:
                 internal_error("aiokafka", "ending a record's process span")
+
+    def watch(self, delay_s: float) -> None:
+        self.watchdog = asyncio.get_running_loop().call_later(delay_s, _watch, weakref.ref(self))
+
+    def stop_watching(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+
+def _watch(ref: weakref.ref[_ConsumerState]) -> None:
+    state = ref()
+    if state is None:
+        return
+    state.watchdog = None
+    current = state.current
+    if current is None:
+        return  # re-armed by the next hand-over
+    age = time.monotonic() - current.started
+    try:
+        if age >= PROCESS_SPAN_MAX_S:
+            current.expire()
+        else:
+            state.watch(PROCESS_SPAN_MAX_S - age)
+    except Exception:
+        internal_error("aiokafka", "ending an overdue process span")
 
 
 @contextmanager
@@ -444,6 +473,7 @@ def _stop_wrapper(
         state = states.pop(self, None)
         if state is not None:
             state.end_current()
+            state.stop_watching()
             telemetry.lag.untrack(self)
         return await original(self)
 
