@@ -155,3 +155,86 @@ def test_an_application_without_aiokafka_loads_nothing(tmp_path: Path) -> None:
 
 def test_instrumentation_dependencies_name_the_client() -> None:
     assert [d.split()[0] for d in AIOKafkaInstrumentor().instrumentation_dependencies()] == ["aiokafka"]
+
+
+SERVICE = textwrap.dedent(
+    """
+    import asyncio, os
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from opentelemetry import trace
+
+    async def main():
+        servers = os.environ["BOOTSTRAP"]
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        source, target = os.environ.get("SOURCE"), os.environ.get("TARGET")
+        if source is None:  # the first service: a new order
+            await producer.send_and_wait(target, b"order")
+        else:
+            consumer = AIOKafkaConsumer(
+                source, bootstrap_servers=servers, group_id=source, auto_offset_reset="earliest"
+            )
+            await consumer.start()
+            async for record in consumer:  # the handler: no otel-eda code
+                if target:
+                    await producer.send_and_wait(target, record.value + b" handled")
+                break
+            await consumer.stop()
+        await producer.stop()
+
+    asyncio.run(main())
+    trace.get_tracer_provider().force_flush()
+    """
+)
+
+
+def test_one_correlation_id_across_three_services(tmp_path: Path, kafka: KafkaBroker) -> None:
+    """order -> payment -> shipping, three processes under opentelemetry-instrument, no otel-eda code."""
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE)
+    placed, charged = unique_name("placed"), unique_name("charged")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"}
+    spans: dict[str, list[dict[str, Any]]] = {}
+    for service, source, target in (("order", None, placed), ("payment", placed, charged), ("shipping", charged, None)):
+        out = tmp_path / f"{service}.json"
+        env = {
+            **clean,
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_PROPAGATORS": "tracecontext,baggage,eda",
+            "BOOTSTRAP": kafka.bootstrap_servers,
+            **({"SOURCE": source} if source else {}),
+            **({"TARGET": target} if target else {}),
+        }
+        with out.open("w") as stdout:
+            result = subprocess.run(
+                [str(INSTRUMENT), sys.executable, str(script)],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                env=env,
+                check=False,
+            )
+        assert result.returncode == 0, result.stderr
+        spans[service] = read_json_stream(out)
+
+    def one(service: str, name: str) -> dict[str, Any]:
+        (span,) = [s for s in spans[service] if s["name"] == name]
+        return span
+
+    order_send = one("order", f"send {placed}")
+    payment_process, payment_send = one("payment", f"process {placed}"), one("payment", f"send {charged}")
+    shipping_process = one("shipping", f"process {charged}")
+    flow = [order_send, payment_process, payment_send, shipping_process]
+    correlation = order_send["attributes"][semconv.EDA_CORRELATION_ID]
+    assert [s["attributes"][semconv.EDA_CORRELATION_ID] for s in flow] == [correlation] * 4
+    assert correlation == order_send["attributes"][semconv.MESSAGING_MESSAGE_ID]  # the root event's own id
+    assert (
+        payment_send["attributes"][semconv.EDA_CAUSATION_ID]
+        == payment_process["attributes"][semconv.MESSAGING_MESSAGE_ID]
+    )
+    assert payment_process["links"][0]["context"]["span_id"] == order_send["context"]["span_id"]
+    assert shipping_process["links"][0]["context"]["span_id"] == payment_send["context"]["span_id"]
