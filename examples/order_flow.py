@@ -28,6 +28,10 @@ do not bury the report. For example, to send spans to a local Zipkin instead::
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
+``--transport kafka`` sends the events over a real Kafka instead of the queues: the launcher
+starts one with ``scripts/kafka`` (``kafka_transport.py``), creates a topic per event type,
+and stops it at the end; each service consumes in a group named after it.
+
 Options: ``--orders N`` (story orders, default 6), ``--traffic SECONDS`` (background orders
 after them, default 30; 0 for none), ``--mode parent|link`` (``OTEL_EDA_TRACE_MODE`` of the
 services), ``--json FILE`` (a machine-readable summary), ``--output-dir DIR``,
@@ -58,6 +62,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
 
+import kafka_transport
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -158,6 +163,9 @@ class ServiceSpec:
     orders: tuple[dict[str, Any], ...] = ()
     traffic: tuple[dict[str, Any], ...] = ()
     crash: bool = False
+    #: ``--transport kafka``: the broker's bootstrap address (events cross over Kafka topics,
+    #: the inbox only carries the launcher's stop signal)
+    kafka_bootstrap: str | None = None
 
 
 def service_main(spec: ServiceSpec) -> None:
@@ -197,6 +205,9 @@ async def serve(spec: ServiceSpec) -> None:
     start = spec.start_time.value  # t = 0 of the incidents' schedule, the same in every service
     bus = EventBus(service=spec.name, retry=RETRY, recorders=[RecordForwarder(spec.records)])
     SERVICES[spec.name](Service(spec.name, bus), Incidents(start))
+    if spec.kafka_bootstrap is not None:
+        await serve_over_kafka(spec, bus, start)
+        return
     for event_type, subscriber, inbox in spec.outlets:
         bus.add_outlet(event_type, QueueOutlet(inbox, subscriber))
     async with bus:  # on exit: handle what is queued, then stop
@@ -214,6 +225,43 @@ async def serve(spec: ServiceSpec) -> None:
         placing.cancel()  # (it is still placing orders only if the launcher gave up early)
         with contextlib.suppress(asyncio.CancelledError):
             await placing
+
+
+async def serve_over_kafka(spec: ServiceSpec, bus: EventBus, start: float) -> None:
+    """``--transport kafka``: the bus's events cross over Kafka topics (``kafka_transport.py``)."""
+    assert spec.kafka_bootstrap is not None
+    producer = kafka_transport.producer_for(spec.kafka_bootstrap)
+    await producer.start()
+    for event_type in PUBLISHES[spec.name]:
+        bus.add_outlet(event_type, kafka_transport.KafkaOutlet(producer, event_type))
+    consumer = None
+    if SUBSCRIPTIONS[spec.name]:
+        consumer = kafka_transport.consumer_for(spec.kafka_bootstrap, spec.name, SUBSCRIPTIONS[spec.name])
+        await consumer.start()
+    try:
+        async with bus:  # on exit: handle what is queued, then stop
+            if spec.crash:
+                await place_orders(bus, list(spec.orders))
+                if consumer is not None:
+                    await consumer.getone()  # the first inbound event...
+                os._exit(CRASH_EXIT_CODE)  # ...and this service dies without a word
+            consuming = asyncio.create_task(kafka_transport.consume(consumer, bus)) if consumer else None
+
+            async def place() -> None:  # the order service's work; nothing for the others
+                await place_orders(bus, list(spec.orders))
+                await place_traffic(bus, list(spec.traffic), TRAFFIC_RATE, start)
+
+            placing = asyncio.create_task(place())
+            await pump(spec.inbox, bus)  # only the launcher's None arrives here, once every flow settled
+            for task in (placing, consuming):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        await producer.stop()
 
 
 # -- the launcher ----------------------------------------------------------------------------
@@ -393,7 +441,15 @@ def alert_line(change: str, note: AlertNote, episode: AlertEpisode, start: float
 
 
 class Launcher:
-    def __init__(self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None) -> None:
+    def __init__(
+        self,
+        orders: int,
+        traffic_s: float,
+        mode: str | None,
+        output_dir: Path,
+        crash: str | None,
+        kafka_bootstrap: str | None = None,
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per service, never a fork
         self.orders = make_orders(orders)
         self.traffic_s = traffic_s
@@ -429,6 +485,7 @@ class Launcher:
                 (event_type, subscriber, self.inboxes[subscriber])
                 for event_type in PUBLISHES[name]
                 for subscriber in sorted(self.subscribers.get(event_type, ()))
+                if kafka_bootstrap is None  # over Kafka, the topics carry the events
             )
             telemetry_file = self.telemetry_files.get(name)
             spec = ServiceSpec(
@@ -444,6 +501,7 @@ class Launcher:
                 tuple(self.orders) if name == "order" else (),
                 tuple(self.traffic) if name == "order" else (),
                 crash=name == crash,
+                kafka_bootstrap=kafka_bootstrap,
             )
             self.processes[name] = ctx.Process(target=service_main, args=(spec,), name=f"order-flow-{name}")
 
@@ -746,10 +804,25 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=30.0, help="seconds to start, and to settle after the traffic (default 30)"
     )
     parser.add_argument("--crash", choices=tuple(SERVICES), help="make this service die on its first event")
+    parser.add_argument(
+        "--transport",
+        choices=("queues", "kafka"),
+        default="queues",
+        help="how events cross between the services: multiprocessing queues (default), or a real Kafka "
+        "that the demo starts with scripts/kafka and stops at the end",
+    )
     args = parser.parse_args(argv)
+    if args.transport == "kafka":
+        with kafka_transport.kafka_broker() as bootstrap:
+            kafka_transport.create_topics(bootstrap, (t for types in PUBLISHES.values() for t in types))
+            return run(args, bootstrap)
+    return run(args, None)
 
-    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash)
-    print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each)")
+
+def run(args: argparse.Namespace, kafka_bootstrap: str | None) -> int:
+    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash, kafka_bootstrap)
+    over = f"over Kafka at {kafka_bootstrap}" if kafka_bootstrap else "over multiprocessing queues"
+    print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each, {over})")
     for key, what in SCENARIOS.items():
         if key in {order["order_id"] for order in launcher.orders}:
             print(f"  {key}: {what}")
