@@ -20,6 +20,8 @@ too, the injected value is the last one and wins).
 >>> view = HeaderView([("a", b"1"), ("traceparent", b"x"), ("a", b"2"), ("bad", b"\\xff")])
 >>> view.get("a"), view.get("bad"), view.get("missing"), sorted(view)
 ('2', None, None, ['a', 'bad', 'traceparent'])
+>>> HeaderView([("a",), ("b", b"1", b"2")]).get("a") is None  # not pairs: nothing read, counted
+True
 >>> ce = HeaderView([("ce_id", b"A-1"), ("ce_type", b"order.created"), ("ce_time", b"2026-01-02T03:04:05Z")])
 >>> ce.get("eda-event-id"), ce.get("eda-event-type"), ce.get("eda-event-created")
 ('A-1', 'order.created', '1767323045000000000')
@@ -46,17 +48,22 @@ MAX_VALUE_BYTES: Final = 8192
 class HeaderView(Mapping[str, str]):
     """A record's headers as a ``str -> str`` mapping (last value of a key wins)."""
 
-    __slots__ = ("_headers",)
+    __slots__ = ("_headers", "_last")
 
     def __init__(self, headers: Sequence[tuple[Any, Any]] | None) -> None:
         self._headers = headers or ()
+        self._last: dict[Any, Any] | None = None  # key -> its last raw value, built on first lookup
 
     def __getitem__(self, key: str) -> str:
-        headers = self._headers
-        for i in range(len(headers) - 1, -1, -1):
-            item = headers[i]
-            if item[0] == key:
-                return _decoded(item[1])
+        last = self._last
+        if last is None:
+            try:
+                last = self._last = dict(self._headers)  # later pairs overwrite earlier ones: the last wins
+            except (TypeError, ValueError):  # not a sequence of pairs: nothing to read
+                count_invalid("kafka_header", "not_pairs")
+                last = self._last = {}
+        if key in last:
+            return _decoded(last[key])
         fallback = _CLOUDEVENTS.get(key)
         if fallback is not None:
             value = self[fallback]
@@ -72,7 +79,7 @@ class HeaderView(Mapping[str, str]):
     def __iter__(self) -> Iterator[str]:
         seen: dict[str, None] = {}
         for item in self._headers:
-            if isinstance(item[0], str):
+            if isinstance(item, tuple) and item and isinstance(item[0], str):
                 seen.setdefault(item[0])
         return iter(seen)
 
@@ -80,7 +87,7 @@ class HeaderView(Mapping[str, str]):
         return sum(1 for _ in self)
 
     def __contains__(self, key: object) -> bool:
-        return any(item[0] == key for item in self._headers)
+        return any(isinstance(item, tuple) and item and item[0] == key for item in self._headers)
 
 
 #: otel-eda headers and the CloudEvents (Kafka binding, binary mode) headers read in their place.
