@@ -11,6 +11,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from brokers import KafkaBroker, client_config, unique_name
 
 from otel_eda import semconv
+from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.rules import default_rules
+from otel_eda.anomaly.series import SeriesPoint
 from otel_eda.testing import TelemetryCapture
 from otel_eda.transports.aiokafka.lag import ConsumerLag
 
@@ -93,3 +96,30 @@ async def test_lag_of_a_dropped_consumer_disappears(kafka: KafkaBroker, capture:
     lag.close()
     await consumer.stop()
     assert lag.lags() == {}
+
+
+def lag_alerts(values: list[float]) -> list[str]:
+    """The alerts the default rule set raises on one partition's lag, one point per evaluation."""
+    engine = AnomalyEngine(default_rules())
+    attrs = (
+        (semconv.MESSAGING_CONSUMER_GROUP_NAME, "billing"),
+        (semconv.MESSAGING_DESTINATION_NAME, "orders"),
+        (semconv.MESSAGING_DESTINATION_PARTITION_ID, "0"),
+        (semconv.MESSAGING_SYSTEM, "kafka"),
+    )
+    fired = []
+    for i, value in enumerate(values):
+        t = 1_800_000_000.0 + 5.0 * i
+        for alert in engine.evaluate([SeriesPoint(semconv.METRIC_CONSUMER_LAG, "value", attrs, t, value)], now=t):
+            fired.append(f"{alert.name} {alert.state.value}")
+    return fired
+
+
+def test_the_default_rules_alert_on_a_growing_lag_only() -> None:
+    noise = [((i * 7919) % 13) - 6.0 for i in range(60)]  # deterministic, zero-mean-ish jitter
+    growing = [max(0.0, 20.0 + 4.0 * i + n) for i, n in enumerate(noise)]
+    falling = [max(0.0, 300.0 - 4.0 * i + n) for i, n in enumerate(noise)]
+    steady = [40.0 + n for n in noise]
+    assert lag_alerts(growing)[:1] == ["ConsumerLagGrowing firing"]
+    assert lag_alerts(falling) == []  # catching up is no alert
+    assert lag_alerts(steady) == []

@@ -281,6 +281,20 @@ def default_rules() -> list[Rule]:
             summary="events wait {value:.3g} s (p95) before {series} handles them",
         ),
         Rule(
+            name="consumer-lag",
+            alert="ConsumerLagGrowing",
+            metric="eda.consumer.lag",
+            signal="value",
+            detector={"kind": "trend", "window": 20, "warmup": 12, "direction": "up"},
+            labels=(
+                "messaging.destination.name",
+                "messaging.destination.partition.id",
+                "messaging.consumer.group.name",
+            ),
+            for_evaluations=3,
+            summary="the consumer lag of {series} keeps growing: {value:.0f} records behind",
+        ),
+        Rule(
             name="host-cpu",
             alert="HostCpuHigh",
             metric="system.cpu.utilization",
