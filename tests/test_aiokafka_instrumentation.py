@@ -221,11 +221,13 @@ async def test_a_record_handled_again_is_marked_duplicate(
     try:
         first = await consumer.getone()
         consumer.seek(TopicPartition(first.topic, first.partition), first.offset)  # a replay
+        ended_by_seek = len(t.spans(name=f"process {t.topic}"))
         second = await consumer.getone()
         await consumer.commit()
     finally:
         await consumer.stop()
     assert second.offset == first.offset
+    assert ended_by_seek == 1  # the seek ended the first handling
     one, two = t.spans(name=f"process {t.topic}")
     assert t.attr(one, semconv.MESSAGING_MESSAGE_ID) == t.attr(two, semconv.MESSAGING_MESSAGE_ID)
     assert t.attr(one, semconv.EDA_DELIVERY_DUPLICATE) is None
