@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -181,6 +182,11 @@ async def test_getmany_poll_span_links_every_record_and_the_loop_moves_the_conte
         await consumer.stop()
     assert outside is None  # the loop ended: the last record's handling ended with it
     assert empty == {}
+    copied = pickle.loads(pickle.dumps(batch))  # the lists stay plain lists to the application
+    assert {tp: [r.offset for r in rs] for tp, rs in copied.items()} == {
+        tp: [r.offset for r in list.__iter__(rs)] for tp, rs in batch.items()
+    }
+    assert all(type(rs) is list for rs in copied.values())
     (poll,) = t.spans(name=f"poll {t.topic}")
     assert poll.kind is SpanKind.CLIENT
     assert t.attr(poll, semconv.MESSAGING_OPERATION_TYPE) == "receive"

@@ -193,6 +193,9 @@ class _BatchRecords(list):  # type: ignore[type-arg]
         super().__init__(records)
         self._hand_over = hand_over
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain list of the records
+        return (list, (list(list.__iter__(self)),))
+
     def __iter__(self) -> Iterator[Any]:
         handling: _Handling | None = None
         try:
