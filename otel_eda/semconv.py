@@ -132,9 +132,6 @@ MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
 #: observable gauge in ``{message}``). No convention exists yet (semconv #792 proposes
 #: ``messaging.consumer.lag``).
 METRIC_CONSUMER_LAG: Final = "eda.consumer.lag"
-MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
-OPERATION_TYPE_RECEIVE: Final = "receive"
-METRIC_CLIENT_OPERATION_DURATION: Final = "messaging.client.operation.duration"
 #: ``true`` on a process span whose event id this process handled before in the same consumer
 #: group (a replay: Kafka has no delivery counter, so ``eda.delivery.attempt`` stays 1).
 EDA_DELIVERY_DUPLICATE: Final = "eda.delivery.duplicate"

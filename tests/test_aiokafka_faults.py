@@ -48,7 +48,7 @@ def instrumented(capture: TelemetryCapture) -> Iterator[TelemetryCapture]:
 def failed_sends(capture: TelemetryCapture, topic: str) -> dict[str, int]:
     """``messaging.client.operation.duration`` counts of ``send`` by ``error.type``."""
     found: dict[str, int] = {}
-    for point in capture.points(semconv.METRIC_CLIENT_OPERATION_DURATION):
+    for point in capture.points(semconv.METRIC_OPERATION_DURATION):
         attrs = point.attributes or {}
         if (
             attrs.get(semconv.MESSAGING_OPERATION_NAME) == "send"

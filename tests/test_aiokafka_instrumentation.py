@@ -19,7 +19,6 @@ from otel_eda.flows.store import EventStore
 from otel_eda.identity import current_event
 from otel_eda.identity.propagation import HEADER_EVENT_ID
 from otel_eda.testing import TelemetryCapture
-from otel_eda.transports.aiokafka import instrumentor as instrumentor_module
 from otel_eda.transports.aiokafka.instrumentor import AIOKafkaInstrumentor, processing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -305,8 +304,9 @@ async def test_hostile_headers_never_raise_and_are_counted(
         (p.attributes.get("eda.field"), p.attributes.get("eda.reason")): p.value
         for p in t.capture.points(semconv.METRIC_INVALID_HEADERS)
     }
-    assert invalid.get(("kafka_header", "not_utf8"), 0) >= 2
-    assert invalid.get(("kafka_header", "too_long"), 0) >= 1
+    assert invalid.get(("traceparent", "not_utf8"), 0) >= 1
+    assert invalid.get(("baggage", "not_utf8"), 0) >= 1
+    assert invalid.get((HEADER_EVENT_ID, "too_long"), 0) >= 1
     (process,) = t.spans(name=f"process {t.topic}")
     assert process.links == ()
 
@@ -316,17 +316,46 @@ async def test_for_a_duplicated_header_key_the_last_value_wins(
 ) -> None:
     t = instrumented
     stale = "0190a4c2-5b1e-7c3d-8e4f-0123456789ab"
-    await producer.send_and_wait(t.topic, b"v", headers=[(HEADER_EVENT_ID, stale.encode())])
+    app_headers = [(HEADER_EVENT_ID, stale.encode()), ("app", b"1"), ("app", b"2")]
+    await producer.send_and_wait(t.topic, b"v", headers=app_headers)
+    assert len(app_headers) == 3  # the application's list is not modified
+    AIOKafkaInstrumentor().uninstrument()  # a raw producer writes two event ids, as a foreign client might
+    raw = await t.producer()
+    try:
+        await raw.send_and_wait(
+            t.topic,
+            b"w",
+            headers=[
+                (HEADER_EVENT_ID, stale.encode()),
+                *app_headers[1:],
+                (HEADER_EVENT_ID, b"0190a4c2-5b1e-7c3d-8e4f-00000000000b"),
+                ("eda-event-type", b"order_placed"),
+            ],
+        )
+    finally:
+        await raw.stop()
+    AIOKafkaInstrumentor().instrument(
+        tracer_provider=t.capture.tracer_provider, meter_provider=t.capture.meter_provider, recorders=[t.store]
+    )
     consumer = await t.consumer()
     try:
-        record = await consumer.getone()
-        event = current_event()
+        first = await consumer.getone()
+        first_event = current_event()
+        await consumer.getone()
+        second_event = current_event()
     finally:
         await consumer.stop()
-    ids = [v.decode() for k, v in record.headers if k == HEADER_EVENT_ID]
     (send,) = t.spans(name=f"send {t.topic}")
-    assert ids == [stale, t.attr(send, semconv.MESSAGING_MESSAGE_ID)]  # the application's first, otel-eda's last
-    assert event is not None and event.event_id == ids[-1]
+    sent_id = t.attr(send, semconv.MESSAGING_MESSAGE_ID)
+    # on send, otel-eda's value replaces a stale one of the same key; the application's own headers are kept
+    assert [(k, v) for k, v in first.headers if k in (HEADER_EVENT_ID, "app")] == [
+        ("app", b"1"),
+        ("app", b"2"),
+        (HEADER_EVENT_ID, sent_id.encode()),
+    ]
+    assert first_event is not None and first_event.event_id == sent_id
+    # on receipt, of two values of one key the last counts (Kafka's lastHeader)
+    assert second_event is not None and second_event.event_id == "0190a4c2-5b1e-7c3d-8e4f-00000000000b"
 
 
 async def test_consumer_lag_of_an_instrumented_consumer(instrumented: Instrumented, producer: AIOKafkaProducer) -> None:
@@ -400,20 +429,29 @@ async def test_a_cloudevents_record_is_handled_with_its_id_type_and_traceparent(
 
 
 async def test_a_handling_nothing_ends_ends_at_the_maximum(
-    instrumented: Instrumented, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
+    kafka: KafkaBroker, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    t = instrumented
-    monkeypatch.setattr(instrumentor_module, "PROCESS_SPAN_MAX_S", 0.2)
-    await producer.send_and_wait(t.topic, b"order")
-    consumer = await t.consumer()
+    monkeypatch.setenv("OTEL_EDA_PROCESS_SPAN_MAX_S", "0.2")
+    instrumentor = AIOKafkaInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    t = Instrumented(kafka, capture, EventStore())
     try:
-        await consumer.getone()
-        for _ in range(1200):  # the handler "hangs": no next fetch, no commit
-            if t.spans(name=f"process {t.topic}"):
-                break
-            await asyncio.sleep(0.05)
-        (process,) = t.spans(name=f"process {t.topic}")
-        assert process.end_time is not None
+        producer = await t.producer()
+        try:
+            await producer.send_and_wait(t.topic, b"order")
+        finally:
+            await producer.stop()
+        consumer = await t.consumer()
+        try:
+            await consumer.getone()
+            for _ in range(1200):  # the handler "hangs": no next fetch, no commit
+                if t.spans(name=f"process {t.topic}"):
+                    break
+                await asyncio.sleep(0.05)
+            (process,) = t.spans(name=f"process {t.topic}")
+            assert t.attr(process, semconv.EDA_PROCESS_TRUNCATED) is True
+        finally:
+            await consumer.stop()
     finally:
-        await consumer.stop()
+        instrumentor.uninstrument()
     assert len(t.spans(name=f"process {t.topic}")) == 1  # stop() did not end it twice

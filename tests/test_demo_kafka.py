@@ -30,9 +30,7 @@ def test_the_demo_over_kafka_has_the_same_causation_trees(tmp_path: Path) -> Non
     assert "over Kafka at 127.0.0.1:" in run.result.stdout
     assert_flows_as_expected(run, 6)
     # every consumer span links to a producer span written in another service's process
-    producers = {
-        s["context"]["span_id"]: service for service, s in run.all_spans() if s["kind"] == "SpanKind.PRODUCER"
-    }
+    producers = {s["context"]["span_id"]: service for service, s in run.all_spans() if s["kind"] == "SpanKind.PRODUCER"}
     consumers = [(service, s) for service, s in run.all_spans() if s["kind"] == "SpanKind.CONSUMER"]
     assert consumers
     for service, span in consumers:

@@ -12,16 +12,17 @@ What it wraps, on the classes (every client, created before or after):
   a flow; a PRODUCER span ``send {topic}`` covers the call; the event identity and the trace
   context are appended to the record's headers (the application's headers kept, first).
   ``messaging.client.operation.duration`` of ``send`` runs until the broker acknowledged the
-  record (or failed to), with ``error.type`` on failure.
+  record (or failed to), with ``error.type`` on failure (scope ``otel_eda.aiokafka.delivery``).
 * ``AIOKafkaConsumer.getone`` (``async for`` calls it) and ``getmany``: each record handed to
   the application gets a CONSUMER span ``process {topic}``, linked to its producer span, and
   becomes current (event, span, baggage) in the caller until the next ``getone`` /
-  ``getmany``, ``commit``, ``seek*`` or ``stop`` of that consumer, or :data:`PROCESS_SPAN_MAX_S`.
+  ``getmany``, ``commit``, ``seek*`` or ``stop`` of that consumer, or
+  ``OTEL_EDA_PROCESS_SPAN_MAX_S`` (the messaging API's :class:`~otel_eda.messaging.PullTracker`).
   A ``getmany`` that returned records also gets a CLIENT span ``poll {topic}`` (``poll``
   across topics) with one link per record; an empty one gets none. In the lists ``getmany``
   returns, iterating moves the current record: ``for msg in batch:`` runs each body with
   its own record current. :func:`processing` gives a handling exact bounds and records an
-  exception of the handler.
+  exception of the handler (so does ``current_processing().fail(exc)`` in the loop).
 * ``commit``, ``seek``, ``seek_to_*``, ``stop``: end the current handling first; ``stop``
   also ends the consumer's lag refresh.
 
@@ -35,9 +36,7 @@ is logged and counted, and the client's call goes ahead uninstrumented.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
@@ -45,120 +44,93 @@ from contextlib import contextmanager
 from typing import Any, Final
 
 import aiokafka  # type: ignore[import-untyped]
-from opentelemetry import context as otel_context
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.flows.records import Stage
-from otel_eda.identity import EventContext, current_event
-from otel_eda.messaging.telemetry import Attempt, error_type
+from otel_eda.messaging import (
+    HEADER_LIST_GETTER,
+    HEADER_LIST_SETTER,
+    Incoming,
+    Outcome,
+    Processing,
+    PullTracker,
+    error_type,
+)
 from otel_eda.transports.aiokafka.contrib import uninstrument_contrib
-from otel_eda.transports.aiokafka.headers import HeaderView, with_injected
 from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
 
-__all__ = ["PROCESS_SPAN_MAX_S", "AIOKafkaInstrumentor", "processing"]
-
-_log = logging.getLogger(__name__)
+__all__ = ["AIOKafkaInstrumentor", "processing"]
 
 _INSTRUMENTS: Final = ("aiokafka >= 0.11, < 1",)
-#: Seconds after which a handling that nothing ended (no next fetch, commit, seek or stop)
-#: ends on its own, so a stalled loop does not keep its span open forever.
-PROCESS_SPAN_MAX_S: Final = 60.0
 _MARK: Final = "__otel_eda_original__"
+_CE_TYPE: Final = "ce_type"
 
 #: The handling of each record currently handed out, by ``id(record)`` (one per consumer).
-_handlings: dict[int, _Handling] = {}
-
-
-class _Handling:
-    """One record handed to the application: its process span, current until it ends."""
-
-    __slots__ = ("attempt", "context", "record", "started", "state", "task", "token")
-
-    def __init__(self, state: _ConsumerState, record: Any, attempt: Attempt) -> None:
-        self.state = state
-        self.record = record
-        self.attempt = attempt
-        self.context = attempt.context
-        self.token: object | None = otel_context.attach(attempt.context)
-        self.task = asyncio.current_task()
-        self.started = time.monotonic()
-        _handlings[id(record)] = self
-        state.current = self
-        if state.watchdog is None:
-            state.watch(PROCESS_SPAN_MAX_S)
-
-    def end(self, exc: BaseException | None = None) -> None:
-        """End the span (completed, or failed with ``exc``) and restore the caller's context."""
-        self._forget()
-        token, self.token = self.token, None
-        if (
-            token is not None
-            and asyncio.current_task() is self.task
-            and otel_context.get_current() is self.context  # nothing attached on top of it since
-        ):
-            otel_context.detach(token)  # type: ignore[arg-type]
-        if exc is None:
-            self.attempt.completed()
-        else:
-            self.attempt.failed(exc, Stage.FAILED)
-
-    def expire(self) -> None:
-        """:data:`PROCESS_SPAN_MAX_S` passed: end the span (the context stays until the next fetch)."""
-        self._forget()
-        self.attempt.completed()
-
-    def _forget(self) -> None:
-        if self.state.current is self:
-            self.state.current = None
-        if _handlings.get(id(self.record)) is self:
-            del _handlings[id(self.record)]
+_handlings: dict[int, tuple[Any, Processing]] = {}
 
 
 class _ConsumerState:
-    __slots__ = ("__weakref__", "current", "group", "lag_tracked", "watchdog")
+    """One consumer's pull tracker, its current record and the records of its last poll."""
 
-    def __init__(self, group: str | None) -> None:
+    __slots__ = ("__weakref__", "current", "group", "lag_tracked", "polled", "tracker")
+
+    def __init__(self, telemetry: KafkaTelemetry, group: str | None) -> None:
         self.group = group
-        self.current: _Handling | None = None
+        self.current: Any = None
         self.lag_tracked = False
-        #: one timer per consumer (not one per record) that ends a handling older than the maximum
-        self.watchdog: asyncio.TimerHandle | None = None
+        #: the Incoming of each record of the last getmany, by id(record): extracted once for the
+        #: poll span's links, handed to the record's process span
+        self.polled: dict[int, Incoming] = {}
+        capture_key = telemetry.capture_message_key
+
+        def attributes(record: Any) -> dict[str, Any]:
+            attrs: dict[str, Any] = {
+                semconv.MESSAGING_DESTINATION_PARTITION_ID: str(record.partition),
+                semconv.MESSAGING_KAFKA_OFFSET: record.offset,
+            }
+            if capture_key and record.key is not None:
+                attrs[semconv.MESSAGING_KAFKA_MESSAGE_KEY] = _key_text(record.key)
+            if record.value is None:
+                attrs[semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE] = True
+            return attrs
+
+        polled = self.polled
+        self.tracker: PullTracker[Any] = PullTracker(
+            telemetry.messaging,
+            destination=lambda record: record.topic,
+            carrier=lambda record: polled.pop(id(record), None) or record.headers,
+            getter=HEADER_LIST_GETTER,
+            consumer_group=group,
+            attributes=attributes,
+        )
 
     def end_current(self) -> None:
-        current = self.current
+        """End the handed-out record's process span (next fetch, commit, seek, stop)."""
+        self._forget()
+        try:
+            self.tracker.end_current()
+        except Exception:
+            internal_error("aiokafka", "ending a record's process span")
+
+    def _forget(self) -> None:
+        current, self.current = self.current, None
         if current is not None:
-            try:
-                current.end()
-            except Exception:
-                internal_error("aiokafka", "ending a record's process span")
-
-    def watch(self, delay_s: float) -> None:
-        self.watchdog = asyncio.get_running_loop().call_later(delay_s, _watch, weakref.ref(self))
-
-    def stop_watching(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
+            entry = _handlings.get(id(current))
+            if entry is not None and entry[0] is current:
+                del _handlings[id(current)]
 
 
-def _watch(ref: weakref.ref[_ConsumerState]) -> None:
-    state = ref()
-    if state is None:
-        return
-    state.watchdog = None
-    current = state.current
-    if current is None:
-        return  # re-armed by the next hand-over
-    age = time.monotonic() - current.started
-    try:
-        if age >= PROCESS_SPAN_MAX_S:
-            current.expire()
-        else:
-            state.watch(PROCESS_SPAN_MAX_S - age)
-    except Exception:
-        internal_error("aiokafka", "ending an overdue process span")
+def _hand_over(telemetry: KafkaTelemetry, state: _ConsumerState, record: Any) -> None:
+    """Start the process span of ``record`` and make it current in the caller."""
+    state._forget()
+    handling = state.tracker.start(record)  # ends the previous one first
+    state.current = record
+    _handlings[id(record)] = (record, handling)
+    group = state.group or ""
+    if telemetry.seen_before(group, handling.event.event_id):
+        handling.span.set_attribute(semconv.EDA_DELIVERY_DUPLICATE, True)
+        telemetry.duplicates.add(1, telemetry.operation_attributes("process", record.topic, state.group))
 
 
 @contextmanager
@@ -172,41 +144,52 @@ def processing(record: Any) -> Iterator[None]:
             with processing(msg):
                 await handle(msg)
     """
-    handling = _handlings.get(id(record))
-    if handling is None or handling.record is not record:
+    entry = _handlings.get(id(record))
+    if entry is None or entry[0] is not record:
         yield
         return
+    handling = entry[1]
     try:
         yield
     except BaseException as exc:
-        handling.end(exc)
+        _settle(record, handling, exc)
         raise
-    handling.end()
+    _settle(record, handling, None)
+
+
+def _settle(record: Any, handling: Processing, exc: BaseException | None) -> None:
+    entry = _handlings.get(id(record))
+    if entry is not None and entry[0] is record:
+        del _handlings[id(record)]
+    handling.detach()
+    if exc is None:
+        handling.settle(Outcome.COMPLETED)
+    else:
+        handling.fail(exc)
 
 
 class _BatchRecords(list):  # type: ignore[type-arg]
     """A ``getmany`` list whose iteration makes each record current while its body runs."""
 
-    __slots__ = ("_hand_over",)
+    __slots__ = ("_hand_over", "_state")
 
-    def __init__(self, records: list[Any], hand_over: Callable[[Any], _Handling | None]) -> None:
+    def __init__(self, records: list[Any], state: _ConsumerState, hand_over: Callable[[Any], None]) -> None:
         super().__init__(records)
+        self._state = state
         self._hand_over = hand_over
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain list of the records
         return (list, (list(list.__iter__(self)),))
 
     def __iter__(self) -> Iterator[Any]:
-        handling: _Handling | None = None
+        state = self._state
         try:
             for record in list.__iter__(self):
-                if handling is not None and handling.token is not None:
-                    handling.end()
-                handling = self._hand_over(record)
+                self._hand_over(record)
                 yield record
         finally:
-            if handling is not None and handling.token is not None:
-                handling.end()
+            if state.current is not None:
+                state.end_current()
 
 
 class AIOKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -279,11 +262,13 @@ def _unpatch(cls: type, name: str) -> None:
         setattr(cls, name, original)
 
 
-def _state(states: weakref.WeakKeyDictionary[Any, _ConsumerState], consumer: Any) -> _ConsumerState:
+def _state(
+    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState], consumer: Any
+) -> _ConsumerState:
     state = states.get(consumer)
     if state is None:
         group = getattr(consumer, "_group_id", None)  # aiokafka has no public accessor for it
-        state = states[consumer] = _ConsumerState(group if isinstance(group, str) else None)
+        state = states[consumer] = _ConsumerState(telemetry, group if isinstance(group, str) else None)
     return state
 
 
@@ -292,15 +277,15 @@ def _event_type(topic: str, headers: Any) -> str:
     """The event type of a produced record: a CloudEvents ``ce_type`` header of the
     application, else the topic."""
     if headers:
-        value = HeaderView(headers).get("ce_type")
-        if value:
-            return str(value)
+        found = HEADER_LIST_GETTER.get(headers, _CE_TYPE)
+        if found:
+            return found[0]
     return topic
 
 
 def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaProducer.send
-    events = telemetry.events
+    messaging = telemetry.messaging
 
     async def send(
         self: Any,
@@ -312,47 +297,52 @@ def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
         headers: Any = None,
     ) -> Any:
         try:
-            cause = current_event()
-            event_type = _event_type(topic, headers)
+            carrier = list(headers) if headers else []  # the application's own list stays untouched
+            attributes: dict[str, Any] | None = None
+            if value is None:
+                attributes = {semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE: True}
+            if telemetry.capture_message_key and key is not None:
+                attributes = {**(attributes or {}), semconv.MESSAGING_KAFKA_MESSAGE_KEY: _key_text(key)}
             try:
-                event = cause.child(event_type) if cause is not None else EventContext.root(event_type)
+                publication = messaging.publish(
+                    _event_type(topic, headers),
+                    carrier,
+                    setter=HEADER_LIST_SETTER,
+                    destination=topic,
+                    attributes=attributes,
+                )
             except ValueError:  # a topic or ce_type that is no valid event type
-                event = cause.child("kafka") if cause is not None else EventContext.root("kafka")
-            injected: dict[str, str] = {}
-            publishing = events.publishing(event, topic, injected)
-            span = publishing.__enter__()
+                publication = messaging.publish(
+                    "kafka", carrier, setter=HEADER_LIST_SETTER, destination=topic, attributes=attributes
+                )
+            publication.__enter__()
         except Exception:
             internal_error("aiokafka", "starting a send span")
             return await original(self, topic, value, key, partition, timestamp_ms, headers)
         started = time.perf_counter()
         try:
-            if span.is_recording():
-                if value is None:
-                    span.set_attribute(semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE, True)
-                if telemetry.capture_message_key and key is not None:
-                    span.set_attribute(semconv.MESSAGING_KAFKA_MESSAGE_KEY, _key_text(key))
-            future = await original(self, topic, value, key, partition, timestamp_ms, with_injected(headers, injected))
+            future = await original(self, topic, value, key, partition, timestamp_ms, carrier)
         except BaseException as exc:
-            publishing.__exit__(type(exc), exc, exc.__traceback__)
-            telemetry.operation_duration.record(
+            publication.__exit__(type(exc), exc, exc.__traceback__)
+            telemetry.send_duration.record(
                 time.perf_counter() - started, telemetry.operation_attributes("send", topic, None, error_type(exc))
             )
             raise
-        publishing.__exit__(None, None, None)
+        publication.__exit__(None, None, None)
         future.add_done_callback(functools.partial(_delivered, telemetry, topic, started))
         return future
 
     return send
 
 
-def _delivered(telemetry: KafkaTelemetry, topic: str, started: float, future: asyncio.Future[Any]) -> None:
+def _delivered(telemetry: KafkaTelemetry, topic: str, started: float, future: Any) -> None:
     try:
         error = None
         if future.cancelled():
             error = "cancelled"
         elif future.exception() is not None:
-            error = error_type(future.exception())  # type: ignore[arg-type]
-        telemetry.operation_duration.record(
+            error = error_type(future.exception())
+        telemetry.send_duration.record(
             time.perf_counter() - started, telemetry.operation_attributes("send", topic, None, error)
         )
     except Exception:
@@ -366,26 +356,6 @@ def _key_text(key: Any) -> str:
 
 
 # -- consumer -----------------------------------------------------------------------------
-def _hand_over(telemetry: KafkaTelemetry, state: _ConsumerState, record: Any) -> _Handling:
-    """Start the process span of ``record`` and make it current in the caller."""
-    events = telemetry.events
-    group = state.group or ""
-    received = events.receive(HeaderView(record.headers), record.topic, group)
-    attempt = events.start_attempt(received, record.topic, group, 1, 0.0)
-    span = attempt.span
-    duplicate = telemetry.seen_before(group, attempt.event.event_id)
-    if span.is_recording():
-        span.set_attribute(semconv.MESSAGING_DESTINATION_PARTITION_ID, str(record.partition))
-        span.set_attribute(semconv.MESSAGING_KAFKA_OFFSET, record.offset)
-        if telemetry.capture_message_key and record.key is not None:
-            span.set_attribute(semconv.MESSAGING_KAFKA_MESSAGE_KEY, _key_text(record.key))
-        if duplicate:
-            span.set_attribute(semconv.EDA_DELIVERY_DUPLICATE, True)
-    if duplicate:
-        telemetry.duplicates.add(1, telemetry.operation_attributes("process", record.topic, state.group))
-    return _Handling(state, record, attempt)
-
-
 def _track_lag(telemetry: KafkaTelemetry, state: _ConsumerState, consumer: Any) -> None:
     if not state.lag_tracked:
         state.lag_tracked = True
@@ -398,7 +368,7 @@ def _getone_wrapper(
     original = aiokafka.AIOKafkaConsumer.getone
 
     async def getone(self: Any, *partitions: Any) -> Any:
-        state = _state(states, self)
+        state = _state(telemetry, states, self)
         state.end_current()
         record = await original(self, *partitions)
         try:
@@ -415,27 +385,41 @@ def _getmany_wrapper(
     telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState]
 ) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaConsumer.getmany
+    messaging = telemetry.messaging
 
     async def getmany(self: Any, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None) -> Any:
-        state = _state(states, self)
+        state = _state(telemetry, states, self)
         state.end_current()
         start_ns = time.time_ns()
-        started = time.perf_counter()
         records = await original(self, *partitions, timeout_ms=timeout_ms, max_records=max_records)
         if not records:
             return records
         try:
             _track_lag(telemetry, state, self)
-            telemetry.polled(records, state.group, start_ns, time.perf_counter() - started)
+            polled = state.polled
+            polled.clear()  # records of an earlier poll never iterated
+            incoming = []
+            for batch in records.values():
+                for record in batch:
+                    message = messaging.extract(record.headers, destination=record.topic, getter=HEADER_LIST_GETTER)
+                    polled[id(record)] = message
+                    incoming.append(message)
+            topics = {tp.topic for tp in records}
+            messaging.received(
+                incoming,
+                start_ns=start_ns,
+                destination=next(iter(topics)) if len(topics) == 1 else None,
+                operation_name="poll",
+                consumer_group=state.group,
+            )
 
-            def hand_over(record: Any) -> _Handling | None:
+            def hand_over(record: Any) -> None:
                 try:
-                    return _hand_over(telemetry, state, record)
+                    _hand_over(telemetry, state, record)
                 except Exception:
                     internal_error("aiokafka", "starting a record's process span")
-                    return None
 
-            return {tp: _BatchRecords(batch, hand_over) for tp, batch in records.items()}
+            return {tp: _BatchRecords(batch, state, hand_over) for tp, batch in records.items()}
         except Exception:
             internal_error("aiokafka", "instrumenting a getmany result")
             return records
@@ -476,7 +460,7 @@ def _stop_wrapper(
         state = states.pop(self, None)
         if state is not None:
             state.end_current()
-            state.stop_watching()
+            state.polled.clear()
             telemetry.lag.untrack(self)
         return await original(self)
 

@@ -1,39 +1,31 @@
 """What otel-eda writes for aiokafka clients: one object per instrumentation.
 
-:class:`KafkaTelemetry` holds the event telemetry (spans, metrics, lifecycle records of
-publishing and handling events), the ``poll`` spans of ``getmany``, the client operation
-durations, the duplicate window and the consumer lag gauge. The wrappers of
-:mod:`~otel_eda.transports.aiokafka.instrumentor` call it; it never raises into them.
+:class:`KafkaTelemetry` holds the :class:`~otel_eda.messaging.Messaging` of the
+instrumentation (spans, metrics and lifecycle records of publishing and handling events,
+through the public messaging API only), the send-until-acknowledged operation duration,
+the duplicate window and the consumer lag gauge.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 from opentelemetry import metrics, trace
-from opentelemetry.trace import Link, SpanKind
 
 from otel_eda import semconv
 from otel_eda.flows.records import Recorder
-from otel_eda.messaging.telemetry import EventTelemetry
-from otel_eda.settings import Settings, TraceMode
-from otel_eda.transports.aiokafka.headers import HeaderView
+from otel_eda.messaging import Binding, Messaging, TraceMode
 from otel_eda.transports.aiokafka.lag import ConsumerLag
 from otel_eda.version import VERSION
 
-__all__ = ["DUPLICATE_WINDOW", "KafkaTelemetry"]
+__all__ = ["DUPLICATE_WINDOW", "SCOPE", "KafkaTelemetry"]
 
+#: Instrumentation scope of otel-eda's aiokafka spans and metrics.
+SCOPE: Final = "otel_eda.aiokafka"
 #: Event ids remembered per process to mark a repeated one as a duplicate (per consumer group).
 DUPLICATE_WINDOW: Final = 10_000
-
-
-def _service_name(tracer_provider: trace.TracerProvider | None) -> str:
-    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-    resource = getattr(provider, "resource", None)
-    name = getattr(resource, "attributes", {}).get("service.name") if resource is not None else None
-    return name if isinstance(name, str) and name else "unknown_service"
 
 
 class KafkaTelemetry:
@@ -49,21 +41,24 @@ class KafkaTelemetry:
         mode: TraceMode | None = None,
         lag_refresh_s: float | None = None,
     ) -> None:
-        self.events = EventTelemetry(
-            _service_name(tracer_provider),
-            system=semconv.MESSAGING_SYSTEM_KAFKA,
-            mode=mode if mode is not None else Settings.from_environ().trace_mode,
+        # A send's duration runs until the broker acknowledged the record (the future
+        # aiokafka's send returns), not until send() returned: recorded here, not by Messaging.
+        self.messaging = Messaging(
+            semconv.MESSAGING_SYSTEM_KAFKA,
+            scope=SCOPE,
+            mode=mode,
             recorders=recorders,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
+            binding=Binding.KAFKA,
+            operation_duration=False,
         )
         self.capture_message_key = capture_message_key
-        self.tracer = trace.get_tracer(semconv.SCOPE, VERSION, tracer_provider)
-        meter = metrics.get_meter(semconv.SCOPE, VERSION, meter_provider)
-        self.operation_duration = meter.create_histogram(
-            semconv.METRIC_CLIENT_OPERATION_DURATION,
+        meter = metrics.get_meter(SCOPE + ".delivery", VERSION, meter_provider)
+        self.send_duration = meter.create_histogram(
+            semconv.METRIC_OPERATION_DURATION,
             unit="s",
-            description="Duration of a messaging operation initiated by a producer or consumer client",
+            description="Duration of a send, from the call until the broker acknowledged the record or failed to",
             explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
         )
         self.duplicates = meter.create_counter(
@@ -82,7 +77,6 @@ class KafkaTelemetry:
     def close(self) -> None:
         self.lag.close()
 
-    # -- duplicates -----------------------------------------------------------------------
     def seen_before(self, group: str, event_id: str) -> bool:
         """Whether ``event_id`` was handled in ``group`` within the last :data:`DUPLICATE_WINDOW` ids."""
         key = (group, event_id)
@@ -95,7 +89,6 @@ class KafkaTelemetry:
             seen.popitem(last=False)
         return False
 
-    # -- client operations ----------------------------------------------------------------
     def operation_attributes(
         self, operation: str, destination: str | None, group: str | None, error: str | None = None
     ) -> Mapping[str, str]:
@@ -115,35 +108,3 @@ class KafkaTelemetry:
             if len(self._attribute_sets) < 4096:
                 self._attribute_sets[key] = attrs
         return attrs
-
-    def polled(self, records: Mapping[Any, Sequence[Any]], group: str | None, start_ns: int, seconds: float) -> None:
-        """The ``poll`` CLIENT span of a non-empty ``getmany`` (one link per record) and its duration."""
-        topics = {tp.topic for tp in records}
-        destination = next(iter(topics)) if len(topics) == 1 else None
-        self.operation_duration.record(seconds, self.operation_attributes("poll", destination, group))
-        links: list[Link] = []
-        count = 0
-        for batch in records.values():
-            for record in batch:
-                count += 1
-                extracted = self.events.extract(HeaderView(record.headers), record.topic)
-                if extracted.link is not None:
-                    links.append(extracted.link)
-        attributes: dict[str, Any] = {
-            semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_KAFKA,
-            semconv.MESSAGING_OPERATION_NAME: "poll",
-            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_RECEIVE,
-            semconv.MESSAGING_BATCH_MESSAGE_COUNT: count,
-        }
-        if destination is not None:
-            attributes[semconv.MESSAGING_DESTINATION_NAME] = destination
-        if group:
-            attributes[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
-        span = self.tracer.start_span(
-            f"poll {destination}" if destination is not None else "poll",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            links=links,
-            start_time=start_ns,
-        )
-        span.end()
