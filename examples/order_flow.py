@@ -4,7 +4,8 @@ Run it with ``.venv/bin/python examples/order_flow.py`` (``scripts/demo`` sets u
 first). The services (``order_services.py``) are order → payment → inventory →
 notification. Each runs in its own spawned process with its own ``OTEL_SERVICE_NAME`` and
 calls ``otel_eda.configure()``, so each is its own Resource ``service.name`` in traces and
-metrics. Events cross processes over ``otel_eda.transports.interprocess``: every service owns an inbox
+metrics. Events cross processes over the ``--transport`` (``demo_transports.py``); the default,
+``embedded``, is ``otel_eda.transports.interprocess``: every service owns an inbox
 queue; a ``QueueOutlet`` forwards each published event to the inboxes of the services that
 subscribe to its type, with the producer's trace context and the event identity in plain
 string headers, exactly as a broker would carry them.
@@ -28,11 +29,8 @@ do not bury the report. For example, to send spans to a local Zipkin instead::
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
-``--transport kafka`` sends the events over a real Kafka instead of the queues: the launcher
-starts one with ``scripts/kafka`` (``kafka_transport.py``), creates a topic per event type,
-and stops it at the end; each service consumes in a group named after it.
-
-Options: ``--orders N`` (story orders, default 6), ``--traffic SECONDS`` (background orders
+Options: ``--transport NAME`` (default ``embedded``), ``--orders N`` (story orders, default 6),
+``--traffic SECONDS`` (background orders
 after them, default 30; 0 for none), ``--mode parent|link`` (``OTEL_EDA_TRACE_MODE`` of the
 services), ``--json FILE`` (a machine-readable summary), ``--output-dir DIR``,
 ``--timeout S``. The launcher exits non-zero with a clear message if a service dies or the
@@ -62,7 +60,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
 
-import kafka_transport
+from demo_transports import TRANSPORTS, DemoTransport
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -87,7 +85,7 @@ from otel_eda import EventBus, EventStore, Service
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
 from otel_eda.flows.store import EventSummary
-from otel_eda.transports.interprocess import QueueOutlet, RecordForwarder, pump
+from otel_eda.transports.interprocess import RecordForwarder
 
 FINAL: Final = FINAL_STAGES
 CRASH_EXIT_CODE: Final = 70
@@ -148,9 +146,9 @@ class ServiceSpec:
     """Everything a service's process needs; pickled to the spawned interpreter."""
 
     name: str
-    inbox: Queue[Any]
-    #: (event type, subscribing service, that service's inbox) for each type it publishes
-    outlets: tuple[tuple[str, str, Queue[Any]], ...]
+    transport: DemoTransport
+    #: (event type, subscribing service) for each type it publishes
+    outlets: tuple[tuple[str, str], ...]
     records: Queue[Any]
     #: where the service says it is ready, and reports every alert change (AlertNote)
     reports: Queue[Any]
@@ -163,9 +161,6 @@ class ServiceSpec:
     orders: tuple[dict[str, Any], ...] = ()
     traffic: tuple[dict[str, Any], ...] = ()
     crash: bool = False
-    #: ``--transport kafka``: the broker's bootstrap address (events cross over Kafka topics,
-    #: the inbox only carries the launcher's stop signal)
-    kafka_bootstrap: str | None = None
 
 
 def service_main(spec: ServiceSpec) -> None:
@@ -205,15 +200,12 @@ async def serve(spec: ServiceSpec) -> None:
     start = spec.start_time.value  # t = 0 of the incidents' schedule, the same in every service
     bus = EventBus(service=spec.name, retry=RETRY, recorders=[RecordForwarder(spec.records)])
     SERVICES[spec.name](Service(spec.name, bus), Incidents(start))
-    if spec.kafka_bootstrap is not None:
-        await serve_over_kafka(spec, bus, start)
-        return
-    for event_type, subscriber, inbox in spec.outlets:
-        bus.add_outlet(event_type, QueueOutlet(inbox, subscriber))
+    for event_type, subscriber in spec.outlets:
+        bus.add_outlet(event_type, spec.transport.outlet(event_type, subscriber))
     async with bus:  # on exit: handle what is queued, then stop
         if spec.crash:
             await place_orders(bus, list(spec.orders))
-            await asyncio.to_thread(spec.inbox.get)  # the first inbound event...
+            await spec.transport.first_inbound(spec.name)  # the first inbound event...
             os._exit(CRASH_EXIT_CODE)  # ...and this service dies without a word
 
         async def place() -> None:  # the order service's work; nothing for the others
@@ -221,47 +213,10 @@ async def serve(spec: ServiceSpec) -> None:
             await place_traffic(bus, list(spec.traffic), TRAFFIC_RATE, start)
 
         placing = asyncio.create_task(place())
-        await pump(spec.inbox, bus)  # until the launcher sends None, once every flow has settled
+        await spec.transport.receive(spec.name, bus)  # until the launcher stops it, once every flow has settled
         placing.cancel()  # (it is still placing orders only if the launcher gave up early)
         with contextlib.suppress(asyncio.CancelledError):
             await placing
-
-
-async def serve_over_kafka(spec: ServiceSpec, bus: EventBus, start: float) -> None:
-    """``--transport kafka``: the bus's events cross over Kafka topics (``kafka_transport.py``)."""
-    assert spec.kafka_bootstrap is not None
-    producer = kafka_transport.producer_for(spec.kafka_bootstrap)
-    await producer.start()
-    for event_type in PUBLISHES[spec.name]:
-        bus.add_outlet(event_type, kafka_transport.KafkaOutlet(producer, event_type))
-    consumer = None
-    if SUBSCRIPTIONS[spec.name]:
-        consumer = kafka_transport.consumer_for(spec.kafka_bootstrap, spec.name, SUBSCRIPTIONS[spec.name])
-        await consumer.start()
-    try:
-        async with bus:  # on exit: handle what is queued, then stop
-            if spec.crash:
-                await place_orders(bus, list(spec.orders))
-                if consumer is not None:
-                    await consumer.getone()  # the first inbound event...
-                os._exit(CRASH_EXIT_CODE)  # ...and this service dies without a word
-            consuming = asyncio.create_task(kafka_transport.consume(consumer, bus)) if consumer else None
-
-            async def place() -> None:  # the order service's work; nothing for the others
-                await place_orders(bus, list(spec.orders))
-                await place_traffic(bus, list(spec.traffic), TRAFFIC_RATE, start)
-
-            placing = asyncio.create_task(place())
-            await pump(spec.inbox, bus)  # only the launcher's None arrives here, once every flow settled
-            for task in (placing, consuming):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-    finally:
-        if consumer is not None:
-            await consumer.stop()
-        await producer.stop()
 
 
 # -- the launcher ----------------------------------------------------------------------------
@@ -442,13 +397,7 @@ def alert_line(change: str, note: AlertNote, episode: AlertEpisode, start: float
 
 class Launcher:
     def __init__(
-        self,
-        orders: int,
-        traffic_s: float,
-        mode: str | None,
-        output_dir: Path,
-        crash: str | None,
-        kafka_bootstrap: str | None = None,
+        self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None, transport: str
     ) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per service, never a fork
         self.orders = make_orders(orders)
@@ -459,7 +408,7 @@ class Launcher:
         if writes_to_console(self.env):
             output_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry_files = {name: output_dir / f"{name}.telemetry.jsonl" for name in SERVICES}
-        self.inboxes: dict[str, Queue[Any]] = {name: ctx.Queue() for name in SERVICES}
+        self.transport: DemoTransport = TRANSPORTS[transport](list(SERVICES), ctx)
         self.records: Queue[Any] = ctx.Queue()
         self.reports: Queue[Any] = ctx.Queue()
         self.go = ctx.Event()
@@ -482,15 +431,14 @@ class Launcher:
         self.processes: dict[str, BaseProcess] = {}
         for name in SERVICES:
             outlets = tuple(
-                (event_type, subscriber, self.inboxes[subscriber])
+                (event_type, subscriber)
                 for event_type in PUBLISHES[name]
                 for subscriber in sorted(self.subscribers.get(event_type, ()))
-                if kafka_bootstrap is None  # over Kafka, the topics carry the events
             )
             telemetry_file = self.telemetry_files.get(name)
             spec = ServiceSpec(
                 name,
-                self.inboxes[name],
+                self.transport,
                 outlets,
                 self.records,
                 self.reports,
@@ -501,7 +449,6 @@ class Launcher:
                 tuple(self.orders) if name == "order" else (),
                 tuple(self.traffic) if name == "order" else (),
                 crash=name == crash,
-                kafka_bootstrap=kafka_bootstrap,
             )
             self.processes[name] = ctx.Process(target=service_main, args=(spec,), name=f"order-flow-{name}")
 
@@ -587,8 +534,8 @@ class Launcher:
     def stop(self, timeout_s: float = 15.0) -> list[str]:
         """Ask every service to stop, wait for each, and return the problems seen."""
         self.go.set()  # in case some never got to start
-        for inbox in self.inboxes.values():
-            inbox.put(None)
+        for name in SERVICES:
+            self.transport.stop(name)
         deadline = time.monotonic() + timeout_s
         # Keep draining the queues while waiting: a process that still has items to flush
         # into a queue cannot exit. Its last alert changes come now, from the anomaly
@@ -798,31 +745,22 @@ def main(argv: list[str] | None = None) -> int:
         "--traffic", type=seconds, default=30.0, metavar="SECONDS", help="then background orders (default 30 s)"
     )
     parser.add_argument("--mode", choices=("parent", "link"), help="OTEL_EDA_TRACE_MODE for the services")
+    parser.add_argument(
+        "--transport",
+        choices=tuple(TRANSPORTS),
+        default="embedded",
+        help="how the services reach each other (default embedded: multiprocessing queues; see demo_transports.py)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write a machine-readable summary")
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="for the telemetry files")
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to start, and to settle after the traffic (default 30)"
     )
     parser.add_argument("--crash", choices=tuple(SERVICES), help="make this service die on its first event")
-    parser.add_argument(
-        "--transport",
-        choices=("queues", "kafka"),
-        default="queues",
-        help="how events cross between the services: multiprocessing queues (default), or a real Kafka "
-        "that the demo starts with scripts/kafka and stops at the end",
-    )
     args = parser.parse_args(argv)
-    if args.transport == "kafka":
-        with kafka_transport.kafka_broker() as bootstrap:
-            kafka_transport.create_topics(bootstrap, (t for types in PUBLISHES.values() for t in types))
-            return run(args, bootstrap)
-    return run(args, None)
 
-
-def run(args: argparse.Namespace, kafka_bootstrap: str | None) -> int:
-    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash, kafka_bootstrap)
-    over = f"over Kafka at {kafka_bootstrap}" if kafka_bootstrap else "over multiprocessing queues"
-    print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each, {over})")
+    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash, args.transport)
+    print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each)")
     for key, what in SCENARIOS.items():
         if key in {order["order_id"] for order in launcher.orders}:
             print(f"  {key}: {what}")

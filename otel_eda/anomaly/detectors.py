@@ -576,8 +576,7 @@ class TrendDetector(_Base):
     p-value on n - 2 degrees of freedom, so independent noise scores low and a sustained
     ramp scores near 1. Scored once ``warmup`` points are in the window (default
     ``min(window, 30)``); default threshold p <= 1e-4. A perfectly straight non-constant
-    window scores 1.0 (``slope`` tells the direction). ``direction="up"`` (or ``"down"``)
-    scores only rising (falling) slopes, e.g. a consumer lag that keeps growing.
+    window scores 1.0 (``slope`` tells the direction).
 
     Reference: ordinary least squares slope t-test, e.g. D. C. Montgomery, E. A. Peck,
     G. G. Vining, "Introduction to Linear Regression Analysis", section 2.3.
@@ -593,11 +592,8 @@ class TrendDetector(_Base):
     (True, True)
     """
 
-    def __init__(
-        self, window: int = 60, *, warmup: int | None = None, threshold: float = 0.9999, direction: str = "both"
-    ) -> None:
+    def __init__(self, window: int = 60, *, warmup: int | None = None, threshold: float = 0.9999) -> None:
         super().__init__(threshold)
-        self.direction = _check_direction(direction)
         self.window = _check_window(window, minimum=3)
         self.warmup = min(self.window, 30) if warmup is None else _check_window(warmup, "warmup", 3)
         if self.warmup > self.window:
@@ -671,8 +667,6 @@ class TrendDetector(_Base):
             self.t_stat = 0.0 if b == 0.0 else math.copysign(math.inf, b)
         else:
             self.t_stat = b / math.sqrt(sse / (n - 2) / self._ctt)
-        if _directed(b, self.direction) == 0.0:
-            return 0.0
         return 1.0 - student_t_two_sided_p(self.t_stat, n - 2)
 
 
