@@ -37,10 +37,12 @@ is logged and counted, and the client's call goes ahead uninstrumented.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 
 import aiokafka  # type: ignore[import-untyped]
@@ -48,6 +50,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.identity import EventContext
 from otel_eda.messaging import (
     HEADER_LIST_GETTER,
     HEADER_LIST_SETTER,
@@ -61,11 +64,51 @@ from otel_eda.messaging import (
 from otel_eda.transports.aiokafka.contrib import uninstrument_contrib
 from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
 
-__all__ = ["AIOKafkaInstrumentor", "processing"]
+__all__ = ["AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
 
+_log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aiokafka >= 0.11, < 1",)
 _MARK: Final = "__otel_eda_original__"
 _CE_TYPE: Final = "ce_type"
+
+
+class Outgoing:
+    """The event options of the sends inside :func:`outgoing_event`, and the events they published."""
+
+    __slots__ = ("business_key", "event_type", "events", "metadata")
+
+    def __init__(self, event_type: str | None, business_key: str | None, metadata: Mapping[str, str] | None) -> None:
+        self.event_type = event_type
+        self.business_key = business_key
+        self.metadata = metadata
+        #: the event of each record sent inside the block, in order
+        self.events: list[EventContext] = []
+
+
+_OUTGOING: ContextVar[Outgoing | None] = ContextVar("otel_eda_aiokafka_outgoing", default=None)
+
+
+@contextmanager
+def outgoing_event(
+    *, event_type: str | None = None, business_key: str | None = None, metadata: Mapping[str, str] | None = None
+) -> Iterator[Outgoing]:
+    """Give the records sent inside the block an event type (default: the topic, or the
+    record's ``ce_type`` header), a business key and metadata; ``.events`` has their events::
+
+        with outgoing_event(event_type="order_placed", business_key="order-7") as out:
+            await producer.send_and_wait("orders", payload)
+        out.events[0].event_id
+
+    An invalid value is not used (the record is still sent, as a ``kafka`` event when the
+    type is the invalid one), logged and counted like any invalid input.
+    """
+    outgoing = Outgoing(event_type, business_key, metadata)
+    token = _OUTGOING.set(outgoing)
+    try:
+        yield outgoing
+    finally:
+        _OUTGOING.reset(token)
+
 
 #: The handling of each record currently handed out, by ``id(record)`` (one per consumer).
 _handlings: dict[int, tuple[Any, Processing]] = {}
@@ -324,19 +367,35 @@ def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
                 attributes = {semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE: True}
             if telemetry.capture_message_key and key is not None:
                 attributes = {**(attributes or {}), semconv.MESSAGING_KAFKA_MESSAGE_KEY: _key_text(key)}
+            outgoing = _OUTGOING.get()
             try:
-                publication = messaging.publish(
-                    _event_type(topic, headers),
-                    carrier,
-                    setter=HEADER_LIST_SETTER,
-                    destination=topic,
-                    attributes=attributes,
-                )
-            except ValueError:  # a topic or ce_type that is no valid event type
+                if outgoing is None:
+                    publication = messaging.publish(
+                        _event_type(topic, headers),
+                        carrier,
+                        setter=HEADER_LIST_SETTER,
+                        destination=topic,
+                        attributes=attributes,
+                    )
+                else:
+                    publication = messaging.publish(
+                        outgoing.event_type or _event_type(topic, headers),
+                        carrier,
+                        setter=HEADER_LIST_SETTER,
+                        destination=topic,
+                        attributes=attributes,
+                        business_key=outgoing.business_key,
+                        metadata=outgoing.metadata,
+                    )
+            except ValueError as invalid:  # an event type, business key or metadata that is not valid
+                count_invalid("send", "invalid_event")
+                _log.warning("otel-eda: a Kafka record to %s is sent as a plain kafka event: %s", topic, invalid)
                 publication = messaging.publish(
                     "kafka", carrier, setter=HEADER_LIST_SETTER, destination=topic, attributes=attributes
                 )
             publication.__enter__()
+            if outgoing is not None:
+                outgoing.events.append(publication.event)
         except Exception:
             internal_error("aiokafka", "starting a send span")
             return await original(self, topic, value, key, partition, timestamp_ms, headers)
