@@ -19,7 +19,7 @@ from otel_eda.flows.store import EventStore
 from otel_eda.identity import current_event
 from otel_eda.identity.propagation import HEADER_EVENT_ID
 from otel_eda.testing import TelemetryCapture
-from otel_eda.transports.aiokafka.instrumentor import AIOKafkaInstrumentor, processing
+from otel_eda.transports.aiokafka.instrumentor import AIOKafkaInstrumentor, outgoing_event, processing
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -455,3 +455,30 @@ async def test_a_handling_nothing_ends_ends_at_the_maximum(
     finally:
         instrumentor.uninstrument()
     assert len(t.spans(name=f"process {t.topic}")) == 1  # stop() did not end it twice
+
+
+async def test_outgoing_event_sets_type_business_key_and_metadata(
+    instrumented: Instrumented, producer: AIOKafkaProducer
+) -> None:
+    t = instrumented
+    with outgoing_event(event_type="order_placed", business_key="order-7", metadata={"tenant": "acme"}) as out:
+        await producer.send_and_wait(t.topic, b"ok")
+    with outgoing_event(business_key="not a key\r\n") as refused:  # invalid: sent anyway, as a kafka event
+        await producer.send_and_wait(t.topic, b"still sent")
+    consumer = await t.consumer()
+    try:
+        await consumer.getone()
+        first = current_event()
+        await consumer.getone()
+        second = current_event()
+    finally:
+        await consumer.stop()
+    (sent,) = out.events
+    assert first is not None and (first.event_id, first.event_type, first.business_key) == (
+        sent.event_id,
+        "order_placed",
+        "order-7",
+    )
+    assert dict(first.metadata) == {"tenant": "acme"}
+    assert second is not None and second.event_type == "kafka" and second.business_key is None
+    assert [e.event_type for e in refused.events] == ["kafka"]
