@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from unittest import mock
 
 from opentelemetry.trace import SpanKind, StatusCode
@@ -101,7 +101,7 @@ class TransportContract:
 
     # The tests are coroutines: marked for pytest-asyncio, so that they run (rather than
     # being skipped) in its strict mode too. Without pytest installed the mark is absent.
-    pytestmark = [mark for mark in (_pytest_asyncio_mark(),) if mark is not None]
+    pytestmark: ClassVar[list[Any]] = [mark for mark in (_pytest_asyncio_mark(),) if mark is not None]
 
     def harness(self) -> contextlib.AbstractAsyncContextManager[Harness]:
         raise NotImplementedError
