@@ -53,8 +53,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
-from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type
-from otel_eda.messaging.core import service_name
+from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type, service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
