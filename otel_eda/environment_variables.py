@@ -33,3 +33,18 @@ OTEL_EDA_ALERTMANAGER_URL: Final = "OTEL_EDA_ALERTMANAGER_URL"
 
 OTEL_EDA_STRICT: Final = "OTEL_EDA_STRICT"
 """``true``: an invalid setting or a failed SDK configuration stops start-up (default false)."""
+
+OTEL_EDA_LOG_CORRELATION: Final = "OTEL_EDA_LOG_CORRELATION"
+"""``true`` (default): every ``logging`` record carries the current event's ids (``eda_*`` fields)."""
+
+OTEL_EDA_LOG_LIFECYCLE: Final = "OTEL_EDA_LOG_LIFECYCLE"
+"""``off``, ``failures`` (default) or ``all``: which lifecycle stages otel-eda logs."""
+
+OTEL_EDA_EXCEPTION_DETAIL: Final = "OTEL_EDA_EXCEPTION_DETAIL"
+"""``type``, ``message`` (default) or ``full``: how much of an exception otel-eda writes."""
+
+OTEL_EDA_REDACT_PATTERNS: Final = "OTEL_EDA_REDACT_PATTERNS"
+"""Comma-separated patterns redacted from what otel-eda writes: ``card_number``, ``email`` or regexes."""
+
+OTEL_EDA_REDACT_PATTERNS_FILE: Final = "OTEL_EDA_REDACT_PATTERNS_FILE"
+"""A file of patterns to redact, one a line (``card_number``, ``email`` or a regex; ``#`` comments)."""

@@ -21,6 +21,11 @@ MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
 MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
 MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
 ERROR_TYPE: Final = "error.type"
+#: The OpenTelemetry exception conventions: the span event and its (log record) attributes.
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 OPERATION_TYPE_SEND: Final = "send"
 OPERATION_TYPE_PROCESS: Final = "process"
@@ -47,6 +52,11 @@ EDA_PRODUCER_TRACE_ID: Final = "eda.producer.trace_id"
 EDA_PRODUCER_SPAN_ID: Final = "eda.producer.span_id"
 #: Seconds spent in the stage that a lifecycle span event closes.
 EDA_STAGE_SECONDS: Final = "eda.stage.duration"
+
+#: The lifecycle stage a lifecycle log record reports (``retried``, ``dead_lettered``, ...).
+EDA_STAGE: Final = "eda.stage"
+#: Name of the logger (and instrumentation scope) of otel-eda's lifecycle log records.
+LIFECYCLE_LOGGER: Final = "otel_eda.lifecycle"
 
 # lifecycle span events
 EVENT_RECEIVED: Final = "eda.received"

@@ -49,6 +49,12 @@ from otel_eda.anomaly.series import Attributes, SeriesPoint
 __all__ = ["AnomalyEngine", "Silence"]
 
 _log = logging.getLogger(__name__)
+#: The level an alert change is logged at: its severity's (a resolved alert at INFO).
+_LOG_LEVELS: Final[Mapping[Severity, int]] = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+}
 OVERFLOW: Final[Attributes] = (("otel.metric.overflow", "true"),)
 
 
@@ -388,7 +394,8 @@ class AnomalyEngine:
         return muted
 
     def _deliver(self, alert: Alert) -> None:
-        _log.info("alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
+        level = logging.INFO if alert.state is AlertState.RESOLVED else _LOG_LEVELS[alert.severity]
+        _log.log(level, "alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
         for sink in self.sinks:
             try:
                 sink.send(alert)

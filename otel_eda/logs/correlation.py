@@ -1,0 +1,171 @@
+"""The current event's ids on every ``logging.LogRecord``, by a log record factory.
+
+While an event is current (in a handler, in a publish, in any thread or asyncio task that
+carries its context), every record made by any logger carries:
+
+==================== ====================================================================
+record attribute      value
+==================== ====================================================================
+``eda_event_id``      the current event's id
+``eda_correlation_id`` its correlation id (the business flow)
+``eda_causation_id``  its causation id (the event whose handling emitted it), or ``""``
+``eda_event_type``    its type
+``eda_business_key``  its business key, or ``""``
+``otelTraceID``       the current span's trace id (32 hex digits), ``"0"`` without one
+``otelSpanID``        the current span's span id (16 hex digits), ``"0"`` without one
+``otelTraceSampled``  whether the current span is sampled
+==================== ====================================================================
+
+Every record has every field (``""`` when no event is current), so a plain format string
+works everywhere: ``"%(levelname)s [%(eda_correlation_id)s] %(message)s"``. The ``otel*``
+names and values are those of ``opentelemetry-instrumentation-logging``, which composes
+with this factory in either order. Without an event but with W3C baggage carrying
+``eda.correlation_id`` (an HTTP request from an otel-eda service), the correlation and
+causation ids come from the baggage, as on spans.
+
+The factory wraps the one installed before it. A record made with nothing at all in the
+OpenTelemetry context (no event, span or baggage) costs one context-variable read and one
+``dict.update`` (``benchmarks/bench_logs.py`` measures it against plain logging).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from otel_eda.identity.event import current_event, flow_ids
+
+__all__ = [
+    "BUSINESS_KEY",
+    "CAUSATION_ID",
+    "CORRELATION_ID",
+    "EVENT_ID",
+    "EVENT_TYPE",
+    "FIELDS",
+    "event_fields",
+    "install_log_correlation",
+    "log_correlation_installed",
+    "uninstall_log_correlation",
+]
+
+EVENT_ID: Final = "eda_event_id"
+CORRELATION_ID: Final = "eda_correlation_id"
+CAUSATION_ID: Final = "eda_causation_id"
+EVENT_TYPE: Final = "eda_event_type"
+BUSINESS_KEY: Final = "eda_business_key"
+#: The record attributes of the current event's identity, in this order.
+FIELDS: Final = (EVENT_ID, CORRELATION_ID, CAUSATION_ID, EVENT_TYPE, BUSINESS_KEY)
+#: opentelemetry-instrumentation-logging's record attributes (same names, same values).
+TRACE_ID: Final = "otelTraceID"
+SPAN_ID: Final = "otelSpanID"
+TRACE_SAMPLED: Final = "otelTraceSampled"
+
+_NOTHING_CURRENT: Final[Mapping[str, Any]] = {
+    **dict.fromkeys(FIELDS, ""),
+    TRACE_ID: "0",
+    SPAN_ID: "0",
+    TRACE_SAMPLED: False,
+}
+
+_lock = threading.Lock()
+_previous: Callable[..., logging.LogRecord] | None = None
+
+
+def _context_reader() -> Callable[[], Context]:
+    """The fastest way to read the current OpenTelemetry context.
+
+    The API keeps it in a ``ContextVar`` of its runtime context; reading that variable
+    directly saves three Python calls per record. Any other runtime context (an
+    ``OTEL_PYTHON_CONTEXT`` plug-in) is read through the public API.
+    """
+    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if isinstance(var, contextvars.ContextVar):
+        return var.get
+    return otel_context.get_current
+
+
+def event_fields(context: Context | None = None) -> dict[str, Any]:
+    """The record attributes of ``context`` (default: the current one), every field set."""
+    fields = dict(_NOTHING_CURRENT)
+    event = current_event(context)
+    if event is not None:
+        fields[EVENT_ID] = event.event_id
+        fields[CORRELATION_ID] = event.correlation_id
+        fields[CAUSATION_ID] = event.causation_id or ""
+        fields[EVENT_TYPE] = event.event_type
+        fields[BUSINESS_KEY] = event.business_key or ""
+    else:
+        ids = flow_ids(context)
+        if ids is not None:
+            fields[CORRELATION_ID] = ids.correlation_id
+            fields[CAUSATION_ID] = ids.causation_id or ""
+    span_context = trace.get_current_span(context).get_span_context()
+    if span_context.is_valid:
+        fields[TRACE_ID] = format(span_context.trace_id, "032x")
+        fields[SPAN_ID] = format(span_context.span_id, "016x")
+        fields[TRACE_SAMPLED] = span_context.trace_flags.sampled
+    return fields
+
+
+def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    read_context = _context_reader()
+    nothing_current = _NOTHING_CURRENT
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        context = read_context()
+        if not context:  # nothing in the OpenTelemetry context: the common, cheap case
+            record.__dict__.update(nothing_current)
+            return record
+        try:
+            record.__dict__.update(event_fields(context))
+        except Exception:  # never let a log call fail: the fields stay empty
+            record.__dict__.update(nothing_current)
+        return record
+
+    make_record.otel_eda_previous = previous  # type: ignore[attr-defined]
+    return make_record
+
+
+def install_log_correlation() -> bool:
+    """Install the record factory (once); returns whether this call installed it."""
+    global _previous
+    with _lock:
+        if _previous is not None:
+            return False
+        previous = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_factory(previous))
+        _previous = previous
+        return True
+
+
+def log_correlation_installed() -> bool:
+    return _previous is not None
+
+
+def uninstall_log_correlation() -> bool:
+    """Restore the factory that was installed before, when this one is still the outermost.
+
+    When another factory has wrapped it since (``LoggingInstrumentor`` instrumented after
+    ``configure()``), it stays in that chain; returns whether it was removed.
+    """
+    global _previous
+    with _lock:
+        current = logging.getLogRecordFactory()
+        previous = _previous
+        if previous is None:
+            return False
+        wrapped: object = getattr(current, "otel_eda_previous", None)
+        if wrapped is not previous:
+            return False
+        logging.setLogRecordFactory(previous)
+        _previous = None
+        return True
