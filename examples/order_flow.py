@@ -58,7 +58,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
 
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from order_services import (
@@ -188,6 +189,9 @@ def service_main(spec: ServiceSpec) -> None:
         meter_provider = metrics.get_meter_provider()
         if isinstance(meter_provider, MeterProvider):
             meter_provider.shutdown()
+        logger_provider = _logs.get_logger_provider()
+        if isinstance(logger_provider, LoggerProvider):
+            logger_provider.shutdown()  # OTEL_LOGS_EXPORTER: export the last log records
         sys.stdout.flush()
 
 
