@@ -22,8 +22,10 @@ these cases:
 * ``factory.event.eda_format``: the same, with ``[%(eda_correlation_id)s]`` in the format.
 
 Cases are interleaved round-robin (the order rotates each repetition); each line gives the
-wall-time median and min-max in microseconds per call. The exit status is 0 whatever the
-numbers say: this is a measurement, not a test.
+wall-time median and min-max and the CPU-time median in microseconds per call; the goal is
+judged on CPU time (the benchmark is single-threaded, and on a shared machine the wall time
+mostly measures the neighbours). The exit status is 0 whatever the numbers say: this is a
+measurement, not a test.
 """
 
 from __future__ import annotations
@@ -59,11 +61,26 @@ class _FieldsFilter(logging.Filter):
         self._read = correlation._context_reader()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        r: Any = record
         context = self._read()
         if not context:
-            record.__dict__.update(correlation._NOTHING_CURRENT)
+            r.eda_event_id = ""
+            r.eda_correlation_id = ""
+            r.eda_causation_id = ""
+            r.eda_event_type = ""
+            r.eda_business_key = ""
+            r.otelTraceID = "0"
+            r.otelSpanID = "0"
         else:
-            record.__dict__.update(correlation.event_fields(context))
+            (
+                r.eda_event_id,
+                r.eda_correlation_id,
+                r.eda_causation_id,
+                r.eda_event_type,
+                r.eda_business_key,
+                r.otelTraceID,
+                r.otelSpanID,
+            ) = correlation._current_values(context)
         return True
 
 
@@ -88,21 +105,22 @@ def _event_context() -> Context:
 
 def _case(
     name: str, factory: Callable[..., logging.LogRecord], fmt: str, *, with_filter: bool, event: bool
-) -> Callable[[int], float]:
+) -> Callable[[int], tuple[float, float]]:
     logger, stream = _logger(name, fmt, with_filter=with_filter)
     context = _event_context() if event else None
 
-    def run(n: int) -> float:
+    def run(n: int) -> tuple[float, float]:
         logging.setLogRecordFactory(factory)
         token = attach(context) if context is not None else None
         try:
             stream.seek(0)
             stream.truncate()
             info = logger.info
+            cpu = time.process_time()
             start = time.perf_counter()
             for i in range(n):
                 info("order %s shipped", i)
-            return time.perf_counter() - start
+            return time.perf_counter() - start, time.process_time() - cpu
         finally:
             if token is not None:
                 detach(token)
@@ -130,13 +148,16 @@ def main() -> None:
         "factory.event.eda_format": _case("f2", eda_factory, EDA_FORMAT, with_filter=False, event=True),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
+    cpu_samples: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for run in cases.values():  # warm up
         run(n // 10)
     for rep in range(reps):
         order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
-            samples[name].append(cases[name](n) / n * 1e6)
+            wall, cpu = cases[name](n)
+            samples[name].append(wall / n * 1e6)
+            cpu_samples[name].append(cpu / n * 1e6)
     logging.setLogRecordFactory(plain_factory)
 
     result: dict[str, Any] = {
@@ -147,21 +168,25 @@ def main() -> None:
         "cases": {},
     }
     plain = statistics.median(samples["plain"])
-    print(f"python {result['python']}, {reps} repetitions x {n} log calls, wall time per call")
+    plain_cpu = statistics.median(cpu_samples["plain"])
+    print(f"python {result['python']}, {reps} repetitions x {n} log calls, per call: wall median (min-max), CPU median")
     for name in names:
         median = statistics.median(samples[name])
+        cpu = statistics.median(cpu_samples[name])
         result["cases"][name] = {
             "median_us": median,
             "min_us": min(samples[name]),
             "max_us": max(samples[name]),
+            "cpu_median_us": cpu,
             "samples_us": samples[name],
+            "cpu_samples_us": cpu_samples[name],
         }
-        ratio = median / plain
         print(
-            f"  {name:26s} {median:7.3f} us  (min {min(samples[name]):.3f}, max {max(samples[name]):.3f})"
-            f"  x{ratio:.3f}  added {median - plain:+.3f} us"
+            f"  {name:26s} wall {median:7.3f} us ({min(samples[name]):.3f}-{max(samples[name]):.3f})"
+            f" x{median / plain:.3f}"
+            f"  cpu {cpu:7.3f} us x{cpu / plain_cpu:.3f}  added {cpu - plain_cpu:+.3f} us cpu"
         )
-    ratio = result["cases"]["factory.no_event"]["median_us"] / plain
+    ratio = result["cases"]["factory.no_event"]["cpu_median_us"] / plain_cpu
     result["goal"] = {
         "case": "factory.no_event",
         "baseline": "plain",
@@ -169,10 +194,11 @@ def main() -> None:
         "max": GOAL,
         "met": ratio <= GOAL,
     }
-    print(f"no event current: factory / plain = {ratio:.3f} (goal <= {GOAL}): {'met' if ratio <= GOAL else 'MISSED'}")
-    added = result["cases"]["factory.event"]["median_us"] - plain
+    verdict = "met" if ratio <= GOAL else "MISSED"
+    print(f"no event current: factory / plain CPU time = {ratio:.3f} (goal <= {GOAL}): {verdict}")
+    added = result["cases"]["factory.event"]["cpu_median_us"] - plain_cpu
     result["event_added_us"] = added
-    print(f"event current: {added:+.3f} us added per record")
+    print(f"event current: {added:+.3f} us CPU added per record")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(result, out, indent=1)

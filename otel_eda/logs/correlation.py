@@ -13,19 +13,21 @@ record attribute      value
 ``eda_business_key``  its business key, or ``""``
 ``otelTraceID``       the current span's trace id (32 hex digits), ``"0"`` without one
 ``otelSpanID``        the current span's span id (16 hex digits), ``"0"`` without one
-``otelTraceSampled``  whether the current span is sampled
 ==================== ====================================================================
 
 Every record has every field (``""`` when no event is current), so a plain format string
 works everywhere: ``"%(levelname)s [%(eda_correlation_id)s] %(message)s"``. The ``otel*``
 names and values are those of ``opentelemetry-instrumentation-logging``, which composes
-with this factory in either order. Without an event but with W3C baggage carrying
-``eda.correlation_id`` (an HTTP request from an otel-eda service), the correlation and
-causation ids come from the baggage, as on spans.
+with this factory in either order (and adds ``otelTraceSampled`` and ``otelServiceName``).
+Without an event but with W3C baggage carrying ``eda.correlation_id`` (an HTTP request
+from an otel-eda service), the correlation and causation ids come from the baggage, as on
+spans.
 
 The factory wraps the one installed before it. A record made with nothing at all in the
-OpenTelemetry context (no event, span or baggage) costs one context-variable read and one
-``dict.update`` (``benchmarks/bench_logs.py`` measures it against plain logging).
+OpenTelemetry context (no event, span or baggage) costs one context-variable read and
+seven attribute stores (``benchmarks/bench_logs.py`` measures it against plain logging);
+the values of the last context seen are kept, so the records of one handler compute them
+once.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = [
     "EVENT_ID",
     "EVENT_TYPE",
     "FIELDS",
+    "RECORD_FIELDS",
+    "current_fields",
     "event_fields",
     "install_log_correlation",
     "log_correlation_installed",
@@ -65,14 +69,14 @@ FIELDS: Final = (EVENT_ID, CORRELATION_ID, CAUSATION_ID, EVENT_TYPE, BUSINESS_KE
 #: opentelemetry-instrumentation-logging's record attributes (same names, same values).
 TRACE_ID: Final = "otelTraceID"
 SPAN_ID: Final = "otelSpanID"
+#: the instrumentation's sampled flag: otel-eda does not set it (see :func:`_factory`)
 TRACE_SAMPLED: Final = "otelTraceSampled"
+#: Every attribute the factory sets, in the order it sets them.
+RECORD_FIELDS: Final = (*FIELDS, TRACE_ID, SPAN_ID)
 
-_NOTHING_CURRENT: Final[Mapping[str, Any]] = {
-    **dict.fromkeys(FIELDS, ""),
-    TRACE_ID: "0",
-    SPAN_ID: "0",
-    TRACE_SAMPLED: False,
-}
+_Values = tuple[str, str, str, str, str, str, str]
+_NOTHING: Final[_Values] = ("", "", "", "", "", "0", "0")
+_NOTHING_CURRENT: Final[Mapping[str, str]] = dict(zip(RECORD_FIELDS, _NOTHING, strict=True))
 
 _lock = threading.Lock()
 _previous: Callable[..., logging.LogRecord] | None = None
@@ -92,44 +96,86 @@ def _context_reader() -> Callable[[], Context]:
     return otel_context.get_current
 
 
-def event_fields(context: Context | None = None) -> dict[str, Any]:
-    """The record attributes of ``context`` (default: the current one), every field set."""
-    fields = dict(_NOTHING_CURRENT)
+def _values(context: Context | None) -> _Values:
     event = current_event(context)
     if event is not None:
-        fields[EVENT_ID] = event.event_id
-        fields[CORRELATION_ID] = event.correlation_id
-        fields[CAUSATION_ID] = event.causation_id or ""
-        fields[EVENT_TYPE] = event.event_type
-        fields[BUSINESS_KEY] = event.business_key or ""
+        ids: tuple[str, str, str, str, str] = (
+            event.event_id,
+            event.correlation_id,
+            event.causation_id or "",
+            event.event_type,
+            event.business_key or "",
+        )
     else:
-        ids = flow_ids(context)
-        if ids is not None:
-            fields[CORRELATION_ID] = ids.correlation_id
-            fields[CAUSATION_ID] = ids.causation_id or ""
+        flow = flow_ids(context)
+        ids = ("", flow.correlation_id, flow.causation_id or "", "", "") if flow is not None else ("",) * 5
     span_context = trace.get_current_span(context).get_span_context()
     if span_context.is_valid:
-        fields[TRACE_ID] = format(span_context.trace_id, "032x")
-        fields[SPAN_ID] = format(span_context.span_id, "016x")
-        fields[TRACE_SAMPLED] = span_context.trace_flags.sampled
-    return fields
+        return (*ids, format(span_context.trace_id, "032x"), format(span_context.span_id, "016x"))
+    return (*ids, "0", "0")
+
+
+def event_fields(context: Context | None = None) -> dict[str, str]:
+    """The record attributes of ``context`` (default: the current one), every field set."""
+    return dict(zip(RECORD_FIELDS, _values(context), strict=True))
+
+
+#: The values of the last context seen: a handler's records share one context object
+#: (contexts are immutable; attaching another one makes a new object). One tuple, swapped
+#: whole, so threads never see a context with another one's values.
+_last: tuple[Context | None, _Values] = (None, _NOTHING)
+
+
+def _current_values(context: Context) -> _Values:
+    global _last
+    seen, values = _last
+    if seen is not context:
+        try:
+            values = _values(context)
+        except Exception:  # never let a log call fail: the fields stay empty
+            values = _NOTHING
+        _last = (context, values)
+    return values
+
+
+def current_fields(context: Context) -> dict[str, str]:
+    """:func:`event_fields` of ``context``, computed once per context object."""
+    return dict(zip(RECORD_FIELDS, _current_values(context), strict=True))
 
 
 def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """A record factory calling ``previous`` and setting :data:`RECORD_FIELDS`.
+
+    The fields are set as attributes, always the same seven in the same order: CPython then
+    keeps them in the key table the records of the class share (up to 30 keys, with the
+    formatter's ``message`` and ``asctime``); a ``dict.update`` (or an eighth field, such as
+    ``otelTraceSampled``) turns each record's attribute table into a private one, which
+    measured +5 % per log call instead of about 0 (``benchmarks/bench_logs.py``).
+    """
     read_context = _context_reader()
-    nothing_current = _NOTHING_CURRENT
 
     def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+        record: Any = previous(*args, **kwargs)
         context = read_context()
         if not context:  # nothing in the OpenTelemetry context: the common, cheap case
-            record.__dict__.update(nothing_current)
-            return record
-        try:
-            record.__dict__.update(event_fields(context))
-        except Exception:  # never let a log call fail: the fields stay empty
-            record.__dict__.update(nothing_current)
-        return record
+            record.eda_event_id = ""
+            record.eda_correlation_id = ""
+            record.eda_causation_id = ""
+            record.eda_event_type = ""
+            record.eda_business_key = ""
+            record.otelTraceID = "0"
+            record.otelSpanID = "0"
+        else:
+            (
+                record.eda_event_id,
+                record.eda_correlation_id,
+                record.eda_causation_id,
+                record.eda_event_type,
+                record.eda_business_key,
+                record.otelTraceID,
+                record.otelSpanID,
+            ) = _current_values(context)
+        return record  # type: ignore[no-any-return]
 
     make_record.otel_eda_previous = previous  # type: ignore[attr-defined]
     return make_record

@@ -7,7 +7,7 @@
 While an event is current, :func:`add_event_ids` adds the fields of
 :mod:`otel_eda.logs.correlation` (``eda_event_id``, ``eda_correlation_id``,
 ``eda_causation_id``, ``eda_event_type``, ``eda_business_key``) and, while a span is
-current, ``otelTraceID``/``otelSpanID``/``otelTraceSampled``; a key the event dict already
+current, ``otelTraceID``/``otelSpanID``; a key the event dict already
 has is kept. With nothing current it adds nothing. structlog itself is not imported.
 """
 
@@ -21,7 +21,7 @@ from otel_eda.logs import correlation
 __all__ = ["add_event_ids"]
 
 _read_context = correlation._context_reader()
-_SPAN_FIELDS = frozenset((correlation.TRACE_ID, correlation.SPAN_ID, correlation.TRACE_SAMPLED))
+_SPAN_FIELDS = frozenset((correlation.TRACE_ID, correlation.SPAN_ID))
 
 
 def add_event_ids(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -29,7 +29,7 @@ def add_event_ids(logger: Any, method_name: str, event_dict: MutableMapping[str,
     context = _read_context()
     if not context:
         return event_dict
-    fields = correlation.event_fields(context)
+    fields = correlation.current_fields(context)
     has_span = fields[correlation.TRACE_ID] != "0"
     for key, value in fields.items():
         if key in event_dict:
