@@ -130,3 +130,79 @@ def test_internal_errors_follow_the_policy(monkeypatch: pytest.MonkeyPatch, capl
         assert ("for payment" in text) is expect_message, detail
         assert ("Traceback" in text) is expect_traceback, detail
         assert "ValueError" in text
+
+
+# -- end to end: a handler raises with a card number in its message -------------------------------
+
+LEAK = """
+import asyncio, logging, sys
+import otel_eda
+from otel_eda import EventBus, RetryPolicy, Rejected
+from otel_eda.transports.interprocess import RecordForwarder
+
+logging.basicConfig(stream=sys.stderr, level=logging.DEBUG, format="%(levelname)s %(name)s %(message)s")
+otel_eda.configure()
+
+
+async def main() -> None:
+    async with EventBus(service="shop", retry=RetryPolicy(2, 0.0)) as bus:
+        def charge(delivery):
+            raise ValueError(f"card {delivery.payload['card']} declined")
+
+        def refuse(delivery):
+            raise Rejected(f"card {delivery.payload['card']} refused")
+
+        def broken_dead_letter_handler(letter):
+            raise RuntimeError(f"could not park {letter!r}")
+
+        bus.subscribe("order_placed", charge, subscriber="payment")
+        bus.subscribe("order_placed", refuse, subscriber="fraud")
+        bus.subscribe_dead_letters(broken_dead_letter_handler)
+        event = await bus.publish("order_placed", {"card": "4111 1111 1111 1111"}, business_key="order-1")
+        await bus.join()
+        print(bus.store.render_flow(event.correlation_id))
+        for letter in bus.dead_letters:
+            print(repr(letter), str(letter))
+        for summary in bus.store.flow(event.correlation_id):
+            print(repr(summary))
+
+
+asyncio.run(main())
+"""
+
+
+def _leak_run(tmp_path: Path, detail: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "leak.py"
+    script.write_text(LEAK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_TRACES_EXPORTER="console",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="console",
+        OTEL_PYTHON_LOGGING_AUTO_INSTRUMENTATION_ENABLED="true",
+        OTEL_EDA_EXCEPTION_DETAIL=detail,
+        OTEL_EDA_LOG_LIFECYCLE="all",
+        OTEL_SERVICE_NAME="shop",
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout + result.stderr
+
+
+def test_under_type_the_card_number_appears_nowhere_otel_eda_writes(tmp_path: Path) -> None:
+    """Exported spans, OTel log records, lifecycle logs, the store's rendering, dead letters
+    (fields, repr), otel-eda's own stderr output: everything the script prints."""
+    written = _leak_run(tmp_path, "type")
+    assert "exception.type" in written and "dead_lettered" in written and "ValueError" in written  # it ran
+    assert "4111 1111 1111 1111" not in written, [line for line in written.splitlines() if "4111" in line]
+
+
+def test_under_message_the_same_run_shows_it(tmp_path: Path) -> None:
+    """The control: the test above can fail (the number is there when the policy allows it)."""
+    assert "4111 1111 1111 1111" in _leak_run(tmp_path, "message")
