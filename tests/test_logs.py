@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, attach, detach
-from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -168,39 +169,71 @@ def test_the_factory_wraps_the_one_before_it_and_uninstalls_cleanly() -> None:
         logging.setLogRecordFactory(original)
 
 
-@pytest.mark.parametrize("order", ["otel_eda_first", "instrumentation_first"])
-def test_composes_with_opentelemetry_instrumentation_logging(order: str, collect: Collect) -> None:
-    from opentelemetry.instrumentation.logging import LoggingInstrumentor
+COMPOSED = """
+import json, logging, sys
+from opentelemetry import trace
+from opentelemetry.context import attach, detach
+from opentelemetry.instrumentation.logging import LoggingInstrumentor
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from otel_eda import EventContext, with_event
+from otel_eda.logs import correlation
 
-    instrumentor = LoggingInstrumentor()
-    original = logging.getLogRecordFactory()
-    try:
-        if order == "otel_eda_first":
-            correlation.install_log_correlation()
-            instrumentor.instrument(inject_trace_context=True, enable_log_auto_instrumentation=False)
-        else:
-            instrumentor.instrument(inject_trace_context=True, enable_log_auto_instrumentation=False)
-            correlation.install_log_correlation()
-        event, ctx = _in_flow()
-        token = attach(ctx)
-        try:
-            logging.getLogger("app").info("both")
-        finally:
-            detach(token)
-        logging.getLogger("app").info("none")
-    finally:
-        if order == "otel_eda_first":
-            instrumentor.uninstrument()
-            assert correlation.uninstall_log_correlation()
-        else:
-            assert correlation.uninstall_log_correlation()
-            instrumentor.uninstrument()
-        assert logging.getLogRecordFactory() is original
-    both, none = collect.records
-    assert both.eda_correlation_id == event.correlation_id  # type: ignore[attr-defined]
-    assert both.otelTraceID == f"{0xABC:032x}" and both.otelSpanID == f"{0xDEF:016x}"  # type: ignore[attr-defined]
-    assert both.otelServiceName is not None  # type: ignore[attr-defined]  # the instrumentation's own field
-    assert none.eda_correlation_id == "" and none.otelTraceID == "0"  # type: ignore[attr-defined]
+order = sys.argv[1]
+original = logging.getLogRecordFactory()
+instrumentor = LoggingInstrumentor()
+if order == "otel_eda_first":
+    correlation.install_log_correlation()
+    instrumentor.instrument(inject_trace_context=True, enable_log_auto_instrumentation=False)
+else:
+    instrumentor.instrument(inject_trace_context=True, enable_log_auto_instrumentation=False)
+    correlation.install_log_correlation()
+records = []
+handler = logging.Handler()
+handler.emit = records.append
+logging.getLogger().addHandler(handler)
+logging.getLogger().setLevel(logging.INFO)
+span = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)))
+event = EventContext.root("order_placed")
+token = attach(with_event(event, trace.set_span_in_context(span)))
+logging.getLogger("app").info("both")
+detach(token)
+logging.getLogger("app").info("none")
+if order == "otel_eda_first":
+    instrumentor.uninstrument()
+    removed = correlation.uninstall_log_correlation()
+else:
+    removed = correlation.uninstall_log_correlation()
+    instrumentor.uninstrument()
+fields = ("eda_correlation_id", "otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName")
+print(json.dumps({
+    "event": event.correlation_id,
+    "records": [{f: getattr(r, f, None) for f in fields} for r in records],
+    "restored": removed and logging.getLogRecordFactory() is original,
+}))
+"""
+
+
+@pytest.mark.parametrize("order", ["otel_eda_first", "instrumentation_first"])
+def test_composes_with_opentelemetry_instrumentation_logging(order: str) -> None:
+    """Both installed, in either order: every record has both sets of fields, and both uninstall.
+    (The instrumentation lives beside the venv, ``.venv/opt``: see ``scripts/setup-venv``.)"""
+    import os
+    from pathlib import Path
+
+    opt = Path(sys.executable).parent.parent / "opt" / "opentelemetry-instrumentation-logging"
+    assert opt.is_dir(), "scripts/setup-venv installs opentelemetry-instrumentation-logging there"
+    env = {**os.environ, "PYTHONPATH": str(opt)}
+    result = subprocess.run(
+        [sys.executable, "-c", COMPOSED, order], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    both, none = out["records"]
+    assert both["eda_correlation_id"] == out["event"]
+    assert both["otelTraceID"] == f"{0xABC:032x}" and both["otelSpanID"] == f"{0xDEF:016x}"
+    assert both["otelTraceSampled"] is True and both["otelServiceName"] is not None  # the instrumentation's
+    assert none["eda_correlation_id"] == "" and none["otelTraceID"] == "0"
+    assert out["restored"]
 
 
 # -- OpenTelemetry log records through the logging bridge ---------------------------------------
@@ -208,8 +241,6 @@ def test_composes_with_opentelemetry_instrumentation_logging(order: str, collect
 
 @pytest.fixture
 def otel_logs(installed: None) -> Iterator[InMemoryLogRecordExporter]:
-    from opentelemetry.instrumentation.logging.handler import LoggingHandler
-
     exporter = InMemoryLogRecordExporter()
     provider = LoggerProvider()
     provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
@@ -217,7 +248,9 @@ def otel_logs(installed: None) -> Iterator[InMemoryLogRecordExporter]:
     assert not add_event_log_processor(provider)  # once per provider
     processors = provider._multi_log_record_processor._log_record_processors  # type: ignore[attr-defined]
     assert isinstance(processors[0], EventLogRecordProcessor)  # before the export processor
-    handler = LoggingHandler(logger_provider=provider)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the SDK's bridge (the instrumentation's is alike)
+        handler = LoggingHandler(logger_provider=provider)
     logger = logging.getLogger("bridged")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
