@@ -551,3 +551,34 @@ def test_alerts_are_logged_at_the_level_of_their_severity(
         AnomalyEngine([])._deliver(alert)
     (record,) = [r for r in caplog.records if r.name == "otel_eda.anomaly.engine"]
     assert record.levelno == level
+
+
+# -- the benchmark runs (it measures; this checks only that it writes its numbers) ------------------
+
+
+@pytest.mark.timeout(120)
+def test_the_log_benchmark_writes_every_case(tmp_path: Any) -> None:
+    from pathlib import Path
+
+    out = tmp_path / "bench.json"
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_logs.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert set(data["cases"]) == {
+        "plain",
+        "factory.no_event",
+        "filter.no_event",
+        "factory.event",
+        "filter.event",
+        "factory.event.eda_format",
+    }
+    for case in data["cases"].values():
+        assert case["min_us"] <= case["median_us"] <= case["max_us"] and case["cpu_median_us"] > 0
+    assert data["goal"]["ratio"] > 0 and isinstance(data["goal"]["met"], bool)
