@@ -44,7 +44,7 @@ APP = textwrap.dedent(
             bus.subscribe("order_placed", lambda d: None, subscriber="payment")
             event = await bus.publish("order_placed")
             await bus.join()
-        return event, bus.telemetry.mode.value
+        return event, bus.messaging.mode.value
 
     event, mode = asyncio.run(main())
     if os.environ.get("LOG_RECORD"):
