@@ -291,7 +291,6 @@ def test_otel_eda_variables_are_opentelemetry_instrument_flags(tmp_path: Path) -
         [str(INSTRUMENT), "--help"], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     import otel_eda.environment_variables as variables
-
     from otel_eda.settings import _VARIABLES
 
     names = [name for name in dir(variables) if name.startswith("OTEL_EDA_")]

@@ -391,7 +391,8 @@ def test_dead_letters_at_error_and_rejections_at_info(installed: None) -> None:
     ]
     (rejected,) = _run_bus("failures", rejects)
     assert rejected.levelno == logging.INFO
-    assert rejected.eda_stage in ("rejected", "failed")  # type: ignore[attr-defined]  # REJECTED once the messaging API lands
+    assert rejected.eda_stage == "rejected"  # type: ignore[attr-defined]
+    assert rejected.eda_error_message == "not ours"  # type: ignore[attr-defined]
 
 
 def test_all_logs_every_stage_once_per_event_and_off_logs_nothing(installed: None) -> None:
@@ -404,9 +405,9 @@ def test_all_logs_every_stage_once_per_event_and_off_logs_nothing(installed: Non
     per_event = {event_id for event_id, _ in stages}
     assert len(per_event) == 3
     for event_id in per_event:
-        assert {s for e, s in stages if e == event_id} >= {"published", "received", "processing", "completed"}
+        assert {s for e, s in stages if e == event_id} >= {"published", "received", "completed"}
     levels = {r.eda_stage: r.levelno for r in records}  # type: ignore[attr-defined]
-    assert levels["completed"] == logging.INFO and levels["processing"] == logging.DEBUG
+    assert levels["completed"] == logging.INFO and levels["received"] == logging.DEBUG
     assert _run_bus("off", _fails_once()) == []
 
 

@@ -9,11 +9,12 @@ stage               level                                      ``failures`` (def
 =================== ========================================= ==========================
 retried             WARNING, with the exception type/message   yes
 dead_lettered       ERROR, with the exception type/message     yes
-rejected / failed   INFO, with the exception type/message      yes
+failed              ERROR, with the exception type/message     yes
+rejected            INFO, with the exception type/message      yes
 dropped             WARNING (a subscriber's queue stayed full) yes
 completed           INFO                                       ``all`` only
 published           INFO                                       ``all`` only
-received, processing, keyed, unrouted   DEBUG                  ``all`` only
+received, keyed, unrouted   DEBUG                              ``all`` only
 =================== ========================================= ==========================
 
 Every field is a record attribute, so a JSON formatter (python-json-logger's, structlog's
@@ -59,20 +60,19 @@ ERROR_MESSAGE: Final = "eda_error_message"
 
 #: Levels of the stages logged under ``failures``.
 _FAILURE_LEVELS: Final[Mapping[str, int]] = {
-    Stage.RETRIED.value: logging.WARNING,
-    Stage.DEAD_LETTERED.value: logging.ERROR,
-    "rejected": logging.INFO,  # Stage.REJECTED (a handler's Rejected)
-    Stage.FAILED.value: logging.INFO,
-    Stage.DROPPED.value: logging.WARNING,
+    Stage.RETRIED: logging.WARNING,
+    Stage.DEAD_LETTERED: logging.ERROR,
+    Stage.FAILED: logging.ERROR,
+    Stage.REJECTED: logging.INFO,
+    Stage.DROPPED: logging.WARNING,
 }
 #: Levels of the other stages, logged under ``all``.
 _OTHER_LEVELS: Final[Mapping[str, int]] = {
-    Stage.PUBLISHED.value: logging.INFO,
-    Stage.COMPLETED.value: logging.INFO,
-    Stage.RECEIVED.value: logging.DEBUG,
-    Stage.PROCESSING.value: logging.DEBUG,
-    Stage.KEYED.value: logging.DEBUG,
-    Stage.UNROUTED.value: logging.DEBUG,
+    Stage.PUBLISHED: logging.INFO,
+    Stage.COMPLETED: logging.INFO,
+    Stage.RECEIVED: logging.DEBUG,
+    Stage.KEYED: logging.DEBUG,
+    Stage.UNROUTED: logging.DEBUG,
 }
 
 
@@ -103,7 +103,7 @@ class LifecycleLogger:
             logging.getLogger(__name__).debug("could not log a lifecycle record", exc_info=True)
 
     def _log(self, level: int, record: LifecycleRecord) -> None:
-        message = getattr(record, "error_message", None)
+        message = record.error_message
         if message is not None:
             message = None if self._redaction.detail is ExceptionDetail.TYPE else self._redaction.text(message)
         fields: dict[str, Any] = {
