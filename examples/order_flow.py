@@ -172,6 +172,7 @@ def service_main(spec: ServiceSpec) -> None:
     os.environ["OTEL_SERVICE_NAME"] = spec.name  # read by configure(): this Resource's service.name
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
     logging.getLogger("order_flow").setLevel(logging.INFO)  # the services' narrative, on stderr
+    logging.getLogger("otel_eda.lifecycle").setLevel(logging.INFO)  # retries, rejections, dead letters
 
     def forward_alert(alert: Alert) -> None:
         # Called from the anomaly reader's thread: hand a plain summary to the launcher.
