@@ -583,3 +583,35 @@ def test_the_log_benchmark_writes_every_case(tmp_path: Any) -> None:
     for case in data["cases"].values():
         assert case["min_us"] <= case["median_us"] <= case["max_us"] and case["cpu_median_us"] > 0
     assert data["goal"]["ratio"] > 0 and isinstance(data["goal"]["met"], bool)
+
+
+def test_the_distro_installs_them_too(tmp_path: Any) -> None:
+    """Under ``opentelemetry-instrument`` with otel-eda's distro and configurator."""
+    import os
+    from pathlib import Path
+
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent(CONFIGURED).replace("otel_eda.configure()\n", ""))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environ.update(
+        OTEL_PYTHON_DISTRO="otel_eda",
+        OTEL_PYTHON_CONFIGURATOR="otel_eda",
+        OTEL_TRACES_EXPORTER="none",
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_LOGS_EXPORTER="console",
+    )
+    instrument = Path(sys.executable).parent / "opentelemetry-instrument"
+    result = subprocess.run(
+        [str(instrument), sys.executable, str(script)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    correlation_id = next(line.split()[1] for line in out if line.startswith("correlation"))
+    assert f"{correlation_id} hello" in out
+    assert "recorders [\"LifecycleLogger('failures')\"]" in out
+    assert any(line.startswith("processors ['EventLogRecordProcessor'") for line in out)
