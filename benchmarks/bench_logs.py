@@ -69,8 +69,6 @@ class _FieldsFilter(logging.Filter):
             r.eda_causation_id = ""
             r.eda_event_type = ""
             r.eda_business_key = ""
-            r.otelTraceID = "0"
-            r.otelSpanID = "0"
         else:
             (
                 r.eda_event_id,

@@ -53,7 +53,7 @@ class Collect(logging.Handler):
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
         self.lines: list[str] = []
-        self.setFormatter(logging.Formatter(fmt))
+        self.setFormatter(logging.Formatter(fmt, defaults=correlation.FORMAT_DEFAULTS))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -103,6 +103,10 @@ def test_every_record_of_any_logger_carries_the_current_event(installed: None, c
 def test_with_nothing_current_every_field_is_there_and_empty(installed: None, collect: Collect) -> None:
     logging.getLogger("app").info("idle")
     assert collect.lines == ["INFO app [|||0] idle"]  # the format string works outside flows too
+    (record,) = collect.records
+    assert record.eda_correlation_id == "" and not hasattr(record, "otelTraceID")  # type: ignore[attr-defined]
+    plain = logging.Formatter("%(levelname)s [%(eda_correlation_id)s] %(message)s")
+    assert plain.format(record) == "INFO [] idle"  # the eda_* fields need no defaults
 
 
 def test_without_an_event_the_flow_ids_come_from_baggage(installed: None, collect: Collect) -> None:

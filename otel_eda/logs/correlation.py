@@ -15,17 +15,20 @@ record attribute      value
 ``otelSpanID``        the current span's span id (16 hex digits), ``"0"`` without one
 ==================== ====================================================================
 
-Every record has every field (``""`` when no event is current), so a plain format string
-works everywhere: ``"%(levelname)s [%(eda_correlation_id)s] %(message)s"``. The ``otel*``
-names and values are those of ``opentelemetry-instrumentation-logging``, which composes
-with this factory in either order (and adds ``otelTraceSampled`` and ``otelServiceName``).
+Every record has the ``eda_*`` fields (``""`` when no event is current), so a plain format
+string works everywhere: ``"%(levelname)s [%(eda_correlation_id)s] %(message)s"``. The
+``otel*`` fields are set while anything is current in the OpenTelemetry context (an event,
+a span, baggage); a format using them outside takes :data:`FORMAT_DEFAULTS`. Their names
+and values are those of ``opentelemetry-instrumentation-logging``, which sets them on every
+record and composes with this factory in either order (and adds ``otelTraceSampled`` and
+``otelServiceName``).
 Without an event but with W3C baggage carrying ``eda.correlation_id`` (an HTTP request
 from an otel-eda service), the correlation and causation ids come from the baggage, as on
 spans.
 
 The factory wraps the one installed before it. A record made with nothing at all in the
 OpenTelemetry context (no event, span or baggage) costs one context-variable read and
-seven attribute stores (``benchmarks/bench_logs.py`` measures it against plain logging);
+five attribute stores (``benchmarks/bench_logs.py`` measures it against plain logging);
 the values of the last context seen are kept, so the records of one handler compute them
 once.
 """
@@ -51,6 +54,7 @@ __all__ = [
     "EVENT_ID",
     "EVENT_TYPE",
     "FIELDS",
+    "FORMAT_DEFAULTS",
     "RECORD_FIELDS",
     "current_fields",
     "event_fields",
@@ -71,8 +75,12 @@ TRACE_ID: Final = "otelTraceID"
 SPAN_ID: Final = "otelSpanID"
 #: the instrumentation's sampled flag: otel-eda does not set it (see :func:`_factory`)
 TRACE_SAMPLED: Final = "otelTraceSampled"
-#: Every attribute the factory sets, in the order it sets them.
+#: Every attribute the factory sets while something is current, in the order it sets them.
 RECORD_FIELDS: Final = (*FIELDS, TRACE_ID, SPAN_ID)
+#: ``logging.Formatter(fmt, defaults=FORMAT_DEFAULTS)``: a format string using ``otelTraceID``
+#: or ``otelSpanID`` also works on records made with nothing current (or install
+#: ``opentelemetry-instrumentation-logging``, which sets them on every record).
+FORMAT_DEFAULTS: Final[Mapping[str, str]] = {TRACE_ID: "0", SPAN_ID: "0"}
 
 _Values = tuple[str, str, str, str, str, str, str]
 _NOTHING: Final[_Values] = ("", "", "", "", "", "0", "0")
@@ -144,13 +152,13 @@ def current_fields(context: Context) -> dict[str, str]:
 
 
 def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
-    """A record factory calling ``previous`` and setting :data:`RECORD_FIELDS`.
+    """A record factory calling ``previous`` and setting the fields.
 
-    The fields are set as attributes, always the same seven in the same order: CPython then
-    keeps them in the key table the records of the class share (up to 30 keys, with the
-    formatter's ``message`` and ``asctime``); a ``dict.update`` (or an eighth field, such as
-    ``otelTraceSampled``) turns each record's attribute table into a private one, which
-    measured +5 % per log call instead of about 0 (``benchmarks/bench_logs.py``).
+    With nothing current it sets the five ``eda_*`` fields only, as attribute stores (a
+    ``dict.update`` turns the record's shared-key attribute table into a private one, and
+    the two ``otel*`` stores more measured +13 % instead of +3 % per log call on CPython
+    3.11: ``benchmarks/bench_logs.py``); with something current, all of
+    :data:`RECORD_FIELDS`.
     """
     read_context = _context_reader()
 
@@ -163,8 +171,6 @@ def _factory(previous: Callable[..., logging.LogRecord]) -> Callable[..., loggin
             record.eda_causation_id = ""
             record.eda_event_type = ""
             record.eda_business_key = ""
-            record.otelTraceID = "0"
-            record.otelSpanID = "0"
         else:
             (
                 record.eda_event_id,
