@@ -20,11 +20,11 @@ Nothing happens when the user disabled otel-eda's instrumentation
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 from collections.abc import MutableMapping
-from importlib.metadata import entry_points
 from typing import Final
 
 __all__ = [
@@ -56,6 +56,13 @@ def _log_once(how: str) -> None:
         )
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def disable_contrib_before_load(environ: MutableMapping[str, str] | None = None) -> bool:
     """Add ``aiokafka`` to ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` when both instrumentations
     are installed and otel-eda's is not disabled. Returns whether it did."""
@@ -63,8 +70,9 @@ def disable_contrib_before_load(environ: MutableMapping[str, str] | None = None)
     disabled = [name.strip() for name in env.get(_DISABLED, "").split(",") if name.strip()]
     if "*" in disabled or ENTRY_POINT in disabled or CONTRIB_ENTRY_POINT in disabled:
         return False
-    names = {ep.name for ep in entry_points(group="opentelemetry_instrumentor")}
-    if ENTRY_POINT not in names or CONTRIB_ENTRY_POINT not in names:
+    # otel-eda's entry point is installed with otel-eda; the contrib one where its module is (a
+    # module lookup costs far less than scanning every distribution's entry points at start-up)
+    if not _installed("aiokafka") or not _installed(_CONTRIB_MODULE):
         return False
     env[_DISABLED] = ",".join([*disabled, CONTRIB_ENTRY_POINT])
     _log_once(f"added {CONTRIB_ENTRY_POINT!r} to {_DISABLED}")
