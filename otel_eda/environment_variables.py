@@ -33,3 +33,15 @@ OTEL_EDA_ALERTMANAGER_URL: Final = "OTEL_EDA_ALERTMANAGER_URL"
 
 OTEL_EDA_STRICT: Final = "OTEL_EDA_STRICT"
 """``true``: an invalid setting or a failed SDK configuration stops start-up (default false)."""
+
+OTEL_EDA_FLOW_ZIPKIN_URL: Final = "OTEL_EDA_FLOW_ZIPKIN_URL"
+"""``otel-eda flow``: Zipkin's base URL, e.g. ``http://127.0.0.1:9411`` (default: none)."""
+
+OTEL_EDA_FLOW_JAEGER_URL: Final = "OTEL_EDA_FLOW_JAEGER_URL"
+"""``otel-eda flow``: Jaeger's query service base URL, e.g. ``http://127.0.0.1:16686`` (default: none)."""
+
+OTEL_EDA_FLOW_FILE: Final = "OTEL_EDA_FLOW_FILE"
+"""``otel-eda flow``: span files or directories, separated by ``os.pathsep`` (default: none)."""
+
+OTEL_EDA_FLOW_LOOKBACK: Final = "OTEL_EDA_FLOW_LOOKBACK"
+"""``otel-eda flow``: seconds back from now that a Zipkin or Jaeger search covers (default 86400)."""

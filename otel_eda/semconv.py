@@ -47,6 +47,13 @@ EDA_PRODUCER_TRACE_ID: Final = "eda.producer.trace_id"
 EDA_PRODUCER_SPAN_ID: Final = "eda.producer.span_id"
 #: Seconds spent in the stage that a lifecycle span event closes.
 EDA_STAGE_SECONDS: Final = "eda.stage.duration"
+#: How one handling attempt ended (process spans): completed, failed, retried,
+#: dead_lettered or rejected. Read by the flow explorer, which falls back to the lifecycle
+#: span events below when a span has no such attribute.
+EDA_OUTCOME: Final = "eda.outcome"
+#: Seconds a message waited before this handling attempt started (queued, or backing off
+#: before a retry). Read by the flow explorer (fallback: the ``eda.received`` event).
+EDA_QUEUE_DURATION: Final = "eda.queue.duration"
 
 # lifecycle span events
 EVENT_RECEIVED: Final = "eda.received"

@@ -13,6 +13,10 @@ variable                         default   meaning
 ``OTEL_EDA_MAX_SERIES``          10000     series the anomaly engine tracks at most
 ``OTEL_EDA_ALERTMANAGER_URL``    (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
 ``OTEL_EDA_STRICT``              false     ``true``: invalid settings stop start-up
+``OTEL_EDA_FLOW_ZIPKIN_URL``     (none)    ``otel-eda flow``: Zipkin base URL
+``OTEL_EDA_FLOW_JAEGER_URL``     (none)    ``otel-eda flow``: Jaeger query base URL
+``OTEL_EDA_FLOW_FILE``           (none)    ``otel-eda flow``: span files (os.pathsep)
+``OTEL_EDA_FLOW_LOOKBACK``       86400     ``otel-eda flow``: seconds searched back
 =============================== ========= ============================================
 
 An invalid value is reported once per process as one ERROR naming the variable, the value
@@ -46,6 +50,10 @@ from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
     OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_FLOW_FILE,
+    OTEL_EDA_FLOW_JAEGER_URL,
+    OTEL_EDA_FLOW_LOOKBACK,
+    OTEL_EDA_FLOW_ZIPKIN_URL,
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_RULES_FILE,
     OTEL_EDA_STORE_MAX_EVENTS,
@@ -66,6 +74,10 @@ _VARIABLES = (
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_STRICT,
+    OTEL_EDA_FLOW_ZIPKIN_URL,
+    OTEL_EDA_FLOW_JAEGER_URL,
+    OTEL_EDA_FLOW_FILE,
+    OTEL_EDA_FLOW_LOOKBACK,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -119,6 +131,11 @@ class Settings:
     max_series: int = 10_000
     alertmanager_url: str | None = None
     strict: bool = False
+    #: ``otel-eda flow``'s default source (at most one is used: see the command's help)
+    flow_zipkin_url: str | None = None
+    flow_jaeger_url: str | None = None
+    flow_files: tuple[str, ...] = ()
+    flow_lookback_s: float = 86_400.0
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -179,10 +196,14 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         else:
             invalid(OTEL_EDA_STRICT, "true, false", "false")
 
-    url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
-    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-        invalid(OTEL_EDA_ALERTMANAGER_URL, "an http:// or https:// URL", "none")
-        url = None
+    def http_url(name: str) -> str | None:
+        url = (raw[name] or "").strip().rstrip("/") or None
+        if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            invalid(name, "an http:// or https:// URL", "none")
+            url = None
+        return url
+
+    url = http_url(OTEL_EDA_ALERTMANAGER_URL)
 
     settings = Settings(
         trace_mode=mode,
@@ -193,6 +214,10 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
         alertmanager_url=url,
         strict=strict,
+        flow_zipkin_url=http_url(OTEL_EDA_FLOW_ZIPKIN_URL),
+        flow_jaeger_url=http_url(OTEL_EDA_FLOW_JAEGER_URL),
+        flow_files=tuple(p for p in (raw[OTEL_EDA_FLOW_FILE] or "").split(os.pathsep) if p.strip()),
+        flow_lookback_s=positive(OTEL_EDA_FLOW_LOOKBACK, d.flow_lookback_s, integer=False),
         errors=tuple(errors),
     )
     for error in errors:

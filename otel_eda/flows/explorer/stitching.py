@@ -1,0 +1,244 @@
+"""Rebuilding flows from spans: :func:`build_flows`.
+
+A flow is rebuilt from what otel-eda writes on its spans, whatever the trace mode:
+
+* each PRODUCER span carrying ``messaging.message.id`` is the publish of one event; each
+  CONSUMER span carrying it is one handling attempt of that event (``eda.delivery.attempt``,
+  by subscriber ``messaging.consumer.group.name``), in the same trace as its producer
+  (parent mode) or in a trace of its own that links to it (link mode);
+* the causation edge is ``eda.causation_id``; where a span lacks it, the handling whose
+  span the publish span descends from (a publish made inside a handler is its child in
+  both modes);
+* how an attempt ended is ``eda.outcome``, else the last lifecycle span event
+  (``eda.completed``, ``eda.failed``, ``eda.retried``, ``eda.dead_lettered``), else the
+  span's status; time in queue is ``eda.queue.duration``, else the ``eda.received`` event;
+* every other span (HTTP, DB, the handler's own) belongs to the nearest publish or
+  process span above it, in its own trace.
+
+Spans that never arrived (sampled out, lost) leave gaps that the flow records instead of
+failing: causes named but never seen, events handled but never seen published, attempt
+numbers missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from otel_eda import semconv
+from otel_eda.flows.explorer.model import Flow, FlowEvent, Handling, HandlingAttempt, Outcome
+from otel_eda.flows.explorer.spans import Kind, SpanData, as_float, as_int
+
+__all__ = ["build_flows", "restrict_to_event"]
+
+_ENDING_EVENTS: Final = {
+    semconv.EVENT_COMPLETED: Outcome.COMPLETED,
+    semconv.EVENT_FAILED: Outcome.FAILED,
+    semconv.EVENT_RETRIED: Outcome.RETRIED,
+    semconv.EVENT_DEAD_LETTERED: Outcome.DEAD_LETTERED,
+}
+_OUTCOMES: Final = {o.value: o for o in Outcome if o is not Outcome.UNKNOWN}
+_PUBLISH, _PROCESS = "publish", "process"
+
+
+def _role(span: SpanData) -> str | None:
+    if semconv.MESSAGING_MESSAGE_ID not in span.attributes:
+        return None
+    if span.kind is Kind.PRODUCER:
+        return _PUBLISH
+    if span.kind is Kind.CONSUMER:
+        operation = span.text(semconv.MESSAGING_OPERATION_TYPE)
+        if operation in (None, semconv.OPERATION_TYPE_PROCESS):
+            return _PROCESS
+    return None
+
+
+def _correlation_id(span: SpanData) -> str | None:
+    return span.text(semconv.EDA_CORRELATION_ID) or span.text(semconv.MESSAGING_MESSAGE_CONVERSATION_ID)
+
+
+def _attempt(span: SpanData, number: int) -> HandlingAttempt:
+    outcome: Outcome | None = _OUTCOMES.get(span.text(semconv.EDA_OUTCOME) or "")
+    ran_s: float | None = None
+    queue_s = as_float(span.attributes.get(semconv.EDA_QUEUE_DURATION))
+    for event in span.events:
+        ending = _ENDING_EVENTS.get(event.name)
+        if ending is not None:
+            ran_s = as_float(event.attributes.get(semconv.EDA_STAGE_SECONDS))
+            if outcome is None:
+                outcome = ending
+        elif event.name == semconv.EVENT_RECEIVED and queue_s is None:
+            queue_s = as_float(event.attributes.get(semconv.EDA_STAGE_SECONDS))
+    if outcome is None:
+        outcome = Outcome.FAILED if span.error else Outcome.COMPLETED
+    return HandlingAttempt(
+        attempt=number,
+        outcome=outcome,
+        span=span,
+        duration_s=ran_s if ran_s is not None else span.duration_s,
+        queue_s=queue_s,
+        error_type=span.text(semconv.ERROR_TYPE),
+    )
+
+
+def _new_event(span: SpanData, event_id: str, correlation_id: str) -> FlowEvent:
+    return FlowEvent(
+        event_id=event_id,
+        correlation_id=correlation_id,
+        causation_id=span.text(semconv.EDA_CAUSATION_ID),
+        event_type=span.text(semconv.EDA_EVENT_TYPE) or span.text(semconv.MESSAGING_DESTINATION_NAME) or span.name,
+        business_key=span.text(semconv.EDA_BUSINESS_KEY),
+        destination=span.text(semconv.MESSAGING_DESTINATION_NAME),
+        publisher=None,
+    )
+
+
+def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
+    """Every flow the spans tell of, by correlation id. Duplicate spans count once."""
+    by_key: dict[tuple[str, str], SpanData] = {}
+    for span in spans:
+        by_key.setdefault(span.key, span)
+    roles = {key: _role(span) for key, span in by_key.items()}
+
+    # The nearest publish or process span above each span (itself excluded), in its trace.
+    owner_memo: dict[tuple[str, str], tuple[str, str] | None] = {}
+
+    def owner(span: SpanData) -> tuple[str, str] | None:
+        if span.key in owner_memo:
+            return owner_memo[span.key]
+        path: list[tuple[str, str]] = []
+        found: tuple[str, str] | None = None
+        current = span
+        while current.parent_id is not None:
+            parent_key = (current.trace_id, current.parent_id)
+            parent = by_key.get(parent_key)
+            if parent is None or parent_key == span.key or parent_key in path:
+                break  # the parent is missing (or the data has a cycle)
+            if roles[parent_key] is not None:
+                found = parent_key
+                break
+            if parent_key in owner_memo:
+                found = owner_memo[parent_key]
+                break
+            path.append(parent_key)
+            current = parent
+        for key in path:
+            owner_memo[key] = found
+        if roles[span.key] is None:
+            owner_memo[span.key] = found
+        return found
+
+    ordered = sorted(by_key.values(), key=lambda s: (s.start_ns, s.span_id))
+    events: dict[str, FlowEvent] = {}
+    attempt_of: dict[tuple[str, str], HandlingAttempt] = {}
+    publish_of: dict[tuple[str, str], FlowEvent] = {}
+
+    for span in ordered:
+        if roles[span.key] != _PUBLISH:
+            continue
+        event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
+        event = events.get(event_id)
+        if event is None:
+            event = events[event_id] = _new_event(span, event_id, _correlation_id(span) or event_id)
+        if event.publisher is None:
+            event.publisher = span.service
+        event.publishes.append(span)
+        publish_of[span.key] = event
+
+    process_event: dict[tuple[str, str], FlowEvent] = {}
+    process_subscriber: dict[tuple[str, str], str] = {}
+    for span in ordered:
+        if roles[span.key] != _PROCESS:
+            continue
+        event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
+        event = events.get(event_id)
+        if event is None:
+            event = events[event_id] = _new_event(span, event_id, _correlation_id(span) or event_id)
+        if event.business_key is None:
+            event.business_key = span.text(semconv.EDA_BUSINESS_KEY)
+        if event.causation_id is None:
+            event.causation_id = span.text(semconv.EDA_CAUSATION_ID)
+        subscriber = span.text(semconv.MESSAGING_CONSUMER_GROUP_NAME) or span.service
+        handling = event.handlings.get(subscriber)
+        if handling is None:
+            handling = event.handlings[subscriber] = Handling(subscriber, span.service)
+        number = as_int(span.attributes.get(semconv.EDA_DELIVERY_ATTEMPT)) or len(handling.attempts) + 1
+        attempt = _attempt(span, number)
+        handling.attempts.append(attempt)
+        attempt_of[span.key] = attempt
+        process_event[span.key] = event
+        process_subscriber[span.key] = subscriber
+
+    # Who emitted each event, and the causation edge where the spans lack eda.causation_id.
+    for event in events.values():
+        for publish in event.publishes:
+            emitter = owner(publish)
+            if emitter is not None and emitter in attempt_of:
+                cause = process_event[emitter]
+                event.emitted_by = (cause.event_id, process_subscriber[emitter])
+                if event.causation_id is None and cause.event_id != event.event_id:
+                    event.causation_id = cause.event_id
+                break
+
+    # Every other span: under the attempt or publish it was made in, else stray in its flow.
+    strays: dict[str, list[SpanData]] = {}
+    for span in ordered:
+        if roles[span.key] is not None:
+            continue
+        above = owner(span)
+        if above is not None and above in attempt_of:
+            attempt_of[above].foreign.append(span)
+        elif above is not None and above in publish_of:
+            publish_of[above].foreign.append(span)
+        else:
+            correlation_id = _correlation_id(span)
+            if correlation_id is not None:
+                strays.setdefault(correlation_id, []).append(span)
+
+    grouped: dict[str, list[FlowEvent]] = {}
+    for event in sorted(events.values(), key=lambda e: (e.published_ns, e.event_id)):
+        grouped.setdefault(event.correlation_id, []).append(event)
+    flows: dict[str, Flow] = {}
+    for correlation_id, members in grouped.items():
+        ids = {e.event_id for e in members}
+        missing = sorted({e.causation_id for e in members if e.causation_id and e.causation_id not in ids})
+        stray = strays.get(correlation_id, [])
+        flow_spans = [s for e in members for s in e.publishes]
+        flow_spans += [s for e in members for s in e.foreign]
+        flow_spans += [a.span for e in members for h in e.handlings.values() for a in h.attempts]
+        flow_spans += [f for e in members for h in e.handlings.values() for a in h.attempts for f in a.foreign]
+        flow_spans += stray
+        flows[correlation_id] = Flow(
+            correlation_id,
+            members,
+            missing,
+            stray,
+            min(s.start_ns for s in flow_spans),
+            max(s.end_ns for s in flow_spans),
+        )
+    return flows
+
+
+def restrict_to_event(flow: Flow, event_id: str) -> Flow | None:
+    """The part of ``flow`` that concerns one event: its chain of causes up to the root,
+    itself, and everything it caused, directly or not. ``None`` if the event is not in it."""
+    if flow.event(event_id) is None:
+        return None
+    keep = set()
+    current: str | None = event_id
+    while current is not None and current not in keep:
+        keep.add(current)
+        found = flow.event(current)
+        current = found.causation_id if found is not None else None
+    frontier = [event_id]
+    while frontier:
+        nxt = []
+        for cause in frontier:
+            for child in flow.children(cause):
+                if child.event_id not in keep:
+                    keep.add(child.event_id)
+                    nxt.append(child.event_id)
+        frontier = nxt
+    members = [e for e in flow.events if e.event_id in keep]
+    missing = sorted({c for e in members if (c := e.causation_id) and c not in keep})
+    return Flow(flow.correlation_id, members, missing, [], flow.start_ns, flow.end_ns)
