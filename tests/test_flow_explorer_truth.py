@@ -110,9 +110,11 @@ def test_every_story_flow_rebuilt_from_spans_equals_the_lifecycle_records(
             return find_flows(source, FlowQuery(business_key=key))
 
         flows = wait_for(rebuilt, 60, f"flow {key} complete in {where} ({demo.mode} mode)")
-        assert [f.correlation_id for f in flows] == [correlation_id]
-        assert explored_flow(flows[0]) == shape, f"{key} from {where} in {demo.mode} mode"
-        assert flows[0].gaps == 0
+        # The session's backends also hold the other runs' orders of the same keys: every flow of the key.
+        (flow,) = [f for f in flows if f.correlation_id == correlation_id]
+        assert all(f.business_keys == [key] for f in flows)
+        assert explored_flow(flow) == shape, f"{key} from {where} in {demo.mode} mode"
+        assert flow.gaps == 0
 
 
 def test_otel_eda_flow_key_order_1003_prints_the_story_the_demo_prints(
@@ -133,10 +135,14 @@ def test_otel_eda_flow_key_order_1003_prints_the_story_the_demo_prints(
         lines = result.stdout.splitlines()
         # The demo: "order_placed by order: payment failed (PaymentDeclined)", then
         # "payment_declined by payment: notification completed; order completed".
-        assert lines[0].startswith(f"order-1003  correlation id {correlation_id}  [failed]")
-        assert lines[1].startswith("└── order_placed from order  key order-1003")
-        assert "payment failed" in lines[2] and "PaymentDeclined" in lines[2]
-        text = result.stdout
+        # Other runs of the session may have an order-1003 too: this run's flow is one of the trees.
+        header = f"order-1003  correlation id {correlation_id}"
+        start = next(i for i, line in enumerate(lines) if line.startswith(header))
+        tree = lines[start : start + 9]
+        assert tree[0].endswith("[failed]")
+        assert tree[1].startswith("└── order_placed from order  key order-1003")
+        assert "payment failed" in tree[2] and "PaymentDeclined" in tree[2]
+        text = "\n".join(tree)
         assert "payment_declined from payment" in text
         assert "notification completed" in text and "order completed" in text
-        assert lines[-1].startswith("2 events, 3 services (notification, order, payment), wall ")
+        assert any(line.startswith("2 events, 3 services (notification, order, payment), wall ") for line in tree)
