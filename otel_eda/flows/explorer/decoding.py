@@ -75,34 +75,51 @@ def _same(value: Any) -> Any:
     return value
 
 
+def _array(inner: Any) -> list[Any]:
+    return [_any_value(v) for v in (inner or {}).get("values", ())]
+
+
+def _kvlist(inner: Any) -> dict[str, Any]:
+    return _attributes((inner or {}).get("values", ()))
+
+
 _SCALARS: Final[dict[str, Callable[[Any], Any]]] = {
     "stringValue": _same,
     "intValue": as_int,
     "doubleValue": float,
     "boolValue": bool,
     "bytesValue": _same,
+    "arrayValue": _array,
+    "kvlistValue": _kvlist,
 }
 
 
 def _any_value(value: Any) -> Any:
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, dict):
         return None
-    kind, inner = next(iter(value.items()))
-    scalar = _SCALARS.get(kind)
-    if scalar is not None:
-        return scalar(inner)
-    if kind == "arrayValue":
-        return [_any_value(v) for v in (inner or {}).get("values", ())]
-    if kind == "kvlistValue":
-        return _attributes((inner or {}).get("values", ()))
-    return inner
+    text = value.get("stringValue")  # the common case first
+    if text is not None:
+        return text
+    for kind, inner in value.items():
+        decode = _SCALARS.get(kind)
+        return decode(inner) if decode is not None else inner
+    return None
 
 
 def _attributes(items: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items or ():
-        if isinstance(item, dict) and isinstance(item.get("key"), str):
-            out[item["key"]] = _any_value(item.get("value"))
+    if not items:
+        return out
+    any_value = _any_value
+    for item in items:
+        try:
+            key = item["key"]
+            value = item.get("value")
+        except (TypeError, KeyError):
+            continue
+        if isinstance(key, str):
+            text = value.get("stringValue") if isinstance(value, dict) else None
+            out[key] = text if text is not None else any_value(value)
     return out
 
 
@@ -163,15 +180,31 @@ def is_console_span(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("context"), dict) and "name" in obj and "kind" in obj
 
 
+_EPOCH_SECONDS: dict[str, int] = {}
+
+
 def _iso_nanos(value: Any) -> int:
+    """``2026-12-02T21:53:06.812616Z`` (what the console exporter writes) in epoch nanoseconds.
+
+    Spans of one file share most of their seconds: the date-time part is parsed once per
+    distinct second (memoised, bounded), the fraction with integer arithmetic.
+    """
     if not isinstance(value, str):
         raise ValueError(f"invalid time {value!r}")
+    head, dot, fraction = value.partition(".")
+    if dot and fraction.endswith("Z") and fraction[:-1].isdigit() and len(head) == 19:
+        seconds = _EPOCH_SECONDS.get(head)
+        if seconds is None:
+            seconds = int(datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC).timestamp())
+            if len(_EPOCH_SECONDS) < 100_000:
+                _EPOCH_SECONDS[head] = seconds
+        digits = fraction[:-1][:9]
+        scale: int = 10 ** (9 - len(digits))
+        return seconds * 1_000_000_000 + int(digits) * scale
     moment = datetime.datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
-    # microseconds are all the console exporter writes: exact integer arithmetic from there
-    seconds = int(moment.timestamp())
-    return seconds * 1_000_000_000 + moment.microsecond * 1000
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
 
 
 def from_console(obj: Mapping[str, Any]) -> SpanData:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["Kind", "SpanData", "SpanEvent", "SpanLink", "as_float", "as_int", "as_str"]
 
@@ -102,6 +103,9 @@ def as_float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+_HEX: Final = re.compile(r"(?:0x)?([0-9a-f]{1,32})")
+
+
 def hex_id(value: Any, length: int) -> str | None:
     """A trace (32) or span (16) id as lower-case hex of ``length`` digits, or ``None``.
 
@@ -110,12 +114,10 @@ def hex_id(value: Any, length: int) -> str | None:
     """
     if not isinstance(value, str):
         return None
-    text = value.strip().lower().removeprefix("0x")
-    if not text or len(text) > length:
+    match = _HEX.fullmatch(value if value.islower() or not value else value.lower())
+    if match is None:
         return None
-    try:
-        if int(text, 16) == 0:
-            return None
-    except ValueError:
+    text = match.group(1)
+    if len(text) > length or not text.strip("0"):
         return None
-    return text.rjust(length, "0")
+    return text if len(text) == length else text.rjust(length, "0")

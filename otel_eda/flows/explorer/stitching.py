@@ -104,15 +104,16 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
     owner_memo: dict[tuple[str, str], tuple[str, str] | None] = {}
 
     def owner(span: SpanData) -> tuple[str, str] | None:
-        if span.key in owner_memo:
-            return owner_memo[span.key]
+        key = (span.trace_id, span.span_id)
+        if key in owner_memo:
+            return owner_memo[key]
         path: list[tuple[str, str]] = []
         found: tuple[str, str] | None = None
         current = span
         while current.parent_id is not None:
             parent_key = (current.trace_id, current.parent_id)
             parent = by_key.get(parent_key)
-            if parent is None or parent_key == span.key or parent_key in path:
+            if parent is None or parent_key == key or parent_key in path:
                 break  # the parent is missing (or the data has a cycle)
             if roles[parent_key] is not None:
                 found = parent_key
@@ -122,19 +123,19 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
                 break
             path.append(parent_key)
             current = parent
-        for key in path:
+        for step in path:
+            owner_memo[step] = found
+        if roles[key] is None:
             owner_memo[key] = found
-        if roles[span.key] is None:
-            owner_memo[span.key] = found
         return found
 
-    ordered = sorted(by_key.values(), key=lambda s: (s.start_ns, s.span_id))
+    ordered = sorted(by_key.items(), key=lambda item: (item[1].start_ns, item[1].span_id))
     events: dict[str, FlowEvent] = {}
     attempt_of: dict[tuple[str, str], HandlingAttempt] = {}
     publish_of: dict[tuple[str, str], FlowEvent] = {}
 
-    for span in ordered:
-        if roles[span.key] != _PUBLISH:
+    for key, span in ordered:
+        if roles[key] != _PUBLISH:
             continue
         event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
         event = events.get(event_id)
@@ -143,12 +144,12 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
         if event.publisher is None:
             event.publisher = span.service
         event.publishes.append(span)
-        publish_of[span.key] = event
+        publish_of[key] = event
 
     process_event: dict[tuple[str, str], FlowEvent] = {}
     process_subscriber: dict[tuple[str, str], str] = {}
-    for span in ordered:
-        if roles[span.key] != _PROCESS:
+    for key, span in ordered:
+        if roles[key] != _PROCESS:
             continue
         event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
         event = events.get(event_id)
@@ -165,9 +166,9 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
         number = as_int(span.attributes.get(semconv.EDA_DELIVERY_ATTEMPT)) or len(handling.attempts) + 1
         attempt = _attempt(span, number)
         handling.attempts.append(attempt)
-        attempt_of[span.key] = attempt
-        process_event[span.key] = event
-        process_subscriber[span.key] = subscriber
+        attempt_of[key] = attempt
+        process_event[key] = event
+        process_subscriber[key] = subscriber
 
     # Who emitted each event, and the causation edge where the spans lack eda.causation_id.
     for event in events.values():
@@ -182,8 +183,8 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
 
     # Every other span: under the attempt or publish it was made in, else stray in its flow.
     strays: dict[str, list[SpanData]] = {}
-    for span in ordered:
-        if roles[span.key] is not None:
+    for key, span in ordered:
+        if roles[key] is not None:
             continue
         above = owner(span)
         if above is not None and above in attempt_of:
