@@ -56,16 +56,19 @@ def get_json(url: str, what: str, query: Mapping[str, object] | None = None) -> 
             body = response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
-        raise SourceError(f"{what} answered HTTP {exc.code} to {url}: {detail or exc.reason}") from None
+        path = urllib.parse.urlsplit(url).path
+        raise SourceError(f"{what} answered HTTP {exc.code} to GET {path}: {detail or exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SourceError(f"cannot reach {what} ({url}): {reason}") from None
+        raise SourceError(f"cannot reach {what}: {reason}") from None
     try:
         documents = list(json_stream(body.decode("utf-8")))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise SourceError(f"{what} answered something that is not JSON to {url}: {exc}") from None
+        path = urllib.parse.urlsplit(url).path
+        raise SourceError(f"{what} answered something that is not JSON to GET {path}: {exc}") from None
     if len(documents) != 1:
-        raise SourceError(f"{what} answered {len(documents)} JSON documents to {url}, expected one")
+        path = urllib.parse.urlsplit(url).path
+        raise SourceError(f"{what} answered {len(documents)} JSON documents to GET {path}, expected one")
     return documents[0]
 
 
