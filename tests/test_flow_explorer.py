@@ -198,6 +198,24 @@ def test_outcome_and_queue_attributes_win_over_the_span_events() -> None:
     assert (handling.status, handling.queue_s, handling.error_type) == (Outcome.REJECTED, 0.25, "app.Refused")
 
 
+def test_a_replayed_event_counts_its_replays_and_ends_as_its_last_delivery() -> None:
+    """A replay (the same event delivered again later, e.g. from a dead-letter queue): two
+    attempt-1 spans of one subscriber; the later one decides the status."""
+    consumer = {"messaging.consumer.group.name": "billing", "eda.delivery.attempt": 1}
+    document = _otlp_document(
+        [
+            _otlp_span("p1", kind=4, attrs=_event("e1", "e1", None, "order_placed")),
+            _otlp_span("c1", kind=5, attrs={**_event("e1", "e1", None, "order_placed"), **consumer}, start=1),
+            _otlp_span("c2", kind=5, attrs={**_event("e1", "e1", None, "order_placed"), **consumer}, start=9),
+        ]
+    )
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]["status"] = {"code": 2}
+    spans = [s for s in from_otlp(document) if isinstance(s, SpanData)]
+    handling = build_flows(spans)["e1"].events[0].handlings["billing"]
+    assert (handling.replays, handling.attempt_count, handling.status) == (1, 1, Outcome.COMPLETED)
+    assert "replayed \u00d71" in _plain(build_flows(spans)["e1"])
+
+
 # -- gaps --------------------------------------------------------------------------------------------
 
 
@@ -447,7 +465,9 @@ def _event(event_id: str, correlation_id: str, causation_id: str | None, event_t
     return attrs
 
 
-def _otlp_span(span_id: str, *, kind: int, attrs: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
+def _otlp_span(
+    span_id: str, *, kind: int, attrs: dict[str, Any], parent: str | None = None, start: int | None = None
+) -> dict[str, Any]:
     def value(v: Any) -> dict[str, Any]:
         if isinstance(v, bool):
             return {"boolValue": v}
@@ -461,14 +481,15 @@ def _otlp_span(span_id: str, *, kind: int, attrs: dict[str, Any], parent: str | 
         return sum(ord(c) * 31**i for i, c in enumerate(name)) % 2**60 + 1
 
     number = number_of(span_id)
+    start_ns = 1_700_000_000_000_000_000 + (number % 1000 if start is None else start * 1_000_000)
     return {
         "traceId": f"{number:032x}",
         "spanId": f"{number:016x}",
         "parentSpanId": f"{number_of(parent):016x}" if parent else "",
         "name": span_id,
         "kind": kind,
-        "startTimeUnixNano": str(1_700_000_000_000_000_000 + number % 1000),
-        "endTimeUnixNano": str(1_700_000_000_001_000_000 + number % 1000),
+        "startTimeUnixNano": str(start_ns),
+        "endTimeUnixNano": str(start_ns + 1_000_000),
         "attributes": [{"key": k, "value": value(v)} for k, v in attrs.items()],
     }
 

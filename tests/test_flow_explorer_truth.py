@@ -146,3 +146,18 @@ def test_otel_eda_flow_key_order_1003_prints_the_story_the_demo_prints(
         assert "payment_declined from payment" in text
         assert "notification completed" in text and "order completed" in text
         assert any(line.startswith("2 events, 3 services (notification, order, payment), wall ") for line in tree)
+
+
+def test_unknown_key_in_a_real_backend_is_exit_1_and_a_wrong_backend_exit_3(
+    zipkin: ZipkinServer, jaeger: Jaeger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otel_eda.flows import cli
+
+    for backend, url in (("--zipkin", zipkin.url), ("--jaeger", f"http://127.0.0.1:{jaeger.query}")):
+        assert cli.main(["flow", "--key", "order-404", backend, url]) == cli.EXIT_NOT_FOUND
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("otel-eda flow: no flow found for business key order-404 in ")
+    # Zipkin is not Jaeger: its answer to Jaeger's API is an HTTP error, reported in one line.
+    assert cli.main(["flow", "--key", "order-1001", "--jaeger", zipkin.url]) == cli.EXIT_SOURCE
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"otel-eda flow: error: Jaeger at {zipkin.url} answered HTTP 404 to GET /api/services")

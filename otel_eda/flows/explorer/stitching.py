@@ -231,11 +231,15 @@ def restrict_to_event(flow: Flow, event_id: str) -> Flow | None:
         keep.add(current)
         found = flow.event(current)
         current = found.causation_id if found is not None else None
+    children: dict[str, list[FlowEvent]] = {}
+    for event in flow.events:
+        if event.causation_id is not None:
+            children.setdefault(event.causation_id, []).append(event)
     frontier = [event_id]
     while frontier:
         nxt = []
         for cause in frontier:
-            for child in flow.children(cause):
+            for child in children.get(cause, ()):
                 if child.event_id not in keep:
                     keep.add(child.event_id)
                     nxt.append(child.event_id)
