@@ -19,7 +19,8 @@ document per line, one document per 100 spans).
 
 Cases, each timed as a fresh ``otel-eda flow <correlation id> --file F`` would run it:
 
-* ``rebuild``: read the file, decode every span, stitch the flow (``find_flows``);
+* ``rebuild``: read the file, decode every span, stitch the flow (``find_flows``), with the
+  cyclic garbage collector paused as the command pauses it;
 * ``print (limit 200)`` and ``print (all)``: build the tree and write it as plain text
   (what a pipe gets) to an in-memory buffer, with the default limit and with ``--limit 0``;
 * ``command``: the whole command in a new interpreter (start-up and imports included),
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_eda import Delivery, EventBus
+from otel_eda.flows.cli import gc_paused
 from otel_eda.flows.explorer import FileSource, FlowQuery, find_flows, flow_tree, render_plain, summary_line
 from otel_eda.flows.explorer.decoding import from_console
 from otel_eda.flows.explorer.spans import SpanData
@@ -205,13 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             cases: dict[str, tuple[list[float], list[float]]] = {}
 
             def rebuild(path: Path = path) -> Any:
-                (flow,) = find_flows(FileSource([path]), FlowQuery(correlation_id=correlation_id))
+                with gc_paused():  # as the command runs it
+                    (flow,) = find_flows(FileSource([path]), FlowQuery(correlation_id=correlation_id))
                 assert len(flow.events) == events, (len(flow.events), events)
                 return flow
 
             def rebuild_and_print(limit: int, path: Path = path) -> None:
                 flow = rebuild(path)
-                render_plain([(flow_tree(flow, limit), summary_line(flow))], io.StringIO())
+                with gc_paused():
+                    render_plain([(flow_tree(flow, limit), summary_line(flow))], io.StringIO())
 
             cases["rebuild"] = timed(reps, rebuild)
             cases["rebuild + print (limit 200)"] = timed(reps, lambda: rebuild_and_print(200))
