@@ -216,6 +216,9 @@ def from_console(obj: Mapping[str, Any]) -> SpanData:
         parent = obj.get("parent_id")
         end = obj.get("end_time")
         start_ns = _iso_nanos(obj.get("start_time"))
+        attributes = obj.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise ValueError("attributes that are not an object")
         return SpanData(
             trace_id=_trace_id(context.get("trace_id")),
             span_id=_span_id(context.get("span_id")),
@@ -225,7 +228,7 @@ def from_console(obj: Mapping[str, Any]) -> SpanData:
             service=str(resource.get(_SERVICE_NAME) or _UNKNOWN_SERVICE),
             start_ns=start_ns,
             end_ns=_iso_nanos(end) if end else start_ns,
-            attributes=dict(obj.get("attributes") or {}),
+            attributes=attributes,  # decoded for us alone: no copy
             events=tuple(
                 SpanEvent(str(e.get("name", "")), _iso_nanos(e.get("timestamp")), dict(e.get("attributes") or {}))
                 for e in obj.get("events") or ()

@@ -29,21 +29,21 @@ class Kind(enum.StrEnum):
     CONSUMER = "consumer"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SpanEvent:
     name: str
     time_ns: int
     attributes: Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SpanLink:
     trace_id: str
     span_id: str
     attributes: Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class SpanData:
     trace_id: str
     span_id: str
