@@ -148,6 +148,19 @@ def test_flows_from_zipkin_json_equal_the_lifecycle_records(story: tuple[list[Re
     assert {cid: explored_flow(flow) for cid, flow in flows.items()} == recorded(store)
 
 
+def test_a_saved_zipkin_answer_is_a_file_source_too(
+    story: tuple[list[ReadableSpan], EventStore], tmp_path: Path
+) -> None:
+    spans, store = story
+    encoded = json.loads(JsonV2Encoder().serialize(spans, NodeEndpoint()))
+    path = tmp_path / "zipkin.json"
+    path.write_text(json.dumps([encoded[:10], encoded[10:]]))  # as /api/v2/traces answers: traces of spans
+    source = FileSource([path])
+    for correlation_id, shape in recorded(store).items():
+        (flow,) = find_flows(source, FlowQuery(correlation_id=correlation_id))
+        assert explored_flow(flow) == shape
+
+
 def test_statuses_attempts_queue_times_and_foreign_spans(story: tuple[list[ReadableSpan], EventStore]) -> None:
     spans, _ = story
     flows = build_flows(zipkin_spans(spans))

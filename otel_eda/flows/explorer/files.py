@@ -5,7 +5,8 @@ Reads what the OpenTelemetry exporters write to files:
 * the SDK's console exporter (``OTEL_TRACES_EXPORTER=console``): one span per JSON object,
   pretty-printed objects back to back, or one per line (JSON Lines);
 * the Collector's file exporter (``collector-config.yaml``'s traces file): one OTLP JSON
-  document (``{"resourceSpans": [...]}``) per line.
+  document (``{"resourceSpans": [...]}``) per line;
+* Zipkin's JSON v2 as its API answers it (a list of spans, or a list of traces), saved.
 
 Several files (and directories: every file in them) may be given, mixed formats included:
 one service per file is common. Other JSON objects (metrics, logs) are passed over; text
@@ -20,7 +21,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from otel_eda.flows.explorer.decoding import from_console, from_otlp, is_console_span, is_otlp_document
+from otel_eda.flows.explorer.decoding import from_console, from_otlp, from_zipkin, is_console_span, is_otlp_document
 from otel_eda.flows.explorer.source import SourceError, json_stream
 from otel_eda.flows.explorer.spans import SpanData, as_str
 
@@ -102,6 +103,16 @@ class FileSource:
             except ValueError as exc:
                 self._skipped += 1
                 _log.debug("skipped a span: %s", exc)
+        elif isinstance(value, list):  # Zipkin's JSON v2: a list of spans, or of traces
+            for item in value:
+                if isinstance(item, list):
+                    yield from self._spans_of(item)
+                elif isinstance(item, dict) and "traceId" in item and "id" in item:
+                    try:
+                        yield from_zipkin(item)
+                    except ValueError as exc:
+                        self._skipped += 1
+                        _log.debug("skipped a span: %s", exc)
         # anything else (metrics, logs) is not ours to read
 
     def traces_with(self, attribute: str, value: str) -> list[SpanData]:
