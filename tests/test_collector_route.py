@@ -18,7 +18,8 @@ service emitted. Then, through each backend's own query API:
   their attributes (``/api/v3/traces``); Zipkin, which has no links, gets them as the
   ``otlp.link.<i>`` tags of the Collector's translator;
 - Zipkin's dependency graph shows the services linked through the bus: the translator maps
-  ``peer.service`` (which otel-eda sets on producer and consumer spans) to ``remoteEndpoint``.
+  ``peer.service`` to ``remoteEndpoint``, and the Zipkin pipeline's ``transform/zipkin_peer``
+  processor sets it from ``messaging.system`` on messaging spans that lack it.
 
 Duration: Zipkin's start (10-20 s on two cores) and one demo run (about 10 s).
 """
