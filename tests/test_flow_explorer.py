@@ -7,6 +7,7 @@ and the command's exit statuses. (Against real Zipkin, Jaeger and the Collector:
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from flow_truth import Shape, explored_flow
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
 from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 from opentelemetry.sdk.trace import ReadableSpan
@@ -37,7 +40,7 @@ from otel_eda.flows.explorer import (
     summary_line,
 )
 from otel_eda.flows.explorer.decoding import from_otlp, from_zipkin
-from otel_eda.settings import Settings
+from otel_eda.settings import Settings as EdaSettings
 from otel_eda.testing import TelemetryCapture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -346,6 +349,82 @@ def test_unreadable_input_is_skipped_and_counted(tmp_path: Path) -> None:
     assert source.skipped == 2  # the span with a bad trace id, and the line cut short
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=30,
+)
+_KEYS = st.sampled_from(
+    [
+        *("resourceSpans", "scopeSpans", "spans", "resource", "attributes", "traceId", "spanId", "parentSpanId"),
+        *("name", "kind", "startTimeUnixNano", "endTimeUnixNano", "events", "links", "status", "context"),
+        *("trace_id", "span_id", "start_time", "end_time", "parent_id", "tags", "annotations", "timestamp"),
+        *("duration", "id", "value", "key", "messaging.message.id", "eda.correlation_id", "eda.causation_id"),
+        *("eda.delivery.attempt", "stringValue"),
+    ]
+)
+# JSON shaped like spans, with the field names the decoders look for, holding anything
+_SPANLIKE = st.recursive(
+    _JSON,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=8),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=st.lists(_SPANLIKE, max_size=4))
+def test_hostile_json_never_breaks_reading_or_stitching(
+    values: list[Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    path = tmp_path_factory.mktemp("hostile") / "spans.json"
+    path.write_text("\n".join(json.dumps(v) for v in values))
+    source = FileSource([path])
+    spans = source.spans()
+    flows = build_flows(spans)
+    for flow in flows.values():
+        render_plain([(flow_tree(flow), summary_line(flow))], io.StringIO())
+        json.dumps(flow_json(flow))
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside a JSON document."""
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            found += _paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found += _paths(inner, (*prefix, index))
+    return found
+
+
+@pytest.fixture(scope="module")
+def real_spans() -> list[dict[str, Any]]:
+    with TelemetryCapture(service="shop") as capture:
+        asyncio.run(_story(capture, "link"))
+        return [json.loads(s.to_json()) for s in capture.exporter.get_finished_spans()]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_real_spans_with_any_field_replaced_by_any_json_never_break_it(
+    real_spans: list[dict[str, Any]], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spans = json.loads(json.dumps(real_spans))
+    for _ in range(3):
+        index = data.draw(st.integers(0, len(spans) - 1))
+        path = data.draw(st.sampled_from(_paths(spans[index])[1:]))
+        target = spans[index]
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = data.draw(_JSON)
+    path = tmp_path_factory.mktemp("mutated") / "spans.json"
+    path.write_text("".join(json.dumps(span, indent=4) + "\n" for span in spans))
+    for flow in build_flows(FileSource([path]).spans()).values():
+        render_plain([(flow_tree(flow), summary_line(flow))], io.StringIO())
+        json.dumps(flow_json(flow))
+
+
 # -- the command ---------------------------------------------------------------------------------------
 
 
@@ -430,10 +509,12 @@ def test_usage_errors_exit_2(
 
 
 def test_invalid_flow_settings_are_logged_and_replaced_by_defaults() -> None:
-    settings = Settings.from_environ({"OTEL_EDA_FLOW_ZIPKIN_URL": "localhost:9411", "OTEL_EDA_FLOW_LOOKBACK": "-1"})
-    assert settings.flow_zipkin_url is None and settings.flow_lookback_s == 86_400.0
-    assert {e.variable for e in settings.errors} == {"OTEL_EDA_FLOW_ZIPKIN_URL", "OTEL_EDA_FLOW_LOOKBACK"}
-    ok = Settings.from_environ({"OTEL_EDA_FLOW_FILE": "a.json:b.jsonl", "OTEL_EDA_FLOW_JAEGER_URL": "http://j:16686/"})
+    bad = EdaSettings.from_environ({"OTEL_EDA_FLOW_ZIPKIN_URL": "localhost:9411", "OTEL_EDA_FLOW_LOOKBACK": "-1"})
+    assert bad.flow_zipkin_url is None and bad.flow_lookback_s == 86_400.0
+    assert {e.variable for e in bad.errors} == {"OTEL_EDA_FLOW_ZIPKIN_URL", "OTEL_EDA_FLOW_LOOKBACK"}
+    ok = EdaSettings.from_environ(
+        {"OTEL_EDA_FLOW_FILE": "a.json:b.jsonl", "OTEL_EDA_FLOW_JAEGER_URL": "http://j:16686/"}
+    )
     assert ok.flow_files == ("a.json", "b.jsonl") and ok.flow_jaeger_url == "http://j:16686"
 
 
@@ -460,8 +541,6 @@ def _plain(flow: Flow, limit: int = 200) -> str:
 
 
 def _tree_lines(flow: Flow, limit: int) -> list[str]:
-    import io
-
     out = io.StringIO()
     render_plain([(flow_tree(flow, limit), "")], out)
     return out.getvalue().splitlines()

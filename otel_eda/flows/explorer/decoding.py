@@ -132,18 +132,27 @@ def _nanos(value: Any) -> int:
 
 def from_otlp(document: Mapping[str, Any]) -> Iterator[SpanData | ValueError]:
     """Every span of an OTLP JSON document; a malformed span is yielded as its ``ValueError``."""
-    for resource_spans in document.get("resourceSpans") or ():
-        if not isinstance(resource_spans, dict):
-            yield ValueError("a resourceSpans entry that is not an object")
+    resources = document.get("resourceSpans")
+    for resource_spans in resources if isinstance(resources, list) else ():
+        try:
+            resource = _attributes(_field(_field(resource_spans, "resource"), "attributes"))
+            service = str(resource.get(_SERVICE_NAME) or _UNKNOWN_SERVICE)
+            scopes = _field(resource_spans, "scopeSpans")
+        except (ValueError, TypeError, AttributeError) as exc:
+            yield ValueError(f"malformed OTLP resource: {exc!r}")
             continue
-        resource = _attributes((resource_spans.get("resource") or {}).get("attributes"))
-        service = str(resource.get(_SERVICE_NAME) or _UNKNOWN_SERVICE)
-        for scope_spans in resource_spans.get("scopeSpans") or ():
-            for span in (scope_spans or {}).get("spans") or ():
+        for scope_spans in scopes if isinstance(scopes, list) else ():
+            spans = _field(scope_spans, "spans") if isinstance(scope_spans, dict) else None
+            for span in spans if isinstance(spans, list) else ():
                 try:
                     yield _otlp_span(span, service)
                 except (ValueError, TypeError, AttributeError) as exc:
-                    yield ValueError(f"malformed OTLP span: {exc}")
+                    yield ValueError(f"malformed OTLP span: {exc!r}")
+
+
+def _field(obj: Any, name: str) -> Any:
+    """``obj[name]`` when ``obj`` is an object, else ``None``."""
+    return obj.get(name) if isinstance(obj, dict) else None
 
 
 def _otlp_span(span: Mapping[str, Any], service: str) -> SpanData:
