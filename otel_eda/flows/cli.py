@@ -81,6 +81,10 @@ class UsageError(Exception):
 
 
 def _add_flow_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "exit status: 0 a flow was found and shown (missing spans are marked gaps), 1 nothing found, "
+        "2 a usage error, 3 the source could not be read (unreachable, an HTTP error, a missing file)"
+    )
     what = parser.add_argument_group("what to show (one of)")
     what.add_argument("correlation_id", nargs="?", help="the flow's correlation id (its root event's id)")
     what.add_argument("--key", metavar="KEY", help="a business key: every flow it appears in (e.g. order-1003)")
