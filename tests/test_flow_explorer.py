@@ -232,6 +232,43 @@ def test_a_replayed_event_counts_its_replays_and_ends_as_its_last_delivery() -> 
     assert "replayed \u00d71" in _plain(build_flows(spans)["e1"])
 
 
+@pytest.mark.parametrize("reference", ["link attributes", "link", "eda.producer ids", "parent"])
+def test_a_consumer_span_without_a_message_id_is_tied_to_its_event_by_link_producer_ids_or_parent(
+    reference: str,
+) -> None:
+    producer = _otlp_span("p1", kind=4, attrs=_event("e1", "e1", None, "order_placed"))
+    attrs: dict[str, Any] = {"eda.correlation_id": "e1", "messaging.consumer.group.name": "billing"}
+    consumer = _otlp_span("c1", kind=5, attrs=attrs, parent="p1" if reference == "parent" else None)
+    if reference == "parent":
+        consumer["traceId"] = producer["traceId"]
+    elif reference == "eda.producer ids":
+        consumer["attributes"] += [
+            {"key": "eda.producer.trace_id", "value": {"stringValue": producer["traceId"]}},
+            {"key": "eda.producer.span_id", "value": {"stringValue": producer["spanId"]}},
+        ]
+    else:
+        link_attrs = [{"key": "messaging.message.id", "value": {"stringValue": "e1"}}]
+        consumer["links"] = [
+            {
+                "traceId": producer["traceId"],
+                "spanId": producer["spanId"],
+                "attributes": link_attrs if reference == "link attributes" else [],
+            }
+        ]
+    spans = [s for s in from_otlp(_otlp_document([producer, consumer])) if isinstance(s, SpanData)]
+    (event,) = build_flows(spans)["e1"].events
+    assert list(event.handlings) == ["billing"]
+
+
+def test_a_consumer_span_of_nothing_known_is_an_ordinary_span() -> None:
+    attrs: dict[str, Any] = {"eda.correlation_id": "e1", "messaging.consumer.group.name": "billing"}
+    producer = _otlp_span("p1", kind=4, attrs=_event("e1", "e1", None, "order_placed"))
+    document = _otlp_document([producer, _otlp_span("c1", kind=5, attrs=attrs)])
+    spans = [s for s in from_otlp(document) if isinstance(s, SpanData)]
+    flow = build_flows(spans)["e1"]
+    assert not flow.events[0].handlings and [s.name for s in flow.stray] == ["c1"]
+
+
 # -- gaps --------------------------------------------------------------------------------------------
 
 

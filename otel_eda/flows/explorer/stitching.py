@@ -3,9 +3,11 @@
 A flow is rebuilt from what otel-eda writes on its spans, whatever the trace mode:
 
 * each PRODUCER span carrying ``messaging.message.id`` is the publish of one event; each
-  CONSUMER span carrying it is one handling attempt of that event (``eda.delivery.attempt``,
-  by subscriber ``messaging.consumer.group.name``), in the same trace as its producer
-  (parent mode) or in a trace of its own that links to it (link mode);
+  CONSUMER ``process`` span is one handling attempt (``eda.delivery.attempt``, by subscriber
+  ``messaging.consumer.group.name``) of the event it names, or else of the event its span
+  link names, or of the producer span it points to (``eda.producer.*``), links to or is the
+  child of: in the same trace as its producer (parent mode) or in a trace of its own that
+  links to it (link mode);
 * the causation edge is ``eda.causation_id``; where a span lacks it, the handling whose
   span the publish span descends from (a publish made inside a handler is its child in
   both modes);
@@ -27,7 +29,7 @@ from typing import Final
 
 from otel_eda import semconv
 from otel_eda.flows.explorer.model import Flow, FlowEvent, Handling, HandlingAttempt, Outcome
-from otel_eda.flows.explorer.spans import Kind, SpanData, as_float, as_int
+from otel_eda.flows.explorer.spans import Kind, SpanData, as_float, as_int, as_str
 
 __all__ = ["build_flows", "restrict_to_event"]
 
@@ -42,14 +44,39 @@ _PUBLISH, _PROCESS = "publish", "process"
 
 
 def _role(span: SpanData) -> str | None:
-    if semconv.MESSAGING_MESSAGE_ID not in span.attributes:
-        return None
+    """``publish`` for a PRODUCER span of an event, ``process`` for a CONSUMER span that may
+    be a handling attempt (its event is found in :func:`_handled_event`), else ``None``."""
     if span.kind is Kind.PRODUCER:
-        return _PUBLISH
+        return _PUBLISH if semconv.MESSAGING_MESSAGE_ID in span.attributes else None
     if span.kind is Kind.CONSUMER:
         operation = span.text(semconv.MESSAGING_OPERATION_TYPE)
         if operation in (None, semconv.OPERATION_TYPE_PROCESS):
             return _PROCESS
+    return None
+
+
+def _handled_event(span: SpanData, published: dict[tuple[str, str], str]) -> str | None:
+    """The event a CONSUMER span handled: its ``messaging.message.id``; else the one named by
+    its span link's attributes (Jaeger and OTLP files keep links); else the event of the
+    producer span it points to (``eda.producer.trace_id``/``span_id``, kept by Zipkin), links
+    to, or descends from (parent mode)."""
+    event_id = span.text(semconv.MESSAGING_MESSAGE_ID)
+    if event_id is not None:
+        return event_id
+    for link in span.links:
+        linked = as_str(link.attributes.get(semconv.MESSAGING_MESSAGE_ID))
+        if linked is not None:
+            return linked
+    producer_trace = span.text(semconv.EDA_PRODUCER_TRACE_ID)
+    producer_span = span.text(semconv.EDA_PRODUCER_SPAN_ID)
+    candidates = [(producer_trace, producer_span)] if producer_trace and producer_span else []
+    candidates += [(link.trace_id, link.span_id) for link in span.links]
+    if span.parent_id is not None:
+        candidates.append((span.trace_id, span.parent_id))
+    for candidate in candidates:
+        found = published.get((str(candidate[0]).lower(), str(candidate[1]).lower()))
+        if found is not None:
+            return found
     return None
 
 
@@ -99,6 +126,19 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
     for span in spans:
         by_key.setdefault(span.key, span)
     roles = {key: _role(span) for key, span in by_key.items()}
+    published = {
+        key: str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
+        for key, span in by_key.items()
+        if roles[key] == _PUBLISH
+    }
+    handled: dict[tuple[str, str], str] = {}
+    for key, span in by_key.items():
+        if roles[key] == _PROCESS:
+            event_id = _handled_event(span, published)
+            if event_id is None:
+                roles[key] = None  # a consumer span of something else: an ordinary span here
+            else:
+                handled[key] = event_id
 
     # The nearest publish or process span above each span (itself excluded), in its trace.
     owner_memo: dict[tuple[str, str], tuple[str, str] | None] = {}
@@ -137,7 +177,7 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
     for key, span in ordered:
         if roles[key] != _PUBLISH:
             continue
-        event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
+        event_id = published[key]
         event = events.get(event_id)
         if event is None:
             event = events[event_id] = _new_event(span, event_id, _correlation_id(span) or event_id)
@@ -151,7 +191,7 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
     for key, span in ordered:
         if roles[key] != _PROCESS:
             continue
-        event_id = str(span.attributes[semconv.MESSAGING_MESSAGE_ID])
+        event_id = handled[key]
         event = events.get(event_id)
         if event is None:
             event = events[event_id] = _new_event(span, event_id, _correlation_id(span) or event_id)
