@@ -325,6 +325,20 @@ def test_a_flow_larger_than_the_limit_is_summarised_with_the_way_to_see_the_rest
     assert len(flow_json(flow)["events"]) == 30
 
 
+@pytest.mark.parametrize("length", [5, 40], ids=["tree", "deep chain: line by line"])
+def test_the_terminal_rendering_shows_every_event_of_shallow_and_deep_flows(length: int) -> None:
+    from otel_eda.flows.explorer.render import render_rich
+
+    events = [_otlp_span("r0", kind=4, attrs=_event("e0", "e0", None, "tick"))]
+    events += [_otlp_span(f"r{i}", kind=4, attrs=_event(f"e{i}", "e0", f"e{i - 1}", "tick")) for i in range(1, length)]
+    flow = build_flows([s for s in from_otlp(_otlp_document(events)) if isinstance(s, SpanData)])["e0"]
+    out = io.StringIO()
+    render_rich([(flow_tree(flow), summary_line(flow))], out)
+    text = out.getvalue()
+    assert text.count("tick from") == length
+    assert f"{length} events, 1 services (svc)" in text.replace("\n", "")
+
+
 def test_the_summary_line_names_the_critical_path(story: tuple[list[ReadableSpan], EventStore]) -> None:
     spans, _ = story
     flows = build_flows(zipkin_spans(spans))

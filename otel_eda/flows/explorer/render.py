@@ -202,17 +202,32 @@ def summary_line(flow: Flow) -> str:
 # -- output --------------------------------------------------------------------------------------
 
 
-def _lines(node: Node) -> Iterator[str]:
-    """Plain text: the tree drawn with box-drawing characters, iteratively (deep flows)."""
-    yield node.text
+def _walk(node: Node) -> Iterator[tuple[str, Node]]:
+    """(guide prefix, node) for every node, depth first, iteratively (deep flows)."""
+    yield "", node
     stack: list[tuple[Node, str, bool]] = [(c, "", i == len(node.children) - 1) for i, c in enumerate(node.children)]
     stack.reverse()
     while stack:
         current, prefix, last = stack.pop()
-        yield f"{prefix}{'└── ' if last else '├── '}{current.text}"
+        yield f"{prefix}{'└── ' if last else '├── '}", current
         inner = prefix + ("    " if last else "│   ")
         count = len(current.children)
         stack.extend((c, inner, i == count - 1) for i, c in reversed(list(enumerate(current.children))))
+
+
+def _lines(node: Node) -> Iterator[str]:
+    """Plain text: the tree drawn with box-drawing characters."""
+    for guide, current in _walk(node):
+        yield guide + current.text
+
+
+def _depth(node: Node) -> int:
+    deepest, stack = 0, [(node, 0)]
+    while stack:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in current.children)
+    return deepest
 
 
 def render_plain(trees: list[tuple[Node, str]], out: TextIO) -> None:
@@ -224,6 +239,11 @@ def render_plain(trees: list[tuple[Node, str]], out: TextIO) -> None:
         out.write(f"\n{summary}\n")
 
 
+#: Deeper trees are drawn line by line (still coloured): rich's tree indents every level
+#: by four columns and wraps, which a long causation chain turns into noise.
+RICH_TREE_MAX_DEPTH: Final = 24
+
+
 def render_rich(trees: list[tuple[Node, str]], out: TextIO) -> None:
     """Write each (tree, summary line) with rich: colour and tree guides on a terminal."""
     from rich.console import Console
@@ -232,15 +252,19 @@ def render_rich(trees: list[tuple[Node, str]], out: TextIO) -> None:
 
     console = Console(file=out, highlight=False)
     for index, (node, summary) in enumerate(trees):
-        tree = Tree(Text.assemble(*node.segments))
-        stack = [(tree, child) for child in reversed(node.children)]
-        while stack:
-            parent, current = stack.pop()
-            branch = parent.add(Text.assemble(*current.segments))
-            stack.extend((branch, child) for child in reversed(current.children))
         if index:
             console.print()
-        console.print(tree)
+        if _depth(node) <= RICH_TREE_MAX_DEPTH:
+            tree = Tree(Text.assemble(*node.segments))
+            stack = [(tree, child) for child in reversed(node.children)]
+            while stack:
+                parent, current = stack.pop()
+                branch = parent.add(Text.assemble(*current.segments))
+                stack.extend((branch, child) for child in reversed(current.children))
+            console.print(tree)
+        else:
+            for guide, current in _walk(node):
+                console.print(Text.assemble((guide, "dim"), *current.segments), soft_wrap=True)
         console.print(Text(summary, style="bold"))
 
 
