@@ -183,7 +183,7 @@ def test_statuses_attempts_queue_times_and_foreign_spans(story: tuple[list[Reada
     assert good.status is Outcome.DEAD_LETTERED
     (bad,) = [f for f in flows.values() if f.business_keys == ["order-2"]]
     payment = bad.events[0].handlings["payment"]
-    assert payment.status is Outcome.FAILED  # a Rejected, as the lifecycle records say it today
+    assert payment.status is Outcome.REJECTED  # a handler's Rejected
     assert payment.error_type is not None and payment.error_type.endswith("Declined")
 
 
@@ -492,7 +492,7 @@ def test_flow_by_key_prints_the_tree_and_exits_0(
     assert cli.main(["flow", "--key", "order-2", "--file", str(path)]) == cli.EXIT_FOUND
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("order-2  correlation id ")
-    assert "payment (shop) failed" in out and "Declined" in out and "payment_declined from shop" in out
+    assert "payment (shop) rejected" in out and "Declined" in out and "payment_declined from shop" in out
     assert "\x1b[" not in out  # not a terminal: plain text
 
 

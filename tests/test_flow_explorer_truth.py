@@ -120,7 +120,13 @@ def test_every_story_flow_rebuilt_from_spans_equals_the_lifecycle_records(
 def test_otel_eda_flow_key_order_1003_prints_the_story_the_demo_prints(
     demo: DemoRun, zipkin: ZipkinServer, jaeger: Jaeger
 ) -> None:
-    correlation_id = next(e["correlation_id"] for e in demo.summary["events"] if e["business_key"] == "order-1003")
+    placed = next(
+        e for e in demo.summary["events"] if e["business_key"] == "order-1003" and e["event_type"] == "order_placed"
+    )
+    correlation_id = placed["correlation_id"]
+    # what the lifecycle records say payment did with it: the card was declined (a Rejected)
+    (declined,) = [d["status"] for d in placed["deliveries"] if d["subscriber"] == "payment"]
+    assert declined == "rejected"
     wait_for(lambda: complete(ZipkinSource(zipkin.url), demo, correlation_id), 60, "order-1003 in Zipkin")
     for backend, url in (("--zipkin", zipkin.url), ("--jaeger", f"http://127.0.0.1:{jaeger.query}")):
         result = subprocess.run(
@@ -133,15 +139,15 @@ def test_otel_eda_flow_key_order_1003_prints_the_story_the_demo_prints(
         )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        # The demo: "order_placed by order: payment failed (PaymentDeclined)", then
+        # The demo: "order_placed by order: payment rejected (PaymentDeclined)", then
         # "payment_declined by payment: notification completed; order completed".
         # Other runs of the session may have an order-1003 too: this run's flow is one of the trees.
         header = f"order-1003  correlation id {correlation_id}"
         start = next(i for i, line in enumerate(lines) if line.startswith(header))
         tree = lines[start : start + 9]
-        assert tree[0].endswith("[failed]")
+        assert tree[0].endswith(f"[{declined}]")
         assert tree[1].startswith("└── order_placed from order  key order-1003")
-        assert "payment failed" in tree[2] and "PaymentDeclined" in tree[2]
+        assert f"payment {declined}" in tree[2] and "PaymentDeclined" in tree[2]
         text = "\n".join(tree)
         assert "payment_declined from payment" in text
         assert "notification completed" in text and "order completed" in text
