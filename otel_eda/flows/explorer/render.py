@@ -306,6 +306,7 @@ def _handling_json(handling: Handling) -> dict[str, Any]:
                 "duration_s": a.duration_s,
                 "queue_s": a.queue_s,
                 "error_type": a.error_type,
+                "error_message": a.span.status_message,
                 "spans": [_span_json(s) for s in a.foreign],
             }
             for a in handling.attempts
