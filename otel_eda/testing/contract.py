@@ -77,7 +77,7 @@ class Harness(Protocol):
 HOSTILE_HEADERS: tuple[Mapping[str, Any], ...] = (
     {"eda-event-id": b"\xff\xfe\xfd", "eda-event-type": "order_placed"},
     {"eda-event-id": "x" * 100_000, "traceparent": "00-" + "f" * 5000},
-    {"eda-event-id": "abc\r\nSet-Cookie: x", "baggage": "eda.correlation_id=\r\n" * 200},
+    {"eda-event-id": "abc\r\nSet-Cookie: x", "baggage": f"{semconv.EDA_CORRELATION_ID}=\r\n" * 200},
     {"eda-event-type": "order placed", "eda-event-created": "-1", "eda-business-key": "a" * 10_000},
     {"traceparent": "garbage", "tracestate": "\x00", "eda-meta-Bad Key": "v", "eda-meta-ok": "\x07"},
     {"ce-id": "bad id!", "ce-type": "order_placed", "ce-time": "yesterday"},
@@ -141,7 +141,7 @@ class TransportContract:
                 "eda-event-created": str(event.created_ns).encode(),
                 "eda-business-key": b"order-7",
                 "traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                "baggage": f"eda.correlation_id={event.correlation_id}".encode(),
+                "baggage": f"{semconv.EDA_CORRELATION_ID}={event.correlation_id}".encode(),
             }
             await h.send_raw("order_placed", headers, None)
             await h.drain()
