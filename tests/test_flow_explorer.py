@@ -389,6 +389,22 @@ def test_zipkin_annotations_in_every_encoding_and_collector_link_tags() -> None:
     assert span.error and span.status_message == "boom" and span.duration_s == 0.0015
 
 
+def test_a_json_lines_file_is_searched_as_text_and_only_the_lines_of_the_flow_are_decoded(
+    story: tuple[list[ReadableSpan], EventStore], tmp_path: Path
+) -> None:
+    spans, store = story
+    path = console_file(spans, tmp_path / "spans.jsonl", lines=True)
+    correlation_id = store.find("order-2")[0]
+    source = FileSource([path])
+    (flow,) = find_flows(source, FlowQuery(business_key="order-2"))
+    assert flow.correlation_id == correlation_id
+    assert explored_flow(flow) == recorded(store)[correlation_id]
+    (lines,) = source._files()
+    decoded = sum(1 for spans_of_line in lines.decoded.values() if spans_of_line)  # type: ignore[union-attr]
+    of_flow = sum(1 for s in spans if (s.attributes or {}).get("eda.correlation_id") == correlation_id)
+    assert decoded == of_flow < len(spans)  # the other order's lines were never decoded
+
+
 def test_unreadable_input_is_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "spans.jsonl"
     good = _otlp_document([_otlp_span("a1", kind=4, attrs=_event("root", "root", None, "order_placed"))])
@@ -397,6 +413,8 @@ def test_unreadable_input_is_skipped_and_counted(tmp_path: Path) -> None:
     path.write_text("\n".join([json.dumps(good), json.dumps(bad_span), json.dumps(metrics), '{"resourceSp']))
     source = FileSource([path])
     assert [f.correlation_id for f in find_flows(source, FlowQuery(correlation_id="root"))] == ["root"]
+    assert source.skipped == 0  # lines that cannot hold the flow are not even decoded
+    source.spans()  # reading everything meets them
     assert source.skipped == 2  # the span with a bad trace id, and the line cut short
 
 
