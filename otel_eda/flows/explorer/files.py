@@ -1,4 +1,4 @@
-"""``FileSource``: spans from files, read whole and searched in memory.
+"""``FileSource``: spans from files, searched in memory.
 
 Reads what the OpenTelemetry exporters write to files:
 
