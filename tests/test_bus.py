@@ -506,3 +506,20 @@ async def test_process_spans_follow_their_producer_even_when_the_bus_starts_insi
     (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
     assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
     capture.shutdown()
+
+
+async def test_a_business_key_set_by_the_handler_is_current_for_the_rest_of_it(capture: TelemetryCapture) -> None:
+    from otel_eda import current_event
+
+    seen: list[str | None] = []
+    async with capture.bus() as bus:
+
+        async def key_it(d: Delivery) -> None:
+            assert d.set_business_key("order-9")
+            event = current_event()
+            seen.append(event.business_key if event else None)
+
+        bus.subscribe("order_placed", key_it, subscriber="s")
+        await bus.publish("order_placed")
+        await bus.join()
+    assert seen == ["order-9"]

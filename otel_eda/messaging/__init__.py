@@ -63,6 +63,7 @@ from otel_eda.messaging.core import (
     Rejected,
     current_processing,
     error_type,
+    service_name,
 )
 from otel_eda.messaging.headers import Binding
 from otel_eda.messaging.pull import PullTracker
@@ -86,4 +87,5 @@ __all__ = [
     "TraceMode",
     "current_processing",
     "error_type",
+    "service_name",
 ]

@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
@@ -53,8 +53,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
-from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type
-from otel_eda.messaging.core import service_name
+from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type, service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
@@ -204,13 +203,13 @@ async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> N
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> BaseException | None:
-    """Run one handler attempt with the event's context attached; return what it raised.
+async def _run_handler(handler: Handler, delivery: Delivery, processing: Processing) -> BaseException | None:
+    """Run one handler attempt with the attempt's context attached; return what it raised.
 
     A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
     failure of that attempt; one that cancels the bus's own worker is re-raised.
     """
-    token = attach(context)
+    processing.attach()
     try:
         await _call(handler, delivery)
     except asyncio.CancelledError as exc:
@@ -221,7 +220,7 @@ async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -
     except Exception as exc:
         return exc
     finally:
-        detach(token)
+        processing.detach()
     return None
 
 
@@ -442,7 +441,7 @@ class EventBus:
             )
             delivery = Delivery(self, processing, message.payload, sub.name)
             try:
-                exc = await _run_handler(sub.handler, delivery, processing.context)
+                exc = await _run_handler(sub.handler, delivery, processing)
             except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
                 processing.settle(Outcome.FAILED, cancelled)
                 raise
