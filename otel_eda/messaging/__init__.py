@@ -62,6 +62,7 @@ from otel_eda.messaging.core import (
     Publication,
     Rejected,
     current_processing,
+    error_message,
     error_type,
     service_name,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "Rejected",
     "TraceMode",
     "current_processing",
+    "error_message",
     "error_type",
     "service_name",
 ]

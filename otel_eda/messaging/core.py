@@ -22,8 +22,9 @@ from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from otel_eda import semconv
+from otel_eda import redaction, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.identity.event import EventContext, current_event, incoming_event, with_event
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator
@@ -99,19 +100,24 @@ def error_type(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def error_message(exc: BaseException) -> str:
-    """The exception's message as otel-eda writes it into records (bounded)."""
-    try:
-        text = str(exc)
-    except Exception:
-        return "<unprintable>"
-    return text if len(text) <= MAX_ERROR_MESSAGE else text[:MAX_ERROR_MESSAGE] + "…"
+def error_message(exc: BaseException) -> str | None:
+    """The exception's message as otel-eda writes it into records: bounded, under the
+    redaction policy (``None`` with ``OTEL_EDA_EXCEPTION_DETAIL=type``)."""
+    message = redaction.exception_message(exc)
+    if message is None or len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    return message[:MAX_ERROR_MESSAGE] + "…"
 
 
 def record_failure(span: trace.Span, exc: BaseException, etype: str) -> None:
-    """Mark ``span`` failed with ``exc``: the one place otel-eda writes an exception onto a span."""
+    """Mark ``span`` failed with ``exc``: the one place otel-eda writes an exception onto a span.
+
+    The ``exception`` event follows the redaction policy (:mod:`otel_eda.redaction`):
+    ``exception.type`` always, ``exception.message`` and ``exception.stacktrace`` as
+    ``OTEL_EDA_EXCEPTION_DETAIL`` allows, redaction patterns applied.
+    """
     if span.is_recording():
-        span.record_exception(exc)
+        span.add_event(semconv.EXCEPTION_EVENT, redaction.exception_attributes(exc))
         span.set_status(Status(StatusCode.ERROR, etype))
         span.set_attribute(semconv.ERROR_TYPE, etype)
 
@@ -281,7 +287,8 @@ class Messaging:
     ) -> None:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
-        if not self.recorders:
+        recorders = self.recorders + default_recorders.installed()  # configure()'s, e.g. lifecycle logs
+        if not recorders:
             return
         record = LifecycleRecord(
             stage,
@@ -301,7 +308,7 @@ class Messaging:
             span_context.span_id if span_context is not None else 0,
             error_message(error) if error is not None else None,
         )
-        for recorder in self.recorders:
+        for recorder in recorders:
             try:
                 recorder.record(record)
             except Exception:
