@@ -167,3 +167,23 @@ def test_unknown_key_in_a_real_backend_is_exit_1_and_a_wrong_backend_exit_3(
     assert cli.main(["flow", "--key", "order-1001", "--jaeger", zipkin.url]) == cli.EXIT_SOURCE
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"otel-eda flow: error: Jaeger at {zipkin.url} answered HTTP 404 to GET /api/services")
+
+
+def test_an_event_query_gives_its_causes_and_what_it_caused_from_every_source(
+    demo: DemoRun, zipkin: ZipkinServer, jaeger: Jaeger, collector: Collector
+) -> None:
+    events = [e for e in demo.summary["events"] if e["business_key"] == "order-1002"]
+    authorized = next(e for e in events if e["event_type"] == "payment_authorized")
+    wait_for(
+        lambda: all(
+            complete(source, demo, authorized["correlation_id"])
+            for source in sources(demo, zipkin, jaeger, collector).values()
+        ),
+        60,
+        "order-1002 in every source",
+    )
+    for where, source in sources(demo, zipkin, jaeger, collector).items():
+        (flow,) = find_flows(source, FlowQuery(event_id=authorized["event_id"]))
+        # order_placed -> payment_authorized -> stock_reserved: its cause, itself, what it caused
+        assert [e.event_type for e in flow.events] == ["order_placed", "payment_authorized", "stock_reserved"], where
+        assert [e.event_id for e in flow.events] == [e["event_id"] for e in events], where
