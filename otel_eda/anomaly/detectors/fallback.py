@@ -54,8 +54,10 @@ class FallbackDetector(_Base):
     ``budget`` bounds the cost: at most that many fallback detectors in the process (per
     primary kind) carry their primary detector at once; a series created beyond it keeps
     the fallback for good (logged once per kind), and a slot frees when its detector is
-    dropped (series evicted). Memory and cost: the two detectors' (the fallback's only
-    during the warm-up).
+    dropped (series evicted). The default, 200, is what fits the 0.5 s budget of one
+    collection next to 100,000 z-score series with ``cad_ose`` at its measured mean of
+    about 1 ms per point (``benchmarks/anomaly_speed.py``). Memory and cost: the two
+    detectors' (the fallback's only during the warm-up).
 
     >>> d = FallbackDetector(detector={"kind": "cad_ose"}, fallback={"kind": "zscore", "window": 60}, warmup=300)
     >>> [type(d.update(60.0 * i, float(i % 7)).active).__name__ for i in (0, 1)]
@@ -72,7 +74,7 @@ class FallbackDetector(_Base):
         detector: Mapping[str, Any],
         fallback: Mapping[str, Any] = _DEFAULT_FALLBACK,
         warmup: int = 600,
-        budget: int = 1000,
+        budget: int = 200,
     ) -> None:
         from otel_eda.anomaly.detectors.factory import make_detector
 
