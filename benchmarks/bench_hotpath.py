@@ -68,6 +68,12 @@ def cases() -> list[Case]:
         Case("bare", "bare asyncio.Queue (reference, telemetry off)", [py, CHILD, "bare"]),
         Case("eda", "otel-eda bus, configure()", [py, CHILD, "eda"], eda_env),
         Case(
+            "eda_span_events",
+            "otel-eda bus, configure(), OTEL_EDA_SPAN_EVENTS=true",
+            [py, CHILD, "eda"],
+            {**eda_env, "OTEL_EDA_SPAN_EVENTS": "true"},
+        ),
+        Case(
             "eda_no_anomaly", "otel-eda bus, configure() without anomaly engine", [py, CHILD, "eda-no-anomaly"], eda_env
         ),
         Case(
@@ -81,6 +87,7 @@ DIFFERENCES: Final = [
     Difference("eda_added", "otel-eda telemetry (configure())", on="eda", off="eda_off"),
     Difference("eda_added_no_anomaly", "otel-eda telemetry without anomaly engine", on="eda_no_anomaly", off="eda_off"),
     Difference("anomaly_engine", "the anomaly engine's share", on="eda", off="eda_no_anomaly"),
+    Difference("span_events", "stage span events (OTEL_EDA_SPAN_EVENTS=true)", on="eda_span_events", off="eda"),
     Difference("eda_total", "otel-eda bus on vs a bare queue", on="eda", off="bare"),
 ]
 GOALS: Final = [

@@ -188,8 +188,8 @@ def test_quick_hotpath_benchmark_reports_every_case_and_goal(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
     events = data["events"]
-    assert set(events["cases"]) == {"reference", "bare", "eda", "eda_no_anomaly", "eda_off"}
-    for key in ("reference", "eda", "eda_no_anomaly"):
+    assert set(events["cases"]) == {"reference", "bare", "eda", "eda_span_events", "eda_no_anomaly", "eda_off"}
+    for key in ("reference", "eda", "eda_span_events", "eda_no_anomaly"):
         extra = events["cases"][key]["extra"]
         assert extra["spans_per_event"]["min"] == extra["spans_per_event"]["max"] == 2.0, key
         assert extra["spans_dropped"]["max"] == 0, key
