@@ -121,3 +121,34 @@ DURATION_BUCKETS_S: Final = (
     30.0,
     60.0,
 )
+
+# --- alert rules' metrics (issue 23) ------------------------------------------------------
+#: Messages waiting in a subscriber queue of the embedded bus as a share of its
+#: ``queue_size`` (``1``: full), attributes as ``eda.bus.queue.depth``. A gauge in ``1``:
+#: the backpressure rules need the capacity, which the depth alone does not tell.
+METRIC_QUEUE_UTILIZATION: Final = "eda.bus.queue.utilization"
+#: Seconds a publish waited for room in a full subscriber queue of the embedded bus
+#: (histogram, recorded only for publishes that found a queue full; attributes
+#: ``messaging.system``, ``messaging.destination.name``).
+METRIC_PUBLISH_WAIT: Final = "eda.bus.publish.wait.duration"
+#: Messages in a broker's queue (RabbitMQ's ready messages, ...): an observable gauge in
+#: ``{message}``, attributes ``messaging.system``, ``messaging.destination.name``.
+METRIC_BROKER_QUEUE_DEPTH: Final = "eda.broker.queue.depth"
+#: Records a consumer group is behind the partition's high watermark: an observable gauge in
+#: ``{message}``, attributes ``messaging.destination.name``,
+#: ``messaging.destination.partition.id``, ``messaging.consumer.group.name`` (semconv #792).
+METRIC_CONSUMER_LAG: Final = "eda.consumer.lag"
+MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
+#: Event name of the alert log records.
+EVENT_ALERT: Final = "eda.alert"
+#: Log record attribute carrying an alert's state, ``firing`` or ``resolved``.
+EDA_ALERT_STATE: Final = "eda.alert.state"
+
+# --- anomaly engine self-metrics -------------------------------------------------------------
+METRIC_ALERTS_DROPPED: Final = "eda.alerts.dropped"
+METRIC_ALERT_SEND_FAILURES: Final = "eda.alerts.send_failures"
+EDA_ALERT_SINK: Final = "eda.alert.sink"
+#: Prefix of otel-eda's own names (``OTEL_EDA_BAGGAGE_KEYS`` refuses keys that start with it).
+EDA_PREFIX: Final = "eda."
+#: Prefix of the messaging conventions' metric names (error ratios are derived for these only).
+MESSAGING_PREFIX: Final = "messaging."

@@ -42,6 +42,7 @@ import re
 from collections.abc import Mapping
 from typing import Final
 
+from otel_eda import semconv
 from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
@@ -193,7 +194,9 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
     keys: tuple[str, ...] = ()
     if text := (raw[OTEL_EDA_BAGGAGE_KEYS] or "").strip():
         parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) and not p.startswith("eda.") for p in parts):
+        if len(parts) <= MAX_BAGGAGE_KEYS and all(
+            _TOKEN.fullmatch(p) and not p.startswith(semconv.EDA_PREFIX) for p in parts
+        ):
             keys = parts
         else:
             accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"

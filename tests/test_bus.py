@@ -491,3 +491,18 @@ async def test_stage_span_events_are_a_debugging_switch(monkeypatch: pytest.Monk
     assert [e.name for e in second.events] == ["eda.received", "eda.completed"]
     assert all(float(e.attributes["eda.stage.duration"]) >= 0 for e in second.events)  # type: ignore[arg-type,index]
     capture.shutdown()
+
+
+async def test_process_spans_follow_their_producer_even_when_the_bus_starts_inside_a_span() -> None:
+    capture = TelemetryCapture()
+    tracer = capture.tracer_provider.get_tracer("app")
+    bus = capture.bus()
+    bus.subscribe("order_placed", lambda d: None, subscriber="s")
+    with tracer.start_as_current_span("GET /orders"):
+        await bus.publish("order_placed")  # the first publish starts the worker, inside the request span
+    await bus.join()
+    await bus.close()
+    (producer,) = capture.spans(kind=SpanKind.PRODUCER)
+    (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    capture.shutdown()

@@ -31,6 +31,7 @@ from otel_eda.settings import CloudEventsMode, Settings, TraceMode
 from otel_eda.version import VERSION
 
 __all__ = [
+    "BatchProcessing",
     "Incoming",
     "Messaging",
     "Outcome",
@@ -206,6 +207,12 @@ class Messaging:
         self._dropped = meter.create_counter(
             semconv.METRIC_DROPPED, unit="{message}", description="Messages dropped because a queue stayed full"
         )
+        self._publish_wait = meter.create_histogram(
+            semconv.METRIC_PUBLISH_WAIT,
+            unit="s",
+            description="Seconds a publish waited for room in a full queue (only publishes that waited)",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
         self._unrouted = meter.create_counter(
             semconv.METRIC_UNROUTED, unit="{message}", description="Messages published with no subscriber"
         )
@@ -363,6 +370,10 @@ class Messaging:
         self.record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
         _log.debug("no subscriber for %s", destination)
 
+    def publish_waited(self, destination: str, seconds: float) -> None:
+        """Record that a publish to ``destination`` waited ``seconds`` for room in a full queue."""
+        self._publish_wait.record(seconds, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
+
     def dropped(self, event: EventContext, destination: str, subscriber: str) -> None:
         """Count and record an event a subscriber missed because its queue stayed full."""
         self._dropped.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND, subscriber))
@@ -508,6 +519,26 @@ class Messaging:
                 raise TypeError("process(carrier) needs destination=")
             message = self.extract(message, destination=destination, getter=getter)
         return Processing(self, message, consumer_group or "", attempt, queued_s, attributes, context)
+
+    def process_batch(
+        self,
+        messages: Sequence[Incoming],
+        *,
+        destination: str | None = None,
+        consumer_group: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> BatchProcessing:
+        """Start handling several messages at once (a batch handler): use as
+        ``with messaging.process_batch(messages) as batch: ...``.
+
+        One CONSUMER span ``process {destination}`` (just ``process`` when the batch spans
+        several destinations) with one link per message, never parented on a creation
+        context (the conventions' rule for a span covering several messages): on the
+        ambient span if one is current, else a new trace. Each message is counted as
+        delivered (unless :meth:`received` did) and gets one lifecycle record per outcome.
+        """
+        return BatchProcessing(self, messages, destination, consumer_group or "", attributes, context)
 
     def settle_span(
         self, destination: str, operation_name: str, *, context: Context | None = None
@@ -798,6 +829,114 @@ class Processing:
             Stage.KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
         )
         return True
+
+
+class BatchProcessing:
+    """The handling of a batch of messages (see :meth:`Messaging.process_batch`)."""
+
+    __slots__ = (
+        "_group",
+        "_messaging",
+        "_open",
+        "_started",
+        "_token",
+        "context",
+        "destination",
+        "messages",
+        "outcome",
+        "span",
+    )
+
+    def __init__(
+        self,
+        messaging: Messaging,
+        messages: Sequence[Incoming],
+        destination: str | None,
+        group: str,
+        attributes: Mapping[str, Any] | None,
+        context: Context | None,
+    ) -> None:
+        self._messaging = m = messaging
+        self.messages = tuple(messages)
+        destinations = {message.destination for message in self.messages}
+        self.destination = destination or (next(iter(destinations)) if len(destinations) == 1 else None)
+        self._group = group
+        self.outcome: Outcome | None = None
+        self._open = [True]
+        for message in self.messages:
+            if not message.delivered:
+                m._deliver(message, group)
+        attrs: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: m.system,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_PROCESS,
+            semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_TYPE_PROCESS,
+            semconv.MESSAGING_BATCH_MESSAGE_COUNT: len(self.messages),
+        }
+        if self.destination is not None:
+            attrs[semconv.MESSAGING_DESTINATION_NAME] = self.destination
+        if group:
+            attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+        if attributes:
+            attrs.update(attributes)
+        ambient = trace.get_current_span(context)
+        parent = context if ambient.get_span_context().is_valid else trace.set_span_in_context(trace.INVALID_SPAN)
+        self.span = m._tracer.start_span(
+            f"process {self.destination}" if self.destination else "process",
+            parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            links=[message.link for message in self.messages if message.link is not None],
+        )
+        self.context = trace.set_span_in_context(self.span, context)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> BatchProcessing:
+        self._token = attach(self.context)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        detach(self._token)
+        if exc is None:
+            self.settle(Outcome.COMPLETED)
+        else:
+            self.settle(Outcome.REJECTED if isinstance(exc, Rejected) else Outcome.FAILED, exc)
+
+    def settle(self, outcome: Outcome, exc: BaseException | None = None) -> float:
+        """End the batch's handling with ``outcome`` for every message (once)."""
+        try:
+            self._open.pop()
+        except IndexError:
+            return 0.0
+        m = self._messaging
+        outcome = Outcome(outcome)
+        self.outcome = outcome
+        seconds = time.perf_counter() - self._started
+        span = self.span
+        try:
+            failed = exc is not None and outcome is not Outcome.COMPLETED
+            etype = error_type(exc) if failed and exc is not None else ""
+            m._duration.record(
+                seconds, m._attrs(self.destination or "", semconv.OPERATION_TYPE_PROCESS, self._group, etype)
+            )
+            if span.is_recording():
+                span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
+                if failed and exc is not None:
+                    record_failure(span, exc, etype)
+            for message in self.messages:
+                m.record(
+                    _STAGES[outcome],
+                    message.event,
+                    span.get_span_context(),
+                    subscriber=self._group or None,
+                    attempt=1,
+                    duration_s=seconds,
+                    error=exc if failed else None,
+                )
+        except Exception:
+            internal_error("messaging", "settling a batch")
+        finally:
+            span.end()
+        return seconds
 
 
 def current_processing(context: Context | None = None) -> Processing | None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -71,6 +72,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT: Final = 1000
+_NO_AMBIENT_SPAN: Final = Context()
 
 
 class BusFull(Exception):
@@ -309,7 +311,11 @@ class EventBus:
             except RuntimeError:
                 self._unstarted = True  # started by the first publish/deliver/join in a loop
                 return
-            sub.task = loop.create_task(self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}")
+            # A fresh context: a worker started inside a handler or a request must not inherit
+            # its span (the process spans would become that span's children).
+            sub.task = loop.create_task(
+                self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}", context=contextvars.Context()
+            )
 
     def _start_all(self) -> None:
         if not self._unstarted:
@@ -383,12 +389,14 @@ class EventBus:
                 waiting.append(sub)
         if not waiting:
             return []
+        started = time.perf_counter()
         puts = {asyncio.ensure_future(sub.queue.put(message)): sub for sub in waiting}
         done, pending = await asyncio.wait(puts, timeout=self.publish_timeout_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        self.messaging.publish_waited(message.destination, time.perf_counter() - started)
         return [puts[t].name for t in puts if t not in done or t.cancelled()]
 
     async def deliver(self, message: WireMessage) -> None:
@@ -429,7 +437,9 @@ class EventBus:
         attempt_no = 0
         while True:
             attempt_no += 1
-            processing = messaging.process(incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited)
+            processing = messaging.process(
+                incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
+            )
             delivery = Delivery(self, processing, message.payload, sub.name)
             try:
                 exc = await _run_handler(sub.handler, delivery, processing.context)
@@ -533,6 +543,27 @@ def _register_depth(meter: metrics.Meter, buses: weakref.WeakSet[EventBus]) -> N
         unit="{message}",
         description="Messages waiting in a subscriber queue of the embedded bus",
     )
+    meter.create_observable_gauge(
+        semconv.METRIC_QUEUE_UTILIZATION,
+        callbacks=[functools.partial(_observe_utilization, buses)],
+        unit="1",
+        description="Messages waiting in a subscriber queue of the embedded bus, as a share of its queue_size",
+    )
+
+
+def _observe_utilization(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(
+            depth / bus.queue_size,
+            {
+                semconv.MESSAGING_SYSTEM: bus.messaging.system,
+                semconv.MESSAGING_DESTINATION_NAME: event_type,
+                semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
+            },
+        )
+        for bus in list(buses)
+        for (event_type, name), depth in bus.queue_depths().items()
+    ]
 
 
 def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
