@@ -60,6 +60,16 @@ def test_only_instruments_a_rule_reads_are_aggregated_for_the_anomaly_reader(att
     unread.add(1, {"messaging.destination.name": "orders"})
     anomaly.force_flush()
     assert "messaging.client.sent.messages" in anomaly.collected[-1]
+
+    # so is a metric whose statistics are asked for (the engine tracks it)
+    jobs = meter.create_counter("jobs")
+    jobs.add(1)
+    anomaly.force_flush()
+    assert "jobs" not in anomaly.collected[-1]
+    anomaly.engine.track("jobs")
+    jobs.add(1)
+    anomaly.force_flush()
+    assert "jobs" in anomaly.collected[-1]
     provider.shutdown()
     anomaly.shutdown()
 

@@ -116,12 +116,14 @@ class AnomalyMetricReader(MetricReader):
     _narrowed = False
 
     def _reads(self, name: str) -> bool:
-        """Whether a rule of the engine reads metric ``name`` (asked once per measurement)."""
-        rules = self.engine.rules
+        """Whether a rule of the engine reads metric ``name``, or its statistics track it
+        (asked once per measurement)."""
+        engine = self.engine
+        rules = engine.rules
         if rules is not self._rules_seen:
             self._read_names = frozenset(rule.metric.lower() for rule in rules)  # the SDK lowercases names
             self._rules_seen = rules
-        return name in self._read_names
+        return name in self._read_names or engine.history.tracks(name)
 
     def _narrow(self) -> None:
         """Once registered on a provider: aggregate only the instruments the rules read
