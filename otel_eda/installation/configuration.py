@@ -56,6 +56,7 @@ from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
+from otel_eda.installation.logs import install_logs
 from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.sdk.sampling import LinkAwareSampler
@@ -168,6 +169,7 @@ def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, 
         )
         return
     _complete(settings, callbacks, quiet=sdk_error is not None)
+    install_logs(settings)
     _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
     _instrument_host_metrics()
     for variable, message in problems.items():
