@@ -13,7 +13,18 @@ Variants (``bench_hotpath.py`` runs them; run one by hand with ``BENCH_OPS=2000`
 ``eda-off``
     otel-eda's ``EventBus`` with telemetry off (``OTEL_SDK_DISABLED=true``: ``configure()``
     installs nothing, the API is a no-op; identity headers, their validation and the
-    lifecycle store remain).
+    lifecycle store remain);
+``span-with-processor`` / ``span-without-processor``
+    one operation is one CLIENT span started and ended inside a flow (a context carrying an
+    otel-eda current event and a parent span; 5 caller attributes; 1 link whose attributes
+    carry ``messaging.message.id``) on a TracerProvider with or without the
+    ``EventSpanProcessor`` (both: ``LinkAwareSampler(ParentBased(ALWAYS_ON))``, a
+    BatchSpanProcessor with a discarding exporter);
+``collection``
+    one operation is otel-eda's part of one anomaly-reader collection of ``BENCH_SERIES``
+    (default 100,000) counter series: the conversion to series points with the zero fill,
+    then ``AnomalyEngine.evaluate`` with a z-score rule on every series (the cheap
+    detector); the SDK's own collect before it is not timed.
 
 Both telemetry sides get the same exporter set-up, installed before anything else: a
 TracerProvider with a BatchSpanProcessor (queue of 2^16, so nothing is dropped; drops are
@@ -35,7 +46,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from method import child_measure_async
+from method import child_measure, child_measure_async, child_plan, child_profiler, child_report
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
@@ -50,7 +61,16 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from reference_queue import ReferenceQueue
 
-VARIANTS: Final = ("reference", "bare", "eda", "eda-no-anomaly", "eda-off")
+VARIANTS: Final = (
+    "reference",
+    "bare",
+    "eda",
+    "eda-no-anomaly",
+    "eda-off",
+    "span-with-processor",
+    "span-without-processor",
+    "collection",
+)
 BSP_MAX_QUEUE: Final = 1 << 16
 BATCH: Final = 1  # publish one event, then wait until it is handled
 DESTINATION: Final = "orders"
@@ -158,7 +178,7 @@ async def reference(telemetry: bool) -> None:
 
 
 def _check_installation(expect_anomaly: bool) -> None:
-    from otel_eda.configuration import installation
+    from otel_eda.installation.configuration import installation
 
     state = installation()
     gaps = [gap for gap in state.missing() if expect_anomaly or not gap.startswith("AnomalyMetricReader")]
@@ -203,6 +223,113 @@ def eda_without_anomaly_engine() -> Exporters:
     return exporters
 
 
+def spans(with_processor: bool) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+    from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+    from otel_eda import EventContext, semconv, with_event
+    from otel_eda.sdk.processor import EventSpanProcessor
+    from otel_eda.sdk.sampling import LinkAwareSampler
+
+    exporter = DiscardingSpanExporter()
+    provider = TracerProvider(
+        sampler=LinkAwareSampler(ParentBased(ALWAYS_ON)), resource=Resource.create({"service.name": "bench"})
+    )
+    if with_processor:
+        provider.add_span_processor(EventSpanProcessor())
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=1 << 20))
+    event = EventContext.root("order_placed").child("payment_authorized")
+    parent = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1))
+    producer = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False, TraceFlags(1))
+    context = with_event(event, trace.set_span_in_context(NonRecordingSpan(parent)))
+    links = [Link(producer, {semconv.MESSAGING_MESSAGE_ID: event.causation_id or event.event_id})]
+    attributes: dict[str, Any] = {
+        "http.request.method": "GET",
+        "url.full": "http://inventory.internal:8080/stock/A-1001",
+        "server.address": "inventory.internal",
+        "server.port": 8080,
+        "http.response.status_code": 200,
+    }
+    start_span = provider.get_tracer("bench.client").start_span
+    started = [0]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            start_span("GET", context, kind=SpanKind.CLIENT, attributes=attributes, links=links).end()
+        started[0] += n
+
+    def extra() -> Mapping[str, float]:
+        provider.force_flush()
+        return {"exported_per_span": exporter.exported / max(1, started[0])}
+
+    child_measure(run, flush=provider.force_flush, extra=extra)
+    provider.shutdown()
+
+
+def collection() -> None:
+    import os
+    import time
+
+    from opentelemetry.sdk.metrics import Histogram
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
+
+    from otel_eda.anomaly import reader as anomaly_reader
+    from otel_eda.anomaly.engine import AnomalyEngine
+    from otel_eda.anomaly.rules import Rule
+
+    class CapturingReader(MetricReader):
+        """Keeps the last collection; the anomaly reader's temporality and aggregation."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                preferred_temporality=anomaly_reader._TEMPORALITY,  # type: ignore[arg-type]
+                preferred_aggregation={Histogram: ExponentialBucketHistogramAggregation()},
+            )
+            self.data: MetricsData | None = None
+
+        def _receive_metrics(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kw: Any) -> None:
+            self.data = metrics_data
+
+        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+            return None
+
+    series = int(os.environ.get("BENCH_SERIES", "100000"))
+    ops, warmup = child_plan()
+    reader = CapturingReader()
+    provider = MeterProvider(metric_readers=[reader])
+    counter = provider.get_meter("bench").create_counter("jobs")
+    attrs = [{"job": f"j{i}"} for i in range(series)]
+    rule = Rule(name="jobs", metric="jobs", signal="rate", detector={"kind": "zscore", "window": 60})
+    engine = AnomalyEngine([rule], max_series=series + 10)
+    anomaly = anomaly_reader.AnomalyMetricReader(engine, interval_s=3600, start=False)  # fed by hand
+
+    def one(round_no: int) -> tuple[float, float]:
+        for a in attrs:
+            counter.add(1 + round_no % 3, a)
+        reader.collect()  # the SDK's part: not timed
+        data = reader.data
+        reader.data = None
+        assert data is not None
+        cpu, wall = time.process_time(), time.perf_counter()
+        points, now = anomaly._series(data)
+        engine.evaluate(points, now)
+        return time.process_time() - cpu, time.perf_counter() - wall
+
+    for i in range(max(1, warmup)):  # the first collection creates the engine's series
+        one(i)
+    profiler = child_profiler()
+    cpu = wall = 0.0
+    for i in range(ops):
+        c, w = one(warmup + i)
+        cpu += c
+        wall += w
+    if profiler is not None:
+        profiler.stop_and_print()
+    child_report(ops, cpu, wall, {"series": float(engine.series_count)})
+    provider.shutdown()
+
+
 def main(argv: Sequence[str]) -> int:
     if len(argv) != 1 or argv[0] not in VARIANTS:
         print(f"usage: hotpath_child.py {{{','.join(VARIANTS)}}}", file=sys.stderr)
@@ -210,6 +337,10 @@ def main(argv: Sequence[str]) -> int:
     variant = argv[0]
     if variant in ("reference", "bare"):
         asyncio.run(reference(telemetry=variant == "reference"))
+    elif variant.startswith("span-"):
+        spans(with_processor=variant == "span-with-processor")
+    elif variant == "collection":
+        collection()
     else:
         asyncio.run(eda(variant))
     return 0

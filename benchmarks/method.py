@@ -47,6 +47,9 @@ that performs ``n`` operations to :func:`child_measure` (or ``await``
             await bus.join()
         await child_measure_async(run, flush=provider.force_flush)
 
+A child that must time only part of each operation (say, otel-eda's part of a metric
+collection, not the SDK's) reads :func:`child_plan` and reports with :func:`child_report`.
+
 The child reads how many operations to run from the environment the parent sets
 (``BENCH_OPS``, ``BENCH_WARMUP``; ``BENCH_PROFILE=1`` asks for a profile of the measured
 run) and prints one line ``BENCH-RESULT {json}`` with its CPU and wall seconds; anything
@@ -81,6 +84,9 @@ __all__ = [
     "Plan",
     "child_measure",
     "child_measure_async",
+    "child_plan",
+    "child_profiler",
+    "child_report",
     "report",
     "run_interleaved",
 ]
@@ -117,14 +123,15 @@ class Difference:
 
 @dataclasses.dataclass(frozen=True)
 class Goal:
-    """``numerator / denominator <= limit`` on medians (keys of cases or differences).
+    """``numerator / denominator <= limit`` on medians (keys of cases or differences); with
+    ``denominator=None``, ``numerator <= limit`` in µs per operation.
 
     ``profile`` names the case to profile when the goal is missed (the slower side)."""
 
     key: str
     label: str
     numerator: str
-    denominator: str
+    denominator: str | None
     limit: float
     profile: str | None = None
 
@@ -302,13 +309,18 @@ def report(
         print("  goals (ratio of medians)")
     for goal in goals:
         num = measurements.samples(goal.numerator, differences).median()
-        den = measurements.samples(goal.denominator, differences).median()
-        ratio = num / den if den > 0 else float("inf")
-        met = ratio <= goal.limit
-        print(
-            f"    {goal.label}: {num:.1f} / {den:.1f} = {ratio:.2f}x (goal <= {goal.limit:g}x): "
-            + ("met" if met else "MISSED")
-        )
+        if goal.denominator is None:
+            ratio = num
+            met = num <= goal.limit
+            print(f"    {goal.label}: {num:.1f} us (goal <= {goal.limit:g} us): " + ("met" if met else "MISSED"))
+        else:
+            den = measurements.samples(goal.denominator, differences).median()
+            ratio = num / den if den > 0 else float("inf")
+            met = ratio <= goal.limit
+            print(
+                f"    {goal.label}: {num:.1f} / {den:.1f} = {ratio:.2f}x (goal <= {goal.limit:g}x): "
+                + ("met" if met else "MISSED")
+            )
         out["goals"][goal.key] = {
             "label": goal.label,
             "numerator": goal.numerator,
@@ -333,11 +345,29 @@ def _int_from_env(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-def _emit(ops: int, cpu_s: float, wall_s: float, extra: Callable[[], Mapping[str, float]] | None) -> None:
+def child_plan() -> tuple[int, int]:
+    """(operations to measure, operations of warm-up) as the parent asked, for a child that
+    times itself (then reports with :func:`child_report`)."""
+    return _int_from_env(OPS_VARIABLE, 5000), _int_from_env(WARMUP_VARIABLE, 1000)
+
+
+def child_profiler() -> Any:
+    """A started profiler when the parent asked for a profile (``BENCH_PROFILE=1``), else
+    ``None``; call ``stop_and_print()`` on it after the measured part."""
+    return _Profiler.start_if_asked()
+
+
+def child_report(ops: int, cpu_s: float, wall_s: float, extra: Mapping[str, float] | None = None) -> None:
+    """Report a measurement that the child timed itself: ``ops`` operations took ``cpu_s``
+    seconds of process CPU time and ``wall_s`` seconds of wall time."""
     result: dict[str, Any] = {"ops": ops, "cpu_s": cpu_s, "wall_s": wall_s}
     if extra is not None:
-        result["extra"] = dict(extra())
+        result["extra"] = dict(extra)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def _emit(ops: int, cpu_s: float, wall_s: float, extra: Callable[[], Mapping[str, float]] | None) -> None:
+    child_report(ops, cpu_s, wall_s, extra() if extra is not None else None)
 
 
 def child_measure(

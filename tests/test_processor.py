@@ -87,6 +87,7 @@ def test_an_internal_error_is_logged_and_counted_never_raised(
 
     from otel_eda import _selfmetrics
 
+    monkeypatch.setattr(processor_module, "current_event", broken)
     monkeypatch.setattr(processor_module, "flow_ids", broken)
     errors = capture.meter_provider.get_meter("otel_eda").create_counter("eda.internal.errors")
     monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)  # counted where we can read it
@@ -156,3 +157,36 @@ def test_listed_baggage_keys_are_copied_onto_every_span_and_nothing_else() -> No
     assert first.attributes == {"tenant.id": "acme"}
     assert second.attributes == {"tenant.id": "own"}
     assert not third.attributes
+
+
+@pytest.mark.parametrize(
+    ("limits", "own_attributes"),
+    [
+        ({}, 0),  # no limit applies: the ids go into the span's attribute dict directly
+        ({"max_span_attribute_length": 8}, 0),  # a value-length limit: through the SDK, truncated
+        ({"max_span_attributes": 3}, 2),  # no room for both ids: through the SDK, oldest evicted
+    ],
+)
+def test_stamped_ids_honour_the_sdk_attribute_limits(limits: dict[str, int], own_attributes: int) -> None:
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otel_eda.sdk.processor import EventSpanProcessor
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=SpanLimits(**limits))  # type: ignore[arg-type]
+    provider.add_span_processor(EventSpanProcessor())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    event = EventContext.root("order_placed").child("payment_authorized")
+    own = {f"own.{i}": i for i in range(own_attributes)}
+    provider.get_tracer("x").start_span("limited", context=with_event(event), attributes=own).end()
+    (span,) = exporter.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    expected = {**own, "eda.correlation_id": event.correlation_id, "eda.causation_id": event.causation_id}
+    if "max_span_attribute_length" in limits:
+        expected = {k: v[: limits["max_span_attribute_length"]] for k, v in expected.items()}
+    if "max_span_attributes" in limits:
+        expected = dict(list(expected.items())[-limits["max_span_attributes"] :])
+        assert span.dropped_attributes == 1
+    assert attributes == expected

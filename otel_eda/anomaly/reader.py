@@ -39,6 +39,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.instrument_filter import narrow_storage
 from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
 from otel_eda.process_hooks import ExitHook, ForkHook, register_exit_hook, register_fork_hook
 from otel_eda.settings import Settings
@@ -83,6 +84,7 @@ class AnomalyMetricReader(MetricReader):
             settings = settings or Settings.from_environ()
             if engine is None:
                 engine = _engine_from_settings(settings)
+                self._narrow_to_rules = True  # its engine reads its rules' metrics only
             if interval_s is None:
                 interval_s = settings.anomaly_interval_s
         self.engine = engine
@@ -105,8 +107,34 @@ class AnomalyMetricReader(MetricReader):
         """Whether its collection thread was started (``start=False`` defers it to :meth:`start`)."""
         return self._thread is not None
 
+    #: whether to aggregate only the metrics the engine's rules read: for the engine built from
+    #: the settings (configure(), the entry point); a caller's own engine gets every metric
+    _narrow_to_rules = False
+    #: the engine's rules the last time :meth:`_reads` looked, and the metrics they read
+    _rules_seen: object = None
+    _read_names: frozenset[str] = frozenset()
+    _narrowed = False
+
+    def _reads(self, name: str) -> bool:
+        """Whether a rule of the engine reads metric ``name``, or its statistics track it
+        (asked once per measurement)."""
+        engine = self.engine
+        rules = engine.rules
+        if rules is not self._rules_seen:
+            self._read_names = frozenset(rule.metric.lower() for rule in rules)  # the SDK lowercases names
+            self._rules_seen = rules
+        return name in self._read_names or engine.history.tracks(name)
+
+    def _narrow(self) -> None:
+        """Once registered on a provider: aggregate only the instruments the rules read
+        (:mod:`otel_eda.anomaly.instrument_filter`), not every one a second time."""
+        if self._narrow_to_rules and not self._narrowed and self._collect is not None:
+            self._narrowed = True
+            narrow_storage(self._collect, self, self._reads)
+
     def start(self) -> None:
         """Start collecting every ``interval_s`` on its own daemon thread; idempotent."""
+        self._narrow()
         if self._thread is None and not self._shutdown_done:
             self._start_thread()
             _threaded.add(self)
@@ -130,6 +158,7 @@ class AnomalyMetricReader(MetricReader):
 
     def _collect_safely(self) -> None:
         try:
+            self._narrow()
             before = self.collections
             self.collect()
             if self.collections == before:
@@ -237,6 +266,7 @@ def attach(provider: MeterProvider, reader: AnomalyMetricReader | None = None) -
     """Add an anomaly reader to an existing MeterProvider, shut down at interpreter exit."""
     reader = reader or AnomalyMetricReader()
     provider.add_metric_reader(reader)
+    reader._narrow()
     _attached.add(reader)
     return reader
 

@@ -95,6 +95,11 @@ class SeriesHistory:
             self._metrics.add(metric)
             self._series[metric] = {}
 
+    def tracks(self, metric: str) -> bool:
+        """Whether ``metric`` is tracked (the anomaly reader then aggregates it; cheap enough
+        to ask once per measurement)."""
+        return metric in self._metrics
+
     def untrack(self, metric: str) -> None:
         self._metrics.discard(metric)
         self._count -= len(self._series.pop(metric, {}))

@@ -51,6 +51,10 @@ _MAX_CACHED_ATTRIBUTE_SETS: Final = 4096
 #: Longest exception message otel-eda writes into a lifecycle record.
 MAX_ERROR_MESSAGE: Final = 1024
 _PROCESSING_KEY: Final = create_key("otel_eda.processing")
+#: the context of measurements whose exemplars no default rule reads (sent, consumed, clock
+#: skew): no span in it, so the SDK's default trace_based exemplar filter samples none there
+#: (the duration and event-age histograms, which the rules read, keep theirs)
+_NO_EXEMPLAR: Final = Context()
 
 C = TypeVar("C")
 
@@ -447,10 +451,10 @@ class Messaging:
         """Count one delivery and record the event's age (once per message)."""
         message.delivered = True
         attrs = self._attrs(message.destination, operation, group)
-        self._consumed.add(1, attrs)
+        self._consumed.add(1, attrs, context=_NO_EXEMPLAR)
         age = (time.time_ns() - message.event.created_ns) / 1e9
         if age < 0:
-            self._skewed.add(1, attrs)
+            self._skewed.add(1, attrs, context=_NO_EXEMPLAR)
             age = 0.0
         self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
         self.record(Stage.RECEIVED, message.event, message.producer, subscriber=group or self.service)
@@ -651,7 +655,7 @@ class Publication(Generic[C]):
                 attrs_key = error_type(exc)
                 record_failure(span, exc, attrs_key)
             attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key)
-            m._sent.add(1, attrs)
+            m._sent.add(1, attrs, context=_NO_EXEMPLAR)
             if m._time_sends:
                 m._operation_duration.record(time.perf_counter() - self._started, attrs)
             m.record(Stage.PUBLISHED, self.event, span.get_span_context(), error=exc)

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.identity import flow_ids
+from otel_eda.identity import current_event, flow_ids
 
 __all__ = ["EventSpanProcessor"]
 
@@ -40,6 +40,7 @@ _CAUSATION = semconv.EDA_CAUSATION_ID
 _MESSAGE_ID = semconv.MESSAGING_MESSAGE_ID
 _PRODUCER_TRACE = semconv.EDA_PRODUCER_TRACE_ID
 _PRODUCER_SPAN = semconv.EDA_PRODUCER_SPAN_ID
+_NO_FIELDS: dict[str, object] = {}
 
 
 class EventSpanProcessor(SpanProcessor):
@@ -54,25 +55,49 @@ class EventSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            ids = flow_ids(parent_context)
+            correlation: str | None = None
+            causation: str | None = None
+            event = current_event(parent_context)
+            if event is not None:  # the common case: a span inside an event's handling
+                correlation, causation = event.correlation_id, event.causation_id
+            elif (ids := flow_ids(parent_context)) is not None:
+                correlation, causation = ids.correlation_id, ids.causation_id
             consumer_links = span.kind is SpanKind.CONSUMER and span._links
-            if ids is None and not consumer_links and not self.baggage_keys:
+            if correlation is None and not consumer_links and not self.baggage_keys:
                 return
-            # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
-            present = getattr(span._attributes, "_dict", None) or span._attributes or {}
+            attributes = span._attributes
+            # BoundedAttributes' fields, read once: its own ``in`` raises and catches a KeyError
+            fields = getattr(attributes, "__dict__", _NO_FIELDS)
+            live = fields.get("_dict")
+            present = live if type(live) is dict else (attributes or {})
             stamp = self._baggage(parent_context, present) if self.baggage_keys else {}
-            if ids is not None:
+            if correlation is not None:
                 if _CORRELATION not in present:
-                    stamp[_CORRELATION] = ids.correlation_id
-                if ids.causation_id is not None and _CAUSATION not in present:
-                    stamp[_CAUSATION] = ids.causation_id
+                    stamp[_CORRELATION] = correlation
+                if causation is not None and _CAUSATION not in present:
+                    stamp[_CAUSATION] = causation
             if consumer_links and _PRODUCER_SPAN not in present:
                 for link in consumer_links:
                     if link.attributes and _MESSAGE_ID in link.attributes:
                         stamp[_PRODUCER_TRACE] = f"{link.context.trace_id:032x}"
                         stamp[_PRODUCER_SPAN] = f"{link.context.span_id:016x}"
                         break
-            if stamp:
+            if not stamp:
+                return
+            # Span.set_attributes cleans and locks per key, which costs more than the rest of
+            # this method. The span is starting: no other thread can see it yet, and every
+            # value is a str. When the container is mutable, has room and no value-length
+            # limit, the values go into its dict as the SDK would store them; otherwise (a
+            # limit applies, or another SDK version stores them differently) through the API.
+            maxlen = fields.get("maxlen", 0)
+            if (
+                type(live) is dict
+                and fields.get("max_value_len", 0) is None
+                and fields.get("_immutable") is False
+                and (maxlen is None or len(live) + len(stamp) <= maxlen)
+            ):
+                live.update(stamp)
+            else:
                 span.set_attributes(stamp)
         except Exception:
             internal_error("span processor", "stamping a span")

@@ -1,0 +1,60 @@
+"""Aggregate for the anomaly reader only the instruments its engine reads.
+
+The OpenTelemetry SDK aggregates every measurement once per ``MetricReader`` of a
+``MeterProvider``: with the application's exporting reader and the anomaly reader side by
+side, each ``Counter.add`` and ``Histogram.record`` is attributed, hashed and aggregated
+twice. The SDK (1.4x) has no views per reader (views belong to the provider and would
+change what the exporter sees), so this module narrows the anomaly reader's own storage:
+an instrument whose metric no rule of the engine reads gets no aggregation there (the
+exporting reader still aggregates it as before); the others are aggregated as the SDK
+would. The decision is made again when the engine's rules change.
+
+This reaches into SDK internals (the reader's ``MetricReaderStorage``). Where they are not
+what this module expects (another SDK version, a provider with renaming views), nothing is
+narrowed: the reader then aggregates everything, exactly as without this module, and one
+DEBUG line says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+__all__ = ["narrow_storage"]
+
+_log = logging.getLogger(__name__)
+_NO_MATCHES: Final[tuple[()]] = ()
+
+
+def narrow_storage(collect_callback: object, reader: object, reads: Callable[[str], bool]) -> bool:
+    """Make ``reader``'s storage skip instruments for which ``reads(name)`` is false.
+
+    ``collect_callback`` is what the provider passed to the reader's
+    ``_set_collect_callback`` (its measurement consumer's ``collect``). Returns whether the
+    storage was narrowed.
+    """
+    consumer = getattr(collect_callback, "__self__", None)
+    storages = getattr(consumer, "_reader_storages", None)
+    storage = storages.get(reader) if isinstance(storages, Mapping) else None
+    resolve = getattr(storage, "_get_or_init_view_instrument_match", None)
+    views = getattr(getattr(storage, "_sdk_config", None), "views", None)
+    if storage is None or not callable(resolve) or views is None:
+        _log.debug("anomaly reader: SDK internals not as expected; it aggregates every instrument")
+        return False
+    if any(getattr(view, "_name", None) for view in views):
+        _log.debug("anomaly reader: a view renames instruments; it aggregates every instrument")
+        return False
+
+    def view_matches(instrument: Any) -> Any:
+        try:
+            if not reads(instrument.name):
+                return _NO_MATCHES
+        except Exception:  # never into the application's Counter.add: aggregate it instead
+            _log.debug("anomaly reader: deciding whether to aggregate %r failed", instrument, exc_info=True)
+        return resolve(instrument)
+
+    # An instance attribute shadows the method for this one storage: consume_measurement
+    # then finds no view match for an instrument no rule reads, and collect never sees it.
+    storage._get_or_init_view_instrument_match = view_matches
+    return True
