@@ -56,6 +56,7 @@ from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
+from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.sdk.sampling import LinkAwareSampler
@@ -91,6 +92,14 @@ class ConfigurationError(RuntimeError):
 
 
 _lock = threading.RLock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # a thread of the parent may have been inside configure() at fork time
+
+
+register_fork_hook(ForkHook("configure()", after_in_child=_fresh_lock_in_child))
 #: (setting, message) pairs already counted in eda.config.errors: configure() may run more than
 #: once per process (the configurator, then the post-instrument hook, then the application)
 _counted: set[tuple[str, str]] = set()
