@@ -13,6 +13,10 @@ variable                         default   meaning
 ``OTEL_EDA_MAX_SERIES``          10000     series the anomaly engine tracks at most
 ``OTEL_EDA_ALERTMANAGER_URL``    (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
 ``OTEL_EDA_STRICT``              false     ``true``: invalid settings stop start-up
+``OTEL_EDA_SHUTDOWN_TIMEOUT``    5         seconds shutdown may take (exit, SIGTERM,
+                                           ``otel_eda.shutdown()``), whatever exporters do
+``OTEL_EDA_HANDLE_SIGTERM``      true      flush on SIGTERM when the application has no
+                                           handler of its own, then the default action
 =============================== ========= ============================================
 
 An invalid value is reported once per process as one ERROR naming the variable, the value
@@ -46,8 +50,10 @@ from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
     OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_HANDLE_SIGTERM,
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_RULES_FILE,
+    OTEL_EDA_SHUTDOWN_TIMEOUT,
     OTEL_EDA_STORE_MAX_EVENTS,
     OTEL_EDA_STRICT,
     OTEL_EDA_TRACE_MODE,
@@ -66,6 +72,8 @@ _VARIABLES = (
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_STRICT,
+    OTEL_EDA_SHUTDOWN_TIMEOUT,
+    OTEL_EDA_HANDLE_SIGTERM,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -119,6 +127,8 @@ class Settings:
     max_series: int = 10_000
     alertmanager_url: str | None = None
     strict: bool = False
+    shutdown_timeout_s: float = 5.0
+    handle_sigterm: bool = True
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -172,12 +182,16 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
             accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"
             invalid(OTEL_EDA_BAGGAGE_KEYS, accepted, "none")
 
-    strict = d.strict
-    if text := (raw[OTEL_EDA_STRICT] or "").strip():
-        if text.lower() in ("true", "false"):
-            strict = text.lower() == "true"
-        else:
-            invalid(OTEL_EDA_STRICT, "true, false", "false")
+    def boolean(name: str, default: bool) -> bool:
+        text = (raw[name] or "").strip().lower()
+        if not text:
+            return default
+        if text in ("true", "false"):
+            return text == "true"
+        invalid(name, "true, false", str(default).lower())
+        return default
+
+    strict = boolean(OTEL_EDA_STRICT, d.strict)
 
     url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
     if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
@@ -193,6 +207,8 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
         alertmanager_url=url,
         strict=strict,
+        shutdown_timeout_s=positive(OTEL_EDA_SHUTDOWN_TIMEOUT, d.shutdown_timeout_s, integer=False),
+        handle_sigterm=boolean(OTEL_EDA_HANDLE_SIGTERM, d.handle_sigterm),
         errors=tuple(errors),
     )
     for error in errors:

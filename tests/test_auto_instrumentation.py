@@ -293,7 +293,7 @@ def test_otel_eda_variables_are_opentelemetry_instrument_flags(tmp_path: Path) -
     import otel_eda.environment_variables as variables
 
     names = [name for name in dir(variables) if name.startswith("OTEL_EDA_")]
-    assert len(names) == 8
+    assert len(names) == 10
     for name in names:
         assert f"--{name.removeprefix('OTEL_').lower()}" in help_text
 

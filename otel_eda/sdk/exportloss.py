@@ -255,12 +255,21 @@ class _CountingQueue(collections.deque[Any]):
                 return _ABANDONED
             return _pop(self)
 
-    def drain(self) -> int:
-        """Empty the queue for good; how many spans were in it."""
-        with self.lock:
+    def drain(self, timeout: float = -1) -> int:
+        """Empty the queue for good; how many spans were in it.
+
+        With a ``timeout`` (seconds) it waits at most that long for the lock (a shutdown
+        that gives up may run in a signal handler, on a thread that holds it) and then
+        counts and clears without it.
+        """
+        locked = self.lock.acquire(timeout=timeout)
+        try:
             self.drained = True
             count = len(self)
             self.clear()
+        finally:
+            if locked:
+                self.lock.release()
         return count
 
     def adopt(self, items: Sequence[Any]) -> None:
@@ -311,6 +320,10 @@ class LossCountingSpanExporter(SpanExporter):
         self._exported_lock = threading.Lock()
         _fork_safe[id(self)] = self
         self._queue: _CountingQueue | None = None
+        #: spans handed to the inner exporter and not yet returned (the batch in flight)
+        self.in_flight = 0
+        #: set when a bounded shutdown gave up on this pipeline (see :meth:`abandon`)
+        self.abandoned = False
         try:
             self._shutdown_takes_timeout = "timeout_millis" in inspect.getfullargspec(inner.shutdown).args
         except (TypeError, ValueError):
@@ -327,11 +340,22 @@ class LossCountingSpanExporter(SpanExporter):
             spans = [s for s in items if s is not _ABANDONED]
             if not spans:
                 return SpanExportResult.SUCCESS
+        if self.abandoned:  # shutdown gave up: whatever the export thread still pops is lost
+            self.tally.add(SHUTDOWN, len(spans))
+            return SpanExportResult.FAILURE
+        self.in_flight = len(spans)
+        result: SpanExportResult | Exception
         try:
             result = self.inner.export(spans)
         except Exception as exc:
             _log.debug("%s raised while exporting %d span(s)", type(self.inner).__name__, len(spans), exc_info=True)
-            self._count(len(spans), type(exc).__name__)
+            result = exc
+        finally:
+            self.in_flight = 0
+        if self.abandoned:  # counted lost (in flight) when shutdown gave up on it
+            return SpanExportResult.FAILURE
+        if isinstance(result, Exception):
+            self._count(len(spans), type(result).__name__)
             return SpanExportResult.FAILURE
         if result is SpanExportResult.FAILURE:
             self._count(len(spans), "")
@@ -370,6 +394,31 @@ class LossCountingSpanExporter(SpanExporter):
         except Exception:
             internal_error("span exporter", "shutting down")
         self.tally.report_unreported()
+
+    def abandon(self, lock_timeout_s: float = 0.1) -> tuple[int, int]:
+        """Give up on this pipeline (a bounded shutdown ran out of time): count as lost, with
+        reason ``shutdown``, what is still queued and the batch in flight, interrupt the inner
+        exporter (its shutdown, on a daemon thread: the OTLP exporter's ends its retry back-off)
+        and log what the throttle held back. Returns ``(queued, in_flight)``. Never raises.
+        """
+        queued = in_flight = 0
+        try:
+            self.abandoned = True
+            in_flight = self.in_flight
+            if self._queue is not None:
+                queued = self._queue.drain(lock_timeout_s)
+            self.tally.add(SHUTDOWN, queued + in_flight)
+            threading.Thread(target=self._shutdown_inner, name="otel-eda-exporter-shutdown", daemon=True).start()
+            self.tally.report_unreported()
+        except Exception:  # pragma: no cover
+            internal_error("span loss tracking", "abandoning an export pipeline")
+        return queued, in_flight
+
+    def _shutdown_inner(self) -> None:
+        try:
+            self.inner.shutdown()
+        except Exception:
+            _log.debug("%s raised while shutting down", type(self.inner).__name__, exc_info=True)
 
     def _reinit_locks(self) -> None:
         self._exported_lock = threading.Lock()
