@@ -43,7 +43,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_eda._selfmetrics import internal_error
-from otel_eda.process_hooks import ExitHook, register_exit_hook
+from otel_eda.process_hooks import ExitHook, ForkHook, register_exit_hook, register_fork_hook
 from otel_eda.sdk.exportloss import (
     REASONS,
     LossCountingSpanExporter,
@@ -100,6 +100,15 @@ class ShutdownReport:
 
 _done: ShutdownReport | None = None
 _shutdown_lock = threading.Lock()
+
+
+def _fresh_in_child() -> None:
+    global _done, _shutdown_lock
+    _shutdown_lock = threading.Lock()  # the parent may have been shutting down at fork time
+    _done = None  # the child's own providers are not shut down
+
+
+register_fork_hook(ForkHook("bounded shutdown", after_in_child=_fresh_in_child))
 
 
 def shutdown(timeout_s: float | None = None) -> ShutdownReport:
