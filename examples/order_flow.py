@@ -4,7 +4,8 @@ Run it with ``.venv/bin/python examples/order_flow.py`` (``scripts/demo`` sets u
 first). The services (``order_services.py``) are order → payment → inventory →
 notification. Each runs in its own spawned process with its own ``OTEL_SERVICE_NAME`` and
 calls ``otel_eda.configure()``, so each is its own Resource ``service.name`` in traces and
-metrics. Events cross processes over ``otel_eda.transports.interprocess``: every service owns an inbox
+metrics. Events cross processes over the ``--transport`` (``demo_transports.py``); the default,
+``embedded``, is ``otel_eda.transports.interprocess``: every service owns an inbox
 queue; a ``QueueOutlet`` forwards each published event to the inboxes of the services that
 subscribe to its type, with the producer's trace context and the event identity in plain
 string headers, exactly as a broker would carry them.
@@ -28,7 +29,8 @@ do not bury the report. For example, to send spans to a local Zipkin instead::
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
-Options: ``--orders N`` (story orders, default 6), ``--traffic SECONDS`` (background orders
+Options: ``--transport NAME`` (default ``embedded``), ``--orders N`` (story orders, default 6),
+``--traffic SECONDS`` (background orders
 after them, default 30; 0 for none), ``--mode parent|link`` (``OTEL_EDA_TRACE_MODE`` of the
 services), ``--json FILE`` (a machine-readable summary), ``--output-dir DIR``,
 ``--timeout S``. The launcher exits non-zero with a clear message if a service dies or the
@@ -58,6 +60,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
 
+from demo_transports import TRANSPORTS, DemoTransport
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -80,11 +83,11 @@ from order_services import (
 import otel_eda
 from otel_eda import EventBus, EventStore, Service
 from otel_eda.anomaly.alerts import Alert, AlertState
-from otel_eda.flows.records import LifecycleRecord, Stage
+from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
 from otel_eda.flows.store import EventSummary
-from otel_eda.transports.interprocess import QueueOutlet, RecordForwarder, pump
+from otel_eda.transports.interprocess import RecordForwarder
 
-FINAL: Final = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
+FINAL: Final = FINAL_STAGES
 CRASH_EXIT_CODE: Final = 70
 #: How often the services' anomaly readers evaluate, unless OTEL_EDA_ANOMALY_INTERVAL says.
 ANOMALY_INTERVAL_S: Final = "0.5"
@@ -143,9 +146,9 @@ class ServiceSpec:
     """Everything a service's process needs; pickled to the spawned interpreter."""
 
     name: str
-    inbox: Queue[Any]
-    #: (event type, subscribing service, that service's inbox) for each type it publishes
-    outlets: tuple[tuple[str, str, Queue[Any]], ...]
+    transport: DemoTransport
+    #: (event type, subscribing service) for each type it publishes
+    outlets: tuple[tuple[str, str], ...]
     records: Queue[Any]
     #: where the service says it is ready, and reports every alert change (AlertNote)
     reports: Queue[Any]
@@ -197,12 +200,12 @@ async def serve(spec: ServiceSpec) -> None:
     start = spec.start_time.value  # t = 0 of the incidents' schedule, the same in every service
     bus = EventBus(service=spec.name, retry=RETRY, recorders=[RecordForwarder(spec.records)])
     SERVICES[spec.name](Service(spec.name, bus), Incidents(start))
-    for event_type, subscriber, inbox in spec.outlets:
-        bus.add_outlet(event_type, QueueOutlet(inbox, subscriber))
+    for event_type, subscriber in spec.outlets:
+        bus.add_outlet(event_type, spec.transport.outlet(event_type, subscriber))
     async with bus:  # on exit: handle what is queued, then stop
         if spec.crash:
             await place_orders(bus, list(spec.orders))
-            await asyncio.to_thread(spec.inbox.get)  # the first inbound event...
+            await spec.transport.first_inbound(spec.name)  # the first inbound event...
             os._exit(CRASH_EXIT_CODE)  # ...and this service dies without a word
 
         async def place() -> None:  # the order service's work; nothing for the others
@@ -210,7 +213,7 @@ async def serve(spec: ServiceSpec) -> None:
             await place_traffic(bus, list(spec.traffic), TRAFFIC_RATE, start)
 
         placing = asyncio.create_task(place())
-        await pump(spec.inbox, bus)  # until the launcher sends None, once every flow has settled
+        await spec.transport.receive(spec.name, bus)  # until the launcher stops it, once every flow has settled
         placing.cancel()  # (it is still placing orders only if the launcher gave up early)
         with contextlib.suppress(asyncio.CancelledError):
             await placing
@@ -281,13 +284,13 @@ class Collector:
             stats.handled += 1
         elif record.stage is Stage.COMPLETED:
             stats.completed += 1
-        elif record.stage is Stage.FAILED:
+        elif record.stage in (Stage.FAILED, Stage.REJECTED):
             stats.failed += 1
         elif record.stage is Stage.RETRIED:
             stats.retries += 1
         elif record.stage is Stage.DEAD_LETTERED:
             stats.dead_lettered += 1
-        ends_attempt = record.stage in (Stage.COMPLETED, Stage.FAILED, Stage.RETRIED, Stage.DEAD_LETTERED)
+        ends_attempt = record.stage in (*FINAL_STAGES, Stage.RETRIED) and record.stage is not Stage.DROPPED
         if ends_attempt and record.duration_s is not None:
             stats.processing_s.append(record.duration_s)
 
@@ -393,7 +396,9 @@ def alert_line(change: str, note: AlertNote, episode: AlertEpisode, start: float
 
 
 class Launcher:
-    def __init__(self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None) -> None:
+    def __init__(
+        self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None, transport: str
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per service, never a fork
         self.orders = make_orders(orders)
         self.traffic_s = traffic_s
@@ -403,7 +408,7 @@ class Launcher:
         if writes_to_console(self.env):
             output_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry_files = {name: output_dir / f"{name}.telemetry.jsonl" for name in SERVICES}
-        self.inboxes: dict[str, Queue[Any]] = {name: ctx.Queue() for name in SERVICES}
+        self.transport: DemoTransport = TRANSPORTS[transport](list(SERVICES), ctx)
         self.records: Queue[Any] = ctx.Queue()
         self.reports: Queue[Any] = ctx.Queue()
         self.go = ctx.Event()
@@ -426,14 +431,14 @@ class Launcher:
         self.processes: dict[str, BaseProcess] = {}
         for name in SERVICES:
             outlets = tuple(
-                (event_type, subscriber, self.inboxes[subscriber])
+                (event_type, subscriber)
                 for event_type in PUBLISHES[name]
                 for subscriber in sorted(self.subscribers.get(event_type, ()))
             )
             telemetry_file = self.telemetry_files.get(name)
             spec = ServiceSpec(
                 name,
-                self.inboxes[name],
+                self.transport,
                 outlets,
                 self.records,
                 self.reports,
@@ -529,8 +534,8 @@ class Launcher:
     def stop(self, timeout_s: float = 15.0) -> list[str]:
         """Ask every service to stop, wait for each, and return the problems seen."""
         self.go.set()  # in case some never got to start
-        for inbox in self.inboxes.values():
-            inbox.put(None)
+        for name in SERVICES:
+            self.transport.stop(name)
         deadline = time.monotonic() + timeout_s
         # Keep draining the queues while waiting: a process that still has items to flush
         # into a queue cannot exit. Its last alert changes come now, from the anomaly
@@ -740,6 +745,12 @@ def main(argv: list[str] | None = None) -> int:
         "--traffic", type=seconds, default=30.0, metavar="SECONDS", help="then background orders (default 30 s)"
     )
     parser.add_argument("--mode", choices=("parent", "link"), help="OTEL_EDA_TRACE_MODE for the services")
+    parser.add_argument(
+        "--transport",
+        choices=tuple(TRANSPORTS),
+        default="embedded",
+        help="how the services reach each other (default embedded: multiprocessing queues; see demo_transports.py)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write a machine-readable summary")
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="for the telemetry files")
     parser.add_argument(
@@ -748,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash", choices=tuple(SERVICES), help="make this service die on its first event")
     args = parser.parse_args(argv)
 
-    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash)
+    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash, args.transport)
     print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each)")
     for key, what in SCENARIOS.items():
         if key in {order["order_id"] for order in launcher.orders}:

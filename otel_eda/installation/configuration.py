@@ -275,11 +275,15 @@ def _rules_file_problem(path: str) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _check_rules_file(path: str, stamp: int) -> str | None:
-    """Load the rules file once per version of it, logging a problem once."""
-    from otel_eda.anomaly.rules import load_rules
+    """Check the rules file once per version of it, logging a problem once.
+
+    The parse is kept (:func:`otel_eda.anomaly.rules.load_rule_set`): the anomaly reader
+    built next takes the same rules without reading the file again.
+    """
+    from otel_eda.anomaly.rules import load_rule_set
 
     try:
-        load_rules(path)
+        load_rule_set(path)
     except Exception as exc:  # RulesFileError, or anything a broken file provokes
         _log.error("invalid OTEL_EDA_RULES_FILE: %s; using the default rule set", exc)
         return f"invalid OTEL_EDA_RULES_FILE: {exc}"
