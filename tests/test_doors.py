@@ -1,4 +1,5 @@
-"""Validation at every door (issue 12, point 4): baggage copied onto spans, carriers of any shape.
+"""Validation at every door (issue 12, point 4): baggage copied onto spans, carriers of any shape
+(through the messaging API's safe getters, ``otel_eda.messaging.carriers``).
 
 Before: ``OTEL_EDA_BAGGAGE_KEYS`` copied an upstream ``tenant.id`` of CR/LF and 1,319
 characters verbatim onto spans, and OpenTelemetry's own propagators raised on 20,619 of
@@ -26,9 +27,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from otel_eda import _selfmetrics, semconv
 from otel_eda.identity import incoming_event
-from otel_eda.identity.headers import header_getter
 from otel_eda.identity.propagation import EdaPropagator
 from otel_eda.identity.validation import id_problem
+from otel_eda.messaging.carriers import HEADER_LIST_GETTER, TEXT_GETTER
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.testing import TelemetryCapture
 
@@ -129,13 +130,16 @@ def _hostile_carrier(rng: random.Random) -> Any:
 N = 100_000
 
 
-def test_propagate_extract_with_the_safe_getter_never_raises_on_100k_hostile_carriers() -> None:
+def test_propagate_extract_with_the_safe_getters_never_raises_on_100k_hostile_carriers() -> None:
+    """The README's advice: ``propagate.extract(headers, getter=TEXT_GETTER)`` (or
+    ``HEADER_LIST_GETTER`` for Kafka's pairs) whatever the carrier holds."""
     rng = random.Random(12)
     textmap = _global_textmap()
     raised_without = 0
     for i in range(N):
         carrier = _hostile_carrier(rng)
-        context = textmap.extract(carrier, context=Context(), getter=header_getter)
+        getter = HEADER_LIST_GETTER if isinstance(carrier, list) else TEXT_GETTER
+        context = textmap.extract(carrier, context=Context(), getter=getter)
         assert isinstance(context, Context)
         if i < 5_000:  # control: OpenTelemetry's DefaultGetter path raises on a good share
             try:
@@ -166,7 +170,7 @@ def test_bytes_headers_in_kafka_pairs_extract_the_trace_and_the_event() -> None:
         ("eda-event-type", b"order_placed"),
         ("eda-event-created", b"1700000000000000000"),
     ]
-    context = _global_textmap().extract(headers, context=Context(), getter=header_getter)
+    context = _global_textmap().extract(headers, context=Context(), getter=HEADER_LIST_GETTER)
     span_context = get_current_span(context).get_span_context()
     assert f"{span_context.trace_id:032x}" == TRACEPARENT.split("-")[1]
     assert baggage.get_baggage("eda.correlation_id", context) == EVENT_ID
