@@ -76,6 +76,8 @@ class ShutdownReport:
     spans_abandoned_in_flight: int
     #: spans lost over the process's life, by reason (queue_full, export_failed, shutdown)
     spans_lost: dict[str, int]
+    #: messages embedded buses still held, never handled (``eda.bus.unhandled``)
+    messages_unhandled: int = 0
 
     @property
     def lost(self) -> int:
@@ -94,7 +96,8 @@ class ShutdownReport:
             what = f"finished in {self.seconds:.2f} s"
         return (
             f"otel-eda shutdown {what}; spans exported {self.spans_exported}, "
-            f"lost {self.lost} ({lost}; eda.export.spans.lost)"
+            f"lost {self.lost} ({lost}; eda.export.spans.lost); "
+            f"bus messages never handled {self.messages_unhandled} (eda.bus.unhandled)"
         )
 
 
@@ -123,7 +126,7 @@ def shutdown(timeout_s: float | None = None) -> ShutdownReport:
         if _done is None:
             bound = timeout_s if timeout_s is not None else Settings.from_environ().shutdown_timeout_s
             _done = _bounded_shutdown(bound)
-            level = logging.WARNING if _done.lost or _done.unfinished else logging.INFO
+            level = logging.WARNING if _done.lost or _done.unfinished or _done.messages_unhandled else logging.INFO
             _log.log(level, "%s", _done.describe())
         return _done
     except Exception:
@@ -140,6 +143,7 @@ def _empty(timeout_s: float) -> ShutdownReport:
 def _bounded_shutdown(timeout_s: float) -> ShutdownReport:
     began = time.monotonic()
     deadline = began + timeout_s
+    unhandled = _report_unhandled_messages()  # counted before the MeterProvider's last export
     tracer_provider = trace.get_tracer_provider()
     pipelines = [
         e for e in (exporter_of(p) for p in span_processors(tracer_provider)) if isinstance(e, LossCountingSpanExporter)
@@ -179,7 +183,16 @@ def _bounded_shutdown(timeout_s: float) -> ShutdownReport:
         spans_abandoned_queued=queued,
         spans_abandoned_in_flight=in_flight,
         spans_lost=lost,
+        messages_unhandled=unhandled,
     )
+
+
+def _report_unhandled_messages() -> int:
+    try:
+        from otel_eda.transports.bus import report_unhandled
+    except ImportError:  # pragma: no cover
+        return 0
+    return report_unhandled()
 
 
 def _start(name: str, task: Callable[[], None]) -> threading.Thread:
