@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from demo_transports import TRANSPORTS, DemoTransport
-from opentelemetry import metrics, trace
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from order_services import (
@@ -174,6 +175,7 @@ def service_main(spec: ServiceSpec) -> None:
     os.environ["OTEL_SERVICE_NAME"] = spec.name  # read by configure(): this Resource's service.name
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
     logging.getLogger("order_flow").setLevel(logging.INFO)  # the services' narrative, on stderr
+    logging.getLogger("otel_eda.lifecycle").setLevel(logging.INFO)  # retries, rejections, dead letters
 
     def forward_alert(alert: Alert) -> None:
         # Called from the anomaly reader's thread: hand a plain summary to the launcher.
@@ -191,6 +193,9 @@ def service_main(spec: ServiceSpec) -> None:
         meter_provider = metrics.get_meter_provider()
         if isinstance(meter_provider, MeterProvider):
             meter_provider.shutdown()
+        logger_provider = _logs.get_logger_provider()
+        if isinstance(logger_provider, LoggerProvider):
+            logger_provider.shutdown()  # OTEL_LOGS_EXPORTER: export the last log records
         sys.stdout.flush()
 
 

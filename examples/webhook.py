@@ -5,7 +5,7 @@ serves those POSTs and calls the handler for the event type. ``otel_eda.messagin
 the rest: the PRODUCER and CONSUMER spans, the link, the ids in headers and baggage,
 metadata, metrics, lifecycle records, CloudEvents (HTTP binding: a POST with only ``ce-*``
 headers and a ``traceparent`` is handled with the CloudEvent's id and type). Run it with
-``.venv/bin/python examples/webhook.py``; ``tests/test_webhook_example.py`` runs the
+``.venv/bin/python examples/webhook.py``; ``tests/test_transport_contract.py`` runs the
 transport contract suite on it.
 """
 

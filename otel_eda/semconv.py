@@ -23,6 +23,11 @@ MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
 MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
 MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
 ERROR_TYPE: Final = "error.type"
+#: The OpenTelemetry exception conventions: the span event and its (log record) attributes.
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 OPERATION_TYPE_SEND: Final = "send"
 OPERATION_TYPE_RECEIVE: Final = "receive"
@@ -63,6 +68,11 @@ EDA_QUEUE_DURATION: Final = "eda.queue.duration"
 EDA_PROCESS_TRUNCATED: Final = "eda.process.truncated"
 #: Prefix of the span attributes carrying the metadata keys of ``OTEL_EDA_METADATA_ATTRIBUTES``.
 EDA_METADATA_PREFIX: Final = "eda.metadata."
+
+#: The lifecycle stage a lifecycle log record reports (``retried``, ``dead_lettered``, ...).
+EDA_STAGE: Final = "eda.stage"
+#: Name of the logger (and instrumentation scope) of otel-eda's lifecycle log records.
+LIFECYCLE_LOGGER: Final = "otel_eda.lifecycle"
 
 # lifecycle span events
 EVENT_RECEIVED: Final = "eda.received"
@@ -146,3 +156,23 @@ MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
 EVENT_ALERT: Final = "eda.alert"
 #: Log record attribute carrying an alert's state, ``firing`` or ``resolved``.
 EDA_ALERT_STATE: Final = "eda.alert.state"
+
+# --- anomaly engine self-metrics -------------------------------------------------------------
+METRIC_ALERTS_DROPPED: Final = "eda.alerts.dropped"
+METRIC_ALERT_SEND_FAILURES: Final = "eda.alerts.send_failures"
+EDA_ALERT_SINK: Final = "eda.alert.sink"
+#: Prefix of otel-eda's own names (``OTEL_EDA_BAGGAGE_KEYS`` refuses keys that start with it).
+EDA_PREFIX: Final = "eda."
+#: Prefix of the messaging conventions' metric names (error ratios are derived for these only).
+MESSAGING_PREFIX: Final = "messaging."
+
+# --- Kafka (aiokafka instrumentation) ---------------------------------------------------
+MESSAGING_SYSTEM_KAFKA: Final = "kafka"
+MESSAGING_KAFKA_OFFSET: Final = "messaging.kafka.offset"
+MESSAGING_KAFKA_MESSAGE_KEY: Final = "messaging.kafka.message.key"
+MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
+#: ``true`` on a process span whose event id this process handled before in the same consumer
+#: group (a replay: Kafka has no delivery counter, so ``eda.delivery.attempt`` stays 1).
+EDA_DELIVERY_DUPLICATE: Final = "eda.delivery.duplicate"
+#: Records handled again within the duplicate window (see EDA_DELIVERY_DUPLICATE).
+METRIC_DUPLICATES: Final = "eda.delivery.duplicates"

@@ -212,10 +212,57 @@ def test_every_module_that_makes_a_lock_or_thread_registers_a_fork_hook() -> Non
         text = path.read_text()
         if not makes.search(text) or relative == "otel_eda/process_hooks.py":
             continue
-        if "register_fork_hook(" not in text and relative not in COVERED_ELSEWHERE:
+        hooked = "register_fork_hook(" in text or "fresh_lock_in_child(" in text
+        if not hooked and relative not in COVERED_ELSEWHERE:
             missing.append(relative)
     assert not missing, f"modules with locks or threads but no fork hook: {missing}"
     import otel_eda.installation.configuration  # noqa: F401  (imports every module with a hook)
 
     names = {hook.name for hook in process_hooks.fork_hooks()}
     assert set(COVERED_ELSEWHERE.values()) <= names
+
+
+MODULE_LOCKS = [
+    ("otel_eda.installation.configuration", "_lock"),
+    ("otel_eda.installation.logs", "_lock"),
+    ("otel_eda.installation.shutdown", "_shutdown_lock"),
+    ("otel_eda.logs.correlation", "_lock"),
+    ("otel_eda.flows.default_recorders", "_lock"),
+    ("otel_eda.anomaly.registry", "_lock"),
+    ("otel_eda.anomaly.rulesfile", "_cache_lock"),
+    ("otel_eda.process_hooks", "_lock"),
+]
+
+HELD_AT_FORK = """
+import importlib, os, sys, threading
+module = importlib.import_module(sys.argv[1])
+lock = getattr(module, sys.argv[2])
+held, release = threading.Event(), threading.Event()
+def hold():
+    with lock:
+        held.set()
+        release.wait(10)
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    fresh = getattr(module, sys.argv[2])
+    os._exit(0 if fresh.acquire(timeout=5) else 1)
+release.set()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.parametrize(("module", "attribute"), MODULE_LOCKS, ids=[f"{m}.{a}" for m, a in MODULE_LOCKS])
+def test_a_module_lock_held_by_another_thread_at_fork_is_free_in_the_child(module: str, attribute: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HELD_AT_FORK, module, attribute],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "0", f"the child found {module}.{attribute} held"

@@ -41,6 +41,7 @@ def _on_bus(handler: Handler) -> Any:
 class BusHarness:
     system = "otel_eda"
     redelivers = True
+    counts_redeliveries = False  # the bus retries in process
 
     def __init__(self) -> None:
         self.capture = TelemetryCapture()
@@ -75,6 +76,7 @@ class InterprocessHarness:
 
     system = "otel_eda"
     redelivers = True
+    counts_redeliveries = False
 
     def __init__(self) -> None:
         self.capture = TelemetryCapture()
@@ -122,6 +124,7 @@ class TestMultiprocessingTransport(TransportContract):
 class WebhookHarness:
     system = "webhook"
     redelivers = False
+    counts_redeliveries = False
 
     def __init__(self) -> None:
         self.capture = TelemetryCapture()

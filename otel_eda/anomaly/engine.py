@@ -66,6 +66,12 @@ __all__ = ["RECENT_VALUES", "AnomalyEngine", "Silence"]
 RECENT_VALUES: Final = 10
 
 _log = logging.getLogger(__name__)
+#: The level an alert change is logged at: its severity's (a resolved alert at INFO).
+_LOG_LEVELS: Final[Mapping[Severity, int]] = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+}
 OVERFLOW: Final[Attributes] = (("otel.metric.overflow", "true"),)
 
 
@@ -529,7 +535,8 @@ class AnomalyEngine:
         return False
 
     def _deliver(self, alert: Alert) -> None:
-        _log.info("alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
+        level = logging.INFO if alert.state is AlertState.RESOLVED else _LOG_LEVELS[alert.severity]
+        _log.log(level, "alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
         for sink in self.sinks:
             try:
                 sink.send(alert)

@@ -56,6 +56,7 @@ from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
+from otel_eda.installation.logs import install_logs
 from otel_eda.installation.shutdown import install_sigterm_handler, take_over_exit
 from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
@@ -178,6 +179,7 @@ def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, 
         )
         return
     _complete(settings, callbacks, quiet=sdk_error is not None)
+    install_logs(settings)
     _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
     _instrument_host_metrics()
     take_over_exit()  # a bounded shutdown at exit (OTEL_EDA_SHUTDOWN_TIMEOUT)

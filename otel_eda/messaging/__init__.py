@@ -62,7 +62,9 @@ from otel_eda.messaging.core import (
     Publication,
     Rejected,
     current_processing,
+    error_message,
     error_type,
+    service_name,
 )
 from otel_eda.messaging.headers import Binding
 from otel_eda.messaging.pull import PullTracker
@@ -85,5 +87,7 @@ __all__ = [
     "Rejected",
     "TraceMode",
     "current_processing",
+    "error_message",
     "error_type",
+    "service_name",
 ]

@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
@@ -55,8 +55,7 @@ from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
-from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type
-from otel_eda.messaging.core import service_name
+from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_message, error_type, service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
@@ -136,13 +135,25 @@ class WireMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event every attempt of a subscriber failed on (picklable when its payload is)."""
+    """An event every attempt of a subscriber failed on (picklable when its payload is).
+
+    ``error_message`` is the last exception's message under the redaction policy (``None``
+    with ``OTEL_EDA_EXCEPTION_DETAIL=type``); the ``repr`` names the payload's type only.
+    """
 
     event: EventContext
     payload: Any
     subscriber: str
     attempts: int
     error_type: str
+    error_message: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DeadLetter(event={self.event.event_type} {self.event.event_id}, payload=<{type(self.payload).__name__}>, "
+            f"subscriber={self.subscriber!r}, attempts={self.attempts}, error_type={self.error_type!r}, "
+            f"error_message={self.error_message!r})"
+        )
 
 
 class Outlet(Protocol):
@@ -216,13 +227,13 @@ async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> N
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> BaseException | None:
-    """Run one handler attempt with the event's context attached; return what it raised.
+async def _run_handler(handler: Handler, delivery: Delivery, processing: Processing) -> BaseException | None:
+    """Run one handler attempt with the attempt's context attached; return what it raised.
 
     A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
     failure of that attempt; one that cancels the bus's own worker is re-raised.
     """
-    token = attach(context)
+    processing.attach()
     try:
         await _call(handler, delivery)
     except asyncio.CancelledError as exc:
@@ -233,7 +244,7 @@ async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -
     except Exception as exc:
         return exc
     finally:
-        detach(token)
+        processing.detach()
     return None
 
 
@@ -466,7 +477,7 @@ class EventBus:
             )
             delivery = Delivery(self, processing, message.payload, sub.name)
             try:
-                exc = await _run_handler(sub.handler, delivery, processing.context)
+                exc = await _run_handler(sub.handler, delivery, processing)
             except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
                 processing.settle(Outcome.FAILED, cancelled)
                 raise
@@ -474,12 +485,13 @@ class EventBus:
                 processing.settle(Outcome.COMPLETED)
                 return
             if isinstance(exc, Rejected):
-                processing.settle(Outcome.REJECTED, exc)
-                _log.info("%s rejected %s: %s", sub.name, message.destination, error_type(exc))
+                processing.settle(Outcome.REJECTED, exc)  # logged by the lifecycle logs (INFO)
                 return
             if attempt_no >= sub.retry.max_attempts:
                 processing.settle(Outcome.DEAD_LETTERED, exc)
-                letter = DeadLetter(processing.event, message.payload, sub.name, attempt_no, error_type(exc))
+                letter = DeadLetter(
+                    processing.event, message.payload, sub.name, attempt_no, error_type(exc), error_message(exc)
+                )
                 await self._dead_letter(letter)
                 return
             processing.settle(Outcome.RETRIED, exc)
@@ -488,15 +500,7 @@ class EventBus:
             waited = time.perf_counter() - started
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.append(letter)
-        _log.warning(
-            "event %s (%s) dead-lettered by %s after %d attempts (%s)",
-            letter.event.event_id,
-            letter.event.event_type,
-            letter.subscriber,
-            letter.attempts,
-            letter.error_type,
-        )
+        self.dead_letters.append(letter)  # logged by the lifecycle logs (ERROR)
         for handler in self._dead_letter_handlers:
             try:
                 await _call(handler, letter)
