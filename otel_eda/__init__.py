@@ -59,6 +59,8 @@ _EXPORTS = {
     "TraceMode": "otel_eda.settings",
     "configure": "otel_eda.installation.configuration",
     "ConfigurationError": "otel_eda.installation.configuration",
+    "shutdown": "otel_eda.installation.shutdown",
+    "ShutdownReport": "otel_eda.installation.shutdown",
     # alerts (what configure(on_alert=...) passes)
     "Alert": "otel_eda.anomaly.alerts",
     "AlertState": "otel_eda.anomaly.alerts",
@@ -83,6 +85,8 @@ if TYPE_CHECKING:
     from otel_eda.identity.event import with_event as with_event
     from otel_eda.installation.configuration import ConfigurationError as ConfigurationError
     from otel_eda.installation.configuration import configure as configure
+    from otel_eda.installation.shutdown import ShutdownReport as ShutdownReport
+    from otel_eda.installation.shutdown import shutdown as shutdown
     from otel_eda.settings import TraceMode as TraceMode
     from otel_eda.transports.bus import BusFull as BusFull
     from otel_eda.transports.bus import DeadLetter as DeadLetter

@@ -34,6 +34,12 @@ OTEL_EDA_ALERTMANAGER_URL: Final = "OTEL_EDA_ALERTMANAGER_URL"
 OTEL_EDA_STRICT: Final = "OTEL_EDA_STRICT"
 """``true``: an invalid setting or a failed SDK configuration stops start-up (default false)."""
 
+OTEL_EDA_SHUTDOWN_TIMEOUT: Final = "OTEL_EDA_SHUTDOWN_TIMEOUT"
+"""Seconds the shutdown of everything otel-eda installed may take, whatever the exporters do (default 5)."""
+
+OTEL_EDA_HANDLE_SIGTERM: Final = "OTEL_EDA_HANDLE_SIGTERM"
+"""``true`` (default): on SIGTERM, when the application has no handler, flush within the bound, then die."""
+
 OTEL_EDA_SPAN_EVENTS: Final = "OTEL_EDA_SPAN_EVENTS"
 """``true``: lifecycle stage span events (``eda.received``, ``eda.completed``, ...) on process
 spans, for debugging (default false: the outcome and the time in queue are span attributes)."""

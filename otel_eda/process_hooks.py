@@ -22,6 +22,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 
@@ -29,6 +30,7 @@ __all__ = [
     "ExitHook",
     "ForkHook",
     "fork_hooks",
+    "fresh_lock_in_child",
     "register_exit_hook",
     "register_fork_hook",
     "run_after_in_child_hooks",
@@ -80,6 +82,22 @@ def register_exit_hook(hook: ExitHook) -> ExitHook:
     with _lock:
         _exit_hooks.append(hook)
     return hook
+
+
+def fresh_lock_in_child(module: str, attribute: str = "_lock") -> ForkHook:
+    """Give the module-level lock ``module.attribute`` (a Lock or RLock) a fresh one in a
+    forked child, where a thread of the parent may have held it. Call at import time with
+    ``__name__``; returns the registered hook."""
+
+    def renew() -> None:
+        namespace = sys.modules[module]
+        old = getattr(namespace, attribute)
+        setattr(namespace, attribute, threading.RLock() if isinstance(old, _RLOCK) else threading.Lock())
+
+    return register_fork_hook(ForkHook(f"{module}.{attribute}", after_in_child=renew))
+
+
+_RLOCK = type(threading.RLock())
 
 
 def fork_hooks() -> tuple[ForkHook, ...]:

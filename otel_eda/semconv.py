@@ -101,6 +101,9 @@ METRIC_DROPPED: Final = "eda.bus.dropped"
 METRIC_UNROUTED: Final = "eda.bus.unrouted"
 METRIC_RETRIES: Final = "eda.bus.retries"
 METRIC_DEAD_LETTERS: Final = "eda.bus.dead_letters"
+#: Messages still queued (or being handled) in an embedded bus when the process exited or the
+#: bus was dropped without ``close()``: never handled. Attributes as ``eda.bus.dropped``.
+METRIC_UNHANDLED: Final = "eda.bus.unhandled"
 METRIC_INTERNAL_ERRORS: Final = "eda.internal.errors"
 #: Invalid ``OTEL_EDA_*`` settings and failed SDK configurations, by ``eda.setting``.
 METRIC_CONFIG_ERRORS: Final = "eda.config.errors"

@@ -13,6 +13,10 @@ variable                         default   meaning
 ``OTEL_EDA_MAX_SERIES``          10000     series the anomaly engine tracks at most
 ``OTEL_EDA_ALERTMANAGER_URL``    (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
 ``OTEL_EDA_STRICT``              false     ``true``: invalid settings stop start-up
+``OTEL_EDA_SHUTDOWN_TIMEOUT``    5         seconds shutdown may take (exit, SIGTERM,
+                                           ``otel_eda.shutdown()``), whatever exporters do
+``OTEL_EDA_HANDLE_SIGTERM``      true      flush on SIGTERM when the application has no
+                                           handler of its own, then the default action
 ``OTEL_EDA_LOG_CORRELATION``     true      the current event's ids on every log record
 ``OTEL_EDA_LOG_LIFECYCLE``       failures  ``off``, ``failures`` or ``all``: stages logged
 ``OTEL_EDA_EXCEPTION_DETAIL``    message   ``type``, ``message`` or ``full``
@@ -63,6 +67,7 @@ from otel_eda.environment_variables import (
     OTEL_EDA_FLOW_JAEGER_URL,
     OTEL_EDA_FLOW_LOOKBACK,
     OTEL_EDA_FLOW_ZIPKIN_URL,
+    OTEL_EDA_HANDLE_SIGTERM,
     OTEL_EDA_LOG_CORRELATION,
     OTEL_EDA_LOG_LIFECYCLE,
     OTEL_EDA_MAX_SERIES,
@@ -72,6 +77,7 @@ from otel_eda.environment_variables import (
     OTEL_EDA_REDACT_PATTERNS_FILE,
     OTEL_EDA_RULES_FILE,
     OTEL_EDA_SETTLE_SPANS,
+    OTEL_EDA_SHUTDOWN_TIMEOUT,
     OTEL_EDA_SPAN_EVENTS,
     OTEL_EDA_STORE_MAX_EVENTS,
     OTEL_EDA_STRICT,
@@ -101,6 +107,8 @@ _VARIABLES = (
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_STRICT,
+    OTEL_EDA_SHUTDOWN_TIMEOUT,
+    OTEL_EDA_HANDLE_SIGTERM,
     OTEL_EDA_SPAN_EVENTS,
     OTEL_EDA_PROCESS_SPAN_MAX_S,
     OTEL_EDA_SETTLE_SPANS,
@@ -209,6 +217,8 @@ class Settings:
     max_series: int = 10_000
     alertmanager_url: str | None = None
     strict: bool = False
+    shutdown_timeout_s: float = 5.0
+    handle_sigterm: bool = True
     span_events: bool = False
     process_span_max_s: float = 30.0
     settle_spans: bool = False
@@ -330,6 +340,8 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
         alertmanager_url=url,
         strict=strict,
+        shutdown_timeout_s=positive(OTEL_EDA_SHUTDOWN_TIMEOUT, d.shutdown_timeout_s, integer=False),
+        handle_sigterm=flag(OTEL_EDA_HANDLE_SIGTERM, d.handle_sigterm),
         span_events=flag(OTEL_EDA_SPAN_EVENTS, d.span_events),
         process_span_max_s=positive(OTEL_EDA_PROCESS_SPAN_MAX_S, d.process_span_max_s, integer=False),
         settle_spans=flag(OTEL_EDA_SETTLE_SPANS, d.settle_spans),

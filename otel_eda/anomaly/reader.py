@@ -97,8 +97,10 @@ class AnomalyMetricReader(MetricReader):
         self._resource_seen = False
         self._stop = threading.Event()
         self._evaluating = threading.Lock()
+        self._collecting = threading.Lock()  # held for a whole collection: see _wait_before_fork
         self._shutdown_done = False
         self._thread: threading.Thread | None = None
+        _readers.add(self)
         if start:
             self.start()
 
@@ -144,7 +146,17 @@ class AnomalyMetricReader(MetricReader):
         self._thread.start()
 
     def _restart_after_fork(self) -> None:
-        if not self._shutdown_done:
+        # the child's own locks: a lock the parent's reader thread held at fork time (the
+        # fork hook waited in vain) would stay held for ever, and the child's exit would hang
+        self._collecting = threading.Lock()
+        self._evaluating = threading.Lock()
+        for owner in (self.engine, *self.engine.sinks):
+            lock = getattr(owner, "_lock", None)
+            if isinstance(lock, _LOCK):
+                owner._lock = threading.Lock()  # type: ignore[attr-defined]
+            elif isinstance(lock, _RLOCK):
+                owner._lock = threading.RLock()  # type: ignore[attr-defined]
+        if self._thread is not None and not self._shutdown_done:
             self._stop = threading.Event()
             self._start_thread()
 
@@ -158,13 +170,14 @@ class AnomalyMetricReader(MetricReader):
 
     def _collect_safely(self) -> None:
         try:
-            self._narrow()
-            before = self.collections
-            self.collect()
-            if self.collections == before:
-                # the SDK reports nothing when no instrument has data (DELTA, a quiet
-                # interval): that is still an evaluation, of zero rates
-                self._evaluate(None)
+            with self._collecting:
+                self._narrow()
+                before = self.collections
+                self.collect()
+                if self.collections == before:
+                    # the SDK reports nothing when no instrument has data (DELTA, a quiet
+                    # interval): that is still an evaluation, of zero rates
+                    self._evaluate(None)
         except Exception:
             internal_error("anomaly reader", "collecting metrics")
 
@@ -244,12 +257,48 @@ def _engine_from_settings(settings: Settings) -> AnomalyEngine:
 # Readers with a thread: a forked child (a pre-fork server's worker) restarts theirs, as the
 # SDK's PeriodicExportingMetricReader does. Readers added to an existing provider: shut down
 # at exit, since the provider's own shutdown skips them. Weak sets: a dropped reader goes.
+_readers: weakref.WeakSet[AnomalyMetricReader] = weakref.WeakSet()
 _threaded: weakref.WeakSet[AnomalyMetricReader] = weakref.WeakSet()
 _attached: weakref.WeakSet[AnomalyMetricReader] = weakref.WeakSet()
+_LOCK = type(threading.Lock())
+_RLOCK = type(threading.RLock())
+
+#: Seconds ``os.fork()`` waits, at most, for the readers' collections in progress to end.
+FORK_WAIT_S = 2.0
+_held_for_fork: list[threading.Lock] = []
 
 
-def _restart_threads_in_child() -> None:
-    for reader in list(_threaded):
+def _wait_before_fork() -> None:
+    """Hold every reader's collection lock across the fork, waiting at most FORK_WAIT_S in all.
+
+    A collection holds the SDK's metric locks (and the engine's): a child forked in the
+    middle of one would find them held for ever, and its first ``histogram.record`` or its
+    exit would hang. Held here, no collection runs while the process forks.
+    """
+    deadline = time.monotonic() + FORK_WAIT_S
+    me = threading.current_thread()
+    for reader in list(_readers):
+        if reader._thread is me:  # forking from the reader's own thread (an alert callback)
+            continue
+        lock = reader._collecting
+        if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _held_for_fork.append(lock)
+        else:
+            _log.warning(
+                "otel-eda: the anomaly reader was still collecting %.1f s after os.fork() was called; "
+                "forking anyway (the child re-creates otel-eda's locks, but not the SDK's)",
+                FORK_WAIT_S,
+            )
+
+
+def _release_after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _restart_in_child() -> None:
+    _held_for_fork.clear()  # the child's readers get fresh locks below
+    for reader in list(_readers):
         reader._restart_after_fork()
 
 
@@ -258,7 +307,14 @@ def _shutdown_attached() -> None:
         reader.shutdown()
 
 
-register_fork_hook(ForkHook("anomaly readers", after_in_child=_restart_threads_in_child))
+register_fork_hook(
+    ForkHook(
+        "anomaly readers",
+        before=_wait_before_fork,
+        after_in_child=_restart_in_child,
+        after_in_parent=_release_after_fork_in_parent,
+    )
+)
 register_exit_hook(ExitHook("anomaly readers", _shutdown_attached))
 
 

@@ -50,6 +50,7 @@ from otel_eda.anomaly import detectors as _builtin
 from otel_eda.anomaly.condition import ConditionDetector
 from otel_eda.anomaly.detectors import Detector
 from otel_eda.anomaly.growth import GrowthDetector
+from otel_eda.process_hooks import ForkHook, register_fork_hook
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -74,6 +75,14 @@ _OWN: Final[dict[str, DetectorFactory]] = {"growth": GrowthDetector, "condition"
 _UNGUARDED: Final = frozenset({"growth"})
 
 _lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have been registering at fork time
+
+
+register_fork_hook(ForkHook("detector registry", after_in_child=_fresh_lock_in_child))
 _registered: dict[str, DetectorFactory] = {}
 _from_entry_points: dict[str, DetectorFactory] = {}
 _generation = 0  # changes with every registration: rules files checked before are checked again

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from otel_eda.anomaly.inhibition import Inhibition
 from otel_eda.anomaly.rules import Rule, RuleSet, RulesFileError, _rule_from_mapping
+from otel_eda.process_hooks import ForkHook, register_fork_hook
 
 __all__ = ["MAX_FILE_BYTES", "MAX_INHIBITIONS", "MAX_QUOTE", "MAX_RULES", "MAX_YAML_NODES", "read_rule_set"]
 
@@ -49,6 +50,14 @@ MAX_QUOTE: Final = 80
 _TOP_LEVEL: Final = frozenset({"rules", "inhibit"})
 
 _cache_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _cache_lock
+    _cache_lock = threading.Lock()  # another thread may have been loading a rules file at fork time
+
+
+register_fork_hook(ForkHook("rules file cache", after_in_child=_fresh_lock_in_child))
 #: (path, size, mtime_ns, inode, detector registry generation) -> RuleSet or error message
 _cache: dict[tuple[Any, ...], RuleSet | str] = {}
 _CACHE_SIZE: Final = 8

@@ -22,10 +22,12 @@ from __future__ import annotations
 import threading
 
 from otel_eda.flows.records import Recorder
+from otel_eda.process_hooks import fresh_lock_in_child
 
 __all__ = ["install", "installed", "uninstall"]
 
 _lock = threading.Lock()
+fresh_lock_in_child(__name__)  # a thread of the parent may have held it at fork time
 _recorders: tuple[Recorder, ...] = ()
 
 

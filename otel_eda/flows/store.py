@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Final
 
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.settings import DEFAULT_MAX_EVENTS
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
@@ -113,6 +115,18 @@ class _Entry:
         )
 
 
+#: Live stores: a forked child gives each a fresh lock (another thread may have held it at fork).
+_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    for store in list(_stores):
+        store._lock = threading.Lock()
+
+
+register_fork_hook(ForkHook("event stores", after_in_child=_fresh_locks_in_child))
+
+
 class EventStore:
     """A bounded, thread-safe index of lifecycle records. See the module documentation."""
 
@@ -122,6 +136,7 @@ class EventStore:
         self.max_events = max_events
         self.evicted = 0
         self._lock = threading.Lock()
+        _stores.add(self)
         self._events: OrderedDict[str, _Entry] = OrderedDict()
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}

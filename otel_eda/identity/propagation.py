@@ -91,7 +91,11 @@ _default_setter: Final = DefaultSetter()
 
 
 def _first(getter: Getter[CarrierT], carrier: CarrierT, name: str) -> object:
-    values = getter.get(carrier, name)
+    try:
+        values = getter.get(carrier, name)
+    except Exception:  # a carrier the getter cannot read (bytes, None, a raising mapping): no header
+        _log.debug("could not read the %s header from a %s carrier", name, type(carrier).__name__)
+        return None
     if values is None:
         return None
     if isinstance(values, str | bytes):  # a getter that returns a bare value

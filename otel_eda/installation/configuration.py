@@ -57,6 +57,8 @@ from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
 from otel_eda.installation.logs import install_logs
+from otel_eda.installation.shutdown import install_sigterm_handler, take_over_exit
+from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.sdk.sampling import LinkAwareSampler
@@ -92,6 +94,14 @@ class ConfigurationError(RuntimeError):
 
 
 _lock = threading.RLock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # a thread of the parent may have been inside configure() at fork time
+
+
+register_fork_hook(ForkHook("configure()", after_in_child=_fresh_lock_in_child))
 #: (setting, message) pairs already counted in eda.config.errors: configure() may run more than
 #: once per process (the configurator, then the post-instrument hook, then the application)
 _counted: set[tuple[str, str]] = set()
@@ -172,6 +182,8 @@ def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, 
     install_logs(settings)
     _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
     _instrument_host_metrics()
+    take_over_exit()  # a bounded shutdown at exit (OTEL_EDA_SHUTDOWN_TIMEOUT)
+    install_sigterm_handler(settings)
     for variable, message in problems.items():
         if (variable, message) not in _counted:
             _counted.add((variable, message))

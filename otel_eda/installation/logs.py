@@ -11,11 +11,13 @@ from otel_eda.flows import default_recorders
 from otel_eda.logs.bridge import add_event_log_processor
 from otel_eda.logs.correlation import install_log_correlation
 from otel_eda.logs.lifecycle import LifecycleLogger
+from otel_eda.process_hooks import fresh_lock_in_child
 from otel_eda.settings import LifecycleLogs, Settings
 
 __all__ = ["install_logs", "lifecycle_logger"]
 
 _lock = threading.Lock()
+fresh_lock_in_child(__name__)  # a thread of the parent may have held it at fork time
 _lifecycle: LifecycleLogger | None = None
 
 

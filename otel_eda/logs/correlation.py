@@ -46,6 +46,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from otel_eda.identity.event import current_event, flow_ids
+from otel_eda.process_hooks import fresh_lock_in_child
 
 __all__ = [
     "BUSINESS_KEY",
@@ -87,6 +88,7 @@ _NOTHING: Final[_Values] = ("", "", "", "", "", "0", "0")
 _NOTHING_CURRENT: Final[Mapping[str, str]] = dict(zip(RECORD_FIELDS, _NOTHING, strict=True))
 
 _lock = threading.Lock()
+fresh_lock_in_child(__name__)  # a thread of the parent may have held it at fork time
 _previous: Callable[..., logging.LogRecord] | None = None
 
 

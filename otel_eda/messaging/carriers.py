@@ -91,6 +91,12 @@ def as_text(value: object, name: str = "header") -> str | None:  # noqa: PLR0911
     if len(text) > MAX_HEADER_VALUE:
         count_invalid(name, "too_long")
         return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")  # a lone surrogate: OpenTelemetry's baggage propagator raises on it
+        except UnicodeEncodeError:
+            count_invalid(name, "not_utf8")
+            return None
     return text
 
 

@@ -13,8 +13,9 @@ bus sets them itself on its own consumer spans; this covers other instrumentatio
 
 With ``baggage_keys`` (``OTEL_EDA_BAGGAGE_KEYS``), the listed W3C baggage entries of the
 parent context are also copied onto every span, under their own names (a tenant id, say);
-an attribute already set is kept. Only listed keys are copied: baggage crosses trust
-boundaries and may carry what should not be stored.
+an attribute already set is kept. Only listed keys are copied, and only values that pass
+the event-type check (length, characters; others dropped and counted): baggage crosses
+trust boundaries and may carry what should not be stored.
 
 Every method guards itself: an internal error is logged and counted
 (``eda.internal.errors``), never raised into the application's ``start_span``.
@@ -30,8 +31,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_eda import semconv
-from otel_eda._selfmetrics import internal_error
+from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import current_event, flow_ids
+from otel_eda.identity.validation import type_problem
 
 __all__ = ["EventSpanProcessor"]
 
@@ -103,11 +105,25 @@ class EventSpanProcessor(SpanProcessor):
             internal_error("span processor", "stamping a span")
 
     def _baggage(self, parent_context: Context | None, present: Mapping[str, object]) -> dict[str, str]:
-        """The listed baggage entries the span does not have yet (validated ids, stamped after, win)."""
+        """The listed baggage entries the span does not have yet (validated ids, stamped after, win).
+
+        Each value is validated like an event type (at most 128 characters of
+        ``[A-Za-z0-9._:/@-]``): baggage comes from upstream, and a value with CR/LF or
+        kilobytes of text must not land on a span. An invalid one is dropped and counted in
+        ``eda.propagation.invalid`` (``eda.field`` = the key).
+        """
         entries = baggage.get_all(parent_context)
-        return {
-            key: value for key in self.baggage_keys if isinstance(value := entries.get(key), str) and key not in present
-        }
+        stamp: dict[str, str] = {}
+        for key in self.baggage_keys:
+            value = entries.get(key)
+            if value is None or key in present:
+                continue
+            reason = type_problem(value)
+            if reason is None:
+                stamp[key] = value  # type: ignore[assignment]  # type_problem: a str
+            else:
+                count_invalid(key, reason)
+        return stamp
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -38,6 +38,7 @@ import contextvars
 import dataclasses
 import functools
 import inspect
+import itertools
 import logging
 import time
 import weakref
@@ -53,6 +54,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
+from otel_eda.identity.validation import type_problem
 from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_message, error_type, service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
@@ -66,12 +68,22 @@ __all__ = [
     "Outlet",
     "Rejected",
     "RetryPolicy",
+    "Unsendable",
     "WireMessage",
+    "report_unhandled",
 ]
 
 _log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT: Final = 1000
 _NO_AMBIENT_SPAN: Final = Context()
+
+
+class Unsendable(TypeError):
+    """An outlet cannot send this message at all (its payload cannot be serialised).
+
+    ``publish`` raises it, after delivering to the local subscribers; the miss is counted
+    in ``eda.bus.dropped`` and recorded as ``dropped`` for that outlet.
+    """
 
 
 class BusFull(Exception):
@@ -284,6 +296,12 @@ class EventBus:
         self._closed = False
         self._unstarted = False
         _track_queue_depth(self, meter_provider)
+        # reports what is still queued when the process exits or the bus is dropped unclosed
+        # (holds the subscriptions, not the bus)
+        self._report_key = next(_report_keys)
+        _unhandled_reports[self._report_key] = weakref.finalize(
+            self, _report_unhandled, self._report_key, self.service, self.messaging.system, self._subscriptions
+        )
 
     # -- wiring -------------------------------------------------------------------------
     def subscribe(
@@ -299,6 +317,9 @@ class EventBus:
         ``subscriber`` names the subscription (its consumer group); default: the
         handler's qualified name. One subscriber name per event type.
         """
+        problem = type_problem(event_type)
+        if problem is not None:  # publish() rejects it too: the handler could never run
+            raise ValueError(f"invalid event_type: {problem}")
         name = subscriber or getattr(handler, "__qualname__", None) or repr(handler)
         subs = self._subscriptions.setdefault(event_type, [])
         if any(s.name == name for s in subs):
@@ -378,6 +399,9 @@ class EventBus:
         for outlet in outlets:
             try:
                 sent = await outlet.send(message)
+            except Unsendable:  # the publisher's error (local subscribers did receive it)
+                self.messaging.dropped(event, message.destination, outlet.name)
+                raise
             except Exception:
                 internal_error("outlet", f"forwarding {message.destination}")
                 sent = False
@@ -501,6 +525,9 @@ class EventBus:
             return
         await self.join()
         self._closed = True
+        report = _unhandled_reports.pop(self._report_key, None)
+        if report is not None:
+            report.detach()  # handled everything: nothing to report
         tasks = [s.task for subs in self._subscriptions.values() for s in subs if s.task is not None]
         for task in tasks:
             task.cancel()
@@ -512,6 +539,65 @@ class EventBus:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+# -- messages never handled --------------------------------------------------------------
+_unhandled_reports: dict[int, weakref.finalize[Any, EventBus]] = {}  # by bus; a closed bus leaves
+_report_keys = itertools.count()
+_unhandled_total = 0
+
+
+def report_unhandled() -> int:
+    """Count and log, once per bus, the messages every live bus still holds; returns the total
+    counted so far in this process. Called by ``otel_eda.shutdown()`` (at exit and on
+    SIGTERM) and, for a bus dropped without ``close()``, when it is collected."""
+    for report in list(_unhandled_reports.values()):
+        report()
+    return _unhandled_total
+
+
+def _report_unhandled(
+    key: int, service: str, system: str, subscriptions: Mapping[str, Sequence[_Subscription]]
+) -> None:
+    global _unhandled_total
+    _unhandled_reports.pop(key, None)
+    try:
+        pending = {
+            (sub.event_type, sub.name): getattr(sub.queue, "_unfinished_tasks", sub.queue.qsize())
+            for subs in subscriptions.values()
+            for sub in subs
+        }
+        pending = {key: count for key, count in pending.items() if count > 0}
+        if not pending:
+            return
+        total = sum(pending.values())
+        _unhandled_total += total
+        counter = metrics.get_meter(semconv.SCOPE, VERSION).create_counter(
+            semconv.METRIC_UNHANDLED,
+            unit="{message}",
+            description="Messages still queued in an embedded bus at exit (or when it was dropped unclosed)",
+        )
+        for (event_type, name), count in pending.items():
+            counter.add(
+                count,
+                {
+                    semconv.MESSAGING_SYSTEM: system,
+                    semconv.MESSAGING_DESTINATION_NAME: event_type,
+                    semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
+                },
+            )
+        shown = ", ".join(f"{n} for {name} ({event_type})" for (event_type, name), n in list(pending.items())[:5])
+        _log.warning(
+            "otel-eda: %d message(s) of service %s were still queued in the bus and were never handled: %s%s "
+            "(%s; close the bus, e.g. 'async with EventBus()', before the process exits)",
+            total,
+            service,
+            shown,
+            ", ..." if len(pending) > 5 else "",
+            semconv.METRIC_UNHANDLED,
+        )
+    except Exception:  # at exit or in a finalizer: never raise
+        internal_error("bus", "reporting unhandled messages")
 
 
 # One observable instrument per meter provider observes every live bus on it: a second

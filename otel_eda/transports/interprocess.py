@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import queue
 from typing import Any, Protocol
 
 from otel_eda._selfmetrics import internal_error
 from otel_eda.flows.records import LifecycleRecord
-from otel_eda.transports.bus import BusFull, EventBus, WireMessage
+from otel_eda.transports.bus import BusFull, EventBus, Unsendable, WireMessage
 
 __all__ = ["QueueOutlet", "RecordForwarder", "pump"]
 
@@ -39,8 +40,22 @@ class QueueOutlet:
         self._timeout_s = timeout_s
 
     async def send(self, message: WireMessage) -> bool:
+        """Put ``message`` in the inbox; False when it stayed full for ``timeout_s``.
+
+        The message is pickled here, in the publisher's call: a payload that cannot be
+        pickled raises :class:`~otel_eda.transports.bus.Unsendable` out of ``publish``
+        (a ``multiprocessing`` queue would pickle it later, in its feeder thread, and drop
+        it with a traceback on stderr while ``send`` had already said it was sent).
+        """
         try:
-            await asyncio.to_thread(self._inbox.put, message, True, self._timeout_s)
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # PicklingError, TypeError, AttributeError, RecursionError...
+            raise Unsendable(
+                f"the payload of a {message.destination} message cannot be pickled for {self.name}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            await asyncio.to_thread(self._inbox.put, data, True, self._timeout_s)
         except queue.Full:
             return False
         return True
@@ -55,6 +70,12 @@ async def pump(inbox: _Queue, bus: EventBus, poll_s: float = 0.05) -> None:
             continue
         if item is None:
             return
+        if isinstance(item, bytes):  # what QueueOutlet sends
+            try:
+                item = pickle.loads(item)
+            except Exception:
+                internal_error("pump", "unpickling a message")
+                continue
         if not isinstance(item, WireMessage):
             _log.warning("inbox item of type %s ignored", type(item).__name__)
             continue
