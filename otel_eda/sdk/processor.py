@@ -29,7 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import internal_error
 from otel_eda.identity import flow_ids
 
@@ -55,11 +55,11 @@ class EventSpanProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
             ids = flow_ids(parent_context)
-            consumer_links = span.kind is SpanKind.CONSUMER and span._links
+            consumer_links = span.kind is SpanKind.CONSUMER and span.links
             if ids is None and not consumer_links and not self.baggage_keys:
                 return
             # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
-            present = getattr(span._attributes, "_dict", None) or span._attributes or {}
+            present = otel_internals.live_attributes(span)
             stamp = self._baggage(parent_context, present) if self.baggage_keys else {}
             if ids is not None:
                 if _CORRELATION not in present:

@@ -10,12 +10,14 @@ that exporter with one change: a PRODUCER, CONSUMER or CLIENT span carrying ``pe
 Select it with ``OTEL_TRACES_EXPORTER=zipkin_eda`` (it needs otel-eda[zipkin]); it reads
 the same ``OTEL_EXPORTER_ZIPKIN_*`` variables.
 
+>>> import json
+>>> from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 >>> from opentelemetry.sdk.trace import TracerProvider
 >>> from opentelemetry.trace import SpanKind
 >>> span = TracerProvider().get_tracer("doc").start_span(
 ...     "send order_placed", kind=SpanKind.PRODUCER, attributes={"peer.service": "otel_eda"})
 >>> span.end()
->>> RemoteEndpointJsonV2Encoder()._encode_span(span, {"serviceName": "order"})["remoteEndpoint"]
+>>> json.loads(RemoteEndpointJsonV2Encoder().serialize([span], NodeEndpoint()))[0]["remoteEndpoint"]
 {'serviceName': 'otel_eda'}
 """
 
@@ -28,7 +30,7 @@ from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
 from opentelemetry.trace import Span, SpanKind
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 
 __all__ = ["RemoteEndpointJsonV2Encoder", "ZipkinRemoteEndpointExporter"]
 
@@ -38,8 +40,9 @@ _REMOTE_KINDS = frozenset((SpanKind.PRODUCER, SpanKind.CONSUMER, SpanKind.CLIENT
 class RemoteEndpointJsonV2Encoder(JsonV2Encoder):
     """Zipkin JSON v2, with ``peer.service`` as the remote endpoint of messaging and client spans."""
 
+    # overrides the encoder's private per-span hook: see otel_internals.encode_zipkin_v2_span
     def _encode_span(self, span: Span, encoded_local_endpoint: Any) -> dict[str, Any]:
-        encoded: dict[str, Any] = super()._encode_span(span, encoded_local_endpoint)
+        encoded = otel_internals.encode_zipkin_v2_span(self, span, encoded_local_endpoint)
         if span.kind in _REMOTE_KINDS:  # type: ignore[attr-defined]
             peer = (span.attributes or {}).get(semconv.PEER_SERVICE)  # type: ignore[attr-defined]
             if isinstance(peer, str) and peer:
