@@ -11,8 +11,8 @@ also fails on any ``_``-prefixed OpenTelemetry name used outside this module (an
 The upper bounds of the OpenTelemetry requirements in ``pyproject.toml`` are the newest
 versions checked, because of this module.
 
-Checked against opentelemetry-api/sdk 1.43.0 and 1.45.2, opentelemetry-instrumentation
-0.64b0 and 0.66b2, opentelemetry-exporter-zipkin-json 1.43.0 and 1.45.1 (every accessor,
+Checked against opentelemetry-api/sdk 1.45.0 and 1.45.1, opentelemetry-instrumentation
+0.66b0 and 0.66b1, opentelemetry-exporter-zipkin-json 1.45.0 and 1.45.1 (every accessor,
 unless its comment says otherwise).
 
 The module is at the bottom of the package's layers and imports OpenTelemetry only inside
@@ -54,10 +54,10 @@ __all__ = [
 
 #: The distributions and versions every accessor below was checked against (lowest, newest).
 CHECKED_VERSIONS: dict[str, tuple[str, str]] = {
-    "opentelemetry-api": ("1.43.0", "1.45.2"),
-    "opentelemetry-sdk": ("1.43.0", "1.45.2"),
-    "opentelemetry-instrumentation": ("0.64b0", "0.66b2"),
-    "opentelemetry-exporter-zipkin-json": ("1.43.0", "1.45.1"),
+    "opentelemetry-api": ("1.45.0", "1.45.1"),
+    "opentelemetry-sdk": ("1.45.0", "1.45.1"),
+    "opentelemetry-instrumentation": ("0.66b0", "0.66b1"),
+    "opentelemetry-exporter-zipkin-json": ("1.45.0", "1.45.1"),
 }
 
 # ----------------------------------------------------------------------------- API (no SDK)
@@ -66,7 +66,7 @@ CHECKED_VERSIONS: dict[str, tuple[str, str]] = {
 def propagators_of(textmap: object) -> Sequence[object] | None:
     """The propagators inside a composite propagator, or None for any other propagator.
 
-    ``CompositePropagator._propagators`` (opentelemetry-api 1.43.0, 1.45.2): the API has
+    ``CompositePropagator._propagators`` (opentelemetry-api 1.45.0, 1.45.1): the API has
     no public accessor for a composite's members.
     """
     from opentelemetry.propagators.composite import CompositePropagator
@@ -80,7 +80,7 @@ def propagators_of(textmap: object) -> Sequence[object] | None:
 def is_proxy_meter_provider(provider: object) -> bool:
     """Whether ``provider`` is the API's placeholder MeterProvider (none was installed yet).
 
-    ``opentelemetry.metrics._internal._ProxyMeterProvider`` (api 1.43.0, 1.45.2): the
+    ``opentelemetry.metrics._internal._ProxyMeterProvider`` (api 1.45.0, 1.45.1): the
     tracing API exports ``ProxyTracerProvider``, the metrics API keeps its proxy private.
     """
     from opentelemetry.metrics._internal import _ProxyMeterProvider
@@ -91,7 +91,7 @@ def is_proxy_meter_provider(provider: object) -> bool:
 def is_proxy_logger_provider(provider: object) -> bool:
     """Whether ``provider`` is the logs API's placeholder LoggerProvider.
 
-    ``opentelemetry._logs._internal.ProxyLoggerProvider`` (api 1.43.0, 1.45.2).
+    ``opentelemetry._logs._internal.ProxyLoggerProvider`` (api 1.45.0, 1.45.1).
     """
     from opentelemetry._logs._internal import ProxyLoggerProvider
 
@@ -104,7 +104,7 @@ def is_proxy_logger_provider(provider: object) -> bool:
 def initialize_components(**kwargs: Any) -> None:
     """The SDK's configuration from the ``OTEL_*`` variables, with extra pieces.
 
-    ``opentelemetry.sdk._configuration._initialize_components`` (sdk 1.43.0, 1.45.2), called
+    ``opentelemetry.sdk._configuration._initialize_components`` (sdk 1.45.0, 1.45.1), called
     with the keyword arguments ``auto_instrumentation_version``, ``trace_exporter_names``,
     ``metric_exporter_names``, ``span_processors``, ``sampler`` and ``exporter_args_map``:
     the one SDK function that builds providers, exporters and resource from the environment
@@ -118,7 +118,7 @@ def initialize_components(**kwargs: Any) -> None:
 def configure_sdk() -> None:
     """The SDK's default configurator (it reads ``OTEL_CONFIG_FILE`` when set).
 
-    ``opentelemetry.sdk._configuration._OTelSDKConfigurator`` (sdk 1.43.0, 1.45.2).
+    ``opentelemetry.sdk._configuration._OTelSDKConfigurator`` (sdk 1.45.0, 1.45.1).
     """
     from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 
@@ -128,8 +128,8 @@ def configure_sdk() -> None:
 def sampler_from_environment() -> Any:
     """The sampler ``OTEL_TRACES_SAMPLER``/``_ARG`` name, or None when unset or unknown.
 
-    ``opentelemetry.sdk._configuration._get_sampler`` and ``_import_sampler`` (sdk 1.43.0,
-    1.45.2).
+    ``opentelemetry.sdk._configuration._get_sampler`` and ``_import_sampler`` (sdk 1.45.0,
+    1.45.1).
     """
     from opentelemetry.sdk._configuration import _get_sampler, _import_sampler
 
@@ -139,7 +139,7 @@ def sampler_from_environment() -> Any:
 def exporter_names(signal: str) -> list[str]:
     """The exporter names ``OTEL_{signal}_EXPORTER`` asks for, as the SDK reads them.
 
-    ``opentelemetry.sdk._configuration._get_exporter_names`` (sdk 1.43.0, 1.45.2).
+    ``opentelemetry.sdk._configuration._get_exporter_names`` (sdk 1.45.0, 1.45.1).
     """
     from opentelemetry.sdk._configuration import _get_exporter_names
 
@@ -152,7 +152,7 @@ def exporter_names(signal: str) -> list[str]:
 def span_processors(provider: object) -> tuple[Any, ...]:
     """The span processors of an SDK TracerProvider (empty for any other provider).
 
-    ``TracerProvider._active_span_processor._span_processors`` (sdk 1.43.0, 1.45.2).
+    ``TracerProvider._active_span_processor._span_processors`` (sdk 1.45.0, 1.45.1).
     """
     return tuple(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
 
@@ -160,7 +160,7 @@ def span_processors(provider: object) -> tuple[Any, ...]:
 def tracers(provider: object) -> tuple[Any, ...]:
     """The tracers an SDK TracerProvider made so far (each keeps its own sampler reference).
 
-    ``TracerProvider._tracers`` (a dict by scope; sdk 1.43.0, 1.45.2).
+    ``TracerProvider._tracers`` (a dict by scope; sdk 1.45.0, 1.45.1).
     """
     made = getattr(provider, "_tracers", None)
     return tuple(made.values()) if isinstance(made, dict) else ()
@@ -170,7 +170,7 @@ def metric_readers(provider: object) -> tuple[Any, ...]:
     """The readers registered on one SDK MeterProvider.
 
     ``MeterProvider._measurement_consumer._reader_storages`` (a mapping keyed by reader;
-    sdk 1.43.0, 1.45.2).
+    sdk 1.45.0, 1.45.1).
     """
     consumer = getattr(provider, "_measurement_consumer", None)
     return tuple(getattr(consumer, "_reader_storages", {}))
@@ -179,7 +179,7 @@ def metric_readers(provider: object) -> tuple[Any, ...]:
 def log_record_processors(provider: object) -> tuple[Any, ...]:
     """The log record processors of an SDK LoggerProvider.
 
-    ``LoggerProvider._multi_log_record_processor._log_record_processors`` (sdk 1.43.0, 1.45.2).
+    ``LoggerProvider._multi_log_record_processor._log_record_processors`` (sdk 1.45.0, 1.45.1).
     """
     multi = getattr(provider, "_multi_log_record_processor", None)
     return tuple(getattr(multi, "_log_record_processors", ()))
@@ -188,7 +188,7 @@ def log_record_processors(provider: object) -> tuple[Any, ...]:
 def running_system_metrics_instrumentor() -> Any:
     """The ``SystemMetricsInstrumentor`` singleton if one was built, else None.
 
-    ``BaseInstrumentor._instance`` (opentelemetry-instrumentation 0.64b0, 0.66b2): building
+    ``BaseInstrumentor._instance`` (opentelemetry-instrumentation 0.66b0, 0.66b1): building
     the instrumentor again would reset the running one's configuration.
     """
     from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
@@ -202,7 +202,7 @@ def running_system_metrics_instrumentor() -> Any:
 def live_attributes(span: Any) -> Any:
     """The live attribute mapping of a recording SDK span (cheap ``in``), or None.
 
-    ``Span._attributes`` (a ``BoundedAttributes``) and its ``_dict`` (sdk 1.43.0, 1.45.2):
+    ``Span._attributes`` (a ``BoundedAttributes``) and its ``_dict`` (sdk 1.45.0, 1.45.1):
     the public ``span.attributes`` is a read-only proxy whose ``in`` raises and catches a
     KeyError for every absent key, on the hot path of every span start.
     """
@@ -217,46 +217,46 @@ def live_attributes(span: Any) -> Any:
 def batch_worker(processor: object) -> Any:
     """The queue-and-thread object inside a ``BatchSpanProcessor``, or None.
 
-    ``BatchSpanProcessor._batch_processor`` (a ``BatchProcessor``; sdk 1.43.0, 1.45.2).
+    ``BatchSpanProcessor._batch_processor`` (a ``BatchProcessor``; sdk 1.45.0, 1.45.1).
     """
     return getattr(processor, "_batch_processor", None)
 
 
 def worker_exporter(worker: object) -> Any:
-    """``BatchProcessor._exporter`` (sdk 1.43.0, 1.45.2), or None."""
+    """``BatchProcessor._exporter`` (sdk 1.45.0, 1.45.1), or None."""
     return getattr(worker, "_exporter", None)
 
 
 def set_worker_exporter(worker: object, exporter: object) -> None:
-    """Replace ``BatchProcessor._exporter`` (sdk 1.43.0, 1.45.2; read once per export)."""
+    """Replace ``BatchProcessor._exporter`` (sdk 1.45.0, 1.45.1; read once per export)."""
     worker._exporter = exporter  # type: ignore[attr-defined]
 
 
 def worker_queue(worker: object) -> Any:
-    """``BatchProcessor._queue`` (a bounded ``collections.deque``; sdk 1.43.0, 1.45.2), or None."""
+    """``BatchProcessor._queue`` (a bounded ``collections.deque``; sdk 1.45.0, 1.45.1), or None."""
     return getattr(worker, "_queue", None)
 
 
 def set_worker_queue(worker: object, queue: object) -> None:
-    """Replace ``BatchProcessor._queue`` (sdk 1.43.0, 1.45.2); hold :func:`worker_export_lock`."""
+    """Replace ``BatchProcessor._queue`` (sdk 1.45.0, 1.45.1); hold :func:`worker_export_lock`."""
     worker._queue = queue  # type: ignore[attr-defined]
 
 
 def worker_export_lock(worker: object) -> Any:
-    """``BatchProcessor._export_lock`` (the export thread pops under it; sdk 1.43.0, 1.45.2), or None."""
+    """``BatchProcessor._export_lock`` (the export thread pops under it; sdk 1.45.0, 1.45.1), or None."""
     return getattr(worker, "_export_lock", None)
 
 
 def drop_metrics(owner: object) -> Any:
     """The SDK's own processor metrics object (with ``drop_items``) of a processor, or None.
 
-    ``BatchProcessor._metrics`` / ``SimpleSpanProcessor._metrics`` (sdk 1.43.0, 1.45.2).
+    ``BatchProcessor._metrics`` / ``SimpleSpanProcessor._metrics`` (sdk 1.45.0, 1.45.1).
     """
     return getattr(owner, "_metrics", None)
 
 
 def set_drop_metrics(owner: object, metrics: object) -> None:
-    """Replace the ``_metrics`` object :func:`drop_metrics` returned (sdk 1.43.0, 1.45.2)."""
+    """Replace the ``_metrics`` object :func:`drop_metrics` returned (sdk 1.45.0, 1.45.1)."""
     owner._metrics = metrics  # type: ignore[attr-defined]
 
 
@@ -266,7 +266,7 @@ def set_drop_metrics(owner: object, metrics: object) -> None:
 def encode_zipkin_v2_span(encoder: Any, span: Any, encoded_local_endpoint: Any) -> dict[str, Any]:
     """The Zipkin JSON v2 encoder's own encoding of one span (a dict), for a subclass to extend.
 
-    ``JsonV2Encoder._encode_span`` (opentelemetry-exporter-zipkin-json 1.43.0, 1.45.1): the
+    ``JsonV2Encoder._encode_span`` (opentelemetry-exporter-zipkin-json 1.45.0, 1.45.1): the
     one place a subclass can add ``remoteEndpoint`` without re-encoding the JSON.
     """
     from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
@@ -282,7 +282,7 @@ def suppress_instrumentation(context: Any = None) -> Any:
     """``context`` (default: the current one) with every instrumentation suppressed.
 
     ``opentelemetry.context._SUPPRESS_INSTRUMENTATION_KEY`` and
-    ``_SUPPRESS_HTTP_INSTRUMENTATION_KEY`` (api 1.43.0, 1.45.2): the keys instrumentations
+    ``_SUPPRESS_HTTP_INSTRUMENTATION_KEY`` (api 1.45.0, 1.45.1): the keys instrumentations
     check; the public ``suppress_instrumentation()`` lives in opentelemetry-instrumentation,
     which the anomaly package does not require.
     """

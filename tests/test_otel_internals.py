@@ -269,6 +269,11 @@ def test_batch_worker_queue_exporter_lock_and_metrics(tracer_provider: TracerPro
         assert callable(getattr(found, "drop_items", None)), _changed(
             "opentelemetry-sdk", f"{type(owner).__name__}._metrics.drop_items", f"found {found!r}"
         )
+        # exportloss's proxy receives drop_items(count, error_type) and forwards both
+        parameters = list(inspect.signature(found.drop_items).parameters)
+        assert parameters[:2] == ["count", "error_type"], _changed(
+            "opentelemetry-sdk", f"{type(owner).__name__}._metrics.drop_items", f"parameters {parameters}"
+        )
     # the setters take effect: a replaced queue and exporter are the ones the worker uses
     replacement = InMemorySpanExporter()
     new_queue: collections.deque[object] = collections.deque(maxlen=7)
