@@ -415,6 +415,9 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         self.server.times.append(time.monotonic())
         if self.server.delay_s:
             time.sleep(self.server.delay_s)
+        if self.server.hold is not None:  # hold the request open until the test releases it
+            self.server.held += 1
+            self.server.hold.wait(60)
         self.send_response(self.server.status)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -432,6 +435,8 @@ class _FakeServer(http.server.ThreadingHTTPServer):
         self.times: list[float] = []
         self.status = 200
         self.delay_s = 0.0
+        self.hold: threading.Event | None = None
+        self.held = 0
 
     @property
     def url(self) -> str:
@@ -473,10 +478,20 @@ def test_a_hanging_server_times_out_without_blocking_send(fake: _FakeServer) -> 
     with sink_for(fake.url, resend_interval_s=10, timeout_s=0.2) as sink:
         sink.send(alert("slow-svc"))
         wait_for(lambda: sink.failed_posts == 1, 5, "the post to time out")
-        started = time.perf_counter()
-        sink.send(alert("slow-svc-2"))
-        assert time.perf_counter() - started < 0.005
-        assert sink.pending == 2
+    # send() never waits for the network: it returns while the server holds a post open (a
+    # send that waited would return only after the 30 s timeout, with the post failed)
+    fake.delay_s = 0.0
+    fake.hold = threading.Event()
+    try:
+        with sink_for(fake.url, resend_interval_s=10, timeout_s=30) as sink:
+            sink.send(alert("held-svc"))
+            wait_for(lambda: fake.held == 1, 10, "the post to reach the server")
+            sink.send(alert("held-svc-2"))
+            assert fake.held == 1 and sink.posts == 0 and sink.failed_posts == 0
+            assert sink.pending == 2
+            fake.hold.set()
+    finally:
+        fake.hold.set()
 
 
 def test_escalation_posts_the_resolve_of_the_old_label_set(fake: _FakeServer) -> None:
