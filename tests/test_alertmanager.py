@@ -365,12 +365,8 @@ def test_alertmanager_down_then_up(tmp_path: Path, caplog: pytest.LogCaptureFixt
         queue_size=10,
         meter_provider=provider,
     ) as sink:
-        started = time.perf_counter()
         for a in alerts:
-            sink.send(a)  # must neither block nor raise
-        elapsed = time.perf_counter() - started
-        # not a speed test: a send that waited for the dead server would take its 1 s timeout
-        assert elapsed < 0.5, f"100 sends took {elapsed * 1000:.1f} ms: send() blocks"
+            sink.send(a)  # must not raise (that it never waits for the network: see the hanging-server test)
         assert sink.pending == 10 and sink.dropped == 90  # bounded: the new ones were dropped
         wait_for(lambda: sink.failed_posts >= 3, 5, "three failed posts")
         assert sink.pending == 10
