@@ -490,6 +490,31 @@ def test_a_hanging_server_times_out_without_blocking_send(fake: _FakeServer) -> 
         fake.hold.set()
 
 
+def test_the_sinks_own_posts_are_not_traced_by_an_http_instrumentation(fake: _FakeServer) -> None:
+    from opentelemetry.instrumentation.urllib import URLLibInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    URLLibInstrumentor().instrument(tracer_provider=provider)
+    try:
+        with sink_for(fake.url) as sink:
+            sink.send(alert("traced-svc"))
+            wait_for(lambda: sink.posts >= 1, 10, "a post")
+        assert exporter.get_finished_spans() == ()
+        # the control: the application's own request to the same server is traced
+        request = urllib.request.Request(f"{fake.url}/api/v2/alerts", data=b"[]", method="POST")
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+        assert [s.name for s in exporter.get_finished_spans()] == ["POST"]
+    finally:
+        URLLibInstrumentor().uninstrument()
+        provider.shutdown()
+
+
 def test_escalation_posts_the_resolve_of_the_old_label_set(fake: _FakeServer) -> None:
     a = alert("esc-svc")
     with sink_for(fake.url) as sink:
