@@ -7,7 +7,8 @@ A use is reported when a module, outside :mod:`otel_eda.otel_internals`:
   packages ``opentelemetry._logs`` and ``opentelemetry.sdk._logs`` are the only logs API
   OpenTelemetry Python has and are allowed (their own ``_internal`` modules are not);
 - calls ``getattr``/``setattr``/``hasattr``/``delattr`` with a ``_``-prefixed string
-  literal (on any object: otel-eda's own code never needs it);
+  literal, on any object (the object's type is seldom known statically), unless the line
+  says ``# not OpenTelemetry`` (another library's private attribute, or otel-eda's own);
 - reads or writes a ``_``-prefixed attribute (dunders excepted) of an object that comes
   from an ``opentelemetry`` module: a name imported from one (or from ``otel_internals``,
   whose accessors hand out SDK objects), ``super()`` or ``self``/``cls`` in a class derived
@@ -31,6 +32,7 @@ ALLOWED_PRIVATE_MODULES = frozenset(
     {"opentelemetry._logs", "opentelemetry.sdk._logs", "opentelemetry.sdk._logs.export"}
 )
 INTERNALS_MODULE = "otel_eda.otel_internals"
+NOT_OPENTELEMETRY = "# not OpenTelemetry"
 _REFLECTION = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 
 
@@ -70,9 +72,10 @@ def _names_in(node: ast.AST | None) -> Iterator[str]:
 
 
 class _Scanner:
-    def __init__(self, path: str, tree: ast.Module) -> None:
+    def __init__(self, path: str, tree: ast.Module, lines: list[str]) -> None:
         self.path = path
         self.tree = tree
+        self.lines = lines
         self.found: list[PrivateUse] = []
         self.otel_names: set[str] = set()
 
@@ -190,7 +193,8 @@ class _Scanner:
                 and isinstance(node.args[1], ast.Constant)
             ):
                 name = node.args[1].value
-                if isinstance(name, str) and _private(name):
+                line = self.lines[node.lineno - 1] if 0 < node.lineno <= len(self.lines) else ""
+                if isinstance(name, str) and _private(name) and NOT_OPENTELEMETRY not in line:
                     self.report(node, f"{node.func.id}(..., {name!r})")
             if not isinstance(node, ast.Attribute) or not _private(node.attr):
                 continue
@@ -249,7 +253,7 @@ class _Scanner:
 
 def private_uses(source: str, path: str = "<source>") -> list[PrivateUse]:
     """Every private OpenTelemetry use in ``source`` (see the module's docstring)."""
-    return _Scanner(path, ast.parse(source, path)).scan()
+    return _Scanner(path, ast.parse(source, path), source.splitlines()).scan()
 
 
 def private_uses_in(paths: Iterable[Path], root: Path) -> list[PrivateUse]:

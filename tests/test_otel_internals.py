@@ -116,6 +116,7 @@ def test_no_private_opentelemetry_name_is_used_outside_the_internals_module() ->
         ),
         ("from opentelemetry.trace import Span\ndef f(span: Span):\n    return span.__class__, span.attributes", 0),
         ("def f(x):\n    return getattr(x, '__qualname__', None)", 0),
+        ("def f(consumer):\n    return getattr(consumer, '_group_id', None)  # not OpenTelemetry: aiokafka", 0),
     ],
 )
 def test_the_scan_finds_each_kind_of_private_use(source: str, expected: int) -> None:
