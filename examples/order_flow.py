@@ -81,11 +81,11 @@ from order_services import (
 import otel_eda
 from otel_eda import EventBus, EventStore, Service
 from otel_eda.anomaly.alerts import Alert, AlertState
-from otel_eda.flows.records import LifecycleRecord, Stage
+from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
 from otel_eda.flows.store import EventSummary
 from otel_eda.transports.interprocess import QueueOutlet, RecordForwarder, pump
 
-FINAL: Final = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
+FINAL: Final = FINAL_STAGES
 CRASH_EXIT_CODE: Final = 70
 #: How often the services' anomaly readers evaluate, unless OTEL_EDA_ANOMALY_INTERVAL says.
 ANOMALY_INTERVAL_S: Final = "0.5"
@@ -297,13 +297,13 @@ class Collector:
             stats.handled += 1
         elif record.stage is Stage.COMPLETED:
             stats.completed += 1
-        elif record.stage is Stage.FAILED:
+        elif record.stage in (Stage.FAILED, Stage.REJECTED):
             stats.failed += 1
         elif record.stage is Stage.RETRIED:
             stats.retries += 1
         elif record.stage is Stage.DEAD_LETTERED:
             stats.dead_lettered += 1
-        ends_attempt = record.stage in (Stage.COMPLETED, Stage.FAILED, Stage.RETRIED, Stage.DEAD_LETTERED)
+        ends_attempt = record.stage in (*FINAL_STAGES, Stage.RETRIED) and record.stage is not Stage.DROPPED
         if ends_attempt and record.duration_s is not None:
             stats.processing_s.append(record.duration_s)
 

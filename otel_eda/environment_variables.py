@@ -33,3 +33,26 @@ OTEL_EDA_ALERTMANAGER_URL: Final = "OTEL_EDA_ALERTMANAGER_URL"
 
 OTEL_EDA_STRICT: Final = "OTEL_EDA_STRICT"
 """``true``: an invalid setting or a failed SDK configuration stops start-up (default false)."""
+
+OTEL_EDA_SPAN_EVENTS: Final = "OTEL_EDA_SPAN_EVENTS"
+"""``true``: lifecycle stage span events (``eda.received``, ``eda.completed``, ...) on process
+spans, for debugging (default false: the outcome and the time in queue are span attributes)."""
+
+OTEL_EDA_PROCESS_SPAN_MAX_S: Final = "OTEL_EDA_PROCESS_SPAN_MAX_S"
+"""Longest a pull consumer's process span stays open when the application asks for no next
+message, commits, seeks or closes: it is ended then, marked ``eda.process.truncated`` (default 30)."""
+
+OTEL_EDA_SETTLE_SPANS: Final = "OTEL_EDA_SETTLE_SPANS"
+"""``true``: an explicit ack/nack/reject/commit gets a ``settle {destination}`` CLIENT span
+(default false; automatic settlement never gets one)."""
+
+OTEL_EDA_CLOUDEVENTS: Final = "OTEL_EDA_CLOUDEVENTS"
+"""``off``, ``read`` (default: an incoming binary-mode CloudEvent keeps its id, type and time)
+or ``write`` (also write CloudEvents headers on every published event)."""
+
+OTEL_EDA_CLOUDEVENTS_SOURCE: Final = "OTEL_EDA_CLOUDEVENTS_SOURCE"
+"""The CloudEvents ``source`` of published events (default ``/<service.name>``)."""
+
+OTEL_EDA_METADATA_ATTRIBUTES: Final = "OTEL_EDA_METADATA_ATTRIBUTES"
+"""Comma-separated event metadata keys put onto process and publish spans as
+``eda.metadata.<key>`` (default: none; metadata always reaches the handler)."""

@@ -10,9 +10,10 @@ from typing import Final
 
 # --- OpenTelemetry messaging semantic conventions (incubating) -------------------------
 MESSAGING_SYSTEM: Final = "messaging.system"
-#: The remote service of a PRODUCER/CONSUMER span: the bus or broker (its messaging.system).
-#: Zipkin draws its dependency graph from it (the Collector's Zipkin translator maps it to
-#: ``remoteEndpoint``; so does otel-eda's ``zipkin_eda`` exporter).
+#: The remote *service* of a span. otel-eda does not set it on messaging spans (the broker
+#: is not a service); Zipkin needs a remote endpoint for its dependency graph, so the
+#: ``zipkin_eda`` exporter derives one from ``messaging.system``, and on the Collector route
+#: a transform processor copies ``messaging.system`` into it (collector-config.yaml).
 PEER_SERVICE: Final = "peer.service"
 MESSAGING_OPERATION_NAME: Final = "messaging.operation.name"
 MESSAGING_OPERATION_TYPE: Final = "messaging.operation.type"
@@ -20,14 +21,18 @@ MESSAGING_DESTINATION_NAME: Final = "messaging.destination.name"
 MESSAGING_MESSAGE_ID: Final = "messaging.message.id"
 MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
 MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
+MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
 ERROR_TYPE: Final = "error.type"
 
 OPERATION_TYPE_SEND: Final = "send"
+OPERATION_TYPE_RECEIVE: Final = "receive"
 OPERATION_TYPE_PROCESS: Final = "process"
+OPERATION_TYPE_SETTLE: Final = "settle"
 
 METRIC_SENT_MESSAGES: Final = "messaging.client.sent.messages"
 METRIC_CONSUMED_MESSAGES: Final = "messaging.client.consumed.messages"
 METRIC_PROCESS_DURATION: Final = "messaging.process.duration"
+METRIC_OPERATION_DURATION: Final = "messaging.client.operation.duration"
 
 # --- otel-eda's own names ---------------------------------------------------------------
 #: Instrumentation scope of otel-eda's core (spans and metrics of the bus and the messaging
@@ -47,6 +52,17 @@ EDA_PRODUCER_TRACE_ID: Final = "eda.producer.trace_id"
 EDA_PRODUCER_SPAN_ID: Final = "eda.producer.span_id"
 #: Seconds spent in the stage that a lifecycle span event closes.
 EDA_STAGE_SECONDS: Final = "eda.stage.duration"
+#: How a handling attempt ended: completed, failed, retried, dead_lettered, rejected
+#: (``otel_eda.messaging.Outcome``); on every process span.
+EDA_OUTCOME: Final = "eda.outcome"
+#: Seconds the message waited before this attempt started (in a queue, or backing off
+#: before a retry); on process spans. The conventions have no attribute for it (semconv#792).
+EDA_QUEUE_DURATION: Final = "eda.queue.duration"
+#: ``true`` on a pull consumer's process span ended at ``OTEL_EDA_PROCESS_SPAN_MAX_S``
+#: because the application neither asked for the next message nor committed.
+EDA_PROCESS_TRUNCATED: Final = "eda.process.truncated"
+#: Prefix of the span attributes carrying the metadata keys of ``OTEL_EDA_METADATA_ATTRIBUTES``.
+EDA_METADATA_PREFIX: Final = "eda.metadata."
 
 # lifecycle span events
 EVENT_RECEIVED: Final = "eda.received"

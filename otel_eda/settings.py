@@ -46,14 +46,20 @@ from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
     OTEL_EDA_BAGGAGE_KEYS,
+    OTEL_EDA_CLOUDEVENTS,
+    OTEL_EDA_CLOUDEVENTS_SOURCE,
     OTEL_EDA_MAX_SERIES,
+    OTEL_EDA_METADATA_ATTRIBUTES,
+    OTEL_EDA_PROCESS_SPAN_MAX_S,
     OTEL_EDA_RULES_FILE,
+    OTEL_EDA_SETTLE_SPANS,
+    OTEL_EDA_SPAN_EVENTS,
     OTEL_EDA_STORE_MAX_EVENTS,
     OTEL_EDA_STRICT,
     OTEL_EDA_TRACE_MODE,
 )
 
-__all__ = ["DEFAULT_MAX_EVENTS", "InvalidSetting", "Settings", "TraceMode", "sdk_disabled"]
+__all__ = ["DEFAULT_MAX_EVENTS", "CloudEventsMode", "InvalidSetting", "Settings", "TraceMode", "sdk_disabled"]
 
 _log = logging.getLogger(__name__)
 
@@ -66,12 +72,27 @@ _VARIABLES = (
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_STRICT,
+    OTEL_EDA_SPAN_EVENTS,
+    OTEL_EDA_PROCESS_SPAN_MAX_S,
+    OTEL_EDA_SETTLE_SPANS,
+    OTEL_EDA_CLOUDEVENTS,
+    OTEL_EDA_CLOUDEVENTS_SOURCE,
+    OTEL_EDA_METADATA_ATTRIBUTES,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METADATA_KEY = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 MAX_BAGGAGE_KEYS = 32
 #: Events the in-process store keeps unless ``OTEL_EDA_STORE_MAX_EVENTS`` says otherwise.
 DEFAULT_MAX_EVENTS: Final = 10_000
+
+
+class CloudEventsMode(enum.StrEnum):
+    """``OTEL_EDA_CLOUDEVENTS``: whether transports read and write CloudEvents headers."""
+
+    OFF = "off"
+    READ = "read"
+    WRITE = "write"
 
 
 class TraceMode(enum.StrEnum):
@@ -119,6 +140,12 @@ class Settings:
     max_series: int = 10_000
     alertmanager_url: str | None = None
     strict: bool = False
+    span_events: bool = False
+    process_span_max_s: float = 30.0
+    settle_spans: bool = False
+    cloudevents: CloudEventsMode = CloudEventsMode.READ
+    cloudevents_source: str | None = None
+    metadata_attributes: tuple[str, ...] = ()
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -172,12 +199,36 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
             accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"
             invalid(OTEL_EDA_BAGGAGE_KEYS, accepted, "none")
 
-    strict = d.strict
-    if text := (raw[OTEL_EDA_STRICT] or "").strip():
-        if text.lower() in ("true", "false"):
-            strict = text.lower() == "true"
+    def flag(name: str, default: bool) -> bool:
+        text = (raw[name] or "").strip().lower()
+        if not text:
+            return default
+        if text in ("true", "false"):
+            return text == "true"
+        invalid(name, "true, false", str(default).lower())
+        return default
+
+    strict = flag(OTEL_EDA_STRICT, d.strict)
+
+    cloudevents = d.cloudevents
+    if text := (raw[OTEL_EDA_CLOUDEVENTS] or "").strip():
+        try:
+            cloudevents = CloudEventsMode(text.lower())
+        except ValueError:
+            invalid(OTEL_EDA_CLOUDEVENTS, "off, read, write", cloudevents.value)
+
+    source = (raw[OTEL_EDA_CLOUDEVENTS_SOURCE] or "").strip() or None
+    if source is not None and (len(source) > 256 or not source.isprintable() or " " in source):
+        invalid(OTEL_EDA_CLOUDEVENTS_SOURCE, "a URI-reference of at most 256 characters", "/<service.name>")
+        source = None
+
+    metadata_keys: tuple[str, ...] = ()
+    if text := (raw[OTEL_EDA_METADATA_ATTRIBUTES] or "").strip():
+        parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+        if len(parts) <= 16 and all(_METADATA_KEY.fullmatch(p) and len(p) <= 64 for p in parts):
+            metadata_keys = parts
         else:
-            invalid(OTEL_EDA_STRICT, "true, false", "false")
+            invalid(OTEL_EDA_METADATA_ATTRIBUTES, "up to 16 comma-separated metadata keys ([a-z0-9_.-])", "none")
 
     url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
     if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
@@ -193,6 +244,12 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         max_series=int(positive(OTEL_EDA_MAX_SERIES, d.max_series, integer=True)),
         alertmanager_url=url,
         strict=strict,
+        span_events=flag(OTEL_EDA_SPAN_EVENTS, d.span_events),
+        process_span_max_s=positive(OTEL_EDA_PROCESS_SPAN_MAX_S, d.process_span_max_s, integer=False),
+        settle_spans=flag(OTEL_EDA_SETTLE_SPANS, d.settle_spans),
+        cloudevents=cloudevents,
+        cloudevents_source=source,
+        metadata_attributes=metadata_keys,
         errors=tuple(errors),
     )
     for error in errors:

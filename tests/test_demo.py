@@ -78,7 +78,7 @@ HAPPY: Shape = {
 }
 RETRIED: Shape = {**HAPPY, ("payment_authorized", "order_placed"): ("completed", {"inventory": ("completed", 2)})}
 DECLINED: Shape = {
-    ("order_placed", None): ("failed", {"payment": ("failed", 1)}),
+    ("order_placed", None): ("rejected", {"payment": ("rejected", 1)}),
     ("payment_declined", "order_placed"): ("completed", {"order": ("completed", 1), "notification": ("completed", 1)}),
 }
 DEAD_LETTERED: Shape = {
@@ -209,12 +209,12 @@ def test_demo_prints_trees_summary_and_the_answer_about_order_1003(demo: DemoRun
         assert section in out
     for number in range(1001, 1007):
         assert f"order-{number}  (correlation id " in out
-    assert "- order_placed from order [failed] payment: failed" in out
+    assert "- order_placed from order [rejected] payment: rejected" in out
     assert "inventory: completed after 2 attempts" in out
     assert "notification: dead_lettered after 3 attempts" in out
     answer = out.split("== What happened to order-1003? ==")[1].split("==")[0]
     assert "store.find('order-1003') -> ['" in answer
-    assert "In short: order_placed failed at payment (PaymentDeclined)." in answer
+    assert "In short: order_placed rejected at payment (PaymentDeclined)." in answer
     for service in SERVICES:
         assert f"{service}.console-exporters.txt" in out
     # The exported telemetry went to the files, not into the report.
@@ -281,7 +281,7 @@ def test_declined_retried_and_dead_lettered_orders(demo: DemoRun) -> None:
         return found[0]
 
     declined = delivery("order-1003", "order_placed", "payment")
-    assert (declined["status"], declined["attempts"]) == ("failed", 1)
+    assert (declined["status"], declined["attempts"]) == ("rejected", 1)
     assert declined["error_type"].endswith("PaymentDeclined")
     assert delivery("order-1003", "payment_declined", "notification")["status"] == "completed"
     retried = delivery("order-1002", "payment_authorized", "inventory")

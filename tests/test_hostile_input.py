@@ -958,8 +958,8 @@ async def test_raising_handler_is_recorded_and_the_bus_keeps_running() -> None:
         assert [d.error_type for d in bus.dead_letters] == [qualified]
 
         summary = bus.store.get(rejected.event_id)
-        assert summary is not None and summary.status == "failed"
-        assert summary.deliveries[0].error_type == "otel_eda.transports.bus.Rejected"
+        assert summary is not None and summary.status == "rejected"
+        assert summary.deliveries[0].error_type == "otel_eda.messaging.Rejected"
         assert getattr(bus.store.get(ok.event_id), "status", None) == "completed"
 
         attempts = [
@@ -974,7 +974,7 @@ async def test_raising_handler_is_recorded_and_the_bus_keeps_running() -> None:
             assert any(e.name == "exception" for e in span.events)
         (shipping,) = capture.spans(name="process order_packed")
         assert shipping.status.status_code is StatusCode.ERROR
-        assert (shipping.attributes or {})[semconv.ERROR_TYPE] == "otel_eda.transports.bus.Rejected"
+        assert (shipping.attributes or {})[semconv.ERROR_TYPE] == "otel_eda.messaging.Rejected"
         assert capture.counter_total("eda.bus.dead_letters", {semconv.ERROR_TYPE: qualified}) == 1
 
 

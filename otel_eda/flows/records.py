@@ -19,16 +19,16 @@ class Stage(enum.StrEnum):
     PUBLISHED = "published"
     UNROUTED = "unrouted"  # published, but no subscriber existed
     DROPPED = "dropped"  # a subscriber's queue stayed full past the publish timeout
-    RECEIVED = "received"
-    PROCESSING = "processing"
+    RECEIVED = "received"  # delivered to a consumer (once per delivery)
     COMPLETED = "completed"
-    FAILED = "failed"  # final: the handler rejected the event (no retry)
+    FAILED = "failed"  # final: the handler failed and nothing follows (no retry, no dead letter)
+    REJECTED = "rejected"  # final: the handler refused the event (raised Rejected)
     RETRIED = "retried"  # one attempt failed; another follows
     DEAD_LETTERED = "dead_lettered"  # final: every attempt failed
     KEYED = "keyed"  # a handler attached a business key
 
 
-FINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED, Stage.DROPPED})
+FINAL_STAGES = frozenset({Stage.COMPLETED, Stage.FAILED, Stage.REJECTED, Stage.DEAD_LETTERED, Stage.DROPPED})
 
 
 class LifecycleRecord(NamedTuple):
@@ -53,6 +53,8 @@ class LifecycleRecord(NamedTuple):
     #: trace and span id of the span of this step (0 when there is none)
     trace_id: int = 0
     span_id: int = 0
+    #: the exception's message for a failed step, as otel-eda may write it (bounded)
+    error_message: str | None = None
 
 
 class Recorder(Protocol):

@@ -87,7 +87,7 @@ class _Entry:
         states = [d.status for d in self.deliveries.values()]
         if not states:
             return (self.publish_stage or Stage.PUBLISHED).value
-        for final in (Stage.DEAD_LETTERED, Stage.FAILED, Stage.DROPPED):
+        for final in (Stage.DEAD_LETTERED, Stage.FAILED, Stage.REJECTED, Stage.DROPPED):
             if final in states:
                 return final.value
         if all(s is Stage.COMPLETED for s in states):
@@ -152,11 +152,10 @@ class EventStore:
                 if len(entry.deliveries) >= MAX_DELIVERIES:
                     return
                 delivery = entry.deliveries[record.subscriber] = _Delivery(record.service)
-            if stage is Stage.PROCESSING:
-                delivery.attempts = max(delivery.attempts, record.attempt)
+            delivery.attempts = max(delivery.attempts, record.attempt)
             if delivery.status not in FINAL_STAGES:
                 delivery.status = stage
-            if record.duration_s is not None and stage in (Stage.COMPLETED, Stage.FAILED, Stage.DEAD_LETTERED):
+            if record.duration_s is not None and stage in FINAL_STAGES:
                 delivery.duration_s = record.duration_s
             if record.error_type is not None:
                 delivery.error_type = record.error_type

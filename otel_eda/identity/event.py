@@ -32,7 +32,13 @@ from opentelemetry.context import Context, create_key, get_value, set_value
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid
 from otel_eda.identity.ids import new_event_id
-from otel_eda.identity.validation import id_problem, type_problem
+from otel_eda.identity.validation import (
+    MAX_METADATA_ENTRIES,
+    id_problem,
+    metadata_key_problem,
+    metadata_value_problem,
+    type_problem,
+)
 
 __all__ = [
     "BAGGAGE_CAUSATION_ID",
@@ -49,22 +55,25 @@ BAGGAGE_CORRELATION_ID: Final = semconv.EDA_CORRELATION_ID
 #: W3C baggage key carrying the causation id across processes.
 BAGGAGE_CAUSATION_ID: Final = semconv.EDA_CAUSATION_ID
 
-MAX_METADATA_ENTRIES: Final = 16
-MAX_METADATA_LENGTH: Final = 256
 
 _EVENT_KEY: Final = create_key("otel_eda.event")
 # Set by the propagator's extract: what the otel-eda headers said (validated).
 _INCOMING_KEY: Final = create_key("otel_eda.incoming")
 
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+_EMPTY_DICT: Final[Mapping[str, str]] = {}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventContext:
     """The identity of one event. Immutable; build it with :meth:`root` or :meth:`child`.
 
-    ``metadata`` is a small str→str mapping (at most 16 entries of 256 characters) that
-    stays in the process: it is never put on the wire, on a span or in a log record.
+    ``metadata`` is a small str→str mapping (at most 16 entries; keys of at most 64
+    lower-case letters, digits, ``_ . -``; values of at most 256 printable characters)
+    that travels with the event in ``eda-meta-<key>`` headers (never in baggage) and reaches
+    the handler; only the keys listed in ``OTEL_EDA_METADATA_ATTRIBUTES`` go onto spans.
+
+    Events pickle and deep-copy (records and dead letters cross process boundaries).
     """
 
     event_id: str
@@ -88,7 +97,28 @@ class EventContext:
         if self.business_key is not None and type_problem(self.business_key):
             raise ValueError(f"invalid business_key: {type_problem(self.business_key)}")
         if self.metadata is not _EMPTY:
-            object.__setattr__(self, "metadata", _freeze_metadata(self.metadata))
+            object.__setattr__(self, "metadata", _freeze_metadata(self.metadata) if self.metadata else _EMPTY)
+
+    def __reduce__(self) -> tuple[type[EventContext], tuple[object, ...]]:
+        # The frozen metadata (a MappingProxyType) does not pickle: rebuild from a dict.
+        return (
+            EventContext,
+            (
+                self.event_id,
+                self.correlation_id,
+                self.causation_id,
+                self.event_type,
+                self.created_ns,
+                self.business_key,
+                dict(self.metadata) if self.metadata else _EMPTY_DICT,
+            ),
+        )
+
+    def __deepcopy__(self, memo: dict[int, object]) -> EventContext:
+        return self  # immutable
+
+    def __copy__(self) -> EventContext:
+        return self
 
     @classmethod
     def root(
@@ -130,8 +160,12 @@ def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError("metadata keys and values must be str")
-        if len(key) > MAX_METADATA_LENGTH or len(value) > MAX_METADATA_LENGTH:
-            raise ValueError(f"metadata entries are limited to {MAX_METADATA_LENGTH} characters")
+        problem = metadata_key_problem(key)
+        if problem is not None:
+            raise ValueError(f"invalid metadata key ({problem}): lower-case letters, digits, '_', '.', '-', at most 64")
+        problem = metadata_value_problem(value)
+        if problem is not None:
+            raise ValueError(f"invalid metadata value for {key!r} ({problem}): at most 256 printable characters")
     return MappingProxyType(dict(metadata))
 
 
@@ -213,7 +247,7 @@ def flow_ids(context: Context | None = None) -> FlowIds | None:
     return FlowIds(str(correlation), None if causation is None else str(causation))
 
 
-def incoming_event(context: Context) -> EventContext | None:
+def incoming_event(context: Context, metadata: Mapping[str, str] | None = None) -> EventContext | None:
     """The event a message carried, rebuilt from an extracted context, or ``None``.
 
     ``None`` when the message has no valid otel-eda event id or type. The correlation id
@@ -237,6 +271,7 @@ def incoming_event(context: Context) -> EventContext | None:
         incoming.event_type,
         incoming.created_ns if incoming.created_ns is not None else time.time_ns(),
         incoming.business_key,
+        metadata or _EMPTY,
     )
 
 

@@ -10,17 +10,37 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MAX_ID_LENGTH", "MAX_TYPE_LENGTH", "created_ns_problem", "id_problem", "type_problem", "valid_type"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_METADATA_ENTRIES",
+    "MAX_METADATA_KEY_LENGTH",
+    "MAX_METADATA_VALUE_LENGTH",
+    "MAX_TYPE_LENGTH",
+    "created_ns_problem",
+    "id_problem",
+    "metadata_key_problem",
+    "metadata_value_problem",
+    "type_problem",
+    "valid_type",
+]
 
 MAX_ID_LENGTH: Final = 128
 MAX_TYPE_LENGTH: Final = 128
 MAX_CREATED_NS_DIGITS: Final = 20
+#: Metadata of one event: at most this many entries ...
+MAX_METADATA_ENTRIES: Final = 16
+#: ... with keys of at most 64 characters (lower-case letters, digits, ``_ . -``: they
+#: travel as header names ``eda-meta-<key>``, which HTTP lower-cases) ...
+MAX_METADATA_KEY_LENGTH: Final = 64
+#: ... and values of at most 256 printable characters.
+MAX_METADATA_VALUE_LENGTH: Final = 256
 
 # ids: UUIDs and the usual upstream correlation-id shapes; no spaces, no separators that
 # have a meaning in headers or baggage (',', ';', '=', '"'), no control characters.
 _ID_RE: Final = re.compile(r"[A-Za-z0-9._:\-]+")
 # event types and business keys may also use '/' and '@'.
 _TYPE_RE: Final = re.compile(r"[A-Za-z0-9._:/@\-]+")
+_METADATA_KEY_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 
 
 def _problem(value: object, pattern: re.Pattern[str], max_length: int) -> str | None:
@@ -64,5 +84,25 @@ def created_ns_problem(value: object) -> str | None:
     if len(value) > MAX_CREATED_NS_DIGITS:
         return "too_long"
     if not (value.isascii() and value.isdigit()):
+        return "bad_characters"
+    return None
+
+
+def metadata_key_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid metadata key (``None`` if it is).
+
+    >>> metadata_key_problem("tenant"), metadata_key_problem("Tenant"), metadata_key_problem("a b")
+    (None, 'bad_characters', 'bad_characters')
+    """
+    return _problem(value, _METADATA_KEY_RE, MAX_METADATA_KEY_LENGTH)
+
+
+def metadata_value_problem(value: object) -> str | None:
+    """Why ``value`` is not a valid metadata value: printable text, no control characters."""
+    if not isinstance(value, str):
+        return "not_a_string"
+    if len(value) > MAX_METADATA_VALUE_LENGTH:
+        return "too_long"
+    if not value.isprintable():
         return "bad_characters"
     return None

@@ -174,7 +174,7 @@ def record_flow(
     for event_type in event_types:
         event = events[-1].child(event_type) if events else EventContext.root(event_type, business_key=business_key)
         events.append(event)
-        for stage in (Stage.PUBLISHED, Stage.RECEIVED, Stage.PROCESSING, Stage.COMPLETED):
+        for stage in (Stage.PUBLISHED, Stage.RECEIVED, Stage.COMPLETED):
             recorder.record(
                 LifecycleRecord(
                     stage,
@@ -186,7 +186,7 @@ def record_flow(
                     service,
                     event.business_key,
                     None if stage is Stage.PUBLISHED else "subscriber",
-                    1 if stage is Stage.PROCESSING else 0,
+                    1 if stage is Stage.COMPLETED else 0,
                     0.001 if stage is Stage.COMPLETED else None,
                     created_ns=event.created_ns,
                 )

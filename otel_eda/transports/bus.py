@@ -48,12 +48,12 @@ from opentelemetry.context import Context, attach, detach
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
-from otel_eda._selfmetrics import count_invalid, internal_error
-from otel_eda.flows.records import Recorder, Stage
+from otel_eda._selfmetrics import internal_error
+from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
-from otel_eda.identity import EventContext, current_event
-from otel_eda.identity.validation import type_problem
-from otel_eda.messaging.telemetry import Attempt, EventTelemetry, error_type
+from otel_eda.identity import EventContext
+from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type
+from otel_eda.messaging.core import service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
@@ -84,10 +84,6 @@ class BusFull(Exception):
         super().__init__(f"event {event.event_type} dropped for subscribers {', '.join(missed)}: queue full")
         self.event = event
         self.missed = tuple(missed)
-
-
-class Rejected(Exception):
-    """Raised by a handler to refuse an event for good: no retry, no dead letter."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -126,6 +122,8 @@ class WireMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """An event every attempt of a subscriber failed on (picklable when its payload is)."""
+
     event: EventContext
     payload: Any
     subscriber: str
@@ -144,17 +142,18 @@ class Outlet(Protocol):
 
 
 class Delivery:
-    """What a handler receives: the event, its payload, and ways to act within its flow."""
+    """What a handler receives: the event (its metadata in ``event.metadata``), its
+    payload, the attempt number, and ways to act within its flow."""
 
-    __slots__ = ("_attempt", "_bus", "attempt", "event", "payload", "subscriber")
+    __slots__ = ("_bus", "_processing", "attempt", "event", "payload", "subscriber")
 
-    def __init__(self, bus: EventBus, attempt_scope: Attempt, payload: Any) -> None:
+    def __init__(self, bus: EventBus, processing: Processing, payload: Any, subscriber: str) -> None:
         self._bus = bus
-        self._attempt = attempt_scope
-        self.event: EventContext = attempt_scope.event
+        self._processing = processing
+        self.event: EventContext = processing.event
         self.payload = payload
-        self.attempt = attempt_scope.attempt
-        self.subscriber = attempt_scope.subscriber
+        self.attempt = processing.attempt
+        self.subscriber = subscriber
 
     async def emit(
         self,
@@ -176,14 +175,9 @@ class Delivery:
         (``EventStore.find``). An invalid key is ignored, logged and counted; returns
         whether the key was attached.
         """
-        problem = type_problem(key)
-        if problem is not None:
-            count_invalid("business_key", problem)
-            _log.warning("business key ignored: %s (length %d)", problem, len(key) if isinstance(key, str) else -1)
-            return False
-        self.event = dataclasses.replace(self.event, business_key=key)
-        self._attempt.keyed(self.event)
-        return True
+        attached = self._processing.set_business_key(key)
+        self.event = self._processing.event
+        return attached
 
 
 Handler = Callable[[Delivery], Awaitable[None] | None]
@@ -256,16 +250,19 @@ class EventBus:
         settings = settings or Settings.from_environ()
         self._check_sdk = tracer_provider is None
         self.store = store if store is not None else EventStore(settings.store_max_events)
-        self.service = service or _service_name(tracer_provider)
+        self.service = service or service_name(tracer_provider)
         self.queue_size = queue_size
         self.publish_timeout_s = publish_timeout_s
         self.retry = retry or RetryPolicy()
-        self.telemetry = EventTelemetry(
-            self.service,
+        self.messaging = Messaging(
+            semconv.MESSAGING_SYSTEM_EDA,
+            service=self.service,
             mode=TraceMode(mode) if mode is not None else settings.trace_mode,
             recorders=(self.store, *recorders),
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
+            settings=settings,
+            operation_duration=False,
         )
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=DEAD_LETTERS_KEPT)
         self._subscriptions: dict[str, list[_Subscription]] = {}
@@ -344,26 +341,23 @@ class EventBus:
         if self._check_sdk:
             self._check_sdk = False
             _warn_if_uninstrumented()
-        parent = cause if cause is not None else current_event(context)
-        if parent is not None:
-            event = parent.child(event_type, business_key=business_key, metadata=metadata)
-        else:
-            event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
         headers: dict[str, str] = {}
-        with self.telemetry.publishing(event, event_type, headers, context):
-            await self._route(event, WireMessage(event_type, headers, payload, time.time_ns()))
-        return event
+        with self.messaging.publish(
+            event_type, headers, business_key=business_key, metadata=metadata, cause=cause, context=context
+        ) as sent:
+            await self._route(sent.event, WireMessage(event_type, headers, payload, time.time_ns()))
+        return sent.event
 
     async def _route(self, event: EventContext, message: WireMessage) -> None:
         self._start_all()
         subs = self._subscriptions.get(message.destination, ())
         outlets = self._outlets.get(message.destination, ())
         if not subs and not outlets:
-            self.telemetry.unrouted(event, message.destination)
+            self.messaging.unrouted(event, message.destination)
             return
         missed = await self._enqueue_all(subs, message)
         for sub_name in missed:
-            self.telemetry.dropped(event, message.destination, sub_name)
+            self.messaging.dropped(event, message.destination, sub_name)
         for outlet in outlets:
             try:
                 sent = await outlet.send(message)
@@ -372,7 +366,7 @@ class EventBus:
                 sent = False
             if not sent:
                 missed.append(outlet.name)
-                self.telemetry.dropped(event, message.destination, outlet.name)
+                self.messaging.dropped(event, message.destination, outlet.name)
         if missed:
             raise BusFull(event, missed)
 
@@ -406,15 +400,15 @@ class EventBus:
         self._start_all()
         subs = self._subscriptions.get(message.destination, ())
         if not subs:
-            self.telemetry.unrouted(
-                self.telemetry.extract(message.headers, message.destination).event, message.destination
+            self.messaging.unrouted(
+                self.messaging.extract(message.headers, destination=message.destination).event, message.destination
             )
             return
         missed = await self._enqueue_all(subs, message)
         if missed:
-            received = self.telemetry.extract(message.headers, message.destination)
+            received = self.messaging.extract(message.headers, destination=message.destination)
             for name in missed:
-                self.telemetry.dropped(received.event, message.destination, name)
+                self.messaging.dropped(received.event, message.destination, name)
             raise BusFull(received.event, missed)
 
     # -- consuming ----------------------------------------------------------------------
@@ -429,32 +423,32 @@ class EventBus:
                 sub.queue.task_done()
 
     async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
-        telemetry = self.telemetry
-        received = telemetry.receive(message.headers, message.destination, sub.name)
+        messaging = self.messaging
+        incoming = messaging.extract(message.headers, destination=message.destination)
         waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
         attempt_no = 0
         while True:
             attempt_no += 1
-            attempt = telemetry.start_attempt(received, message.destination, sub.name, attempt_no, waited)
-            delivery = Delivery(self, attempt, message.payload)
+            processing = messaging.process(incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited)
+            delivery = Delivery(self, processing, message.payload, sub.name)
             try:
-                exc = await _run_handler(sub.handler, delivery, attempt.context)
+                exc = await _run_handler(sub.handler, delivery, processing.context)
             except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
-                attempt.failed(cancelled, Stage.FAILED)
+                processing.settle(Outcome.FAILED, cancelled)
                 raise
             if exc is None:
-                attempt.completed()
+                processing.settle(Outcome.COMPLETED)
                 return
             if isinstance(exc, Rejected):
-                attempt.failed(exc, Stage.FAILED)
+                processing.settle(Outcome.REJECTED, exc)
                 _log.info("%s rejected %s: %s", sub.name, message.destination, error_type(exc))
                 return
             if attempt_no >= sub.retry.max_attempts:
-                attempt.failed(exc, Stage.DEAD_LETTERED)
-                letter = DeadLetter(delivery.event, message.payload, sub.name, attempt_no, error_type(exc))
+                processing.settle(Outcome.DEAD_LETTERED, exc)
+                letter = DeadLetter(processing.event, message.payload, sub.name, attempt_no, error_type(exc))
                 await self._dead_letter(letter)
                 return
-            attempt.failed(exc, Stage.RETRIED)
+            processing.settle(Outcome.RETRIED, exc)
             started = time.perf_counter()
             await asyncio.sleep(sub.retry.backoff(attempt_no))
             waited = time.perf_counter() - started
@@ -546,7 +540,7 @@ def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Itera
         Observation(
             depth,
             {
-                semconv.MESSAGING_SYSTEM: bus.telemetry.system,
+                semconv.MESSAGING_SYSTEM: bus.messaging.system,
                 semconv.MESSAGING_DESTINATION_NAME: event_type,
                 semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
             },
@@ -565,10 +559,3 @@ def _warn_if_uninstrumented() -> None:
             "them). Call otel_eda.configure() at start-up, or run under opentelemetry-instrument with "
             "OTEL_PYTHON_DISTRO=otel_eda and OTEL_PYTHON_CONFIGURATOR=otel_eda"
         )
-
-
-def _service_name(tracer_provider: trace.TracerProvider | None) -> str:
-    provider = tracer_provider or trace.get_tracer_provider()
-    resource = getattr(provider, "resource", None)
-    name = getattr(resource, "attributes", {}).get("service.name") if resource is not None else None
-    return str(name) if name else "unknown_service"

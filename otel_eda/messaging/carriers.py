@@ -1,0 +1,191 @@
+"""Getter/setter pairs for the header carriers transports use: never a dict copy.
+
+A transport passes its own header object to :meth:`Messaging.publish` and
+:meth:`Messaging.extract` with the pair for its shape:
+
+================================  ============================  =========================
+carrier shape                     getter                        setter
+================================  ============================  =========================
+``MutableMapping[str, str]``      :data:`TEXT_GETTER`           :data:`TEXT_SETTER`
+mapping with ``bytes`` values     :data:`TEXT_GETTER`           :data:`BYTES_SETTER`
+``list[tuple[str, bytes]]``       :data:`HEADER_LIST_GETTER`    :data:`HEADER_LIST_SETTER`
+(Kafka)
+================================  ============================  =========================
+
+Every getter here is *safe*: whatever a carrier holds (``bytes``, ``None``, numbers,
+nested lists or dicts, invalid UTF-8), it returns ``None`` or a list of ``str`` and never
+raises, so OpenTelemetry's own propagators (which raise on non-string values) can be
+given it too. A value that cannot be read as text is ignored and counted in
+``eda.propagation.invalid``. Applications that call ``propagate.extract`` on broker
+headers themselves should pass :data:`TEXT_GETTER`::
+
+    from opentelemetry import propagate
+    from otel_eda.messaging.carriers import TEXT_GETTER
+    ctx = propagate.extract(message.headers, getter=TEXT_GETTER)
+
+For a duplicated key in a header list the last value wins (Kafka's ``lastHeader``).
+Header names are matched exactly: otel-eda writes them in lower case, so a transport whose
+header names are case-insensitive (HTTP) passes a mapping with lower-cased names.
+
+>>> headers = [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), ("k", b"1"), ("k", b"2")]
+>>> HEADER_LIST_GETTER.get(headers, "k")
+['2']
+>>> HEADER_LIST_SETTER.set(headers, "k", "3"); headers[-1]
+('k', b'3')
+>>> TEXT_GETTER.get({"a": b"\\xff", "b": 7, "c": b"ok"}, "c"), TEXT_GETTER.get({"a": b"\\xff"}, "a")
+(['ok'], None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, Sequence
+from typing import Any, Final
+
+from opentelemetry.propagators.textmap import Getter, Setter
+
+from otel_eda._selfmetrics import count_invalid
+
+__all__ = [
+    "BYTES_SETTER",
+    "HEADER_LIST_GETTER",
+    "HEADER_LIST_SETTER",
+    "TEXT_GETTER",
+    "TEXT_SETTER",
+    "BytesSetter",
+    "HeaderListGetter",
+    "HeaderListSetter",
+    "TextGetter",
+    "TextSetter",
+    "as_text",
+]
+
+#: Longest header value read, in bytes or characters; longer ones are ignored and counted
+#: (the W3C baggage limit is 8192 bytes for the whole header).
+MAX_HEADER_VALUE: Final = 8192
+
+
+def as_text(value: object, name: str = "header") -> str | None:  # noqa: PLR0911
+    """A header value as ``str``, or ``None`` (counted) when it cannot be one.
+
+    ``None`` and empty ``bytes`` are "no value" (not counted); ``bytes`` must be UTF-8.
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bytes | bytearray | memoryview):
+        if not value:
+            return None
+        if len(value) > MAX_HEADER_VALUE:
+            count_invalid(name, "too_long")
+            return None
+        try:
+            text = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            count_invalid(name, "not_utf8")
+            return None
+    elif value is None:
+        return None
+    else:
+        count_invalid(name, "not_text")
+        return None
+    if len(text) > MAX_HEADER_VALUE:
+        count_invalid(name, "too_long")
+        return None
+    return text
+
+
+def _texts(value: object, name: str) -> list[str] | None:
+    """One header's value as the list a propagator reads: of a multi-valued header
+    (a list or tuple) only the first value counts, as with the SDK's default getter."""
+    if isinstance(value, list | tuple):
+        if not value:
+            return None
+        value = value[0]
+    elif isinstance(value, Mapping | set | frozenset) and not value:
+        return None
+    text = as_text(value, name)
+    return None if text is None else [text]
+
+
+class TextGetter(Getter[Any]):
+    """Reads any mapping of headers (values ``str``, ``bytes``, or anything else); never raises."""
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        try:
+            value = carrier.get(key)
+            return None if value is None else _texts(value, key)
+        except Exception:
+            count_invalid("carrier", "unreadable")
+            return None
+
+    def keys(self, carrier: Any) -> list[str]:
+        try:
+            return [k for k in carrier if isinstance(k, str)]
+        except Exception:
+            count_invalid("carrier", "unreadable")
+            return []
+
+
+class TextSetter(Setter[MutableMapping[str, str]]):
+    """Writes ``str`` values into a mutable mapping."""
+
+    def set(self, carrier: MutableMapping[str, str], key: str, value: str) -> None:
+        carrier[key] = value
+
+
+class BytesSetter(Setter[MutableMapping[str, Any]]):
+    """Writes UTF-8 ``bytes`` values into a mutable mapping."""
+
+    def set(self, carrier: MutableMapping[str, Any], key: str, value: str) -> None:
+        carrier[key] = value.encode("utf-8")
+
+
+class HeaderListGetter(Getter[Sequence[tuple[Any, Any]]]):
+    """Reads a list of ``(name, value)`` tuples (Kafka); the last of duplicated names wins."""
+
+    def get(self, carrier: Sequence[tuple[Any, Any]], key: str) -> list[str] | None:
+        found: object = None
+        try:
+            for item in carrier if carrier is not None else ():
+                name = item[0]
+                if isinstance(name, bytes):
+                    name = name.decode("latin-1")
+                if name == key:
+                    found = item[1]
+            return None if found is None else _texts(found, key)
+        except Exception:
+            count_invalid("carrier", "unreadable")
+            return None
+
+    def keys(self, carrier: Sequence[tuple[Any, Any]]) -> list[str]:
+        try:
+            return list(dict.fromkeys(item[0] for item in carrier if isinstance(item[0], str)))
+        except Exception:
+            count_invalid("carrier", "unreadable")
+            return []
+
+
+class HeaderListSetter(Setter[MutableSequence[tuple[str, bytes]]]):
+    """Appends ``(name, UTF-8 bytes)``, first removing earlier values of the same name (so a
+    re-sent record carries one value per otel-eda header)."""
+
+    def set(self, carrier: MutableSequence[tuple[str, bytes]], key: str, value: str) -> None:
+        stale = [i for i, item in enumerate(carrier) if item[0] == key]
+        for i in reversed(stale):
+            del carrier[i]
+        carrier.append((key, value.encode("utf-8")))
+
+
+TEXT_GETTER: Final = TextGetter()
+TEXT_SETTER: Final = TextSetter()
+BYTES_SETTER: Final = BytesSetter()
+HEADER_LIST_GETTER: Final = HeaderListGetter()
+HEADER_LIST_SETTER: Final = HeaderListSetter()
+
+
+def header_names(getter: Getter[Any], carrier: Any) -> Iterable[str]:
+    """The carrier's header names, through ``getter`` (never raises)."""
+    try:
+        return list(getter.keys(carrier))
+    except Exception:
+        count_invalid("carrier", "unreadable")
+        return []

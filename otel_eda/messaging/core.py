@@ -1,0 +1,810 @@
+"""``Messaging``: the spans, metrics and lifecycle records of moving events, for any transport.
+
+A transport (the embedded bus, a broker instrumentation, your own) makes one
+:class:`Messaging` per client and calls it at each step; it never builds spans itself.
+See :mod:`otel_eda.messaging` for the walk-through and a worked example.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Generic, TypeVar
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context, attach, create_key, detach, get_value, set_value
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from otel_eda import semconv
+from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
+from otel_eda.identity.event import EventContext, current_event, incoming_event, with_event
+from otel_eda.identity.propagation import EdaPropagator, contains_propagator
+from otel_eda.identity.validation import type_problem, valid_type
+from otel_eda.messaging.carriers import TEXT_GETTER, TEXT_SETTER
+from otel_eda.messaging.headers import Binding, read_cloudevent, read_metadata, write_cloudevent, write_metadata
+from otel_eda.settings import CloudEventsMode, Settings, TraceMode
+from otel_eda.version import VERSION
+
+__all__ = [
+    "Incoming",
+    "Messaging",
+    "Outcome",
+    "Processing",
+    "Publication",
+    "Rejected",
+    "current_processing",
+    "error_type",
+]
+
+_log = logging.getLogger(__name__)
+_MAX_CACHED_ATTRIBUTE_SETS: Final = 4096
+#: Longest exception message otel-eda writes into a lifecycle record.
+MAX_ERROR_MESSAGE: Final = 1024
+_PROCESSING_KEY: Final = create_key("otel_eda.processing")
+
+C = TypeVar("C")
+
+
+class Outcome(enum.StrEnum):
+    """How one handling attempt of a message ended (``eda.outcome`` on its process span)."""
+
+    COMPLETED = "completed"
+    #: the handler failed and nothing follows (no retry, no dead letter)
+    FAILED = "failed"
+    #: the handler failed; the transport will deliver the message again
+    RETRIED = "retried"
+    #: the handler failed for the last time; the message went to a dead-letter queue
+    DEAD_LETTERED = "dead_lettered"
+    #: the handler refused the message for good (raised :class:`Rejected`)
+    REJECTED = "rejected"
+
+
+_STAGES: Final = {
+    Outcome.COMPLETED: Stage.COMPLETED,
+    Outcome.FAILED: Stage.FAILED,
+    Outcome.RETRIED: Stage.RETRIED,
+    Outcome.DEAD_LETTERED: Stage.DEAD_LETTERED,
+    Outcome.REJECTED: Stage.REJECTED,
+}
+_SPAN_EVENTS: Final = {
+    Outcome.COMPLETED: semconv.EVENT_COMPLETED,
+    Outcome.FAILED: semconv.EVENT_FAILED,
+    Outcome.RETRIED: semconv.EVENT_RETRIED,
+    Outcome.DEAD_LETTERED: semconv.EVENT_DEAD_LETTERED,
+    Outcome.REJECTED: semconv.EVENT_FAILED,
+}
+
+
+class Rejected(Exception):
+    """Raised by a handler to refuse a message for good: no retry, no dead letter.
+
+    Its ``error.type`` is ``otel_eda.messaging.Rejected`` wherever it is imported from.
+    """
+
+    __module__ = "otel_eda.messaging"
+
+
+def error_type(exc: BaseException) -> str:
+    """The ``error.type`` value of an exception: its fully qualified class name."""
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_message(exc: BaseException) -> str:
+    """The exception's message as otel-eda writes it into records (bounded)."""
+    try:
+        text = str(exc)
+    except Exception:
+        return "<unprintable>"
+    return text if len(text) <= MAX_ERROR_MESSAGE else text[:MAX_ERROR_MESSAGE] + "…"
+
+
+def record_failure(span: trace.Span, exc: BaseException, etype: str) -> None:
+    """Mark ``span`` failed with ``exc``: the one place otel-eda writes an exception onto a span."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, etype))
+        span.set_attribute(semconv.ERROR_TYPE, etype)
+
+
+class Incoming:
+    """One message as its consumer sees it: its event and its producer's context.
+
+    Made by :meth:`Messaging.extract`; handed to :meth:`Messaging.received` (pull) and
+    :meth:`Messaging.process`. ``delivered`` becomes true once the message is counted in
+    ``messaging.client.consumed.messages`` (once per delivery, whichever comes first).
+    """
+
+    __slots__ = ("context", "delivered", "destination", "event", "link", "producer")
+
+    def __init__(
+        self, event: EventContext, context: Context, producer: trace.SpanContext, link: Link | None, destination: str
+    ) -> None:
+        self.event = event
+        self.context = context
+        self.producer = producer
+        self.link = link
+        self.destination = destination
+        self.delivered = False
+
+
+class Messaging:
+    """Writes the telemetry of publishing and consuming events for one client.
+
+    ``system``: the ``messaging.system`` value (``kafka``, ``rabbitmq``, ``redis``, ...;
+    otel-eda's own transports use ``otel_eda``). ``scope``: the instrumentation scope
+    (``otel_eda`` for the core, ``otel_eda.<transport>`` for an instrumentation).
+    ``service`` names this service in lifecycle records (default: the tracer provider's
+    ``service.name``). ``mode`` defaults to ``OTEL_EDA_TRACE_MODE``. ``binding``: the
+    CloudEvents protocol binding of the transport's headers, if it has one.
+    ``operation_duration``: record ``messaging.client.operation.duration`` for sends (off
+    for in-process transports, where a send is not a network operation).
+    """
+
+    def __init__(
+        self,
+        system: str,
+        *,
+        service: str | None = None,
+        scope: str = semconv.SCOPE,
+        mode: TraceMode | str | None = None,
+        recorders: Sequence[Recorder] = (),
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        settings: Settings | None = None,
+        binding: Binding | None = None,
+        operation_duration: bool = True,
+    ) -> None:
+        settings = settings or Settings.from_environ()
+        self.settings = settings
+        self.system = system
+        self.service = service or service_name(tracer_provider)
+        self.mode = TraceMode(mode) if mode is not None else settings.trace_mode
+        self.recorders = tuple(recorders)
+        self.binding = binding
+        self._ce_read = binding is not None and settings.cloudevents is not CloudEventsMode.OFF
+        self._ce_write = binding is not None and settings.cloudevents is CloudEventsMode.WRITE
+        self._ce_source = settings.cloudevents_source or f"/{self.service}"
+        self._span_events = settings.span_events
+        self._metadata_keys = settings.metadata_attributes
+        self._time_sends = operation_duration
+        self._tracer = trace.get_tracer(scope, VERSION, tracer_provider)
+        meter = metrics.get_meter(scope, VERSION, meter_provider)
+        self._sent = meter.create_counter(
+            semconv.METRIC_SENT_MESSAGES, unit="{message}", description="Messages published"
+        )
+        self._consumed = meter.create_counter(
+            semconv.METRIC_CONSUMED_MESSAGES, unit="{message}", description="Messages delivered to the application"
+        )
+        self._duration = meter.create_histogram(
+            semconv.METRIC_PROCESS_DURATION,
+            unit="s",
+            description="Duration of one handling attempt",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
+        self._operation_duration = meter.create_histogram(
+            semconv.METRIC_OPERATION_DURATION,
+            unit="s",
+            description="Duration of a send, receive or settle operation of the messaging client",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
+        self._retries = meter.create_counter(
+            semconv.METRIC_RETRIES, unit="{attempt}", description="Handling attempts that failed and are retried"
+        )
+        self._dead_letters = meter.create_counter(
+            semconv.METRIC_DEAD_LETTERS, unit="{message}", description="Messages dead-lettered"
+        )
+        self._dropped = meter.create_counter(
+            semconv.METRIC_DROPPED, unit="{message}", description="Messages dropped because a queue stayed full"
+        )
+        self._unrouted = meter.create_counter(
+            semconv.METRIC_UNROUTED, unit="{message}", description="Messages published with no subscriber"
+        )
+        self._age = meter.create_histogram(
+            semconv.METRIC_EVENT_AGE,
+            unit="s",
+            description="Age of an event when its handling starts (end-to-end lag)",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
+        )
+        self._skewed = meter.create_counter(
+            semconv.METRIC_CLOCK_SKEW,
+            unit="{message}",
+            description="Events created in the consumer's future (clock skew); their age is recorded as 0",
+        )
+        self._eda = EdaPropagator()
+        self._seen_textmap: TextMapPropagator | None = None
+        self._textmap: TextMapPropagator = self._eda
+        self._attribute_sets: dict[tuple[str, ...], Mapping[str, str]] = {}
+
+    # -- helpers ------------------------------------------------------------------------
+    def _propagator(self) -> TextMapPropagator:
+        """The global propagator, plus otel-eda's if the global one does not include it."""
+        current = propagate.get_global_textmap()
+        if current is not self._seen_textmap:
+            self._seen_textmap = current
+            self._textmap = (
+                current if contains_propagator(current, EdaPropagator) else CompositePropagator([current, self._eda])
+            )
+        return self._textmap
+
+    def _attrs(self, destination: str, operation: str, group: str = "", etype: str = "") -> Mapping[str, str]:
+        """A cached metric attribute set."""
+        key = (destination, operation, group, etype)
+        attrs = self._attribute_sets.get(key)
+        if attrs is None:
+            attrs = {
+                semconv.MESSAGING_SYSTEM: self.system,
+                semconv.MESSAGING_DESTINATION_NAME: destination,
+                semconv.MESSAGING_OPERATION_NAME: operation,
+            }
+            if group:
+                attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+            if etype:
+                attrs[semconv.ERROR_TYPE] = etype
+            if len(self._attribute_sets) < _MAX_CACHED_ATTRIBUTE_SETS:
+                self._attribute_sets[key] = attrs
+        return attrs
+
+    def record(
+        self,
+        stage: Stage,
+        event: EventContext,
+        span_context: trace.SpanContext | None = None,
+        *,
+        subscriber: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
+        drop it detected itself, go through here too)."""
+        if not self.recorders:
+            return
+        record = LifecycleRecord(
+            stage,
+            time.time_ns(),
+            event.event_id,
+            event.correlation_id,
+            event.causation_id,
+            event.event_type,
+            self.service,
+            event.business_key,
+            subscriber,
+            attempt,
+            duration_s,
+            error_type(error) if error is not None else None,
+            event.created_ns,
+            span_context.trace_id if span_context is not None else 0,
+            span_context.span_id if span_context is not None else 0,
+            error_message(error) if error is not None else None,
+        )
+        for recorder in self.recorders:
+            try:
+                recorder.record(record)
+            except Exception:
+                internal_error("recorder", "recording a lifecycle record")
+
+    def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: self.system,
+            semconv.MESSAGING_OPERATION_TYPE: operation,
+            semconv.MESSAGING_OPERATION_NAME: operation,
+            semconv.MESSAGING_DESTINATION_NAME: destination,
+            semconv.MESSAGING_MESSAGE_ID: event.event_id,
+            semconv.MESSAGING_MESSAGE_CONVERSATION_ID: event.correlation_id,
+            semconv.EDA_CORRELATION_ID: event.correlation_id,
+            semconv.EDA_EVENT_TYPE: event.event_type,
+        }
+        if event.causation_id is not None:
+            attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
+        if event.business_key is not None:
+            attrs[semconv.EDA_BUSINESS_KEY] = event.business_key
+        if self._metadata_keys and event.metadata:
+            for key in self._metadata_keys:
+                value = event.metadata.get(key)
+                if value is not None:
+                    attrs[semconv.EDA_METADATA_PREFIX + key] = value
+        return attrs
+
+    # -- publishing ---------------------------------------------------------------------
+    def publish(
+        self,
+        event_type: str,
+        carrier: C,
+        *,
+        setter: Setter[C] = TEXT_SETTER,  # type: ignore[assignment]
+        destination: str | None = None,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        cause: EventContext | None = None,
+        event: EventContext | None = None,
+        context: Context | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Publication[C]:
+        """Publish one event: use as ``with messaging.publish(...) as pub: <send>``.
+
+        The event is ``event`` if given, else a child of ``cause`` or of the event current
+        in ``context`` (inside a handler: the handled event), else a new root. Entering
+        starts the PRODUCER span ``send {destination}`` (``destination`` defaults to the
+        event type), makes the event current and injects the event's identity, the trace
+        context, baggage, metadata (and CloudEvents headers under ``OTEL_EDA_CLOUDEVENTS=write``)
+        into ``carrier`` through ``setter``; the body sends. An exception from the body is
+        recorded on the span, counted with its ``error.type`` and re-raised. Raises
+        ``ValueError`` for an invalid event type, business key or metadata, before anything
+        is written.
+        """
+        if event is None:
+            parent = cause if cause is not None else current_event(context)
+            if parent is not None:
+                event = parent.child(event_type, business_key=business_key, metadata=metadata)
+            else:
+                event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
+        return Publication(self, event, destination or event.event_type, carrier, setter, context, attributes)
+
+    def unrouted(self, event: EventContext, destination: str) -> None:
+        """Count and record an event that no subscriber received.
+
+        ``destination`` may come from another process: an invalid one is neither logged
+        nor used as a metric attribute (it becomes ``_invalid``).
+        """
+        if not valid_type(destination):
+            count_invalid("destination", "bad_characters")
+            destination = "_invalid"
+        self._unrouted.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
+        self.record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
+        _log.debug("no subscriber for %s", destination)
+
+    def dropped(self, event: EventContext, destination: str, subscriber: str) -> None:
+        """Count and record an event a subscriber missed because its queue stayed full."""
+        self._dropped.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND, subscriber))
+        self.record(Stage.DROPPED, event, trace.get_current_span().get_span_context(), subscriber=subscriber)
+
+    # -- consuming ----------------------------------------------------------------------
+    def extract(self, carrier: C, *, destination: str, getter: Getter[C] = TEXT_GETTER) -> Incoming:
+        """Rebuild a message's event and its producer's context from its headers (no
+        count, no record, no span). Never raises.
+
+        A message without valid otel-eda headers is, in order: the CloudEvent its
+        ``ce-*`` headers describe (per the transport's binding, unless
+        ``OTEL_EDA_CLOUDEVENTS=off``); else a new root event of type ``destination``
+        (counted in ``eda.propagation.invalid``), so that nothing is lost.
+        """
+        try:
+            ctx = self._propagator().extract(carrier, context=Context(), getter=getter)
+        except Exception:
+            count_invalid("headers", "propagator_failed")
+            ctx = self._eda.extract(carrier, context=Context(), getter=getter)
+        metadata = read_metadata(getter, carrier)
+        event = incoming_event(ctx, metadata)
+        if event is None and self._ce_read and self.binding is not None:
+            event = read_cloudevent(getter, carrier, self.binding)
+            if event is not None and metadata:
+                event = EventContext(
+                    event.event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    event.created_ns,
+                    event.business_key,
+                    metadata,
+                )
+        if event is None:
+            count_invalid("message", "no_valid_event_id")
+            event = EventContext.root(destination if valid_type(destination) else "unknown", metadata=metadata)
+        producer = trace.get_current_span(ctx).get_span_context()
+        link = None
+        if producer.is_valid:
+            link_attrs: dict[str, str] = {
+                semconv.MESSAGING_MESSAGE_ID: event.event_id,
+                semconv.EDA_CORRELATION_ID: event.correlation_id,
+            }
+            if event.causation_id is not None:
+                link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
+            link = Link(producer, link_attrs)
+        return Incoming(event, ctx, producer, link, destination)
+
+    def _deliver(self, message: Incoming, group: str) -> None:
+        """Count one delivery and record the event's age (once per message)."""
+        message.delivered = True
+        attrs = self._attrs(message.destination, semconv.OPERATION_TYPE_PROCESS, group)
+        self._consumed.add(1, attrs)
+        age = (time.time_ns() - message.event.created_ns) / 1e9
+        if age < 0:
+            self._skewed.add(1, attrs)
+            age = 0.0
+        self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
+        self.record(Stage.RECEIVED, message.event, message.producer, subscriber=group or None)
+
+    def received(
+        self,
+        messages: Sequence[Incoming],
+        *,
+        start_ns: int,
+        destination: str | None = None,
+        operation_name: str = semconv.OPERATION_TYPE_RECEIVE,
+        consumer_group: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """The CLIENT span of a pull that returned ``messages``: call it after the call
+        returns, with ``start_ns = time.time_ns()`` taken before it. Nothing for an empty
+        result. One link per message; each message is counted as delivered here.
+
+        ``destination``: the one destination of the batch (``None`` when it spans several:
+        the span is then named just ``{operation_name}``).
+        """
+        if not messages:
+            return
+        end_ns = time.time_ns()
+        group = consumer_group or ""
+        attrs: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: self.system,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_RECEIVE,
+            semconv.MESSAGING_OPERATION_NAME: operation_name,
+        }
+        if destination is not None:
+            attrs[semconv.MESSAGING_DESTINATION_NAME] = destination
+        if consumer_group:
+            attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = consumer_group
+        if len(messages) > 1:
+            attrs[semconv.MESSAGING_BATCH_MESSAGE_COUNT] = len(messages)
+        elif messages[0].event is not None:
+            attrs[semconv.MESSAGING_MESSAGE_ID] = messages[0].event.event_id
+        if attributes:
+            attrs.update(attributes)
+        span = self._tracer.start_span(
+            f"{operation_name} {destination}" if destination else operation_name,
+            context,
+            kind=SpanKind.CLIENT,
+            attributes=attrs,
+            links=[m.link for m in messages if m.link is not None],
+            start_time=start_ns,
+        )
+        span.end(end_ns)
+        self._operation_duration.record(
+            (end_ns - start_ns) / 1e9, self._attrs(destination or "", semconv.OPERATION_TYPE_RECEIVE, group)
+        )
+        for message in messages:
+            if not message.delivered:
+                self._deliver(message, group)
+
+    def process(
+        self,
+        message: Incoming | Any,
+        *,
+        destination: str | None = None,
+        getter: Getter[Any] = TEXT_GETTER,
+        consumer_group: str | None = None,
+        attempt: int = 1,
+        queued_s: float | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> Processing:
+        """Start handling one message: use as ``with messaging.process(msg) as handling: ...``.
+
+        ``message`` is an :class:`Incoming` or the message's header carrier (then
+        ``destination`` and ``getter`` say how to read it). Starts the CONSUMER span
+        ``process {destination}``: it links to the producer span and, in parent mode, is
+        its child; when a valid span is current (an HTTP server span, say) it is that
+        span's child instead, still linked. Inside the ``with`` block the event, the span
+        and the producer's baggage are current. Leaving it settles the attempt once:
+        completed, or on an exception ``rejected`` (:class:`Rejected`) or ``failed``;
+        :meth:`Processing.settle` chooses another outcome (retried, dead-lettered).
+
+        ``attempt``: the delivery attempt (from the transport's redelivery count, or its
+        own retry loop). ``queued_s``: seconds the message waited before this attempt.
+        """
+        if not isinstance(message, Incoming):
+            if destination is None:
+                raise TypeError("process(carrier) needs destination=")
+            message = self.extract(message, destination=destination, getter=getter)
+        return Processing(self, message, consumer_group or "", attempt, queued_s, attributes, context)
+
+    def settle_span(
+        self, destination: str, operation_name: str, *, context: Context | None = None
+    ) -> trace.Span | None:
+        """A started ``settle {destination}`` CLIENT span for an explicit ack, nack, reject
+        or commit, or ``None`` unless ``OTEL_EDA_SETTLE_SPANS=true``. End it when the
+        operation returns (``span.end()``)."""
+        if not self.settings.settle_spans:
+            return None
+        return self._tracer.start_span(
+            f"{semconv.OPERATION_TYPE_SETTLE} {destination}",
+            context,
+            kind=SpanKind.CLIENT,
+            attributes={
+                semconv.MESSAGING_SYSTEM: self.system,
+                semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_SETTLE,
+                semconv.MESSAGING_OPERATION_NAME: operation_name,
+                semconv.MESSAGING_DESTINATION_NAME: destination,
+            },
+        )
+
+
+class Publication(Generic[C]):
+    """One publish in progress (see :meth:`Messaging.publish`): ``event``, ``span``, ``context``."""
+
+    __slots__ = (
+        "_attributes",
+        "_carrier",
+        "_messaging",
+        "_parent",
+        "_setter",
+        "_started",
+        "_token",
+        "context",
+        "destination",
+        "event",
+        "span",
+    )
+
+    def __init__(
+        self,
+        messaging: Messaging,
+        event: EventContext,
+        destination: str,
+        carrier: C,
+        setter: Setter[C],
+        context: Context | None,
+        attributes: Mapping[str, Any] | None,
+    ) -> None:
+        self._messaging = messaging
+        self.event = event
+        self.destination = destination
+        self._carrier = carrier
+        self._setter = setter
+        self._parent = context
+        self._attributes = attributes
+        self.span: trace.Span = trace.INVALID_SPAN
+        self.context: Context = Context()
+
+    def __enter__(self) -> Publication[C]:
+        m = self._messaging
+        event = self.event
+        ctx = with_event(event, self._parent)
+        attrs = m._message_attributes(event, self.destination, semconv.OPERATION_TYPE_SEND)
+        if self._attributes:
+            attrs.update(self._attributes)
+        self.span = span = m._tracer.start_span(
+            f"send {self.destination}", ctx, kind=SpanKind.PRODUCER, attributes=attrs
+        )
+        self.context = ctx = trace.set_span_in_context(span, ctx)
+        self._token = attach(ctx)
+        self._started = time.perf_counter()
+        try:
+            m._propagator().inject(self._carrier, ctx, self._setter)
+            if event.metadata:
+                write_metadata(self._setter, self._carrier, event.metadata)
+            if m._ce_write and m.binding is not None:
+                write_cloudevent(self._setter, self._carrier, m.binding, event, m._ce_source)
+        except Exception:
+            internal_error("publish", "injecting headers")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        m = self._messaging
+        span = self.span
+        try:
+            attrs_key = ""
+            if exc is not None:
+                attrs_key = error_type(exc)
+                record_failure(span, exc, attrs_key)
+            attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key)
+            m._sent.add(1, attrs)
+            if m._time_sends:
+                m._operation_duration.record(time.perf_counter() - self._started, attrs)
+            m.record(Stage.PUBLISHED, self.event, span.get_span_context(), error=exc)
+        finally:
+            detach(self._token)
+            span.end()
+
+
+class Processing:
+    """One handling attempt of one message (see :meth:`Messaging.process`).
+
+    ``event`` (the handled event; :meth:`set_business_key` may replace it), ``span`` (the
+    CONSUMER span), ``context`` (what the handler runs in), ``attempt``, ``outcome`` (set
+    once settled).
+    """
+
+    __slots__ = (
+        "_group",
+        "_messaging",
+        "_open",
+        "_start_ns",
+        "_started",
+        "_tokens",
+        "attempt",
+        "context",
+        "destination",
+        "event",
+        "message",
+        "outcome",
+        "span",
+    )
+
+    def __init__(
+        self,
+        messaging: Messaging,
+        message: Incoming,
+        group: str,
+        attempt: int,
+        queued_s: float | None,
+        attributes: Mapping[str, Any] | None,
+        context: Context | None,
+    ) -> None:
+        self._messaging = m = messaging
+        self.message = message
+        self.event = event = message.event
+        self.destination = destination = message.destination
+        self._group = group
+        self.attempt = attempt
+        self.outcome: Outcome | None = None
+        self._open = [True]  # popped exactly once, by whichever thread settles first
+        self._tokens: list[object] = []
+        if not message.delivered:
+            m._deliver(message, group)
+        ambient = trace.get_current_span(context)
+        if ambient.get_span_context().is_valid:
+            parent = context  # an HTTP server span, say: its child, linked to the producer
+        elif m.mode is TraceMode.PARENT:
+            parent = message.context
+        else:
+            parent = trace.set_span_in_context(trace.INVALID_SPAN, message.context)
+        attrs = m._message_attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
+        attrs[semconv.EDA_DELIVERY_ATTEMPT] = attempt
+        if group:
+            attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+        if queued_s is not None:
+            attrs[semconv.EDA_QUEUE_DURATION] = queued_s
+        if message.link is not None:
+            producer = message.producer
+            attrs[semconv.EDA_PRODUCER_TRACE_ID] = f"{producer.trace_id:032x}"
+            attrs[semconv.EDA_PRODUCER_SPAN_ID] = f"{producer.span_id:016x}"
+        if attributes:
+            attrs.update(attributes)
+        self._start_ns = time.time_ns()
+        self.span = span = m._tracer.start_span(
+            f"process {destination}",
+            parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            links=(message.link,) if message.link is not None else None,
+            start_time=self._start_ns,
+        )
+        if m._span_events and span.is_recording():
+            span.add_event(semconv.EVENT_RECEIVED, {semconv.EDA_STAGE_SECONDS: queued_s or 0.0}, self._start_ns)
+        self.context = set_value(
+            _PROCESSING_KEY, self, with_event(event, trace.set_span_in_context(span, message.context))
+        )
+        self._started = time.perf_counter()
+
+    @property
+    def settled(self) -> bool:
+        return not self._open
+
+    # -- context ------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Make this attempt's context current (``__enter__`` does it)."""
+        self._tokens.append(attach(self.context))
+
+    def detach(self) -> None:
+        """Undo :meth:`attach` (in the same thread or task)."""
+        while self._tokens:
+            detach(self._tokens.pop())  # type: ignore[arg-type]
+
+    def __enter__(self) -> Processing:
+        self.attach()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        self.detach()
+        if exc is None:
+            self.settle(Outcome.COMPLETED)
+        elif isinstance(exc, Rejected):
+            self.settle(Outcome.REJECTED, exc)
+        else:
+            self.settle(Outcome.FAILED, exc)
+
+    # -- settling -----------------------------------------------------------------------
+    def settle(self, outcome: Outcome, exc: BaseException | None = None, *, end_ns: int | None = None) -> float:
+        """End the attempt with ``outcome`` (once: later calls do nothing and return 0).
+
+        Records its duration (``messaging.process.duration``), counts retries and dead
+        letters, marks the span failed with ``exc`` unless completed, writes the lifecycle
+        record and ends the span. Returns the attempt's duration in seconds.
+        """
+        try:
+            self._open.pop()
+        except IndexError:
+            return 0.0
+        m = self._messaging
+        outcome = Outcome(outcome)
+        self.outcome = outcome
+        seconds = time.perf_counter() - self._started if end_ns is None else max(0.0, (end_ns - self._start_ns) / 1e9)
+        span = self.span
+        try:
+            etype = error_type(exc) if exc is not None and outcome is not Outcome.COMPLETED else ""
+            attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self._group, etype)
+            exemplar = self.context  # the exemplar (where one is sampled) points at this attempt
+            m._duration.record(seconds, attrs, context=exemplar)
+            if outcome is Outcome.RETRIED:
+                m._retries.add(1, attrs, context=exemplar)
+            elif outcome is Outcome.DEAD_LETTERED:
+                m._dead_letters.add(1, attrs, context=exemplar)
+            if span.is_recording():
+                span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
+                if exc is not None and outcome is not Outcome.COMPLETED:
+                    record_failure(span, exc, etype)
+                elif outcome is not Outcome.COMPLETED:
+                    span.set_status(Status(StatusCode.ERROR, outcome.value))
+                if m._span_events:
+                    span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
+            m.record(
+                _STAGES[outcome],
+                self.event,
+                span.get_span_context(),
+                subscriber=self._group or None,
+                attempt=self.attempt,
+                duration_s=seconds,
+                error=exc if outcome is not Outcome.COMPLETED else None,
+            )
+        except Exception:
+            internal_error("messaging", "settling a message")
+        finally:
+            span.end(end_ns)
+        return seconds
+
+    def fail(self, exc: BaseException) -> float:
+        """Settle as rejected (:class:`Rejected`) or failed: for pull loops that catch the
+        handler's exception themselves."""
+        return self.settle(Outcome.REJECTED if isinstance(exc, Rejected) else Outcome.FAILED, exc)
+
+    def set_business_key(self, key: str) -> bool:
+        """Attach a business key (an order number, say) to the event and its descendants.
+
+        Set as ``eda.business_key`` on the span and recorded (``EventStore.find``). An
+        invalid key is ignored, logged and counted; returns whether it was attached.
+        """
+        problem = type_problem(key)
+        if problem is not None:
+            count_invalid("business_key", problem)
+            _log.warning("business key ignored: %s (length %d)", problem, len(key) if isinstance(key, str) else -1)
+            return False
+        event = self.event
+        self.event = self.message.event = EventContext(
+            event.event_id,
+            event.correlation_id,
+            event.causation_id,
+            event.event_type,
+            event.created_ns,
+            key,
+            event.metadata,
+        )
+        self.span.set_attribute(semconv.EDA_BUSINESS_KEY, key)
+        self.context = set_value(_PROCESSING_KEY, self, with_event(self.event, self.context))
+        if self._tokens:  # the handler's own code should see the new key from now on
+            self._tokens.append(attach(self.context))
+        self._messaging.record(
+            Stage.KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
+        )
+        return True
+
+
+def current_processing(context: Context | None = None) -> Processing | None:
+    """The handling attempt current in ``context`` (default: the current one), if any."""
+    value = get_value(_PROCESSING_KEY, context)
+    return value if isinstance(value, Processing) else None
+
+
+def service_name(tracer_provider: trace.TracerProvider | None) -> str:
+    """The ``service.name`` of ``tracer_provider`` (default: the global one)."""
+    provider = tracer_provider or trace.get_tracer_provider()
+    resource = getattr(provider, "resource", None)
+    name = getattr(resource, "attributes", {}).get("service.name") if resource is not None else None
+    return str(name) if name else "unknown_service"
