@@ -954,7 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{extra.median() / base.median():.3f} wall, {extra.cpu_median() / base.cpu_median():.3f} CPU; "
             f"the records cost {mine.median() - extra.median():.1f} us wall, "
             f"{mine.cpu_median() - extra.cpu_median():.1f} us CPU per event. EventBus has no option to switch "
-            "its store off (store=None means a new store): this line empties bus.telemetry.recorders."
+            "its store off (store=None means a new store): this line empties bus.messaging.recorders."
         )
         if not met_a or args.profile:
             profiles["abstraction"] = profile(mine, plan.events // 2)

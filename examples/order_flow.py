@@ -4,7 +4,8 @@ Run it with ``.venv/bin/python examples/order_flow.py`` (``scripts/demo`` sets u
 first). The services (``order_services.py``) are order → payment → inventory →
 notification. Each runs in its own spawned process with its own ``OTEL_SERVICE_NAME`` and
 calls ``otel_eda.configure()``, so each is its own Resource ``service.name`` in traces and
-metrics. Events cross processes over ``otel_eda.transports.interprocess``: every service owns an inbox
+metrics. Events cross processes over the ``--transport`` (``demo_transports.py``); the default,
+``embedded``, is ``otel_eda.transports.interprocess``: every service owns an inbox
 queue; a ``QueueOutlet`` forwards each published event to the inboxes of the services that
 subscribe to its type, with the producer's trace context and the event identity in plain
 string headers, exactly as a broker would carry them.
@@ -29,7 +30,8 @@ after another (``jq -c . FILE`` turns it into JSON Lines). For example, to send 
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
-Options: ``--orders N`` (story orders, default 6), ``--traffic SECONDS`` (background orders
+Options: ``--transport NAME`` (default ``embedded``), ``--orders N`` (story orders, default 6),
+``--traffic SECONDS`` (background orders
 after them, default 30; 0 for none), ``--mode parent|link`` (``OTEL_EDA_TRACE_MODE`` of the
 services), ``--json FILE`` (a machine-readable summary), ``--output-dir DIR``,
 ``--timeout S``. The launcher exits non-zero with a clear message if a service dies or the
@@ -59,7 +61,9 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
 
-from opentelemetry import metrics, trace
+from demo_transports import TRANSPORTS, DemoTransport
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from order_services import (
@@ -83,7 +87,7 @@ from otel_eda import EventBus, EventStore, Service
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
 from otel_eda.flows.store import EventSummary
-from otel_eda.transports.interprocess import QueueOutlet, RecordForwarder, pump
+from otel_eda.transports.interprocess import RecordForwarder
 
 FINAL: Final = FINAL_STAGES
 CRASH_EXIT_CODE: Final = 70
@@ -144,9 +148,9 @@ class ServiceSpec:
     """Everything a service's process needs; pickled to the spawned interpreter."""
 
     name: str
-    inbox: Queue[Any]
-    #: (event type, subscribing service, that service's inbox) for each type it publishes
-    outlets: tuple[tuple[str, str, Queue[Any]], ...]
+    transport: DemoTransport
+    #: (event type, subscribing service) for each type it publishes
+    outlets: tuple[tuple[str, str], ...]
     records: Queue[Any]
     #: where the service says it is ready, and reports every alert change (AlertNote)
     reports: Queue[Any]
@@ -172,6 +176,7 @@ def service_main(spec: ServiceSpec) -> None:
     os.environ["OTEL_SERVICE_NAME"] = spec.name
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
     logging.getLogger("order_flow").setLevel(logging.INFO)  # the services' narrative, on stderr
+    logging.getLogger("otel_eda.lifecycle").setLevel(logging.INFO)  # retries, rejections, dead letters
 
     def forward_alert(alert: Alert) -> None:
         # Called from the anomaly reader's thread: hand a plain summary to the launcher.
@@ -189,6 +194,9 @@ def service_main(spec: ServiceSpec) -> None:
         meter_provider = metrics.get_meter_provider()
         if isinstance(meter_provider, MeterProvider):
             meter_provider.shutdown()
+        logger_provider = _logs.get_logger_provider()
+        if isinstance(logger_provider, LoggerProvider):
+            logger_provider.shutdown()  # OTEL_LOGS_EXPORTER: export the last log records
         sys.stdout.flush()
 
 
@@ -198,12 +206,12 @@ async def serve(spec: ServiceSpec) -> None:
     start = spec.start_time.value  # t = 0 of the incidents' schedule, the same in every service
     bus = EventBus(service=spec.name, retry=RETRY, recorders=[RecordForwarder(spec.records)])
     SERVICES[spec.name](Service(spec.name, bus), Incidents(start))
-    for event_type, subscriber, inbox in spec.outlets:
-        bus.add_outlet(event_type, QueueOutlet(inbox, subscriber))
+    for event_type, subscriber in spec.outlets:
+        bus.add_outlet(event_type, spec.transport.outlet(event_type, subscriber))
     async with bus:  # on exit: handle what is queued, then stop
         if spec.crash:
             await place_orders(bus, list(spec.orders))
-            await asyncio.to_thread(spec.inbox.get)  # the first inbound event...
+            await spec.transport.first_inbound(spec.name)  # the first inbound event...
             os._exit(CRASH_EXIT_CODE)  # ...and this service dies without a word
 
         async def place() -> None:  # the order service's work; nothing for the others
@@ -211,7 +219,7 @@ async def serve(spec: ServiceSpec) -> None:
             await place_traffic(bus, list(spec.traffic), TRAFFIC_RATE, start)
 
         placing = asyncio.create_task(place())
-        await pump(spec.inbox, bus)  # until the launcher sends None, once every flow has settled
+        await spec.transport.receive(spec.name, bus)  # until the launcher stops it, once every flow has settled
         placing.cancel()  # (it is still placing orders only if the launcher gave up early)
         with contextlib.suppress(asyncio.CancelledError):
             await placing
@@ -409,7 +417,9 @@ def alert_line(change: str, note: AlertNote, episode: AlertEpisode, start: float
 
 
 class Launcher:
-    def __init__(self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None) -> None:
+    def __init__(
+        self, orders: int, traffic_s: float, mode: str | None, output_dir: Path, crash: str | None, transport: str
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per service, never a fork
         self.orders = make_orders(orders)
         self.traffic_s = traffic_s
@@ -419,7 +429,7 @@ class Launcher:
         if writes_to_console(self.env):
             output_dir.mkdir(parents=True, exist_ok=True)
             self.telemetry_files = {name: output_dir / f"{name}.console-exporters.txt" for name in SERVICES}
-        self.inboxes: dict[str, Queue[Any]] = {name: ctx.Queue() for name in SERVICES}
+        self.transport: DemoTransport = TRANSPORTS[transport](list(SERVICES), ctx)
         self.records: Queue[Any] = ctx.Queue()
         self.reports: Queue[Any] = ctx.Queue()
         self.go = ctx.Event()
@@ -442,14 +452,14 @@ class Launcher:
         self.processes: dict[str, BaseProcess] = {}
         for name in SERVICES:
             outlets = tuple(
-                (event_type, subscriber, self.inboxes[subscriber])
+                (event_type, subscriber)
                 for event_type in PUBLISHES[name]
                 for subscriber in sorted(self.subscribers.get(event_type, ()))
             )
             telemetry_file = self.telemetry_files.get(name)
             spec = ServiceSpec(
                 name,
-                self.inboxes[name],
+                self.transport,
                 outlets,
                 self.records,
                 self.reports,
@@ -549,8 +559,8 @@ class Launcher:
     def stop(self, timeout_s: float = 15.0) -> list[str]:
         """Ask every service to stop, wait for each, and return the problems seen."""
         self.go.set()  # in case some never got to start
-        for inbox in self.inboxes.values():
-            inbox.put(None)
+        for name in SERVICES:
+            self.transport.stop(name)
         deadline = time.monotonic() + timeout_s
         # Keep draining the queues while waiting: a process that still has items to flush
         # into a queue cannot exit. Its last alert changes come now, from the anomaly
@@ -760,6 +770,12 @@ def main(argv: list[str] | None = None) -> int:
         "--traffic", type=seconds, default=30.0, metavar="SECONDS", help="then background orders (default 30 s)"
     )
     parser.add_argument("--mode", choices=("parent", "link"), help="OTEL_EDA_TRACE_MODE for the services")
+    parser.add_argument(
+        "--transport",
+        choices=tuple(TRANSPORTS),
+        default="embedded",
+        help="how the services reach each other (default embedded: multiprocessing queues; see demo_transports.py)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write a machine-readable summary")
     parser.add_argument("--output-dir", type=Path, default=Path("demo-output"), help="for the telemetry files")
     parser.add_argument(
@@ -768,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash", choices=tuple(SERVICES), help="make this service die on its first event")
     args = parser.parse_args(argv)
 
-    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash)
+    launcher = Launcher(args.orders, args.traffic, args.mode, args.output_dir, args.crash, args.transport)
     print(f"order-flow demo: {args.orders} orders across {', '.join(SERVICES)} (one process each)")
     for key, what in SCENARIOS.items():
         if key in {order["order_id"] for order in launcher.orders}:

@@ -44,8 +44,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from opentelemetry import trace
+from opentelemetry.context import attach, detach
 
-from otel_eda import Delivery, EventBus, Rejected, RetryPolicy, Service
+from otel_eda import Delivery, EventBus, Rejected, RetryPolicy, Service, with_event
 
 __all__ = [
     "INCIDENTS",
@@ -208,8 +209,12 @@ def narrate(order: dict[str, Any], message: str, *args: object) -> None:
 async def place_orders(bus: EventBus, orders: list[dict[str, Any]]) -> None:
     """The order service's entry point: each order starts a flow keyed by its order id."""
     for order in orders:
-        await bus.publish("order_placed", order, business_key=order["order_id"])
-        narrate(order, "[order] placed %s", order["order_id"])
+        event = await bus.publish("order_placed", order, business_key=order["order_id"])
+        token = attach(with_event(event))  # the line belongs to the order's flow: its log record says so
+        try:
+            narrate(order, "[order] placed %s", order["order_id"])
+        finally:
+            detach(token)
 
 
 async def place_traffic(bus: EventBus, orders: list[dict[str, Any]], rate: float, start: float) -> None:

@@ -7,11 +7,15 @@ before one is installed), so importing this module stays cheap and SDK-free.
 from __future__ import annotations
 
 import logging
+import sys
+import traceback
 from functools import cache
 
 from opentelemetry import metrics
 
 from otel_eda import semconv
+from otel_eda.redaction import exception_type, policy
+from otel_eda.settings import ExceptionDetail
 from otel_eda.version import VERSION
 
 _log = logging.getLogger("otel_eda")
@@ -67,6 +71,23 @@ def count_internal_error(component: str) -> None:
 
 
 def internal_error(component: str, what: str) -> None:
-    """Log (with traceback) and count an internal error. Call from an ``except`` block."""
-    _log.error("otel-eda %s failed while %s; the application continues", component, what, exc_info=True)
+    """Log (with traceback) and count an internal error. Call from an ``except`` block.
+
+    The exception may come from application code (a handler, a recorder) and carry payload
+    values: it is written under the redaction policy (``OTEL_EDA_EXCEPTION_DETAIL=type``
+    logs its type only, without traceback; redaction patterns apply to the traceback).
+    """
+    exc = sys.exc_info()[1]
+    redaction = policy()
+    if exc is None or (redaction.detail is not ExceptionDetail.TYPE and not redaction.patterns):
+        _log.error("otel-eda %s failed while %s; the application continues", component, what, exc_info=True)
+    elif redaction.detail is ExceptionDetail.TYPE:
+        _log.error("otel-eda %s failed while %s; the application continues (%s)", component, what, exception_type(exc))
+    else:
+        _log.error(
+            "otel-eda %s failed while %s; the application continues\n%s",
+            component,
+            what,
+            redaction.text("".join(traceback.format_exception(exc))).rstrip(),
+        )
     count_internal_error(component)

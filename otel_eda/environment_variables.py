@@ -56,3 +56,18 @@ OTEL_EDA_CLOUDEVENTS_SOURCE: Final = "OTEL_EDA_CLOUDEVENTS_SOURCE"
 OTEL_EDA_METADATA_ATTRIBUTES: Final = "OTEL_EDA_METADATA_ATTRIBUTES"
 """Comma-separated event metadata keys put onto process and publish spans as
 ``eda.metadata.<key>`` (default: none; metadata always reaches the handler)."""
+
+OTEL_EDA_LOG_CORRELATION: Final = "OTEL_EDA_LOG_CORRELATION"
+"""``true`` (default): every ``logging`` record carries the current event's ids (``eda_*`` fields)."""
+
+OTEL_EDA_LOG_LIFECYCLE: Final = "OTEL_EDA_LOG_LIFECYCLE"
+"""``off``, ``failures`` (default) or ``all``: which lifecycle stages otel-eda logs."""
+
+OTEL_EDA_EXCEPTION_DETAIL: Final = "OTEL_EDA_EXCEPTION_DETAIL"
+"""``type``, ``message`` (default) or ``full``: how much of an exception otel-eda writes."""
+
+OTEL_EDA_REDACT_PATTERNS: Final = "OTEL_EDA_REDACT_PATTERNS"
+"""Comma-separated patterns redacted from what otel-eda writes: ``card_number``, ``email`` or regexes."""
+
+OTEL_EDA_REDACT_PATTERNS_FILE: Final = "OTEL_EDA_REDACT_PATTERNS_FILE"
+"""A file of patterns to redact, one a line (``card_number``, ``email`` or a regex; ``#`` comments)."""

@@ -75,7 +75,8 @@ def unregister_fork_hook(hook: ForkHook) -> None:
 
 
 def register_exit_hook(hook: ExitHook) -> ExitHook:
-    """Run ``hook`` at interpreter exit, after the hooks registered before it; returns it."""
+    """Run ``hook`` at interpreter exit, before the hooks registered before it (last
+    registered, first run, as ``atexit`` does); returns it."""
     with _lock:
         _exit_hooks.append(hook)
     return hook

@@ -23,6 +23,11 @@ MESSAGING_MESSAGE_CONVERSATION_ID: Final = "messaging.message.conversation_id"
 MESSAGING_CONSUMER_GROUP_NAME: Final = "messaging.consumer.group.name"
 MESSAGING_BATCH_MESSAGE_COUNT: Final = "messaging.batch.message_count"
 ERROR_TYPE: Final = "error.type"
+#: The OpenTelemetry exception conventions: the span event and its (log record) attributes.
+EXCEPTION_EVENT: Final = "exception"
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+EXCEPTION_STACKTRACE: Final = "exception.stacktrace"
 
 OPERATION_TYPE_SEND: Final = "send"
 OPERATION_TYPE_RECEIVE: Final = "receive"
@@ -63,6 +68,11 @@ EDA_QUEUE_DURATION: Final = "eda.queue.duration"
 EDA_PROCESS_TRUNCATED: Final = "eda.process.truncated"
 #: Prefix of the span attributes carrying the metadata keys of ``OTEL_EDA_METADATA_ATTRIBUTES``.
 EDA_METADATA_PREFIX: Final = "eda.metadata."
+
+#: The lifecycle stage a lifecycle log record reports (``retried``, ``dead_lettered``, ...).
+EDA_STAGE: Final = "eda.stage"
+#: Name of the logger (and instrumentation scope) of otel-eda's lifecycle log records.
+LIFECYCLE_LOGGER: Final = "otel_eda.lifecycle"
 
 # lifecycle span events
 EVENT_RECEIVED: Final = "eda.received"
@@ -121,3 +131,34 @@ DURATION_BUCKETS_S: Final = (
     30.0,
     60.0,
 )
+
+# --- alert rules' metrics (issue 23) ------------------------------------------------------
+#: Messages waiting in a subscriber queue of the embedded bus as a share of its
+#: ``queue_size`` (``1``: full), attributes as ``eda.bus.queue.depth``. A gauge in ``1``:
+#: the backpressure rules need the capacity, which the depth alone does not tell.
+METRIC_QUEUE_UTILIZATION: Final = "eda.bus.queue.utilization"
+#: Seconds a publish waited for room in a full subscriber queue of the embedded bus
+#: (histogram, recorded only for publishes that found a queue full; attributes
+#: ``messaging.system``, ``messaging.destination.name``).
+METRIC_PUBLISH_WAIT: Final = "eda.bus.publish.wait.duration"
+#: Messages in a broker's queue (RabbitMQ's ready messages, ...): an observable gauge in
+#: ``{message}``, attributes ``messaging.system``, ``messaging.destination.name``.
+METRIC_BROKER_QUEUE_DEPTH: Final = "eda.broker.queue.depth"
+#: Records a consumer group is behind the partition's high watermark: an observable gauge in
+#: ``{message}``, attributes ``messaging.destination.name``,
+#: ``messaging.destination.partition.id``, ``messaging.consumer.group.name`` (semconv #792).
+METRIC_CONSUMER_LAG: Final = "eda.consumer.lag"
+MESSAGING_DESTINATION_PARTITION_ID: Final = "messaging.destination.partition.id"
+#: Event name of the alert log records.
+EVENT_ALERT: Final = "eda.alert"
+#: Log record attribute carrying an alert's state, ``firing`` or ``resolved``.
+EDA_ALERT_STATE: Final = "eda.alert.state"
+
+# --- anomaly engine self-metrics -------------------------------------------------------------
+METRIC_ALERTS_DROPPED: Final = "eda.alerts.dropped"
+METRIC_ALERT_SEND_FAILURES: Final = "eda.alerts.send_failures"
+EDA_ALERT_SINK: Final = "eda.alert.sink"
+#: Prefix of otel-eda's own names (``OTEL_EDA_BAGGAGE_KEYS`` refuses keys that start with it).
+EDA_PREFIX: Final = "eda."
+#: Prefix of the messaging conventions' metric names (error ratios are derived for these only).
+MESSAGING_PREFIX: Final = "messaging."

@@ -13,6 +13,11 @@ variable                         default   meaning
 ``OTEL_EDA_MAX_SERIES``          10000     series the anomaly engine tracks at most
 ``OTEL_EDA_ALERTMANAGER_URL``    (none)    Alertmanager base URL, e.g. http://127.0.0.1:9093
 ``OTEL_EDA_STRICT``              false     ``true``: invalid settings stop start-up
+``OTEL_EDA_LOG_CORRELATION``     true      the current event's ids on every log record
+``OTEL_EDA_LOG_LIFECYCLE``       failures  ``off``, ``failures`` or ``all``: stages logged
+``OTEL_EDA_EXCEPTION_DETAIL``    message   ``type``, ``message`` or ``full``
+``OTEL_EDA_REDACT_PATTERNS``     (none)    ``card_number``, ``email``, regexes (``,``-separated)
+``OTEL_EDA_REDACT_PATTERNS_FILE`` (none)   the same, one a line, from a file
 =============================== ========= ============================================
 
 An invalid value is reported once per process as one ERROR naming the variable, the value
@@ -39,18 +44,24 @@ import functools
 import logging
 import os
 import re
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
+from otel_eda import semconv
 from otel_eda.environment_variables import (
     OTEL_EDA_ALERTMANAGER_URL,
     OTEL_EDA_ANOMALY_INTERVAL,
     OTEL_EDA_BAGGAGE_KEYS,
     OTEL_EDA_CLOUDEVENTS,
     OTEL_EDA_CLOUDEVENTS_SOURCE,
+    OTEL_EDA_EXCEPTION_DETAIL,
+    OTEL_EDA_LOG_CORRELATION,
+    OTEL_EDA_LOG_LIFECYCLE,
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_METADATA_ATTRIBUTES,
     OTEL_EDA_PROCESS_SPAN_MAX_S,
+    OTEL_EDA_REDACT_PATTERNS,
+    OTEL_EDA_REDACT_PATTERNS_FILE,
     OTEL_EDA_RULES_FILE,
     OTEL_EDA_SETTLE_SPANS,
     OTEL_EDA_SPAN_EVENTS,
@@ -59,7 +70,17 @@ from otel_eda.environment_variables import (
     OTEL_EDA_TRACE_MODE,
 )
 
-__all__ = ["DEFAULT_MAX_EVENTS", "CloudEventsMode", "InvalidSetting", "Settings", "TraceMode", "sdk_disabled"]
+__all__ = [
+    "DEFAULT_MAX_EVENTS",
+    "REDACT_BUILTINS",
+    "CloudEventsMode",
+    "ExceptionDetail",
+    "InvalidSetting",
+    "LifecycleLogs",
+    "Settings",
+    "TraceMode",
+    "sdk_disabled",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +99,11 @@ _VARIABLES = (
     OTEL_EDA_CLOUDEVENTS,
     OTEL_EDA_CLOUDEVENTS_SOURCE,
     OTEL_EDA_METADATA_ATTRIBUTES,
+    OTEL_EDA_LOG_CORRELATION,
+    OTEL_EDA_LOG_LIFECYCLE,
+    OTEL_EDA_EXCEPTION_DETAIL,
+    OTEL_EDA_REDACT_PATTERNS,
+    OTEL_EDA_REDACT_PATTERNS_FILE,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -105,6 +131,37 @@ class TraceMode(enum.StrEnum):
 
     PARENT = "parent"
     LINK = "link"
+
+
+class ExceptionDetail(enum.StrEnum):
+    """How much of an exception otel-eda writes (``OTEL_EDA_EXCEPTION_DETAIL``).
+
+    ``type``: the exception's type only; ``message`` (default): its type and message;
+    ``full``: type, message and stacktrace. Redaction patterns apply to every message and
+    stacktrace written (see :mod:`otel_eda.redaction`).
+    """
+
+    TYPE = "type"
+    MESSAGE = "message"
+    FULL = "full"
+
+
+class LifecycleLogs(enum.StrEnum):
+    """Which lifecycle stages otel-eda logs (``OTEL_EDA_LOG_LIFECYCLE``).
+
+    ``off``; ``failures`` (default): retries, rejections, dead letters and drops;
+    ``all``: every stage (see :mod:`otel_eda.logs.lifecycle`).
+    """
+
+    OFF = "off"
+    FAILURES = "failures"
+    ALL = "all"
+
+
+#: Names of the built-in redaction patterns (:mod:`otel_eda.redaction` defines them).
+REDACT_BUILTINS: Final = ("card_number", "email")
+#: Redaction patterns read at most (from the variable and the file together).
+MAX_REDACT_PATTERNS: Final = 64
 
 
 def sdk_disabled() -> bool:
@@ -146,6 +203,11 @@ class Settings:
     cloudevents: CloudEventsMode = CloudEventsMode.READ
     cloudevents_source: str | None = None
     metadata_attributes: tuple[str, ...] = ()
+    log_correlation: bool = True
+    log_lifecycle: LifecycleLogs = LifecycleLogs.FAILURES
+    exception_detail: ExceptionDetail = ExceptionDetail.MESSAGE
+    #: redaction patterns: built-in names (``REDACT_BUILTINS``) and regexes that compile
+    redact_patterns: tuple[str, ...] = ()
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -193,7 +255,9 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
     keys: tuple[str, ...] = ()
     if text := (raw[OTEL_EDA_BAGGAGE_KEYS] or "").strip():
         parts = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-        if len(parts) <= MAX_BAGGAGE_KEYS and all(_TOKEN.fullmatch(p) and not p.startswith("eda.") for p in parts):
+        if len(parts) <= MAX_BAGGAGE_KEYS and all(
+            _TOKEN.fullmatch(p) and not p.startswith(semconv.EDA_PREFIX) for p in parts
+        ):
             keys = parts
         else:
             accepted = f"up to {MAX_BAGGAGE_KEYS} comma-separated baggage keys (tokens, none starting with eda.)"
@@ -235,6 +299,7 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         invalid(OTEL_EDA_ALERTMANAGER_URL, "an http:// or https:// URL", "none")
         url = None
 
+    logs = _parse_logging(raw, invalid)
     settings = Settings(
         trace_mode=mode,
         baggage_keys=keys,
@@ -251,7 +316,61 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         cloudevents_source=source,
         metadata_attributes=metadata_keys,
         errors=tuple(errors),
+        **logs,
     )
     for error in errors:
         _log.error("%s", error)
     return settings
+
+
+def _parse_logging(raw: Mapping[str, str | None], invalid: Callable[[str, str, object], None]) -> dict[str, Any]:
+    """The log and redaction settings: ``OTEL_EDA_LOG_*``, ``OTEL_EDA_EXCEPTION_DETAIL``,
+    ``OTEL_EDA_REDACT_PATTERNS`` and ``OTEL_EDA_REDACT_PATTERNS_FILE``."""
+    d = Settings()
+    parsed: dict[str, Any] = {}
+    if text := (raw[OTEL_EDA_LOG_CORRELATION] or "").strip().lower():
+        if text in ("true", "false"):
+            parsed["log_correlation"] = text == "true"
+        else:
+            invalid(OTEL_EDA_LOG_CORRELATION, "true, false", "true")
+    for name, enum_type, default in (
+        (OTEL_EDA_LOG_LIFECYCLE, LifecycleLogs, d.log_lifecycle),
+        (OTEL_EDA_EXCEPTION_DETAIL, ExceptionDetail, d.exception_detail),
+    ):
+        if text := (raw[name] or "").strip().lower():
+            try:
+                parsed["log_lifecycle" if enum_type is LifecycleLogs else "exception_detail"] = enum_type(text)
+            except ValueError:
+                invalid(name, ", ".join(m.value for m in enum_type), default.value)
+    patterns: list[str] = []
+    if text := (raw[OTEL_EDA_REDACT_PATTERNS] or "").strip():
+        # a comma inside a regex is written \,
+        entries = [e.replace("\\,", ",").strip() for e in re.split(r"(?<!\\),", text)]
+        patterns += _valid_patterns(OTEL_EDA_REDACT_PATTERNS, [e for e in entries if e], invalid)
+    if path := (raw[OTEL_EDA_REDACT_PATTERNS_FILE] or "").strip():
+        try:
+            with open(path, encoding="utf-8") as file:
+                lines = [line.strip() for line in file.read(1 << 20).splitlines()]
+        except (OSError, UnicodeDecodeError):
+            invalid(OTEL_EDA_REDACT_PATTERNS_FILE, "a readable UTF-8 file of patterns", "none")
+        else:
+            entries = [line for line in lines if line and not line.startswith("#")]
+            patterns += _valid_patterns(OTEL_EDA_REDACT_PATTERNS_FILE, entries, invalid)
+    if patterns:
+        parsed["redact_patterns"] = tuple(dict.fromkeys(patterns))[:MAX_REDACT_PATTERNS]
+    return parsed
+
+
+def _valid_patterns(variable: str, entries: list[str], invalid: Callable[[str, str, object], None]) -> list[str]:
+    """The entries that are built-in names or compiling regexes; the first bad one is reported."""
+    valid = []
+    for entry in entries:
+        if entry not in REDACT_BUILTINS:
+            try:
+                if re.compile(entry).match(""):
+                    raise re.error("matches the empty string")
+            except re.error:
+                invalid(variable, f"{', '.join(REDACT_BUILTINS)} or regexes that match something", "none")
+                return []
+        valid.append(entry)
+    return valid

@@ -147,6 +147,11 @@ class Collector:
     def pid(self) -> int:
         return int((self.directory / "otelcol.pid").read_text())
 
+    @property
+    def logs_file(self) -> Path:
+        """The logs pipeline's file exporter output (OTLP JSON, one export request a line)."""
+        return self.directory / "logs.jsonl"
+
 
 @contextlib.contextmanager
 def running_jaeger(directory: Path) -> Iterator[Jaeger]:
@@ -164,18 +169,22 @@ def running_jaeger(directory: Path) -> Iterator[Jaeger]:
 
 
 @contextlib.contextmanager
-def running_collector(directory: Path, jaeger: Jaeger, zipkin_spans_endpoint: str | None = None) -> Iterator[Collector]:
+def running_collector(
+    directory: Path, jaeger: Jaeger | None, zipkin_spans_endpoint: str | None = None
+) -> Iterator[Collector]:
     """The Collector with the repository's collector-config.yaml on free ports, exporting to ``jaeger``
-    and to ``zipkin_spans_endpoint`` (default: a free port where no Zipkin listens), stopped on exit."""
+    and to ``zipkin_spans_endpoint`` (default: a free port where no Jaeger or Zipkin listens) and log
+    records to ``directory / "logs.jsonl"`` (:attr:`Collector.logs_file`), stopped on exit."""
     built_binary(OTELCOL)
-    otlp_grpc, otlp_http, health, metrics, no_zipkin = free_ports(5)
+    otlp_grpc, otlp_http, health, metrics, no_zipkin, no_jaeger = free_ports(6)
     env = clean_env(
         OTELCOL_OTLP_GRPC_ENDPOINT=f"127.0.0.1:{otlp_grpc}",
         OTELCOL_OTLP_HTTP_ENDPOINT=f"127.0.0.1:{otlp_http}",
         OTELCOL_HEALTH_ENDPOINT=f"127.0.0.1:{health}",
         OTELCOL_METRICS_PORT=str(metrics),
         OTELCOL_ZIPKIN_ENDPOINT=zipkin_spans_endpoint or f"http://127.0.0.1:{no_zipkin}/api/v2/spans",
-        OTELCOL_JAEGER_OTLP_ENDPOINT=f"127.0.0.1:{jaeger.otlp_grpc}",
+        OTELCOL_JAEGER_OTLP_ENDPOINT=f"127.0.0.1:{jaeger.otlp_grpc if jaeger is not None else no_jaeger}",
+        OTELCOL_LOGS_FILE=str(directory / "logs.jsonl"),
     )
     try:
         start_s = run_script(

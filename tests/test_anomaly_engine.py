@@ -10,6 +10,7 @@ import pytest
 
 from otel_eda.anomaly.alerts import Alert, AlertState, Exemplar, Severity
 from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.inhibition import Inhibition
 from otel_eda.anomaly.rules import Rule
 from otel_eda.anomaly.series import SeriesPoint
 
@@ -123,25 +124,59 @@ def test_a_silent_series_resolves_its_alert_when_it_is_evicted() -> None:
     assert engine.series_count == 0 and engine.evicted == 1
 
 
-def test_inhibition_needs_a_service() -> None:
-    sink = Collect()
-    critical = errors_rule(
-        name="errors-critical", severity="critical", detector={"kind": "threshold", "op": "gt", "value": 0.22}
+def critical_errors_rule() -> Rule:
+    return errors_rule(
+        name="errors-critical",
+        alert="ProcessingErrorsCritical",
+        severity="critical",
+        detector={"kind": "threshold", "op": "gt", "value": 0.22},
     )
-    engine = AnomalyEngine([critical, errors_rule()], [sink])  # no service label anywhere
+
+
+def test_without_inhibitions_a_critical_alert_mutes_nothing() -> None:
+    sink = Collect()
+    engine = AnomalyEngine([critical_errors_rule(), errors_rule()], [sink], resource_labels={"service": "payment-svc"})
     feed(engine, [0.25, 0.25, 0.25])
     assert sorted(a.rule for a in sink.alerts) == ["errors-critical", "processing-errors"]
 
 
-def test_a_critical_alert_on_a_service_inhibits_its_warnings() -> None:
+def test_an_inhibition_mutes_only_its_targets_with_equal_labels() -> None:
     sink = Collect()
-    critical = errors_rule(
-        name="errors-critical", severity="critical", detector={"kind": "threshold", "op": "gt", "value": 0.22}
+    other_warning = errors_rule(name="other", alert="SomethingElse", for_evaluations=1)
+    pair = Inhibition(
+        {"alertname": "ProcessingErrorsCritical"},
+        {"alertname": "ProcessingErrorsHigh"},
+        equal=("messaging.destination.name",),
     )
-    engine = AnomalyEngine([critical, errors_rule()], [sink], resource_labels={"service": "payment-svc"})
-    feed(engine, [0.25, 0.25, 0.25])
-    assert [(a.rule, a.severity.label) for a in sink.alerts] == [("errors-critical", "critical")]
+    engine = AnomalyEngine(
+        [critical_errors_rule(), errors_rule(), other_warning],
+        [sink],
+        resource_labels={"service": "payment-svc"},
+        inhibitions=[pair],
+    )
+    other_queue = (("messaging.destination.name", "order_shipped"), ("messaging.consumer.group.name", "payment"))
+    for t in range(3):
+        engine.evaluate(
+            [
+                SeriesPoint("messaging.process.duration", "error_ratio", QUEUE, float(t), 0.25),
+                # the warning's own rule fires on another queue: not muted (equal labels differ)
+                SeriesPoint("messaging.process.duration", "error_ratio", other_queue, float(t), 0.21),
+            ],
+            now=float(t),
+        )
+    got = sorted((a.rule, a.series_labels["messaging.destination.name"]) for a in sink.alerts)
+    assert got == [
+        ("errors-critical", "order_placed"),
+        ("other", "order_placed"),  # a warning of the same service that the pair does not name
+        ("other", "order_shipped"),
+        ("processing-errors", "order_shipped"),
+    ]
     assert engine.suppressed == 1
+    # the critical alert resolves while the warning still fires: the warning is delivered then
+    feed(engine, [0.21, 0.21, 0.21], start=3.0)
+    assert ("processing-errors", "order_placed") in [
+        (a.rule, a.series_labels["messaging.destination.name"]) for a in sink.alerts if a.state.value == "firing"
+    ]
 
 
 def test_nan_and_infinite_values_are_skipped_and_counted() -> None:
@@ -325,3 +360,24 @@ def test_one_collection_of_many_series_keeps_every_state_and_lifecycle() -> None
     assert engine.series_count == 20_000
     assert sink.states() == [("firing", "warning")] * 20 + [("resolved", "warning")] * 20
     assert [a.started_at for a in sink.alerts[:20]] == [2.0] * 20
+
+
+def test_an_alert_the_sinks_saw_fire_is_resolved_even_if_its_escalation_was_muted() -> None:
+    sink = Collect()
+    source = errors_rule(name="source", alert="Source", severity="critical", metric="other", for_evaluations=1)
+    target = errors_rule(for_evaluations=1, escalate_after_s=2.0)
+    pair = Inhibition({"alertname": "Source"}, {"alertname": "ProcessingErrorsHigh"})
+    engine = AnomalyEngine([source, target], [sink], inhibitions=[pair])
+    feed(engine, [0.21])  # the target fires, delivered
+    for t, (target_value, source_value) in enumerate([(0.21, 0.9), (0.21, 0.9), (0.21, 0.9)], start=1):
+        engine.evaluate(
+            [
+                SeriesPoint("messaging.process.duration", "error_ratio", QUEUE, float(t), target_value),
+                SeriesPoint("other", "error_ratio", QUEUE, float(t), source_value),
+            ],
+            now=float(t),
+        )
+    assert engine.suppressed == 1  # the target's escalation to critical, while the source fires
+    feed(engine, [0.0, 0.0], start=4.0)  # the target resolves (resolve_after: 2)
+    target_changes = [(a.state.value, a.severity.label) for a in sink.alerts if a.rule == "processing-errors"]
+    assert target_changes == [("firing", "warning"), ("resolved", "critical")]

@@ -156,7 +156,7 @@ def test_rules_file_in_yaml_and_json(tmp_path: Path) -> None:
         (".yaml", RULES_YAML.replace("kind: zscore", "kind: magic"), r"rules.yaml:9: rule 'latency': .*magic"),
         (".yaml", RULES_YAML.replace("cooldown", "cooldwn"), r"rules.yaml:2: rule 'errors': unknown field"),
         (".json", '{"rules": [\n  {"name": "a", "metric": "m"},\n  {"name": "b"}\n]}', r"rules.json:3: .*metric"),
-        (".json", '{"rules": [\n  {"name": "a",, }\n]}', r"rules.json:2: "),
+        (".json", '{"rules": [\n  {"name": "a",, }\n]}', r"rules.json:2:16: Expecting property name"),
     ],
 )
 def test_a_malformed_rules_file_names_the_file_line_and_reason(

@@ -12,6 +12,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from virtual_clock import VirtualClockLoop
 
 from otel_eda import BusFull, DeadLetter, Delivery, Rejected, RetryPolicy, Service
+from otel_eda.logs.lifecycle import LifecycleLogger
+from otel_eda.settings import Settings
 from otel_eda.testing import TelemetryCapture, assert_causation_chain, assert_linked_to_producer
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.001)
@@ -243,7 +245,9 @@ async def test_event_is_dead_lettered_after_the_last_attempt(
     def always_fails(d: Delivery) -> None:
         raise ValueError("no such address")
 
-    async with capture.bus(retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.001)) as bus:
+    # the lifecycle logger configure() installs for every transport (OTEL_EDA_LOG_LIFECYCLE=failures)
+    lifecycle = LifecycleLogger(Settings())
+    async with capture.bus(retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.001), recorders=[lifecycle]) as bus:
         bus.subscribe("payment_authorized", always_fails, subscriber="notification")
         bus.subscribe_dead_letters(letters.append)
         with caplog.at_level(logging.WARNING, logger="otel_eda"):
@@ -258,7 +262,9 @@ async def test_event_is_dead_lettered_after_the_last_attempt(
     assert summary is not None and summary.status == "dead_lettered"
     assert capture.counter_total("eda.bus.dead_letters") == 1
     assert capture.spans(kind=SpanKind.CONSUMER)[-1].attributes["eda.outcome"] == "dead_lettered"  # type: ignore[index]
-    assert any("dead-lettered" in r.getMessage() for r in caplog.records)
+    assert letter.error_message == "no such address"
+    (logged,) = [r for r in caplog.records if "dead_lettered" in r.getMessage()]  # one line, at ERROR
+    assert logged.levelno == logging.ERROR and "no such address" in logged.getMessage()
 
 
 async def test_a_full_queue_makes_publish_wait_then_raise_and_count_the_drop(capture: TelemetryCapture) -> None:
@@ -500,3 +506,35 @@ async def test_stage_span_events_are_a_debugging_switch(monkeypatch: pytest.Monk
     assert [e.name for e in second.events] == ["eda.received", "eda.completed"]
     assert all(float(e.attributes["eda.stage.duration"]) >= 0 for e in second.events)  # type: ignore[arg-type,index]
     capture.shutdown()
+
+
+async def test_process_spans_follow_their_producer_even_when_the_bus_starts_inside_a_span() -> None:
+    capture = TelemetryCapture()
+    tracer = capture.tracer_provider.get_tracer("app")
+    bus = capture.bus()
+    bus.subscribe("order_placed", lambda d: None, subscriber="s")
+    with tracer.start_as_current_span("GET /orders"):
+        await bus.publish("order_placed")  # the first publish starts the worker, inside the request span
+    await bus.join()
+    await bus.close()
+    (producer,) = capture.spans(kind=SpanKind.PRODUCER)
+    (consumer,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert consumer.parent is not None and consumer.parent.span_id == producer.context.span_id
+    capture.shutdown()
+
+
+async def test_a_business_key_set_by_the_handler_is_current_for_the_rest_of_it(capture: TelemetryCapture) -> None:
+    from otel_eda import current_event
+
+    seen: list[str | None] = []
+    async with capture.bus() as bus:
+
+        async def key_it(d: Delivery) -> None:
+            assert d.set_business_key("order-9")
+            event = current_event()
+            seen.append(event.business_key if event else None)
+
+        bus.subscribe("order_placed", key_it, subscriber="s")
+        await bus.publish("order_placed")
+        await bus.join()
+    assert seen == ["order-9"]

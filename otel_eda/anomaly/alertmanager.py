@@ -51,7 +51,7 @@ from typing import Any
 
 from opentelemetry import context, metrics
 
-from otel_eda import otel_internals
+from otel_eda import otel_internals, semconv
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
 from otel_eda.process_hooks import ForkHook, register_fork_hook
@@ -62,7 +62,7 @@ __all__ = ["METRIC_ALERTS_DROPPED", "AlertmanagerSink", "postable_alert"]
 _log = logging.getLogger("otel_eda.alerts")
 
 #: Counter of alerts the Alertmanager sink dropped because it was full.
-METRIC_ALERTS_DROPPED = "eda.alerts.dropped"
+METRIC_ALERTS_DROPPED = semconv.METRIC_ALERTS_DROPPED
 
 _VALID_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INVALID_CHAR = re.compile(r"[^A-Za-z0-9_]")
@@ -356,7 +356,7 @@ class AlertmanagerSink:
                     alert.name,
                 )
             try:
-                self._dropped_counter.add(1, {"eda.alert.sink": "alertmanager"})
+                self._dropped_counter.add(1, {semconv.EDA_ALERT_SINK: "alertmanager"})
             except Exception:  # pragma: no cover - a broken meter must not break send()
                 _log.debug("could not count a dropped alert", exc_info=True)
 

@@ -74,6 +74,9 @@ class Alert:
     ended_at: float | None
     summary: str
     exemplars: tuple[Exemplar, ...] = ()
+    #: the values of the anomalous run that made the rule fire, oldest first (at most the
+    #: engine's ``RECENT_VALUES``; the last one is ``value`` when firing)
+    recent_values: tuple[float, ...] = ()
 
     @property
     def labels(self) -> dict[str, str]:
@@ -99,6 +102,8 @@ class Alert:
         }
         if self.threshold is not None:
             notes["threshold"] = f"{self.threshold:.6g}"
+        if self.recent_values:
+            notes["recent_values"] = ",".join(f"{v:.6g}" for v in self.recent_values)
         if self.exemplars:
             notes["trace_ids"] = ",".join(e.trace_id for e in self.exemplars)
             notes["span_ids"] = ",".join(e.span_id for e in self.exemplars)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from opentelemetry import metrics
 
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.version import VERSION as __version__
 
@@ -16,7 +17,7 @@ __all__ = ["METRIC_ALERT_SEND_FAILURES", "CallbackSink", "count_send_failure", "
 _log = logging.getLogger("otel_eda.alerts")
 
 #: Counter of alert deliveries that failed, attributes ``eda.alert.sink`` and ``error.type``.
-METRIC_ALERT_SEND_FAILURES = "eda.alerts.send_failures"
+METRIC_ALERT_SEND_FAILURES = semconv.METRIC_ALERT_SEND_FAILURES
 
 
 def send_failure_counter(meter_provider: metrics.MeterProvider | None = None) -> metrics.Counter:
@@ -34,7 +35,7 @@ def send_failure_counter(meter_provider: metrics.MeterProvider | None = None) ->
 def count_send_failure(counter: metrics.Counter, sink: str, error_type: str) -> None:
     """Count one failed delivery of alerts to ``sink`` (``alertmanager``, ``log``, ``callback``)."""
     try:
-        counter.add(1, {"eda.alert.sink": sink, "error.type": error_type})
+        counter.add(1, {semconv.EDA_ALERT_SINK: sink, semconv.ERROR_TYPE: error_type})
     except Exception:  # pragma: no cover - a broken meter must not break delivery
         _log.debug("could not count a failed alert delivery", exc_info=True)
 

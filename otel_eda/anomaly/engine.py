@@ -13,7 +13,17 @@ feeds the rule's detector for that series and runs the alert lifecycle:
   to critical at once when a threshold detector's value passes ``escalate_factor`` x its
   threshold;
 * **suppression**: silences (label matchers with an end time) and inhibition (a firing
-  critical alert on a service mutes that service's warnings and infos).
+  alert mutes the alerts an :class:`~otel_eda.anomaly.inhibition.Inhibition` names as its
+  targets, with the same ``equal`` labels; :func:`~otel_eda.anomaly.rules.default_inhibitions`
+  pairs each default critical alert with the warning about the same thing).
+
+Rules can be added and removed at run time (:meth:`AnomalyEngine.add_rule`,
+:meth:`~AnomalyEngine.add_alert_rule`, :meth:`~AnomalyEngine.remove_rule`); an alert
+carries the values of the anomalous run that made it fire (``recent_values``, the last
+:data:`RECENT_VALUES`); :meth:`AnomalyEngine.statistics` answers count, mean and
+percentiles of a tracked metric over a window (:mod:`otel_eda.anomaly.statistics`).
+A rule of scope ``host`` is labelled with ``host`` and ``scope=host`` instead of the
+reporting ``service``.
 
 State is bounded: at most ``max_series`` (rule, series) states; beyond that, points go to
 one overflow series per rule (attribute ``otel.metric.overflow=true``), counted in
@@ -35,20 +45,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink, AlertState, Exemplar, Severity
-from otel_eda.anomaly.detectors import Detector, make_detector
-from otel_eda.anomaly.rules import Rule
+from otel_eda.anomaly.detectors import Detector
+from otel_eda.anomaly.inhibition import Inhibition
+from otel_eda.anomaly.registry import make_detector
+from otel_eda.anomaly.rules import Rule, condition_rule
 from otel_eda.anomaly.series import Attributes, SeriesPoint
+from otel_eda.anomaly.statistics import SeriesHistory, SeriesStatistics
 
-__all__ = ["AnomalyEngine", "Silence"]
+__all__ = ["RECENT_VALUES", "AnomalyEngine", "Silence"]
+
+#: How many values of the anomalous run an alert carries (``Alert.recent_values``).
+RECENT_VALUES: Final = 10
 
 _log = logging.getLogger(__name__)
+#: The level an alert change is logged at: its severity's (a resolved alert at INFO).
+_LOG_LEVELS: Final[Mapping[Severity, int]] = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+}
 OVERFLOW: Final[Attributes] = (("otel.metric.overflow", "true"),)
 
 
@@ -75,8 +98,12 @@ class _State:
     alert: Alert | None = None
     #: whether the current alert's firing reached the sinks (it may have been suppressed)
     delivered: bool = False
+    #: whether a change of the current alert was held back (silence, inhibition): offered again
+    held: bool = False
     cooldown_until: float = 0.0
     exemplars: tuple[Exemplar, ...] = ()
+    #: the values of the current anomalous run (at most RECENT_VALUES; None: none yet)
+    recent: list[float] | None = None
     #: the engine's update count at this state's last update: the least recently
     #: updated order (of evictions, of resolves on eviction, of held alerts and of
     #: ``active_alerts``), as an LRU list kept it before, without moving anything per point
@@ -99,6 +126,9 @@ class AnomalyEngine:
         max_series: int = 10_000,
         idle_timeout_s: float = 3600.0,
         resource_labels: Mapping[str, str] | None = None,
+        inhibitions: Iterable[Inhibition] = (),
+        host_labels: Mapping[str, str] | None = None,
+        history: SeriesHistory | None = None,
     ) -> None:
         if max_series < 1:
             raise ValueError("max_series must be at least 1")
@@ -106,7 +136,12 @@ class AnomalyEngine:
         self.sinks = list(sinks)
         self.max_series = max_series
         self.idle_timeout_s = idle_timeout_s
+        #: labels of every service-scope alert (the reader adds ``service``)
         self.resource_labels = dict(resource_labels or {})
+        #: labels of every host-scope alert, besides ``scope=host``
+        self.host_labels = dict(host_labels) if host_labels is not None else {"host": socket.gethostname()}
+        self.inhibitions = tuple(inhibitions)
+        self.history = history or SeriesHistory()
         self.overflowed = 0
         self.evicted = 0
         self.skipped = 0
@@ -114,9 +149,7 @@ class AnomalyEngine:
         # states by rule name (rules sharing a name share states, as they always did)
         self._states: dict[str, _States] = {rule.name: {} for rule in self.rules}
         self._by_signal: dict[tuple[str, str], list[_Target]] = {}
-        for rule in self.rules:
-            match = tuple(rule.match.items()) or None
-            self._by_signal.setdefault((rule.metric, rule.signal), []).append((rule, match, self._states[rule.name]))
+        self._index()
         self._count = 0  # states, over all rule names
         self._oldest = math.inf  # no state was last updated before this (-inf: sweep at once)
         self._alerting: dict[int, _State] = {}  # states with an alert, by id
@@ -124,10 +157,102 @@ class AnomalyEngine:
         self._silences: list[Silence] = []
         self._lock = threading.Lock()
 
+    def _index(self) -> None:
+        """Which rules (with their match pairs and states) each (metric, signal) feeds."""
+        by_signal: dict[tuple[str, str], list[_Target]] = {}
+        for rule in self.rules:
+            match = tuple(rule.match.items()) or None
+            by_signal.setdefault((rule.metric, rule.signal), []).append((rule, match, self._states[rule.name]))
+        self._by_signal = by_signal
+
     # -- public -------------------------------------------------------------------------
     @property
     def series_count(self) -> int:
         return self._count
+
+    def add_rule(self, rule: Rule) -> Rule:
+        """Watch with one more rule from the next evaluation on; raises ValueError if its name is taken."""
+        if not isinstance(rule, Rule):
+            raise TypeError(f"add_rule() takes a Rule, got {type(rule).__name__}")
+        with self._lock:
+            if rule.name in self._states:
+                raise ValueError(f"a rule named {rule.name!r} exists: remove_rule() it first")
+            self._states[rule.name] = {}
+            self.rules = (*self.rules, rule)
+            self._index()
+        return rule
+
+    def add_alert_rule(
+        self,
+        name: str,
+        condition: Callable[[float], object],
+        severity: Severity | str = Severity.WARNING,
+        description: str | None = None,
+        *,
+        metric: str,
+        signal: str = "value",
+        **fields: Any,
+    ) -> Rule:
+        """Add a rule firing when ``condition(value)`` is true (see :func:`~otel_eda.anomaly.rules.condition_rule`).
+
+        >>> engine = AnomalyEngine([])
+        >>> rule = engine.add_alert_rule("deep-queue", lambda depth: depth > 500, "critical",
+        ...                              "{series} holds {value:.0f} messages", metric="eda.bus.queue.depth")
+        >>> [r.name for r in engine.rules]
+        ['deep-queue']
+        """
+        return self.add_rule(
+            condition_rule(name, condition, severity, description, metric=metric, signal=signal, **fields)
+        )
+
+    def remove_rule(self, name: str) -> bool:
+        """Stop watching with the rule(s) named ``name``; whether there was one.
+
+        Its series are forgotten; a firing alert of it that the sinks saw is resolved
+        (delivered now, with its last value).
+        """
+        resolved: list[Alert] = []
+        with self._lock:
+            states = self._states.pop(name, None)
+            if states is None:
+                return False
+            self.rules = tuple(rule for rule in self.rules if rule.name != name)
+            self._index()
+            now = time.time()
+            for state in states.values():
+                if state.alert is not None:
+                    alert = self._resolved(state, state.alert.value, now)
+                    if state.delivered:
+                        resolved.append(alert)
+            self._count -= len(states)
+        for alert in resolved:
+            self._deliver(alert)
+        return True
+
+    def track(self, metric: str) -> None:
+        """Keep recent values of ``metric`` for :meth:`statistics` (bounded: :class:`SeriesHistory`)."""
+        with self._lock:
+            self.history.track(metric)
+
+    def statistics(
+        self,
+        metric: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        signal: str = "value",
+        window_s: float = 300.0,
+        now: float | None = None,
+    ) -> SeriesStatistics:
+        """Count, mean, p50, p95 and p99 of ``metric``'s ``signal`` over the last ``window_s``.
+
+        Pools every series whose attributes contain ``labels``. A metric not tracked yet
+        is tracked from now on (its first answer has ``count == 0``): call :meth:`track`
+        up front for a metric you will ask about.
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            self.history.track(metric)
+            return self.history.statistics(metric, labels, signal, window_s, now)
 
     def silence(self, matchers: Mapping[str, str], duration_s: float, now: float | None = None) -> Silence:
         """Mute alerts matching ``matchers`` for ``duration_s`` seconds."""
@@ -145,6 +270,9 @@ class AnomalyEngine:
         now = time.time() if now is None else now
         changes: list[tuple[_State, Alert]] = []
         with self._lock:
+            if self.history.tracking:
+                points = points if isinstance(points, list) else list(points)
+                self.history.record(points, now)
             self._evict_idle(now, changes)  # first, so that idle series free their places
             self._feed(points, changes)
             self._silences = [s for s in self._silences if s.until > now]
@@ -212,19 +340,22 @@ class AnomalyEngine:
         held = [
             (s, s.alert)
             for s in (self._alerting_states() if self._alerting else ())
-            if s.alert and not s.delivered and id(s) not in changed
+            if s.alert and s.held and id(s) not in changed
         ]
         for state, alert in [*changes, *held]:
             if alert.state is AlertState.RESOLVED:
-                if state.delivered:  # the sinks never saw a suppressed alert fire
+                # the sinks never saw a suppressed alert fire; one they saw fire, they see resolve
+                # (also when a later change of it, an escalation, was held back)
+                if state.delivered:
                     out.append(alert)
-                state.delivered = False
+                state.delivered = state.held = False
             elif self._suppressed(alert, now):
                 if id(state) in changed:
                     self.suppressed += 1  # counted once per change held back
-                state.delivered = False
+                state.held = True
             else:
                 state.delivered = True
+                state.held = False
                 out.append(alert)
         return out
 
@@ -279,7 +410,11 @@ class AnomalyEngine:
     def _labels(self, rule: Rule, attributes: Attributes) -> dict[str, str]:
         keep = rule.labels
         labels = {k: v for k, v in attributes if keep is None or k in keep or k == "otel.metric.overflow"}
-        labels.update(self.resource_labels)
+        if rule.scope == "host":
+            labels.update(self.host_labels)
+            labels["scope"] = "host"
+        else:
+            labels.update(self.resource_labels)
         return labels
 
     def _update(self, state: _State, point: SeriesPoint) -> Alert | None:
@@ -291,6 +426,13 @@ class AnomalyEngine:
             state.normal = 0
             if state.anomalous_since is None:
                 state.anomalous_since = point.t
+            recent = state.recent
+            if state.anomalous == 1 or recent is None:
+                state.recent = [point.value]
+            else:
+                recent.append(point.value)
+                if len(recent) > RECENT_VALUES:
+                    del recent[0]
         else:
             state.normal += 1
             state.anomalous = 0
@@ -372,23 +514,29 @@ class AnomalyEngine:
             ended_at=None,
             summary=summary,
             exemplars=state.exemplars,
+            recent_values=tuple(state.recent or ()),
         )
 
     def _suppressed(self, alert: Alert, now: float) -> bool:
         labels = alert.labels
-        muted = any(s.matches(labels, now) for s in self._silences)
-        service = labels.get("service")
-        if not muted and service is not None and alert.severity < Severity.CRITICAL:
-            muted = any(
-                s.alert is not None
-                and s.alert.severity is Severity.CRITICAL
-                and s.alert.series_labels.get("service") == service
-                for s in self._alerting.values()
-            )
-        return muted
+        if any(s.matches(labels, now) for s in self._silences):
+            return True
+        targeted = [inhibition for inhibition in self.inhibitions if inhibition.is_target(labels)]
+        if not targeted:
+            return False
+        key = alert.key
+        for state in self._alerting.values():
+            source = state.alert
+            if source is None or source.state is not AlertState.FIRING or source.key == key:
+                continue
+            source_labels = source.labels
+            if any(inhibition.mutes(source_labels, labels) for inhibition in targeted):
+                return True
+        return False
 
     def _deliver(self, alert: Alert) -> None:
-        _log.info("alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
+        level = logging.INFO if alert.state is AlertState.RESOLVED else _LOG_LEVELS[alert.severity]
+        _log.log(level, "alert %s %s [%s]: %s", alert.name, alert.state.value, alert.severity.label, alert.summary)
         for sink in self.sinks:
             try:
                 sink.send(alert)

@@ -18,6 +18,7 @@ from opentelemetry import _logs, metrics
 from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Alert, AlertState, Severity
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
 from otel_eda.version import VERSION as __version__
@@ -29,9 +30,9 @@ _log = logging.getLogger("otel_eda.alerts")
 #: Instrumentation scope (logger) name of the alert log records.
 ALERT_LOGGER_NAME = "otel_eda.alerts"
 #: Event name of the alert log records (set where the logs API supports event names).
-ALERT_EVENT_NAME = "eda.alert"
+ALERT_EVENT_NAME = semconv.EVENT_ALERT
 #: Log record attribute carrying the alert's state, ``firing`` or ``resolved``.
-ATTR_ALERT_STATE = "eda.alert.state"
+ATTR_ALERT_STATE = semconv.EDA_ALERT_STATE
 
 _SEVERITY: Mapping[Severity, tuple[_logs.SeverityNumber, str]] = {
     Severity.INFO: (_logs.SeverityNumber.INFO, "INFO"),

@@ -43,7 +43,7 @@ from otel_eda.anomaly.series import SeriesConverter, SeriesPoint, ZeroFill
 from otel_eda.process_hooks import ExitHook, ForkHook, register_exit_hook, register_fork_hook
 from otel_eda.settings import Settings
 
-__all__ = ["AnomalyMetricReader", "attach"]
+__all__ = ["AnomalyMetricReader", "attach", "installed_reader"]
 
 _log = logging.getLogger(__name__)
 
@@ -157,9 +157,13 @@ class AnomalyMetricReader(MetricReader):
         try:
             if not self._resource_seen and metrics_data.resource_metrics:
                 self._resource_seen = True
-                service = metrics_data.resource_metrics[0].resource.attributes.get("service.name")
+                resource = metrics_data.resource_metrics[0].resource.attributes
+                service = resource.get("service.name")
                 if service is not None:
                     self.engine.resource_labels.setdefault("service", str(service))
+                host = resource.get("host.name")
+                if host is not None:  # else the engine's default: this machine's hostname
+                    self.engine.host_labels["host"] = str(host)
             self._evaluate(metrics_data)
         except Exception:
             internal_error("anomaly reader", "evaluating a collection")
@@ -186,14 +190,14 @@ class AnomalyMetricReader(MetricReader):
 
 
 def _engine_from_settings(settings: Settings) -> AnomalyEngine:
-    from otel_eda.anomaly.rules import default_rules, load_rules
+    from otel_eda.anomaly.rules import default_rule_set, load_rule_set
 
-    rules = default_rules()
+    rule_set = default_rule_set()
     if settings.rules_file:
-        try:
-            rules = load_rules(settings.rules_file)
+        try:  # parsed once per file version: configure() checked the same file already
+            rule_set = load_rule_set(settings.rules_file)
         except ValueError as exc:
-            _log.error("%s; using the default rule set", exc)
+            _log.error("invalid OTEL_EDA_RULES_FILE: %s; using the default rule set", exc)
     sinks: list[AlertSink] = []
     try:
         from otel_eda.anomaly.logsink import LogRecordSink
@@ -205,7 +209,7 @@ def _engine_from_settings(settings: Settings) -> AnomalyEngine:
         from otel_eda.anomaly.alertmanager import AlertmanagerSink
 
         sinks.append(AlertmanagerSink(settings.alertmanager_url))
-    return AnomalyEngine(rules, sinks, max_series=settings.max_series)
+    return AnomalyEngine(rule_set.rules, sinks, max_series=settings.max_series, inhibitions=rule_set.inhibitions)
 
 
 # Readers with a thread: a forked child (a pre-fork server's worker) restarts theirs, as the
@@ -235,3 +239,16 @@ def attach(provider: MeterProvider, reader: AnomalyMetricReader | None = None) -
     provider.add_metric_reader(reader)
     _attached.add(reader)
     return reader
+
+
+def installed_reader(provider: object | None = None) -> AnomalyMetricReader | None:
+    """The AnomalyMetricReader of ``provider`` (default: the global MeterProvider), if any."""
+    if provider is None:
+        from opentelemetry import metrics
+
+        provider = metrics.get_meter_provider()
+    consumer = getattr(provider, "_measurement_consumer", None)
+    for reader in getattr(consumer, "_reader_storages", {}):
+        if isinstance(reader, AnomalyMetricReader):
+            return reader
+    return None

@@ -18,24 +18,51 @@ Rules are declared in Python (:class:`Rule`) or in a YAML / JSON file named by
         escalate_after: 5m                  # severity rises one step if still firing
         escalate_factor: 1.5                # ... or at once when value > 1.5 x threshold
 
-A malformed file is reported as ``RulesFileError("<file>:<line>: <reason>")``.
+        scope: service                      # service | host (host: labelled with the host, no service)
+
+    inhibit:                                # optional; see otel_eda.anomaly.inhibition
+      - source_match: {alertname: QueueFull}
+        target_match: {alertname: QueueNearlyFull}
+        equal: [messaging.destination.name, messaging.consumer.group.name]
+
+A rules file replaces the default rule set *and* the default inhibitions. Reading one is
+bounded (:mod:`otel_eda.anomaly.rulesfile`); a malformed file is reported as
+``RulesFileError("<file>:<line>: <reason>")``. From Python, :func:`condition_rule` makes
+a rule from a plain ``condition(value) -> bool``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Severity
+from otel_eda.anomaly.inhibition import Inhibition
 
-__all__ = ["SIGNALS", "Rule", "RulesFileError", "default_rules", "load_rules", "parse_duration"]
+__all__ = [
+    "SCOPES",
+    "SIGNALS",
+    "Rule",
+    "RuleSet",
+    "RulesFileError",
+    "condition_rule",
+    "default_inhibitions",
+    "default_rule_set",
+    "default_rules",
+    "load_rule_set",
+    "load_rules",
+    "parse_duration",
+]
 
 SIGNALS = frozenset({"rate", "value", "count", "mean", "p95", "p99", "error_ratio"})
+#: ``service``: an alert about the reporting service (labelled ``service``); ``host``: about
+#: the machine it runs on (labelled ``host`` and ``scope=host``, never charged to a service).
+SCOPES = frozenset({"service", "host"})
 
 
 def parse_duration(value: object) -> float:
@@ -78,14 +105,19 @@ class Rule:
     escalate_after_s: float | None = None
     escalate_factor: float | None = 1.5
     summary: str = "{alert}: {metric} {signal} = {value:.4g} on {series}"
+    scope: str = "service"
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError("a rule needs a name")
         if self.signal not in SIGNALS:
             raise ValueError(f"unknown signal {self.signal!r}: use one of {', '.join(sorted(SIGNALS))}")
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError("a rule needs a metric name")
         if "kind" not in self.detector:
             raise ValueError("detector needs a 'kind'")
+        if self.scope not in SCOPES:
+            raise ValueError(f"unknown scope {self.scope!r}: use service or host")
         object.__setattr__(self, "severity", Severity.parse(self.severity))
         object.__setattr__(self, "match", MappingProxyType({str(k): str(v) for k, v in self.match.items()}))
         object.__setattr__(self, "detector", MappingProxyType(dict(self.detector)))
@@ -94,7 +126,7 @@ class Rule:
         if self.escalate_factor is not None and self.escalate_factor <= 1:
             raise ValueError("escalate_factor must be greater than 1")
         # build it once here so that a bad detector is reported with the rule
-        from otel_eda.anomaly.detectors import make_detector
+        from otel_eda.anomaly.registry import make_detector
 
         make_detector(**self.detector)
 
@@ -121,6 +153,7 @@ _FIELDS = frozenset(
         "resolve_after",
         "summary",
         "escalate_factor",
+        "scope",
     }
 )
 
@@ -147,93 +180,71 @@ def _rule_from_mapping(raw: Mapping[str, Any]) -> Rule:
         kwargs["escalate_after_s"] = parse_duration(raw["escalate_after"])
     if "detector" in kwargs and not isinstance(kwargs["detector"], Mapping):
         raise ValueError("detector must be a mapping with a 'kind'")
+    if "detector" in kwargs and kwargs["detector"].get("kind") == "condition":
+        raise ValueError("the 'condition' detector takes a Python callable: add the rule from Python (add_alert_rule)")
     if "match" in kwargs and not isinstance(kwargs["match"], Mapping):
         raise ValueError("match must be a mapping of attribute to value")
     return Rule(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class RuleSet:
+    """Rules and the inhibitions between their alerts: what a rules file holds."""
+
+    rules: tuple[Rule, ...]
+    inhibitions: tuple[Inhibition, ...] = ()
+
+
+def load_rule_set(path: str | Path) -> RuleSet:
+    """Read rules and inhibitions from a YAML (``otel-eda[rules]``) or JSON file, bounded.
+
+    Raises :class:`RulesFileError`. See :mod:`otel_eda.anomaly.rulesfile` for the limits;
+    the same unchanged file is parsed once per process.
+    """
+    from otel_eda.anomaly.rulesfile import read_rule_set
+
+    return read_rule_set(path)
+
+
 def load_rules(path: str | Path) -> list[Rule]:
-    """Read rules from a YAML (needs PyYAML: ``otel-eda[rules]``) or JSON file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RulesFileError(f"{path}:0: cannot read the rules file ({exc.strerror})") from None
-    is_yaml = path.suffix.lower() in (".yaml", ".yml")
-    items = _yaml_items(path, text) if is_yaml else _json_items(path, text)
-    rules: list[Rule] = []
-    names: set[str] = set()
-    for line, raw in items:
-        if not isinstance(raw, Mapping):
-            raise RulesFileError(f"{path}:{line}: each rule must be a mapping")
-        try:
-            rule = _rule_from_mapping(raw)
-        except (ValueError, TypeError) as exc:
-            raise RulesFileError(f"{path}:{line}: rule {raw.get('name', '?')!r}: {exc}") from None
-        if rule.name in names:
-            raise RulesFileError(f"{path}:{line}: duplicate rule name {rule.name!r}")
-        names.add(rule.name)
-        rules.append(rule)
-    return rules
+    """The rules of a rules file (:func:`load_rule_set` without the inhibitions)."""
+    return list(load_rule_set(path).rules)
 
 
-def _yaml_items(path: Path, text: str) -> list[tuple[int, Any]]:
-    try:
-        import yaml
-    except ImportError:
-        raise RulesFileError(f"{path}:0: YAML rules need PyYAML: pip install 'otel-eda[rules]'") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 0
-        raise RulesFileError(f"{path}:{line}: {getattr(exc, 'problem', None) or exc}") from None
-    seq = _rules_node(path, root, yaml)
-    loader = yaml.SafeLoader("")
-    items = []
-    for node in seq:
-        try:
-            items.append((node.start_mark.line + 1, loader.construct_document(node)))
-        except yaml.YAMLError as exc:  # e.g. a tag SafeLoader refuses (!!python/object)
-            mark = getattr(exc, "problem_mark", None) or node.start_mark
-            raise RulesFileError(f"{path}:{mark.line + 1}: {getattr(exc, 'problem', None) or exc}") from None
-    return items
+def condition_rule(
+    name: str,
+    condition: Callable[[float], object],
+    severity: Severity | str = Severity.WARNING,
+    description: str | None = None,
+    *,
+    metric: str,
+    signal: str = "value",
+    **fields: Any,
+) -> Rule:
+    """A rule that fires when ``condition(value)`` is true for a series of ``metric``.
 
+    ``description`` is the alert's summary (a template like :attr:`Rule.summary`);
+    ``fields`` are any other :class:`Rule` fields (``match``, ``labels``,
+    ``for_evaluations``, ``scope``, ...).
 
-def _rules_node(path: Path, root: Any, yaml: Any) -> list[Any]:
-    if isinstance(root, yaml.MappingNode):
-        for key, value in root.value:
-            if key.value == "rules":
-                root = value
-                break
-        else:
-            raise RulesFileError(f"{path}:{root.start_mark.line + 1}: expected a top-level 'rules:' list")
-    if not isinstance(root, yaml.SequenceNode):
-        line = root.start_mark.line + 1 if root is not None else 1
-        raise RulesFileError(f"{path}:{line}: expected a list of rules")
-    return list(root.value)
-
-
-def _json_items(path: Path, text: str) -> list[tuple[int, Any]]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RulesFileError(f"{path}:{exc.lineno}: {exc.msg}") from None
-    rules = data.get("rules") if isinstance(data, dict) else data
-    if not isinstance(rules, list):
-        raise RulesFileError(f"{path}:1: expected a list of rules (or an object with a 'rules' list)")
-    # JSON has no node positions: find each rule's line from its "name"
-    lines = []
-    search_from = 0
-    for raw in rules:
-        line = 1
-        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            index = text.find(json.dumps(raw["name"]), search_from)
-            if index >= 0:
-                line = text.count("\n", 0, index) + 1
-                search_from = index + 1
-        lines.append((line, raw))
-    return lines
+    >>> rule = condition_rule("queue-long", lambda depth: depth > 500, "critical",
+    ...                       "{series} holds {value:.0f} messages", metric="eda.bus.queue.depth")
+    >>> rule.severity.label, rule.detector["kind"]
+    ('critical', 'condition')
+    """
+    if not callable(condition):
+        raise ValueError(f"condition must be callable, got {type(condition).__name__}")
+    if description is not None:
+        fields["summary"] = description
+    return Rule(
+        name=name,
+        metric=metric,
+        signal=signal,
+        severity=Severity.parse(severity),
+        detector={"kind": "condition", "condition": condition},
+        escalate_factor=fields.pop("escalate_factor", None),
+        **fields,
+    )
 
 
 def default_rules() -> list[Rule]:
@@ -263,20 +274,20 @@ def default_rules() -> list[Rule]:
         Rule(
             name="dead-letters",
             alert="EventsDeadLettered",
-            metric="eda.bus.dead_letters",
+            metric=semconv.METRIC_DEAD_LETTERS,
             signal="rate",
             detector={"kind": "threshold", "op": "gt", "value": 0.0},
-            labels=("messaging.destination.name", "messaging.consumer.group.name"),
+            labels=(semconv.MESSAGING_DESTINATION_NAME, semconv.MESSAGING_CONSUMER_GROUP_NAME),
             escalate_factor=None,
             summary="events are being dead-lettered on {series}",
         ),
         Rule(
             name="event-age",
             alert="EventAgeHigh",
-            metric="eda.event.age",
+            metric=semconv.METRIC_EVENT_AGE,
             signal="p95",
             detector={"kind": "threshold", "op": "gt", "value": 5.0},
-            labels=("messaging.destination.name", "messaging.consumer.group.name"),
+            labels=(semconv.MESSAGING_DESTINATION_NAME, semconv.MESSAGING_CONSUMER_GROUP_NAME),
             for_evaluations=2,
             summary="events wait {value:.3g} s (p95) before {series} handles them",
         ),
@@ -291,15 +302,159 @@ def default_rules() -> list[Rule]:
             for_evaluations=3,
             escalate_factor=None,
             summary="CPU {series} is less than 10% idle ({value:.0%})",
+            scope="host",
         ),
         Rule(
             name="spans-lost",
             alert="SpansLost",
-            metric="eda.export.spans.lost",
+            metric=semconv.METRIC_SPANS_LOST,
             signal="rate",
             detector={"kind": "threshold", "op": "gt", "value": 0.0},
-            labels=("eda.reason", "eda.exporter", "otel.component.type"),
+            labels=(semconv.EDA_REASON, semconv.EDA_EXPORTER, "otel.component.type"),
             escalate_factor=None,
             summary="spans are being lost ({series}): {value:.3g} per second",
         ),
+        *_backpressure_rules(),
+        *_consumer_lag_rules(),
+        *_host_memory_rules(),
     ]
+
+
+_QUEUE_LABELS = (semconv.MESSAGING_SYSTEM, semconv.MESSAGING_DESTINATION_NAME, semconv.MESSAGING_CONSUMER_GROUP_NAME)
+_LAG_LABELS = (
+    semconv.MESSAGING_DESTINATION_NAME,
+    semconv.MESSAGING_DESTINATION_PARTITION_ID,
+    semconv.MESSAGING_CONSUMER_GROUP_NAME,
+)
+
+
+def _backpressure_rules() -> list[Rule]:
+    """Queues filling up, events dropped, publishers waiting: the embedded bus and brokers."""
+    return [
+        Rule(
+            name="queue-nearly-full",
+            alert="QueueNearlyFull",
+            metric=semconv.METRIC_QUEUE_UTILIZATION,
+            detector={"kind": "threshold", "op": "ge", "value": 0.8},
+            labels=_QUEUE_LABELS,
+            for_evaluations=2,
+            escalate_factor=None,
+            summary="the queue of {series} is {value:.0%} full",
+        ),
+        Rule(
+            name="queue-full",
+            alert="QueueFull",
+            metric=semconv.METRIC_QUEUE_UTILIZATION,
+            detector={"kind": "threshold", "op": "ge", "value": 1.0},
+            severity=Severity.CRITICAL,
+            labels=_QUEUE_LABELS,
+            escalate_factor=None,
+            summary="the queue of {series} is full: publishers wait, then drop events",
+        ),
+        Rule(
+            name="events-dropped",
+            alert="EventsDropped",
+            metric=semconv.METRIC_DROPPED,
+            signal="rate",
+            detector={"kind": "threshold", "op": "gt", "value": 0.0},
+            severity=Severity.CRITICAL,
+            labels=_QUEUE_LABELS,
+            escalate_factor=None,
+            summary="events are dropped because the queue of {series} stayed full ({value:.3g} per second)",
+        ),
+        Rule(
+            name="publish-waits",
+            alert="PublishWaits",
+            metric=semconv.METRIC_PUBLISH_WAIT,
+            signal="count",
+            detector={"kind": "threshold", "op": "gt", "value": 0.0},
+            labels=(semconv.MESSAGING_SYSTEM, semconv.MESSAGING_DESTINATION_NAME),
+            for_evaluations=2,
+            escalate_factor=None,
+            summary="publishers to {series} wait for room in a full queue ({value:.3g} per second)",
+        ),
+        Rule(
+            name="broker-queue-growing",
+            alert="BrokerQueueGrowing",
+            metric=semconv.METRIC_BROKER_QUEUE_DEPTH,
+            detector={"kind": "growth", "window": 12, "min_increase": 10},
+            labels=(semconv.MESSAGING_SYSTEM, semconv.MESSAGING_DESTINATION_NAME),
+            for_evaluations=2,
+            escalate_after_s=600.0,
+            escalate_factor=None,
+            summary="the broker queue {series} keeps growing ({value:.0f} messages): consumers fall behind",
+        ),
+    ]
+
+
+def _consumer_lag_rules() -> list[Rule]:
+    """A consumer group falling behind: its lag grows (a warning), or kept growing for 10 minutes."""
+    growth = {"kind": "growth", "window": 12, "min_increase": 10}
+    return [
+        Rule(
+            name="consumer-lag-growing",
+            alert="ConsumerLagGrowing",
+            metric=semconv.METRIC_CONSUMER_LAG,
+            detector=growth,
+            labels=_LAG_LABELS,
+            for_evaluations=2,
+            escalate_factor=None,
+            summary="consumer lag of {series} keeps growing ({value:.0f} messages behind)",
+        ),
+        Rule(
+            name="consumer-lag-critical",
+            alert="ConsumerLagCritical",
+            metric=semconv.METRIC_CONSUMER_LAG,
+            detector=growth,
+            severity=Severity.CRITICAL,
+            labels=_LAG_LABELS,
+            for_seconds=600.0,
+            escalate_factor=None,
+            summary="consumer lag of {series} has grown for 10 minutes ({value:.0f} messages behind)",
+        ),
+    ]
+
+
+def _host_memory_rules() -> list[Rule]:
+    """Memory pressure on the host (``system.memory.utilization`` of the used state)."""
+    return [
+        Rule(
+            name="host-memory",
+            alert="HostMemoryHigh",
+            metric="system.memory.utilization",
+            match={"state": "used"},
+            detector={"kind": "threshold", "op": "gt", "value": 0.9},
+            labels=(),
+            for_evaluations=3,
+            escalate_factor=None,
+            summary="host memory is {value:.0%} used",
+            scope="host",
+        ),
+        Rule(
+            name="host-memory-critical",
+            alert="HostMemoryCritical",
+            metric="system.memory.utilization",
+            match={"state": "used"},
+            detector={"kind": "threshold", "op": "gt", "value": 0.97},
+            severity=Severity.CRITICAL,
+            labels=(),
+            for_evaluations=2,
+            escalate_factor=None,
+            summary="host memory is {value:.0%} used: the kernel may kill processes",
+            scope="host",
+        ),
+    ]
+
+
+def default_inhibitions() -> list[Inhibition]:
+    """The default pairs: a critical alert mutes the warning about the same thing only."""
+    return [
+        Inhibition({"alertname": "QueueFull"}, {"alertname": "QueueNearlyFull"}, _QUEUE_LABELS),
+        Inhibition({"alertname": "ConsumerLagCritical"}, {"alertname": "ConsumerLagGrowing"}, _LAG_LABELS),
+        Inhibition({"alertname": "HostMemoryCritical"}, {"alertname": "HostMemoryHigh"}, ("host",)),
+    ]
+
+
+def default_rule_set() -> RuleSet:
+    """:func:`default_rules` with :func:`default_inhibitions`."""
+    return RuleSet(tuple(default_rules()), tuple(default_inhibitions()))

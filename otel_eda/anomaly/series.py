@@ -33,6 +33,7 @@ from opentelemetry.sdk.metrics.export import (
     Sum,
 )
 
+from otel_eda import semconv
 from otel_eda.anomaly.alerts import Exemplar
 
 __all__ = [
@@ -46,10 +47,10 @@ __all__ = [
 ]
 
 Attributes = tuple[tuple[str, str], ...]
-_ERROR_TYPE = "error.type"
+_ERROR_TYPE = semconv.ERROR_TYPE
 # error ratios are derived for these metrics only (otel-eda's retry and dead-letter
 # counters always carry error.type: their ratio would be a constant 1)
-_ERROR_RATIO_PREFIX = "messaging."
+_ERROR_RATIO_PREFIX = semconv.MESSAGING_PREFIX
 MAX_EXEMPLARS = 3
 
 

@@ -51,6 +51,7 @@ from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
 from otel_eda.environment_variables import OTEL_EDA_RULES_FILE
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator, install_log_filters
+from otel_eda.installation.logs import install_logs
 from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_processors, track_span_losses
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.sdk.sampling import LinkAwareSampler
@@ -163,6 +164,7 @@ def _configure(on_alert: Callable[[Alert], Any] | None, version: str | None, *, 
         )
         return
     _complete(settings, callbacks, quiet=sdk_error is not None)
+    install_logs(settings)
     _ensure_propagator()  # after the SDK: a declarative config file sets its own propagator
     _instrument_host_metrics()
     for variable, message in problems.items():
@@ -252,11 +254,15 @@ def _rules_file_problem(path: str) -> str | None:
 
 @functools.lru_cache(maxsize=8)
 def _check_rules_file(path: str, stamp: int) -> str | None:
-    """Load the rules file once per version of it, logging a problem once."""
-    from otel_eda.anomaly.rules import load_rules
+    """Check the rules file once per version of it, logging a problem once.
+
+    The parse is kept (:func:`otel_eda.anomaly.rules.load_rule_set`): the anomaly reader
+    built next takes the same rules without reading the file again.
+    """
+    from otel_eda.anomaly.rules import load_rule_set
 
     try:
-        load_rules(path)
+        load_rule_set(path)
     except Exception as exc:  # RulesFileError, or anything a broken file provokes
         _log.error("invalid OTEL_EDA_RULES_FILE: %s; using the default rule set", exc)
         return f"invalid OTEL_EDA_RULES_FILE: {exc}"

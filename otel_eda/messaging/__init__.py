@@ -18,6 +18,7 @@ A transport makes one :class:`Messaging` per client and calls it at each step:
 * **pull** (the application's own loop): ``messaging.received(...)`` makes the CLIENT
   ``receive`` span of a fetch (one link per message, none for an empty fetch);
   :class:`PullTracker` follows an iterator (see :mod:`~otel_eda.messaging.pull`);
+  ``messaging.process_batch(...)`` handles several messages in one CONSUMER span;
 * **settle**: ``messaging.settle_span(...)`` for an explicit ack/nack/commit when
   ``OTEL_EDA_SETTLE_SPANS=true``.
 
@@ -53,6 +54,7 @@ from otel_eda.messaging.carriers import (
     TEXT_SETTER,
 )
 from otel_eda.messaging.core import (
+    BatchProcessing,
     Incoming,
     Messaging,
     Outcome,
@@ -60,7 +62,9 @@ from otel_eda.messaging.core import (
     Publication,
     Rejected,
     current_processing,
+    error_message,
     error_type,
+    service_name,
 )
 from otel_eda.messaging.headers import Binding
 from otel_eda.messaging.pull import PullTracker
@@ -72,6 +76,7 @@ __all__ = [
     "HEADER_LIST_SETTER",
     "TEXT_GETTER",
     "TEXT_SETTER",
+    "BatchProcessing",
     "Binding",
     "Incoming",
     "Messaging",
@@ -82,5 +87,7 @@ __all__ = [
     "Rejected",
     "TraceMode",
     "current_processing",
+    "error_message",
     "error_type",
+    "service_name",
 ]

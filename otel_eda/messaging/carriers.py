@@ -54,6 +54,7 @@ __all__ = [
     "BytesSetter",
     "HeaderListGetter",
     "HeaderListSetter",
+    "SafeGetter",
     "TextGetter",
     "TextSetter",
     "as_text",
@@ -109,6 +110,8 @@ def _texts(value: object, name: str) -> list[str] | None:
 class TextGetter(Getter[Any]):
     """Reads any mapping of headers (values ``str``, ``bytes``, or anything else); never raises."""
 
+    safe = True
+
     def get(self, carrier: Any, key: str) -> list[str] | None:
         try:
             value = carrier.get(key)
@@ -142,6 +145,8 @@ class BytesSetter(Setter[MutableMapping[str, Any]]):
 class HeaderListGetter(Getter[Sequence[tuple[Any, Any]]]):
     """Reads a list of ``(name, value)`` tuples (Kafka); the last of duplicated names wins."""
 
+    safe = True
+
     def get(self, carrier: Sequence[tuple[Any, Any]], key: str) -> list[str] | None:
         found: object = None
         try:
@@ -173,6 +178,33 @@ class HeaderListSetter(Setter[MutableSequence[tuple[str, bytes]]]):
         for i in reversed(stale):
             del carrier[i]
         carrier.append((key, value.encode("utf-8")))
+
+
+class SafeGetter(Getter[Any]):
+    """Guards a getter of a transport's own: whatever it raises or returns, the result is
+    ``None`` or a list of ``str`` (failures counted in ``eda.propagation.invalid``)."""
+
+    safe = True
+
+    def __init__(self, inner: Getter[Any]) -> None:
+        self.inner = inner
+
+    def get(self, carrier: Any, key: str) -> list[str] | None:
+        try:
+            value = self.inner.get(carrier, key)
+            if value is None:
+                return None
+            return _texts(list(value) if not isinstance(value, str | bytes) else value, key)
+        except Exception:
+            count_invalid("carrier", "getter_failed")
+            return None
+
+    def keys(self, carrier: Any) -> list[str]:
+        try:
+            return [k for k in self.inner.keys(carrier) if isinstance(k, str)]
+        except Exception:
+            count_invalid("carrier", "getter_failed")
+            return []
 
 
 TEXT_GETTER: Final = TextGetter()

@@ -7,30 +7,35 @@ See :mod:`otel_eda.messaging` for the walk-through and a worked example.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextvars import Token
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.context import Context, attach, create_key, detach, get_value, set_value
+from opentelemetry.context import Context, attach, create_key, detach, get_current, get_value, set_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from otel_eda import semconv
+from otel_eda import redaction, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.identity.event import EventContext, current_event, incoming_event, with_event
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator
 from otel_eda.identity.validation import type_problem, valid_type
-from otel_eda.messaging.carriers import TEXT_GETTER, TEXT_SETTER
+from otel_eda.messaging.carriers import TEXT_GETTER, TEXT_SETTER, SafeGetter
 from otel_eda.messaging.headers import Binding, read_cloudevent, read_metadata, write_cloudevent, write_metadata
 from otel_eda.settings import CloudEventsMode, Settings, TraceMode
 from otel_eda.version import VERSION
 
 __all__ = [
+    "BatchProcessing",
     "Incoming",
     "Messaging",
     "Outcome",
@@ -95,19 +100,24 @@ def error_type(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def error_message(exc: BaseException) -> str:
-    """The exception's message as otel-eda writes it into records (bounded)."""
-    try:
-        text = str(exc)
-    except Exception:
-        return "<unprintable>"
-    return text if len(text) <= MAX_ERROR_MESSAGE else text[:MAX_ERROR_MESSAGE] + "…"
+def error_message(exc: BaseException) -> str | None:
+    """The exception's message as otel-eda writes it into records: bounded, under the
+    redaction policy (``None`` with ``OTEL_EDA_EXCEPTION_DETAIL=type``)."""
+    message = redaction.exception_message(exc)
+    if message is None or len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    return message[:MAX_ERROR_MESSAGE] + "…"
 
 
 def record_failure(span: trace.Span, exc: BaseException, etype: str) -> None:
-    """Mark ``span`` failed with ``exc``: the one place otel-eda writes an exception onto a span."""
+    """Mark ``span`` failed with ``exc``: the one place otel-eda writes an exception onto a span.
+
+    The ``exception`` event follows the redaction policy (:mod:`otel_eda.redaction`):
+    ``exception.type`` always, ``exception.message`` and ``exception.stacktrace`` as
+    ``OTEL_EDA_EXCEPTION_DETAIL`` allows, redaction patterns applied.
+    """
     if span.is_recording():
-        span.record_exception(exc)
+        span.add_event(semconv.EXCEPTION_EVENT, redaction.exception_attributes(exc))
         span.set_status(Status(StatusCode.ERROR, etype))
         span.set_attribute(semconv.ERROR_TYPE, etype)
 
@@ -143,7 +153,10 @@ class Messaging:
     ``service.name``). ``mode`` defaults to ``OTEL_EDA_TRACE_MODE``. ``binding``: the
     CloudEvents protocol binding of the transport's headers, if it has one.
     ``operation_duration``: record ``messaging.client.operation.duration`` for sends (off
-    for in-process transports, where a send is not a network operation).
+    for in-process transports, where a send is not a network operation). ``getter`` and
+    ``setter``: the pair for this transport's header carrier (default: a mapping of ``str``;
+    see :mod:`~otel_eda.messaging.carriers`); a getter of your own is guarded so that it can
+    never make ``extract`` raise.
     """
 
     def __init__(
@@ -159,8 +172,13 @@ class Messaging:
         settings: Settings | None = None,
         binding: Binding | None = None,
         operation_duration: bool = True,
+        getter: Getter[Any] = TEXT_GETTER,
+        setter: Setter[Any] = TEXT_SETTER,
     ) -> None:
         settings = settings or Settings.from_environ()
+        #: the carrier pair of this transport's headers (``publish``/``extract`` may override)
+        self.getter = getter if getattr(getter, "safe", False) else SafeGetter(getter)
+        self.setter = setter
         self.settings = settings
         self.system = system
         self.service = service or service_name(tracer_provider)
@@ -201,6 +219,12 @@ class Messaging:
         )
         self._dropped = meter.create_counter(
             semconv.METRIC_DROPPED, unit="{message}", description="Messages dropped because a queue stayed full"
+        )
+        self._publish_wait = meter.create_histogram(
+            semconv.METRIC_PUBLISH_WAIT,
+            unit="s",
+            description="Seconds a publish waited for room in a full queue (only publishes that waited)",
+            explicit_bucket_boundaries_advisory=list(semconv.DURATION_BUCKETS_S),
         )
         self._unrouted = meter.create_counter(
             semconv.METRIC_UNROUTED, unit="{message}", description="Messages published with no subscriber"
@@ -263,7 +287,8 @@ class Messaging:
     ) -> None:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
-        if not self.recorders:
+        recorders = self.recorders + default_recorders.installed()  # configure()'s, e.g. lifecycle logs
+        if not recorders:
             return
         record = LifecycleRecord(
             stage,
@@ -283,7 +308,7 @@ class Messaging:
             span_context.span_id if span_context is not None else 0,
             error_message(error) if error is not None else None,
         )
-        for recorder in self.recorders:
+        for recorder in recorders:
             try:
                 recorder.record(record)
             except Exception:
@@ -317,7 +342,7 @@ class Messaging:
         event_type: str,
         carrier: C,
         *,
-        setter: Setter[C] = TEXT_SETTER,  # type: ignore[assignment]
+        setter: Setter[C] | None = None,
         destination: str | None = None,
         business_key: str | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -344,7 +369,9 @@ class Messaging:
                 event = parent.child(event_type, business_key=business_key, metadata=metadata)
             else:
                 event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
-        return Publication(self, event, destination or event.event_type, carrier, setter, context, attributes)
+        return Publication(
+            self, event, destination or event.event_type, carrier, setter or self.setter, context, attributes
+        )
 
     def unrouted(self, event: EventContext, destination: str) -> None:
         """Count and record an event that no subscriber received.
@@ -359,13 +386,17 @@ class Messaging:
         self.record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
         _log.debug("no subscriber for %s", destination)
 
+    def publish_waited(self, destination: str, seconds: float) -> None:
+        """Record that a publish to ``destination`` waited ``seconds`` for room in a full queue."""
+        self._publish_wait.record(seconds, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
+
     def dropped(self, event: EventContext, destination: str, subscriber: str) -> None:
         """Count and record an event a subscriber missed because its queue stayed full."""
         self._dropped.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND, subscriber))
         self.record(Stage.DROPPED, event, trace.get_current_span().get_span_context(), subscriber=subscriber)
 
     # -- consuming ----------------------------------------------------------------------
-    def extract(self, carrier: C, *, destination: str, getter: Getter[C] = TEXT_GETTER) -> Incoming:
+    def extract(self, carrier: C, *, destination: str, getter: Getter[C] | None = None) -> Incoming:
         """Rebuild a message's event and its producer's context from its headers (no
         count, no record, no span). Never raises.
 
@@ -374,6 +405,10 @@ class Messaging:
         ``OTEL_EDA_CLOUDEVENTS=off``); else a new root event of type ``destination``
         (counted in ``eda.propagation.invalid``), so that nothing is lost.
         """
+        if getter is None:
+            getter = self.getter
+        elif not getattr(getter, "safe", False):
+            getter = SafeGetter(getter)
         try:
             ctx = self._propagator().extract(carrier, context=Context(), getter=getter)
         except Exception:
@@ -408,17 +443,17 @@ class Messaging:
             link = Link(producer, link_attrs)
         return Incoming(event, ctx, producer, link, destination)
 
-    def _deliver(self, message: Incoming, group: str) -> None:
+    def _deliver(self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS) -> None:
         """Count one delivery and record the event's age (once per message)."""
         message.delivered = True
-        attrs = self._attrs(message.destination, semconv.OPERATION_TYPE_PROCESS, group)
+        attrs = self._attrs(message.destination, operation, group)
         self._consumed.add(1, attrs)
         age = (time.time_ns() - message.event.created_ns) / 1e9
         if age < 0:
             self._skewed.add(1, attrs)
             age = 0.0
         self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
-        self.record(Stage.RECEIVED, message.event, message.producer, subscriber=group or None)
+        self.record(Stage.RECEIVED, message.event, message.producer, subscriber=group or self.service)
 
     def received(
         self,
@@ -471,14 +506,14 @@ class Messaging:
         )
         for message in messages:
             if not message.delivered:
-                self._deliver(message, group)
+                self._deliver(message, group, operation_name)
 
     def process(
         self,
         message: Incoming | Any,
         *,
         destination: str | None = None,
-        getter: Getter[Any] = TEXT_GETTER,
+        getter: Getter[Any] | None = None,
         consumer_group: str | None = None,
         attempt: int = 1,
         queued_s: float | None = None,
@@ -505,16 +540,37 @@ class Messaging:
             message = self.extract(message, destination=destination, getter=getter)
         return Processing(self, message, consumer_group or "", attempt, queued_s, attributes, context)
 
+    def process_batch(
+        self,
+        messages: Sequence[Incoming],
+        *,
+        destination: str | None = None,
+        consumer_group: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
+        context: Context | None = None,
+    ) -> BatchProcessing:
+        """Start handling several messages at once (a batch handler): use as
+        ``with messaging.process_batch(messages) as batch: ...``.
+
+        One CONSUMER span ``process {destination}`` (just ``process`` when the batch spans
+        several destinations) with one link per message, never parented on a creation
+        context (the conventions' rule for a span covering several messages): on the
+        ambient span if one is current, else a new trace. Each message is counted as
+        delivered (unless :meth:`received` did) and gets one lifecycle record per outcome.
+        """
+        return BatchProcessing(self, messages, destination, consumer_group or "", attributes, context)
+
     def settle_span(
         self, destination: str, operation_name: str, *, context: Context | None = None
     ) -> trace.Span | None:
-        """A started ``settle {destination}`` CLIENT span for an explicit ack, nack, reject
-        or commit, or ``None`` unless ``OTEL_EDA_SETTLE_SPANS=true``. End it when the
-        operation returns (``span.end()``)."""
+        """A started settle CLIENT span for an explicit ack, nack, reject or commit, or
+        ``None`` unless ``OTEL_EDA_SETTLE_SPANS=true``. Named ``{operation_name}
+        {destination}`` as the conventions name every messaging span (``ack orders``), with
+        ``messaging.operation.type=settle``. End it when the operation returns."""
         if not self.settings.settle_spans:
             return None
         return self._tracer.start_span(
-            f"{semconv.OPERATION_TYPE_SETTLE} {destination}",
+            f"{operation_name} {destination}",
             context,
             kind=SpanKind.CLIENT,
             attributes={
@@ -646,7 +702,7 @@ class Processing:
         self.attempt = attempt
         self.outcome: Outcome | None = None
         self._open = [True]  # popped exactly once, by whichever thread settles first
-        self._tokens: list[object] = []
+        self._tokens: list[tuple[Token[Context], object]] = []
         if not message.delivered:
             m._deliver(message, group)
         ambient = trace.get_current_span(context)
@@ -691,12 +747,15 @@ class Processing:
     # -- context ------------------------------------------------------------------------
     def attach(self) -> None:
         """Make this attempt's context current (``__enter__`` does it)."""
-        self._tokens.append(attach(self.context))
+        self._tokens.append((attach(self.context), _owner()))
 
     def detach(self) -> None:
-        """Undo :meth:`attach` (in the same thread or task)."""
+        """Undo :meth:`attach`. Only the thread or task that attached can: called from
+        another one (an async generator closed by the event loop, say) it does nothing."""
         while self._tokens:
-            detach(self._tokens.pop())  # type: ignore[arg-type]
+            token, owner = self._tokens.pop()
+            if owner == _owner():
+                detach(token)
 
     def __enter__(self) -> Processing:
         self.attach()
@@ -712,7 +771,9 @@ class Processing:
             self.settle(Outcome.FAILED, exc)
 
     # -- settling -----------------------------------------------------------------------
-    def settle(self, outcome: Outcome, exc: BaseException | None = None, *, end_ns: int | None = None) -> float:
+    def settle(
+        self, outcome: Outcome, exc: BaseException | None = None, *, end_ns: int | None = None, truncated: bool = False
+    ) -> float:
         """End the attempt with ``outcome`` (once: later calls do nothing and return 0).
 
         Records its duration (``messaging.process.duration``), counts retries and dead
@@ -739,6 +800,8 @@ class Processing:
                 m._dead_letters.add(1, attrs, context=exemplar)
             if span.is_recording():
                 span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
+                if truncated:
+                    span.set_attribute(semconv.EDA_PROCESS_TRUNCATED, True)
                 if exc is not None and outcome is not Outcome.COMPLETED:
                     record_failure(span, exc, etype)
                 elif outcome is not Outcome.COMPLETED:
@@ -749,7 +812,7 @@ class Processing:
                 _STAGES[outcome],
                 self.event,
                 span.get_span_context(),
-                subscriber=self._group or None,
+                subscriber=self._group or m.service,
                 attempt=self.attempt,
                 duration_s=seconds,
                 error=exc if outcome is not Outcome.COMPLETED else None,
@@ -787,13 +850,138 @@ class Processing:
             event.metadata,
         )
         self.span.set_attribute(semconv.EDA_BUSINESS_KEY, key)
-        self.context = set_value(_PROCESSING_KEY, self, with_event(self.event, self.context))
-        if self._tokens:  # the handler's own code should see the new key from now on
-            self._tokens.append(attach(self.context))
+        previous = self.context
+        self.context = set_value(_PROCESSING_KEY, self, with_event(self.event, previous))
+        if self._tokens and get_current() is previous:
+            # the handler's own code (in the thread or task that attached) sees the new key from
+            # now on; a nested span of the handler, or another thread, is left alone
+            self._tokens.append((attach(self.context), _owner()))
         self._messaging.record(
             Stage.KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
         )
         return True
+
+
+class BatchProcessing:
+    """The handling of a batch of messages (see :meth:`Messaging.process_batch`)."""
+
+    __slots__ = (
+        "_group",
+        "_messaging",
+        "_open",
+        "_started",
+        "_token",
+        "context",
+        "destination",
+        "messages",
+        "outcome",
+        "span",
+    )
+
+    def __init__(
+        self,
+        messaging: Messaging,
+        messages: Sequence[Incoming],
+        destination: str | None,
+        group: str,
+        attributes: Mapping[str, Any] | None,
+        context: Context | None,
+    ) -> None:
+        self._messaging = m = messaging
+        self.messages = tuple(messages)
+        destinations = {message.destination for message in self.messages}
+        self.destination = destination or (next(iter(destinations)) if len(destinations) == 1 else None)
+        self._group = group
+        self.outcome: Outcome | None = None
+        self._open = [True]
+        for message in self.messages:
+            if not message.delivered:
+                m._deliver(message, group)
+        attrs: dict[str, Any] = {
+            semconv.MESSAGING_SYSTEM: m.system,
+            semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_PROCESS,
+            semconv.MESSAGING_OPERATION_NAME: semconv.OPERATION_TYPE_PROCESS,
+            semconv.MESSAGING_BATCH_MESSAGE_COUNT: len(self.messages),
+        }
+        if self.destination is not None:
+            attrs[semconv.MESSAGING_DESTINATION_NAME] = self.destination
+        if group:
+            attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+        if attributes:
+            attrs.update(attributes)
+        ambient = trace.get_current_span(context)
+        parent = context if ambient.get_span_context().is_valid else trace.set_span_in_context(trace.INVALID_SPAN)
+        self.span = m._tracer.start_span(
+            f"process {self.destination}" if self.destination else "process",
+            parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attrs,
+            links=[message.link for message in self.messages if message.link is not None],
+        )
+        self.context = trace.set_span_in_context(self.span, context)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> BatchProcessing:
+        self._token = attach(self.context)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        detach(self._token)
+        if exc is None:
+            self.settle(Outcome.COMPLETED)
+        else:
+            self.settle(Outcome.REJECTED if isinstance(exc, Rejected) else Outcome.FAILED, exc)
+
+    def settle(self, outcome: Outcome, exc: BaseException | None = None) -> float:
+        """End the batch's handling with ``outcome`` for every message (once)."""
+        try:
+            self._open.pop()
+        except IndexError:
+            return 0.0
+        m = self._messaging
+        outcome = Outcome(outcome)
+        self.outcome = outcome
+        seconds = time.perf_counter() - self._started
+        span = self.span
+        try:
+            failed = exc is not None and outcome is not Outcome.COMPLETED
+            etype = error_type(exc) if failed and exc is not None else ""
+            attrs = m._attrs(self.destination or "", semconv.OPERATION_TYPE_PROCESS, self._group, etype)
+            m._duration.record(seconds, attrs, context=self.context)
+            if outcome is Outcome.RETRIED:
+                m._retries.add(len(self.messages), attrs, context=self.context)
+            elif outcome is Outcome.DEAD_LETTERED:
+                m._dead_letters.add(len(self.messages), attrs, context=self.context)
+            if span.is_recording():
+                span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
+                if failed and exc is not None:
+                    record_failure(span, exc, etype)
+                elif outcome is not Outcome.COMPLETED:
+                    span.set_status(Status(StatusCode.ERROR, outcome.value))
+            for message in self.messages:
+                m.record(
+                    _STAGES[outcome],
+                    message.event,
+                    span.get_span_context(),
+                    subscriber=self._group or m.service,
+                    attempt=1,
+                    duration_s=seconds,
+                    error=exc if failed else None,
+                )
+        except Exception:
+            internal_error("messaging", "settling a batch")
+        finally:
+            span.end()
+        return seconds
+
+
+def _owner() -> object:
+    """Who may detach a token: the current asyncio task, else the current thread."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return task if task is not None else threading.get_ident()
 
 
 def current_processing(context: Context | None = None) -> Processing | None:

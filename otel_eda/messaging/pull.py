@@ -11,7 +11,7 @@ A pull loop has no handler call to wrap, so a message's process span cannot end 
 
 * the loop unchanged, wrapped by :class:`PullTracker`: each message's process span starts
   when the message is handed over, with its event, span and baggage current in the loop
-  body, and ends at the earliest of: the next message requested, :meth:`PullTracker.end_current`
+  body, and ends at the earliest of: the next message requested (before the fetch), :meth:`PullTracker.end_current`
   (an instrumentation calls it on commit, seek or close), the loop ending, or
   ``OTEL_EDA_PROCESS_SPAN_MAX_S`` seconds (default 30) — then the span ends at exactly
   that time and carries ``eda.process.truncated=true``. An exception leaving the loop body
@@ -31,19 +31,15 @@ True
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import os
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from opentelemetry.propagators.textmap import Getter
 
-from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.messaging.carriers import TEXT_GETTER
 from otel_eda.messaging.core import Messaging, Outcome, Processing
 from otel_eda.process_hooks import ForkHook, register_fork_hook
 
@@ -55,7 +51,9 @@ M = TypeVar("M")
 class PullTracker(Generic[M]):
     """Follows one pull consumer: at most one open process span at a time.
 
-    ``carrier(message)`` returns the message's headers, read with ``getter``;
+    ``carrier(message)`` returns the message's headers, read with ``getter`` (default: the
+    messaging's own), or the :class:`~otel_eda.messaging.Incoming` that
+    :meth:`Messaging.received` already counted for it (then it is not counted twice);
     ``destination`` is a name or a function of the message; ``attributes(message)`` adds
     span attributes (partition, offset, ...); ``attempt(message)`` gives the transport's
     delivery count, when it has one.
@@ -67,7 +65,7 @@ class PullTracker(Generic[M]):
         *,
         destination: str | Callable[[M], str],
         carrier: Callable[[M], Any],
-        getter: Getter[Any] = TEXT_GETTER,
+        getter: Getter[Any] | None = None,
         consumer_group: str | None = None,
         attributes: Callable[[M], dict[str, Any]] | None = None,
         attempt: Callable[[M], int] | None = None,
@@ -97,7 +95,7 @@ class PullTracker(Generic[M]):
         )
         processing.attach()
         self.current = processing
-        _reaper.watch(processing, self.max_s)
+        _reaper.watch(self, processing, self.max_s)
         return processing
 
     def end_current(self) -> None:
@@ -110,82 +108,107 @@ class PullTracker(Generic[M]):
             processing.settle(Outcome.COMPLETED)
 
     def wrap(self, messages: Iterable[M]) -> Iterator[M]:
-        """Yield ``messages`` with each one's process span current in the loop body."""
+        """Yield ``messages`` with each one's process span current in the loop body; a
+        message's span ends *before* the next one is fetched (the fetch is not its work)."""
+        iterator = iter(messages)
         try:
-            for message in messages:
+            while True:
+                self.end_current()
                 try:
-                    self.start(message)
-                except Exception:
-                    internal_error("pull", "starting a process span")
+                    message = next(iterator)
+                except StopIteration:
+                    return
+                self._start_guarded(message)
                 yield message
         finally:
             self.end_current()
 
     async def awrap(self, messages: AsyncIterable[M]) -> AsyncIterator[M]:
-        """:meth:`wrap` for an async iterator (``async for``)."""
+        """:meth:`wrap` for an async iterator (``async for``). If the loop may ``break`` or
+        raise, close it in the same task so the context is restored there:
+        ``async with contextlib.aclosing(tracker.awrap(consumer)) as records: ...``
+        (an async generator left open is closed later by the event loop, in another task)."""
+        iterator = aiter(messages)
         try:
-            async for message in messages:
+            while True:
+                self.end_current()
                 try:
-                    self.start(message)
-                except Exception:
-                    internal_error("pull", "starting a process span")
+                    message = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+                self._start_guarded(message)
                 yield message
         finally:
             self.end_current()
 
+    def _start_guarded(self, message: M) -> None:
+        try:
+            self.start(message)
+        except Exception:
+            internal_error("pull", "starting a process span")
+
 
 class _Reaper:
-    """One daemon thread ending process spans left open past their maximum."""
+    """One daemon thread ending process spans left open past their maximum.
+
+    It watches trackers, not messages: each tracker has at most one open span, so what it
+    holds is bounded by the number of live trackers (weakly referenced).
+    """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Processing]] = []
-        self._seq = itertools.count()
+        self._watched: weakref.WeakKeyDictionary[PullTracker[Any], tuple[float, Processing]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
-    def watch(self, processing: Processing, max_s: float) -> None:
+    def watch(self, tracker: PullTracker[Any], processing: Processing, max_s: float) -> None:
         deadline = time.monotonic() + max_s
         with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), processing))
+            new = tracker not in self._watched
+            self._watched[tracker] = (deadline, processing)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="otel-eda-process-span-reaper", daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is processing:
+            elif new:  # a tracker's deadlines only move later: wake the thread for new ones only
                 self._cond.notify()
 
     def _run(self) -> None:
         while True:
+            overdue: list[tuple[float, Processing]] = []
             with self._cond:
-                while self._heap and self._heap[0][2].settled:
-                    heapq.heappop(self._heap)
-                if not self._heap:
-                    self._cond.wait(60.0)
-                    if not self._heap:
-                        self._thread = None
-                        return
+                now = time.monotonic()
+                earliest = None
+                for tracker, (deadline, processing) in list(self._watched.items()):
+                    if processing.settled:
+                        continue
+                    if deadline <= now:
+                        overdue.append((deadline, processing))
+                        del self._watched[tracker]
+                    elif earliest is None or deadline < earliest:
+                        earliest = deadline
+                if not overdue:
+                    if earliest is None and not self._watched:
+                        self._cond.wait(60.0)
+                        if not self._watched:
+                            self._thread = None
+                            return
+                        continue
+                    self._cond.wait(earliest - now if earliest is not None else 1.0)
                     continue
-                deadline, _, processing = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            self._expire(processing, deadline)
+            for deadline, processing in overdue:
+                self._expire(processing, deadline)
 
     @staticmethod
     def _expire(processing: Processing, deadline: float) -> None:
-        if processing.settled:
-            return
         try:
-            overdue_ns = int((time.monotonic() - deadline) * 1e9)
-            processing.span.set_attribute(semconv.EDA_PROCESS_TRUNCATED, True)
-            processing.settle(Outcome.COMPLETED, end_ns=time.time_ns() - max(0, overdue_ns))
+            overdue_ns = max(0, int((time.monotonic() - deadline) * 1e9))
+            processing.settle(Outcome.COMPLETED, end_ns=time.time_ns() - overdue_ns, truncated=True)
         except Exception:
             internal_error("pull", "ending an overdue process span")
 
     def after_fork_in_child(self) -> None:
-        self._heap = []
+        self._watched = weakref.WeakKeyDictionary()
         self._cond = threading.Condition()
         self._thread = None
 

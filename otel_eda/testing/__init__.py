@@ -42,6 +42,7 @@ from otel_eda.anomaly.rules import Rule, default_rules
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
+from otel_eda.messaging import Messaging
 from otel_eda.sdk.processor import EventSpanProcessor
 from otel_eda.sdk.sampling import LinkAwareSampler
 from otel_eda.transports.bus import EventBus
@@ -98,6 +99,12 @@ class TelemetryCapture:
         kwargs.setdefault("tracer_provider", self.tracer_provider)
         kwargs.setdefault("meter_provider", self.meter_provider)
         return EventBus(**kwargs)
+
+    def messaging(self, system: str, **kwargs: Any) -> Messaging:
+        """A :class:`~otel_eda.messaging.Messaging` on this capture's providers."""
+        kwargs.setdefault("tracer_provider", self.tracer_provider)
+        kwargs.setdefault("meter_provider", self.meter_provider)
+        return Messaging(system, **kwargs)
 
     # -- spans --------------------------------------------------------------------------
     def spans(self, *, name: str | None = None, kind: SpanKind | None = None) -> list[ReadableSpan]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -44,7 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context, attach, detach
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
@@ -52,8 +53,7 @@ from otel_eda._selfmetrics import internal_error
 from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
-from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_type
-from otel_eda.messaging.core import service_name
+from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_message, error_type, service_name
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
@@ -71,6 +71,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 DEAD_LETTERS_KEPT: Final = 1000
+_NO_AMBIENT_SPAN: Final = Context()
 
 
 class BusFull(Exception):
@@ -122,13 +123,25 @@ class WireMessage:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An event every attempt of a subscriber failed on (picklable when its payload is)."""
+    """An event every attempt of a subscriber failed on (picklable when its payload is).
+
+    ``error_message`` is the last exception's message under the redaction policy (``None``
+    with ``OTEL_EDA_EXCEPTION_DETAIL=type``); the ``repr`` names the payload's type only.
+    """
 
     event: EventContext
     payload: Any
     subscriber: str
     attempts: int
     error_type: str
+    error_message: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DeadLetter(event={self.event.event_type} {self.event.event_id}, payload=<{type(self.payload).__name__}>, "
+            f"subscriber={self.subscriber!r}, attempts={self.attempts}, error_type={self.error_type!r}, "
+            f"error_message={self.error_message!r})"
+        )
 
 
 class Outlet(Protocol):
@@ -202,13 +215,13 @@ async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> N
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -> BaseException | None:
-    """Run one handler attempt with the event's context attached; return what it raised.
+async def _run_handler(handler: Handler, delivery: Delivery, processing: Processing) -> BaseException | None:
+    """Run one handler attempt with the attempt's context attached; return what it raised.
 
     A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
     failure of that attempt; one that cancels the bus's own worker is re-raised.
     """
-    token = attach(context)
+    processing.attach()
     try:
         await _call(handler, delivery)
     except asyncio.CancelledError as exc:
@@ -219,7 +232,7 @@ async def _run_handler(handler: Handler, delivery: Delivery, context: Context) -
     except Exception as exc:
         return exc
     finally:
-        detach(token)
+        processing.detach()
     return None
 
 
@@ -309,7 +322,11 @@ class EventBus:
             except RuntimeError:
                 self._unstarted = True  # started by the first publish/deliver/join in a loop
                 return
-            sub.task = loop.create_task(self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}")
+            # A fresh context: a worker started inside a handler or a request must not inherit
+            # its span (the process spans would become that span's children).
+            sub.task = loop.create_task(
+                self._worker(sub), name=f"otel-eda:{sub.event_type}:{sub.name}", context=contextvars.Context()
+            )
 
     def _start_all(self) -> None:
         if not self._unstarted:
@@ -383,12 +400,14 @@ class EventBus:
                 waiting.append(sub)
         if not waiting:
             return []
+        started = time.perf_counter()
         puts = {asyncio.ensure_future(sub.queue.put(message)): sub for sub in waiting}
         done, pending = await asyncio.wait(puts, timeout=self.publish_timeout_s)
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        self.messaging.publish_waited(message.destination, time.perf_counter() - started)
         return [puts[t].name for t in puts if t not in done or t.cancelled()]
 
     async def deliver(self, message: WireMessage) -> None:
@@ -429,10 +448,12 @@ class EventBus:
         attempt_no = 0
         while True:
             attempt_no += 1
-            processing = messaging.process(incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited)
+            processing = messaging.process(
+                incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
+            )
             delivery = Delivery(self, processing, message.payload, sub.name)
             try:
-                exc = await _run_handler(sub.handler, delivery, processing.context)
+                exc = await _run_handler(sub.handler, delivery, processing)
             except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
                 processing.settle(Outcome.FAILED, cancelled)
                 raise
@@ -440,12 +461,13 @@ class EventBus:
                 processing.settle(Outcome.COMPLETED)
                 return
             if isinstance(exc, Rejected):
-                processing.settle(Outcome.REJECTED, exc)
-                _log.info("%s rejected %s: %s", sub.name, message.destination, error_type(exc))
+                processing.settle(Outcome.REJECTED, exc)  # logged by the lifecycle logs (INFO)
                 return
             if attempt_no >= sub.retry.max_attempts:
                 processing.settle(Outcome.DEAD_LETTERED, exc)
-                letter = DeadLetter(processing.event, message.payload, sub.name, attempt_no, error_type(exc))
+                letter = DeadLetter(
+                    processing.event, message.payload, sub.name, attempt_no, error_type(exc), error_message(exc)
+                )
                 await self._dead_letter(letter)
                 return
             processing.settle(Outcome.RETRIED, exc)
@@ -454,15 +476,7 @@ class EventBus:
             waited = time.perf_counter() - started
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.append(letter)
-        _log.warning(
-            "event %s (%s) dead-lettered by %s after %d attempts (%s)",
-            letter.event.event_id,
-            letter.event.event_type,
-            letter.subscriber,
-            letter.attempts,
-            letter.error_type,
-        )
+        self.dead_letters.append(letter)  # logged by the lifecycle logs (ERROR)
         for handler in self._dead_letter_handlers:
             try:
                 await _call(handler, letter)
@@ -533,6 +547,27 @@ def _register_depth(meter: metrics.Meter, buses: weakref.WeakSet[EventBus]) -> N
         unit="{message}",
         description="Messages waiting in a subscriber queue of the embedded bus",
     )
+    meter.create_observable_gauge(
+        semconv.METRIC_QUEUE_UTILIZATION,
+        callbacks=[functools.partial(_observe_utilization, buses)],
+        unit="1",
+        description="Messages waiting in a subscriber queue of the embedded bus, as a share of its queue_size",
+    )
+
+
+def _observe_utilization(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(
+            depth / bus.queue_size,
+            {
+                semconv.MESSAGING_SYSTEM: bus.messaging.system,
+                semconv.MESSAGING_DESTINATION_NAME: event_type,
+                semconv.MESSAGING_CONSUMER_GROUP_NAME: name,
+            },
+        )
+        for bus in list(buses)
+        for (event_type, name), depth in bus.queue_depths().items()
+    ]
 
 
 def _observe_depth(buses: Iterable[EventBus], options: CallbackOptions) -> Iterable[Observation]:
