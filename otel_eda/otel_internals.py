@@ -29,6 +29,7 @@ __all__ = [
     "CHECKED_VERSIONS",
     "batch_worker",
     "configure_sdk",
+    "current_context_getter",
     "drop_metrics",
     "encode_zipkin_v2_span",
     "exporter_names",
@@ -38,6 +39,7 @@ __all__ = [
     "live_attributes",
     "log_record_processors",
     "metric_readers",
+    "prepend_log_record_processor",
     "propagators_of",
     "running_system_metrics_instrumentor",
     "sampler_from_environment",
@@ -185,6 +187,22 @@ def log_record_processors(provider: object) -> tuple[Any, ...]:
     return tuple(getattr(multi, "_log_record_processors", ()))
 
 
+def prepend_log_record_processor(provider: object, processor: object) -> bool:
+    """Put ``processor`` first among an SDK LoggerProvider's processors (the SDK only appends).
+
+    ``LoggerProvider._multi_log_record_processor`` with its ``_log_record_processors`` tuple
+    and ``_lock`` (sdk 1.45.0, 1.45.1). Returns False, changing nothing, when they are not
+    there.
+    """
+    multi = getattr(provider, "_multi_log_record_processor", None)
+    lock = getattr(multi, "_lock", None)
+    if not isinstance(getattr(multi, "_log_record_processors", None), tuple) or lock is None:
+        return False
+    with lock:
+        multi._log_record_processors = (processor, *multi._log_record_processors)  # type: ignore[union-attr]
+    return True
+
+
 def running_system_metrics_instrumentor() -> Any:
     """The ``SystemMetricsInstrumentor`` singleton if one was built, else None.
 
@@ -275,7 +293,23 @@ def encode_zipkin_v2_span(encoder: Any, span: Any, encoded_local_endpoint: Any) 
     return encode(encoder, span, encoded_local_endpoint)
 
 
-# ----------------------------------------------------------------------------- API context keys
+# ----------------------------------------------------------------------------- API context
+
+
+def current_context_getter() -> Callable[[], Any] | None:
+    """The ``get`` of the ``ContextVar`` holding the current context, or None.
+
+    ``opentelemetry.context._RUNTIME_CONTEXT._current_context`` (api 1.45.0, 1.45.1; the
+    default ``contextvars_context`` runtime): reading it directly saves three Python calls
+    per read. None for any other runtime context (an ``OTEL_PYTHON_CONTEXT`` plug-in): read
+    ``opentelemetry.context.get_current()`` then.
+    """
+    import contextvars
+
+    from opentelemetry import context as api
+
+    variable = getattr(getattr(api, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    return variable.get if isinstance(variable, contextvars.ContextVar) else None
 
 
 def suppress_instrumentation(context: Any = None) -> Any:

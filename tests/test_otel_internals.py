@@ -331,3 +331,32 @@ def test_suppress_instrumentation() -> None:
     finally:
         context.detach(token)
     assert is_instrumentation_enabled()
+
+
+def test_prepend_log_record_processor() -> None:
+    first, second = (SimpleLogRecordProcessor(InMemoryLogRecordExporter()) for _ in range(2))
+    provider = LoggerProvider()
+    provider.add_log_record_processor(second)
+    done = otel_internals.prepend_log_record_processor(provider, first)
+    found = otel_internals.log_record_processors(provider)
+    assert done and found == (first, second), _changed(
+        "opentelemetry-sdk",
+        "LoggerProvider._multi_log_record_processor._log_record_processors / _lock",
+        f"prepended: {done}, found {found!r}",
+    )
+
+
+def test_current_context_getter() -> None:
+    from opentelemetry import context
+
+    get = otel_internals.current_context_getter()
+    assert get is not None, _changed(
+        "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not a ContextVar"
+    )
+    token = context.attach(context.set_value("probe", 1))
+    try:
+        assert get() is context.get_current(), _changed(
+            "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not the current context"
+        )
+    finally:
+        context.detach(token)

@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
+from otel_eda import otel_internals
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
@@ -247,8 +248,7 @@ def installed_reader(provider: object | None = None) -> AnomalyMetricReader | No
         from opentelemetry import metrics
 
         provider = metrics.get_meter_provider()
-    consumer = getattr(provider, "_measurement_consumer", None)
-    for reader in getattr(consumer, "_reader_storages", {}):
+    for reader in otel_internals.metric_readers(provider):
         if isinstance(reader, AnomalyMetricReader):
             return reader
     return None
