@@ -71,3 +71,15 @@ OTEL_EDA_REDACT_PATTERNS: Final = "OTEL_EDA_REDACT_PATTERNS"
 
 OTEL_EDA_REDACT_PATTERNS_FILE: Final = "OTEL_EDA_REDACT_PATTERNS_FILE"
 """A file of patterns to redact, one a line (``card_number``, ``email`` or a regex; ``#`` comments)."""
+
+OTEL_EDA_FLOW_ZIPKIN_URL: Final = "OTEL_EDA_FLOW_ZIPKIN_URL"
+"""``otel-eda flow``: Zipkin's base URL, e.g. ``http://127.0.0.1:9411`` (default: none)."""
+
+OTEL_EDA_FLOW_JAEGER_URL: Final = "OTEL_EDA_FLOW_JAEGER_URL"
+"""``otel-eda flow``: Jaeger's query service base URL, e.g. ``http://127.0.0.1:16686`` (default: none)."""
+
+OTEL_EDA_FLOW_FILE: Final = "OTEL_EDA_FLOW_FILE"
+"""``otel-eda flow``: span files or directories, separated by ``os.pathsep`` (default: none)."""
+
+OTEL_EDA_FLOW_LOOKBACK: Final = "OTEL_EDA_FLOW_LOOKBACK"
+"""``otel-eda flow``: seconds back from now that a Zipkin or Jaeger search covers (default 86400)."""

@@ -18,6 +18,10 @@ variable                         default   meaning
 ``OTEL_EDA_EXCEPTION_DETAIL``    message   ``type``, ``message`` or ``full``
 ``OTEL_EDA_REDACT_PATTERNS``     (none)    ``card_number``, ``email``, regexes (``,``-separated)
 ``OTEL_EDA_REDACT_PATTERNS_FILE`` (none)   the same, one a line, from a file
+``OTEL_EDA_FLOW_ZIPKIN_URL``     (none)    ``otel-eda flow``: Zipkin base URL
+``OTEL_EDA_FLOW_JAEGER_URL``     (none)    ``otel-eda flow``: Jaeger query base URL
+``OTEL_EDA_FLOW_FILE``           (none)    ``otel-eda flow``: span files (os.pathsep)
+``OTEL_EDA_FLOW_LOOKBACK``       86400     ``otel-eda flow``: seconds searched back
 =============================== ========= ============================================
 
 An invalid value is reported once per process as one ERROR naming the variable, the value
@@ -55,6 +59,10 @@ from otel_eda.environment_variables import (
     OTEL_EDA_CLOUDEVENTS,
     OTEL_EDA_CLOUDEVENTS_SOURCE,
     OTEL_EDA_EXCEPTION_DETAIL,
+    OTEL_EDA_FLOW_FILE,
+    OTEL_EDA_FLOW_JAEGER_URL,
+    OTEL_EDA_FLOW_LOOKBACK,
+    OTEL_EDA_FLOW_ZIPKIN_URL,
     OTEL_EDA_LOG_CORRELATION,
     OTEL_EDA_LOG_LIFECYCLE,
     OTEL_EDA_MAX_SERIES,
@@ -104,6 +112,10 @@ _VARIABLES = (
     OTEL_EDA_EXCEPTION_DETAIL,
     OTEL_EDA_REDACT_PATTERNS,
     OTEL_EDA_REDACT_PATTERNS_FILE,
+    OTEL_EDA_FLOW_ZIPKIN_URL,
+    OTEL_EDA_FLOW_JAEGER_URL,
+    OTEL_EDA_FLOW_FILE,
+    OTEL_EDA_FLOW_LOOKBACK,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -208,6 +220,11 @@ class Settings:
     exception_detail: ExceptionDetail = ExceptionDetail.MESSAGE
     #: redaction patterns: built-in names (``REDACT_BUILTINS``) and regexes that compile
     redact_patterns: tuple[str, ...] = ()
+    #: ``otel-eda flow``'s default source (at most one is used: see the command's help)
+    flow_zipkin_url: str | None = None
+    flow_jaeger_url: str | None = None
+    flow_files: tuple[str, ...] = ()
+    flow_lookback_s: float = 86_400.0
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -294,10 +311,14 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         else:
             invalid(OTEL_EDA_METADATA_ATTRIBUTES, "up to 16 comma-separated metadata keys ([a-z0-9_.-])", "none")
 
-    url = (raw[OTEL_EDA_ALERTMANAGER_URL] or "").strip().rstrip("/") or None
-    if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
-        invalid(OTEL_EDA_ALERTMANAGER_URL, "an http:// or https:// URL", "none")
-        url = None
+    def http_url(name: str) -> str | None:
+        url = (raw[name] or "").strip().rstrip("/") or None
+        if url is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            invalid(name, "an http:// or https:// URL", "none")
+            url = None
+        return url
+
+    url = http_url(OTEL_EDA_ALERTMANAGER_URL)
 
     logs = _parse_logging(raw, invalid)
     settings = Settings(
@@ -315,6 +336,10 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         cloudevents=cloudevents,
         cloudevents_source=source,
         metadata_attributes=metadata_keys,
+        flow_zipkin_url=http_url(OTEL_EDA_FLOW_ZIPKIN_URL),
+        flow_jaeger_url=http_url(OTEL_EDA_FLOW_JAEGER_URL),
+        flow_files=tuple(p for p in (raw[OTEL_EDA_FLOW_FILE] or "").split(os.pathsep) if p.strip()),
+        flow_lookback_s=positive(OTEL_EDA_FLOW_LOOKBACK, d.flow_lookback_s, integer=False),
         errors=tuple(errors),
         **logs,
     )

@@ -18,7 +18,8 @@ service emitted. Then, through each backend's own query API:
   their attributes (``/api/v3/traces``); Zipkin, which has no links, gets them as the
   ``otlp.link.<i>`` tags of the Collector's translator;
 - Zipkin's dependency graph shows the services linked through the bus: the translator maps
-  ``peer.service`` (which otel-eda sets on producer and consumer spans) to ``remoteEndpoint``.
+  ``peer.service`` to ``remoteEndpoint``, and the Zipkin pipeline's ``transform/zipkin_peer``
+  processor sets it from ``messaging.system`` on messaging spans that lack it.
 
 Duration: Zipkin's start (10-20 s on two cores) and one demo run (about 10 s).
 """
@@ -31,15 +32,15 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from console_telemetry import read_json_stream
-from otel_servers import Collector, Jaeger, http_json, id_as_int, running_collector, running_jaeger, wait_for
-from zipkin_server import ZipkinServer, zipkin_fixture
+from otel_servers import Collector, Jaeger, http_json, id_as_int, wait_for
+from zipkin_server import ZipkinServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "order_flow.py"
@@ -48,19 +49,7 @@ BUS = "otel_eda"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(480)]
 
-zipkin = zipkin_fixture(scope="module")
-
-
-@pytest.fixture(scope="module")
-def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
-    with running_jaeger(tmp_path_factory.mktemp("jaeger")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger, zipkin: ZipkinServer) -> Iterator[Collector]:
-    with running_collector(tmp_path_factory.mktemp("otelcol"), jaeger, zipkin.spans_endpoint) as server:
-        yield server
+# zipkin, jaeger and collector: the session's Collector route (conftest.py).
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,8 @@ def test_collector_validate_rejects_a_broken_config(tmp_path: Path) -> None:
     binary = built_binary(OTELCOL)
     broken = tmp_path / "broken.yaml"
     text = COLLECTOR_CONFIG.read_text()
-    assert "exporters: [zipkin, otlp_grpc/jaeger]" in text
-    broken.write_text(text.replace("exporters: [zipkin, otlp_grpc/jaeger]", "exporters: [zipkin, kafka]"))
+    assert "exporters: [otlp_grpc/jaeger, file/traces]" in text
+    broken.write_text(text.replace("exporters: [otlp_grpc/jaeger, file/traces]", "exporters: [file/traces, kafka]"))
     proc = subprocess.run(
         [str(binary), "validate", f"--config={broken}"], capture_output=True, text=True, timeout=60, check=False
     )
@@ -98,7 +98,7 @@ def test_collector_has_the_manifest_components(tmp_path: Path) -> None:
     binary = built_binary(OTELCOL)
     out = subprocess.run([str(binary), "components"], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "version: 0.148.0-otel-eda\n" in out
-    for name in ("otlp", "memory_limiter", "zipkin", "debug", "health_check"):
+    for name in ("otlp", "memory_limiter", "transform", "zipkin", "file", "debug", "health_check"):
         assert f"name: {name}\n" in out, f"component {name} missing from otelcol-eda:\n{out}"
     assert "name: batch\n" not in out  # batching is the exporters' sending_queue.batch
     # `components` of v0.148.0 leaves out every component that has a deprecated type alias, such as the
