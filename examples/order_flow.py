@@ -24,8 +24,9 @@ escalated, resolved) to this launcher, which prints it as it arrives and sums th
 
 Telemetry goes where the ``OTEL_*`` variables say. With a console exporter (the default
 when ``OTEL_TRACES_EXPORTER`` is unset; metrics then default to console too) each
-service's stdout goes to ``<output-dir>/<service>.telemetry.jsonl``, so spans and metrics
-do not bury the report. For example, to send spans to a local Zipkin instead::
+service's stdout goes to ``<output-dir>/<service>.console-exporters.txt``, so spans and
+metrics do not bury the report: the console exporters' output, indented JSON objects one
+after another (``jq -c . FILE`` turns it into JSON Lines). For example, to send spans to a local Zipkin instead::
 
     OTEL_TRACES_EXPORTER=zipkin_json .venv/bin/python examples/order_flow.py
 
@@ -52,7 +53,7 @@ import queue
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from multiprocessing.sharedctypes import Synchronized
@@ -171,8 +172,8 @@ def service_main(spec: ServiceSpec) -> None:
         fd = os.open(spec.telemetry_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(fd, 1)
         os.close(fd)
-    os.environ.update(spec.env)
-    os.environ["OTEL_SERVICE_NAME"] = spec.name  # read by configure(): this Resource's service.name
+    os.environ.update(spec.env)  # already set at spawn (see Launcher.start); kept for a direct call
+    os.environ["OTEL_SERVICE_NAME"] = spec.name
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
     logging.getLogger("order_flow").setLevel(logging.INFO)  # the services' narrative, on stderr
     logging.getLogger("otel_eda.lifecycle").setLevel(logging.INFO)  # retries, rejections, dead letters
@@ -240,6 +241,21 @@ def child_environment(mode: str | None) -> dict[str, str]:
     if mode is not None:
         env["OTEL_EDA_TRACE_MODE"] = mode
     return env
+
+
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """Set ``variables`` in this process's environment for the block, then restore it."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def writes_to_console(env: Mapping[str, str]) -> bool:
@@ -412,7 +428,7 @@ class Launcher:
         self.telemetry_files: dict[str, Path] = {}
         if writes_to_console(self.env):
             output_dir.mkdir(parents=True, exist_ok=True)
-            self.telemetry_files = {name: output_dir / f"{name}.telemetry.jsonl" for name in SERVICES}
+            self.telemetry_files = {name: output_dir / f"{name}.console-exporters.txt" for name in SERVICES}
         self.transport: DemoTransport = TRANSPORTS[transport](list(SERVICES), ctx)
         self.records: Queue[Any] = ctx.Queue()
         self.reports: Queue[Any] = ctx.Queue()
@@ -463,8 +479,12 @@ class Launcher:
 
     def start(self, timeout_s: float) -> None:
         """Start every service, wait until all are ready, then start the shared clock."""
-        for process in self.processes.values():
-            process.start()
+        for name, process in self.processes.items():
+            # A spawned interpreter takes the launcher's environment when it starts. Under
+            # opentelemetry-instrument its SDK is configured at interpreter start-up, before
+            # service_main() runs: the service's variables must be there already.
+            with environment({**self.env, "OTEL_SERVICE_NAME": name}):
+                process.start()
         deadline = time.monotonic() + timeout_s
         while len(self.ready) < len(self.processes):
             self._drain(0.05)

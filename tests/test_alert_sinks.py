@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -174,9 +176,41 @@ def test_log_record_failure_is_counted_not_raised(caplog: pytest.LogCaptureFixtu
     assert len(caplog.records) == 2
 
 
-def test_log_sink_without_provider_uses_the_global_one_and_never_raises() -> None:
+def test_log_sink_without_provider_and_no_sdk_drops_records_without_a_failure() -> None:
     # No SDK provider is installed globally in this test process: the API's proxy drops records.
-    LogRecordSink().send(make_alert())
+    sink = LogRecordSink()
+    sink.send(make_alert())
+    assert sink.failures == 0  # send() catches everything, so a failure shows only here
+
+
+GLOBAL_PROVIDER_APP = """
+import time
+from opentelemetry._logs import set_logger_provider
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from otel_eda.anomaly.alerts import Alert, AlertState, Severity
+from otel_eda.anomaly.logsink import LogRecordSink
+
+sink = LogRecordSink()  # made before any SDK provider is installed
+exporter = InMemoryLogRecordExporter()
+provider = LoggerProvider()
+provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+set_logger_provider(provider)
+sink.send(Alert(name="ProcessingLatencyHigh", rule="r", severity=Severity.WARNING, state=AlertState.FIRING,
+                series_labels={"service": "orders"}, value=2.5, threshold=1.0, score=0.9,
+                started_at=time.time(), ended_at=None, summary="slow", exemplars=()))
+records = [r.log_record for r in exporter.get_finished_logs()]
+print(sink.failures, [r.body for r in records])
+"""
+
+
+def test_log_sink_without_provider_uses_the_global_one_once_installed() -> None:
+    """In a subprocess: the global LoggerProvider can be installed once per process."""
+    result = subprocess.run(
+        [sys.executable, "-c", GLOBAL_PROVIDER_APP], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "['slow']"], result.stdout
 
 
 # ------------------------------------------------------------------------------- CallbackSink

@@ -90,12 +90,16 @@ def test_delta_temporality_turns_a_counter_into_per_interval_rates() -> None:
 def test_the_reader_keeps_its_own_cadence_and_evaluates_once_more_on_shutdown() -> None:
     spy = SpyEngine()
     reader = AnomalyMetricReader(spy, interval_s=0.05)
-    exporting = PeriodicExportingMetricReader(ConsoleMetricExporter(out=io.StringIO()), export_interval_millis=60_000)
+    exported = io.StringIO()
+    exporting = PeriodicExportingMetricReader(ConsoleMetricExporter(out=exported), export_interval_millis=600_000)
     provider = MeterProvider(metric_readers=[exporting, reader])
     provider.get_meter("t").create_counter("jobs").add(1)
-    time.sleep(0.6)
+    # many collections while the exporter waits for its first export (ten minutes away)
+    deadline = time.monotonic() + 60
+    while reader.collections < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     before = reader.collections
-    assert before >= 4  # many collections while the exporter waits for its first minute
+    assert before >= 4 and exported.getvalue() == ""
     provider.shutdown()
     assert reader.collections >= before + 1  # the last evaluation
     assert reader._thread is not None and not reader._thread.is_alive()
@@ -256,7 +260,9 @@ def test_a_forked_child_gets_its_own_evaluation_thread() -> None:
     if pid == 0:  # the child: its reader thread must be running and collecting
         try:
             before = reader.collections
-            time.sleep(0.3)
+            deadline = time.monotonic() + 60  # until it collects again (each 0.02 s on a quiet machine)
+            while reader.collections <= before and time.monotonic() < deadline:
+                time.sleep(0.02)
             alive = reader._thread is not None and reader._thread.is_alive()
             os.write(write_end, b"ok" if alive and reader.collections > before else b"no")
         finally:

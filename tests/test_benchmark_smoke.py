@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "bench_core.py"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_quick_benchmark_writes_both_cases_with_ratios(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"

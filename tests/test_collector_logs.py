@@ -148,7 +148,7 @@ def run(collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Run:
     spans = [
         span
         for s in SERVICES
-        for span in read_json_stream(workdir / "telemetry" / f"{s}.telemetry.jsonl")
+        for span in read_json_stream(workdir / "telemetry" / f"{s}.console-exporters.txt")
         if "context" in span
     ]
     flows = json.loads(summary.read_text())

@@ -47,7 +47,7 @@ DEMO = ROOT / "examples" / "order_flow.py"
 SERVICES = ("order", "payment", "inventory", "notification")
 BUS = "otel_eda"
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(480)]
 
 # zipkin, jaeger and collector: the session's Collector route (conftest.py).
 
@@ -104,7 +104,9 @@ def run(collector: Collector, zipkin: ZipkinServer, tmp_path_factory: pytest.Tem
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     for failure in ("Failed to export", "Transient error", "OTLPSpanExporter"):
         assert failure not in result.stderr, result.stderr  # no export error logged
-    emitted = [span for s in SERVICES for span in read_json_stream(workdir / "telemetry" / f"{s}.telemetry.jsonl")]
+    emitted = [
+        span for s in SERVICES for span in read_json_stream(workdir / "telemetry" / f"{s}.console-exporters.txt")
+    ]
     demo_run = Run(json.loads(summary.read_text()), emitted)
     # The Collector batches and retries: let every span reach Zipkin before any test reads it
     # (each Jaeger test waits for what it reads itself).

@@ -13,6 +13,12 @@ spans carry the flow's correlation id, the lifecycle stays exact when traces are
 A full run (background traffic with a latency spike and an error burst) checks that the
 anomaly engine, on its default rule set, fires and resolves the alerts each incident
 calls for, and fires nothing before an incident (no false alarm on normal traffic).
+
+Every test here runs with two busy processes beside it (``busy_cores``, two pure-Python
+loops: both cores of a 2-core CI machine taken), as on a shared machine: the demo's results
+must not depend on a quiet machine. Under that load a service's processing latency really
+rises at times; a latency alert that no incident explains passes only if the service's own
+spans show that rise.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -36,7 +43,27 @@ DEMO = ROOT / "examples" / "order_flow.py"
 SERVICES = ("order", "payment", "inventory", "notification")
 HANDLER_SPANS = {"charge card": "payment", "reserve stock": "inventory", "send email": "notification"}
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)
+
+#: How many busy processes run beside the demo (a test condition: see the module docstring).
+BUSY_PROCESSES = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def busy_cores() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Two processes that keep a core each busy for as long as this module's tests run."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(BUSY_PROCESSES)]
+    try:
+        yield loops
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def test_the_demo_runs_beside_busy_processes(busy_cores: list[subprocess.Popen[bytes]]) -> None:
+    assert len(busy_cores) == BUSY_PROCESSES and all(loop.poll() is None for loop in busy_cores)
+
 
 # What each order's flow must look like: (event type, type of its cause) ->
 # (event status, {subscriber: (delivery status, attempts)}).
@@ -91,7 +118,9 @@ class DemoRun:
                 yield service, span
 
 
-def run_demo(workdir: Path, *args: str, read_telemetry: bool = True, **env_vars: str) -> DemoRun:
+def run_demo(
+    workdir: Path, *args: str, read_telemetry: bool = True, command: tuple[str, ...] = (), **env_vars: str
+) -> DemoRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
         OTEL_TRACES_EXPORTER="console",
@@ -103,19 +132,19 @@ def run_demo(workdir: Path, *args: str, read_telemetry: bool = True, **env_vars:
     output_dir = workdir / "telemetry"
     summary_file = workdir / "summary.json"
     result = subprocess.run(
-        [sys.executable, str(DEMO), "--json", str(summary_file), "--output-dir", str(output_dir), *args],
+        [*command, sys.executable, str(DEMO), "--json", str(summary_file), "--output-dir", str(output_dir), *args],
         env=env,
         cwd=workdir,
         capture_output=True,
         text=True,
-        timeout=80,
+        timeout=140,
         check=False,
     )
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     spans: dict[str, list[dict[str, Any]]] = {}
     metrics: dict[str, list[dict[str, Any]]] = {}
     for service in SERVICES if read_telemetry else ():
-        objects = read_json_stream(output_dir / f"{service}.telemetry.jsonl")
+        objects = read_json_stream(output_dir / f"{service}.console-exporters.txt")
         spans[service] = [o for o in objects if "context" in o and "kind" in o]
         metrics[service] = [o for o in objects if "resource_metrics" in o]
         assert len(spans[service]) + len(metrics[service]) == len(objects), f"unknown objects in {service}'s file"
@@ -187,7 +216,7 @@ def test_demo_prints_trees_summary_and_the_answer_about_order_1003(demo: DemoRun
     assert "store.find('order-1003') -> ['" in answer
     assert "In short: order_placed rejected at payment (PaymentDeclined)." in answer
     for service in SERVICES:
-        assert f"{service}.telemetry.jsonl" in out
+        assert f"{service}.console-exporters.txt" in out
     # The exported telemetry went to the files, not into the report.
     assert '"trace_id"' not in out and "resource_metrics" not in out
 
@@ -203,6 +232,25 @@ def test_each_service_is_its_own_resource_in_spans_and_metrics(demo: DemoRun) ->
         # Metrics are exact: one consumed message per delivery the launcher saw.
         consumed = sum(p["value"] for p in metric_points(demo, service, "messaging.client.consumed.messages"))
         assert consumed == demo.summary["services"][service]["handled"] > 0
+
+
+def test_under_opentelemetry_instrument_each_service_keeps_its_name(tmp_path: Path) -> None:
+    """The services' SDK is configured at interpreter start-up, before the service's code runs."""
+    instrument = str(Path(sys.executable).parent / "opentelemetry-instrument")
+    run = run_demo(
+        tmp_path,
+        *("--orders", "2", "--traffic", "0"),
+        command=(instrument,),
+        OTEL_PYTHON_DISTRO="otel_eda",
+        OTEL_PYTHON_CONFIGURATOR="otel_eda",
+    )
+    assert_flows_as_expected(run, 2)
+    for service in SERVICES:
+        assert run.spans[service], f"no spans from {service}"
+        assert {s["resource"]["attributes"]["service.name"] for s in run.spans[service]} == {service}
+        assert {s["resource"]["attributes"].get("telemetry.auto.version") is not None for s in run.spans[service]} == {
+            True
+        }, "not configured by opentelemetry-instrument"
 
 
 def test_every_causation_chain_is_right(demo: DemoRun) -> None:
@@ -373,6 +421,7 @@ def changes(run: DemoRun, alert: str, service: str) -> list[dict[str, Any]]:
     return [a for a in run.summary["alerts"] if a["alert"] == alert and a["service"] == service]
 
 
+@pytest.mark.slow  # the full run: 30 s of traffic (about 45 s)
 def test_background_orders_settle_and_only_the_story_gets_trees(anomalies: DemoRun) -> None:
     summary = anomalies.summary
     traffic = summary["traffic"]["orders"]
@@ -402,6 +451,7 @@ def test_background_orders_settle_and_only_the_story_gets_trees(anomalies: DemoR
         assert consumed == summary["services"][service]["handled"]
 
 
+@pytest.mark.slow  # the full run: 30 s of traffic (about 45 s)
 def test_alerts_fire_and_resolve_for_each_incident(anomalies: DemoRun) -> None:
     incidents = anomalies.summary["incidents"]
     spike = incidents["latency spike"]
@@ -410,8 +460,13 @@ def test_alerts_fire_and_resolve_for_each_incident(anomalies: DemoRun) -> None:
     # The latency spike: the z-score detector (default rule processing-latency) fires on
     # inventory's p95 during the spike and stays firing while it lasts (the rule holds the
     # spike out of its baseline), resolving once the p95 is back to normal.
-    latency = changes(anomalies, "ProcessingLatencyHigh", "inventory")
-    assert [a["change"] for a in latency] == ["firing", "resolved"], latency
+    every = changes(anomalies, "ProcessingLatencyHigh", "inventory")
+    # (before the spike, only a rise that inventory's own spans show: the busy processes)
+    assert all(
+        latency_really_rose(anomalies, a) for a in every if a["at_s"] < spike["start_s"] and a["change"] == "firing"
+    )
+    latency = [a for a in every if a["at_s"] >= spike["start_s"]]
+    assert [a["change"] for a in latency] == ["firing", "resolved"], every
     fired, resolved = latency
     assert spike["start_s"] < fired["at_s"] < spike["end_s"] + 1.0, fired
     assert fired["rule"] == "processing-latency" and fired["severity"] == "warning"
@@ -449,12 +504,44 @@ def test_alerts_fire_and_resolve_for_each_incident(anomalies: DemoRun) -> None:
     assert "== Alerts (default rule set, evaluated every 0.5 s in each service) ==" in out
 
 
+def processing_seconds(run: DemoRun, service: str, destination: str) -> list[tuple[float, float]]:
+    """(end as epoch seconds, duration) of each of a service's process spans of one destination."""
+    found = []
+    for span in run.spans[service]:
+        if span["kind"] == "SpanKind.CONSUMER" and attr(span, "messaging.destination.name") == destination:
+            end = datetime.fromisoformat(span["end_time"].replace("Z", "+00:00")).timestamp()
+            found.append((end, span_seconds(span)))
+    return found
+
+
+def latency_really_rose(run: DemoRun, alert: dict[str, Any], window_s: float = 5.0) -> bool:
+    """Whether the service's own spans show the rise a processing-latency alert reports.
+
+    The spans of the alert's series that ended in the ``window_s`` before it fired must have
+    a 95th percentile at least twice the median of all that series' spans.
+    """
+    durations = processing_seconds(run, alert["service"], alert["series"].get("messaging.destination.name", ""))
+    if len(durations) < 20:
+        return False
+    fired_at = run.summary["started_at"] + alert["at_s"]
+    recent = sorted(d for end, d in durations if fired_at - window_s <= end <= fired_at)
+    if not recent:
+        return False
+    p95 = recent[min(len(recent) - 1, round(0.95 * (len(recent) - 1)))]
+    return p95 >= 2 * statistics.median(d for _, d in durations)
+
+
+@pytest.mark.slow  # the full run: 30 s of traffic (about 45 s)
 def test_no_alert_fires_before_its_incident(anomalies: DemoRun) -> None:
     incidents = anomalies.summary["incidents"]
     for alert in anomalies.summary["alerts"]:
         if alert["change"] != "firing" or alert["rule"] in HOST_RULES:
             continue
         key = (alert["service"], alert["rule"])
+        if key not in EXPLAINED and alert["rule"] == "processing-latency":
+            # the busy processes beside the demo slow a service down for real at times
+            assert latency_really_rose(anomalies, alert), f"false alarm (its spans show no rise): {alert}"
+            continue
         assert key in EXPLAINED, f"false alarm: {alert}"
         incident = EXPLAINED[key]
         if incident is not None:

@@ -71,7 +71,7 @@ def demo(request: pytest.FixtureRequest, collector: Collector, tmp_path_factory:
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     emitted: dict[str, set[str]] = {}
     for service in SERVICES:
-        for span in read_json_stream(workdir / "telemetry" / f"{service}.telemetry.jsonl"):
+        for span in read_json_stream(workdir / "telemetry" / f"{service}.console-exporters.txt"):
             correlation_id = span["attributes"].get("eda.correlation_id")
             if correlation_id is not None:
                 emitted.setdefault(correlation_id, set()).add(span["context"]["span_id"].removeprefix("0x"))

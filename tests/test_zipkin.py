@@ -10,7 +10,7 @@ only by the standard variables::
 
 The demo runs twice against one server, once per trace mode (``--mode parent`` and
 ``--mode link``), with the six story orders only (``--traffic 0``). The ``console`` exporter
-next to Zipkin's writes every span each service ends to ``<service>.telemetry.jsonl``: that is
+next to Zipkin's writes every span each service ends to ``<service>.console-exporters.txt``: that is
 the exact record of what was emitted, to compare with what Zipkin stored. The launcher's
 ``--json`` summary (built from the lifecycle records, not from spans) says which events each
 flow had, with the trace and span id of each event's PRODUCER span.
@@ -108,7 +108,7 @@ def run_demo(zipkin: ZipkinServer, workdir: Path, mode: str, exporter: str = "zi
     assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     emitted = []
     for service in SERVICES:
-        objects = read_json_stream(output_dir / f"{service}.telemetry.jsonl")
+        objects = read_json_stream(output_dir / f"{service}.console-exporters.txt")
         assert all("context" in o and "kind" in o for o in objects), f"{service}'s file has more than spans"
         emitted.extend(objects)
     summary = json.loads(summary_file.read_text())

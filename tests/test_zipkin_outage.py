@@ -77,7 +77,7 @@ BATCH = 64
 SHUTDOWN_BOUND_S = 5.0  # connection refused: see the module docstring
 RSS_BOUND_MB = 16.0
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 zipkin = zipkin_fixture(scope="module")
 

@@ -51,7 +51,7 @@ from typing import Any
 
 from opentelemetry import context, metrics
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda.anomaly.alerts import Alert, AlertState
 from otel_eda.anomaly.callbacks import count_send_failure, send_failure_counter
 from otel_eda.process_hooks import ForkHook, register_fork_hook
@@ -412,8 +412,7 @@ class AlertmanagerSink:
 
     def _run(self) -> None:
         # The sink's own HTTP requests must not be traced by an urllib instrumentation.
-        suppressed = context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True)
-        token = context.attach(context.set_value(context._SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, suppressed))
+        token = context.attach(otel_internals.suppress_instrumentation())
         try:
             while True:
                 try:

@@ -9,7 +9,8 @@ an instrument whose metric no rule of the engine reads gets no aggregation there
 exporting reader still aggregates it as before); the others are aggregated as the SDK
 would. The decision is made again when the engine's rules change.
 
-This reaches into SDK internals (the reader's ``MetricReaderStorage``). Where they are not
+This reaches into SDK internals (the reader's ``MetricReaderStorage``, through
+:mod:`otel_eda.otel_internals`). Where they are not
 what this module expects (another SDK version, a provider with renaming views), nothing is
 narrowed: the reader then aggregates everything, exactly as without this module, and one
 DEBUG line says so.
@@ -18,8 +19,10 @@ DEBUG line says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
+
+from otel_eda import otel_internals
 
 __all__ = ["narrow_storage"]
 
@@ -34,15 +37,13 @@ def narrow_storage(collect_callback: object, reader: object, reads: Callable[[st
     ``_set_collect_callback`` (its measurement consumer's ``collect``). Returns whether the
     storage was narrowed.
     """
-    consumer = getattr(collect_callback, "__self__", None)
-    storages = getattr(consumer, "_reader_storages", None)
-    storage = storages.get(reader) if isinstance(storages, Mapping) else None
-    resolve = getattr(storage, "_get_or_init_view_instrument_match", None)
-    views = getattr(getattr(storage, "_sdk_config", None), "views", None)
-    if storage is None or not callable(resolve) or views is None:
+    storage = otel_internals.reader_storage(collect_callback, reader)
+    resolve = otel_internals.storage_view_resolver(storage)
+    views = otel_internals.storage_views(storage)
+    if storage is None or resolve is None or views is None:
         _log.debug("anomaly reader: SDK internals not as expected; it aggregates every instrument")
         return False
-    if any(getattr(view, "_name", None) for view in views):
+    if any(otel_internals.view_renames(view) for view in views):
         _log.debug("anomaly reader: a view renames instruments; it aggregates every instrument")
         return False
 
@@ -56,5 +57,5 @@ def narrow_storage(collect_callback: object, reader: object, reads: Callable[[st
 
     # An instance attribute shadows the method for this one storage: consume_measurement
     # then finds no view match for an instrument no rule reads, and collect never sees it.
-    storage._get_or_init_view_instrument_match = view_matches
+    otel_internals.set_storage_view_resolver(storage, view_matches)
     return True

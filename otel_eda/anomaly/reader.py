@@ -35,6 +35,7 @@ from opentelemetry.sdk.metrics import (
 from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricReader, MetricsData
 from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
+from otel_eda import otel_internals
 from otel_eda._selfmetrics import internal_error
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
@@ -130,9 +131,12 @@ class AnomalyMetricReader(MetricReader):
     def _narrow(self) -> None:
         """Once registered on a provider: aggregate only the instruments the rules read
         (:mod:`otel_eda.anomaly.instrument_filter`), not every one a second time."""
-        if self._narrow_to_rules and not self._narrowed and self._collect is not None:
+        if not self._narrow_to_rules or self._narrowed:
+            return
+        collect = otel_internals.reader_collect_callback(self)
+        if collect is not None:
             self._narrowed = True
-            narrow_storage(self._collect, self, self._reads)
+            narrow_storage(collect, self, self._reads)
 
     def start(self) -> None:
         """Start collecting every ``interval_s`` on its own daemon thread; idempotent."""
@@ -151,7 +155,7 @@ class AnomalyMetricReader(MetricReader):
         self._collecting = threading.Lock()
         self._evaluating = threading.Lock()
         for owner in (self.engine, *self.engine.sinks):
-            lock = getattr(owner, "_lock", None)
+            lock = getattr(owner, "_lock", None)  # not OpenTelemetry: the engine's and sinks' own
             if isinstance(lock, _LOCK):
                 owner._lock = threading.Lock()  # type: ignore[attr-defined]
             elif isinstance(lock, _RLOCK):
@@ -333,8 +337,7 @@ def installed_reader(provider: object | None = None) -> AnomalyMetricReader | No
         from opentelemetry import metrics
 
         provider = metrics.get_meter_provider()
-    consumer = getattr(provider, "_measurement_consumer", None)
-    for reader in getattr(consumer, "_reader_storages", {}):
+    for reader in otel_internals.metric_readers(provider):
         if isinstance(reader, AnomalyMetricReader):
             return reader
     return None

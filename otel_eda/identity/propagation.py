@@ -52,6 +52,7 @@ from opentelemetry.propagators.textmap import (
     TextMapPropagator,
 )
 
+from otel_eda import otel_internals
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity.event import IncomingHeaders, current_event, flow_ids, set_incoming
 from otel_eda.identity.validation import created_ns_problem, id_problem, type_problem
@@ -218,8 +219,8 @@ def contains_propagator(textmap: object, kind: type) -> bool:
     """Whether ``textmap`` is, or is a composite that includes, a propagator of ``kind``."""
     if isinstance(textmap, kind):
         return True
-    inner = getattr(textmap, "_propagators", None)
-    return isinstance(inner, list | tuple) and any(contains_propagator(p, kind) for p in inner)
+    inner = otel_internals.propagators_of(textmap)
+    return inner is not None and any(contains_propagator(p, kind) for p in inner)
 
 
 class _Redacted:

@@ -28,7 +28,6 @@ from typing import Any, Final, NoReturn
 
 from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
-from opentelemetry.sdk._configuration import _BaseConfigurator
 
 from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
 from otel_eda.transports.aiokafka.contrib import disable_contrib_before_load
@@ -57,10 +56,15 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
         disable_contrib_before_load()
 
 
-class EdaConfigurator(_BaseConfigurator):
-    """The SDK's own configuration plus otel-eda's pieces (see :func:`otel_eda.configure`)."""
+class EdaConfigurator:
+    """The SDK's own configuration plus otel-eda's pieces (see :func:`otel_eda.configure`).
 
-    def _configure(self, **kwargs: Any) -> None:
+    ``opentelemetry-instrument`` builds the ``opentelemetry_configurator`` entry point and
+    calls its ``configure(auto_instrumentation_version=...)``; the SDK's private
+    ``_BaseConfigurator`` adds nothing otel-eda needs (``configure()`` is idempotent).
+    """
+
+    def configure(self, **kwargs: Any) -> None:
         _configure_or_stop(kwargs.get("auto_instrumentation_version"))
 
 

@@ -39,18 +39,13 @@ from typing import Any, Final
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
 from opentelemetry.propagators.composite import CompositePropagator
-from opentelemetry.sdk._configuration import (
-    _get_sampler,
-    _import_sampler,
-    _initialize_components,
-    _OTelSDKConfigurator,
-)
 from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_PROTOCOL
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 
+from otel_eda import otel_internals
 from otel_eda._selfmetrics import count_config_error, internal_error
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.reader import AnomalyMetricReader, attach
@@ -217,8 +212,6 @@ def _report_sdk_error(error: Exception, installed: str) -> None:
 
 def _missing_exporters() -> str:
     """The OTEL_*_EXPORTER names whose signal has fewer exporters than it asked for."""
-    from opentelemetry.sdk._configuration import _get_exporter_names
-
     state = installation()
     installed = {
         "traces": len(state.span_exporters),
@@ -228,7 +221,7 @@ def _missing_exporters() -> str:
     gaps = []
     for signal, count in installed.items():
         try:
-            names = _get_exporter_names(signal)  # type: ignore[arg-type]
+            names = otel_internals.exporter_names(signal)
         except Exception as exc:
             gaps.append(f"{signal} exporters ({exc})")
             continue
@@ -240,9 +233,7 @@ def _missing_exporters() -> str:
 def _log_processor_count() -> int:
     from opentelemetry import _logs
 
-    provider = _logs.get_logger_provider()
-    multi = getattr(provider, "_multi_log_record_processor", None)
-    return len(getattr(multi, "_log_record_processors", ()))
+    return len(otel_internals.log_record_processors(_logs.get_logger_provider()))
 
 
 _warned: set[str] = set()
@@ -257,13 +248,11 @@ def _warn_once(message: str) -> None:
 def _any_sdk_provider() -> bool:
     """Whether any global provider was already set (by hand, a config file, another configurator)."""
     from opentelemetry import _logs
-    from opentelemetry._logs._internal import ProxyLoggerProvider
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
 
     return (
         not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-        or not isinstance(metrics.get_meter_provider(), _ProxyMeterProvider)
-        or not isinstance(_logs.get_logger_provider(), ProxyLoggerProvider)
+        or not otel_internals.is_proxy_meter_provider(metrics.get_meter_provider())
+        or not otel_internals.is_proxy_logger_provider(_logs.get_logger_provider())
     )
 
 
@@ -308,10 +297,10 @@ def _install_from_environment(
     """Let the SDK build the providers; _complete() adds what is otel-eda's."""
     if os.environ.get(OTEL_CONFIG_FILE, "").strip():
         # the declarative file is the sole source of the SDK's providers
-        _OTelSDKConfigurator().configure()  # type: ignore[no-untyped-call]
+        otel_internals.configure_sdk()
         return
     exporters = None if os.environ.get(OTEL_TRACES_EXPORTER, "").strip() else ["console"]
-    _initialize_components(
+    otel_internals.initialize_components(
         auto_instrumentation_version=auto_instrumentation_version,
         trace_exporter_names=exporters,
         metric_exporter_names=[ANOMALY_READER_ENTRY_POINT],
@@ -324,13 +313,11 @@ def _install_from_environment(
 
 
 def _link_aware_sampler() -> Sampler:
-    return LinkAwareSampler(_import_sampler(_get_sampler()) or ParentBased(ALWAYS_ON))
+    return LinkAwareSampler(otel_internals.sampler_from_environment() or ParentBased(ALWAYS_ON))
 
 
 def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, quiet: bool) -> None:
     """Add whatever of otel-eda's pieces the installed providers lack (or install bare ones)."""
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
-
     provider = trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider):
         provider = TracerProvider(resource=Resource.create(), sampler=_link_aware_sampler())
@@ -349,7 +336,7 @@ def _complete(settings: Settings, callbacks: list[Callable[[Alert], Any]], *, qu
             _log.info("otel-eda added its EventSpanProcessor to the installed TracerProvider")
     _wrap_sampler(provider)
     meters = metrics.get_meter_provider()
-    if isinstance(meters, _ProxyMeterProvider):
+    if otel_internals.is_proxy_meter_provider(meters):
         meters = MeterProvider(
             resource=provider.resource,
             metric_readers=[AnomalyMetricReader(callbacks=callbacks, settings=settings)],
@@ -376,7 +363,7 @@ def _wrap_sampler(provider: TracerProvider) -> None:
         return
     wrapped = LinkAwareSampler(sampler)
     provider.sampler = wrapped
-    for tracer in list(getattr(provider, "_tracers", {}).values()):
+    for tracer in otel_internals.tracers(provider):
         if getattr(tracer, "sampler", None) is sampler:
             tracer.sampler = wrapped
 
@@ -468,8 +455,7 @@ def anomaly_reader(provider: object) -> AnomalyMetricReader | None:
 
 def _metric_readers(provider: object) -> tuple[object, ...]:
     """The readers registered on this MeterProvider (not on every provider of the process)."""
-    consumer = getattr(provider, "_measurement_consumer", None)
-    return tuple(getattr(consumer, "_reader_storages", {}))
+    return otel_internals.metric_readers(provider)
 
 
 def _instrument_host_metrics() -> None:
@@ -479,7 +465,7 @@ def _instrument_host_metrics() -> None:
     except ImportError:
         _log.info("host CPU and memory metrics need otel-eda[auto] (opentelemetry-instrumentation-system-metrics)")
         return
-    running = SystemMetricsInstrumentor._instance  # a singleton: constructing it again resets its config
+    running = otel_internals.running_system_metrics_instrumentor()  # constructing it again resets its config
     if running is not None and running.is_instrumented_by_opentelemetry:
         return
     SystemMetricsInstrumentor(config=HOST_METRICS).instrument()

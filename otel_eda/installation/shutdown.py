@@ -42,6 +42,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
+from otel_eda import otel_internals
 from otel_eda._selfmetrics import internal_error
 from otel_eda.process_hooks import ExitHook, ForkHook, register_exit_hook, register_fork_hook
 from otel_eda.sdk.exportloss import (
@@ -152,7 +153,7 @@ def _bounded_shutdown(timeout_s: float) -> ShutdownReport:
     if isinstance(tracer_provider, TracerProvider):
         tasks[type(tracer_provider).__name__] = tracer_provider.shutdown
     meter_provider = metrics.get_meter_provider()
-    if isinstance(meter_provider, MeterProvider) and not getattr(meter_provider, "_shutdown", False):
+    if isinstance(meter_provider, MeterProvider) and not otel_internals.meter_provider_is_shut_down(meter_provider):
         millis = timeout_s * 1000
         tasks[type(meter_provider).__name__] = lambda: meter_provider.shutdown(timeout_millis=millis)
     for index, reader in enumerate(_attached_readers()):
@@ -210,9 +211,9 @@ def _start(name: str, task: Callable[[], None]) -> threading.Thread:
 def _stop_batch_worker(provider: object, exporter: LossCountingSpanExporter) -> None:
     """Tell the batch processor that feeds ``exporter`` to start no further export."""
     for processor in span_processors(provider):
-        batch = getattr(processor, "_batch_processor", None)
-        if batch is not None and getattr(batch, "_exporter", None) is exporter:
-            batch._shutdown_timeout_exceeded = True  # the SDK's own flag for this
+        batch = otel_internals.batch_worker(processor)
+        if batch is not None and otel_internals.worker_exporter(batch) is exporter:
+            otel_internals.stop_worker_exports(batch)
 
 
 def _attached_readers() -> list[Any]:

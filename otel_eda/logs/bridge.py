@@ -29,7 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor
 from opentelemetry.trace import TraceFlags
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda.identity.event import current_event, flow_ids
 from otel_eda.logs import correlation, lifecycle
 
@@ -123,15 +123,10 @@ def add_event_log_processor(provider: object) -> bool:
     """
     if not isinstance(provider, LoggerProvider):
         return False
-    multi = getattr(provider, "_multi_log_record_processor", None)
-    processors = getattr(multi, "_log_record_processors", None)
-    if isinstance(processors, tuple) and any(isinstance(p, EventLogRecordProcessor) for p in processors):
+    if any(isinstance(p, EventLogRecordProcessor) for p in otel_internals.log_record_processors(provider)):
         return False
     processor = EventLogRecordProcessor()
-    lock = getattr(multi, "_lock", None)
-    if isinstance(processors, tuple) and lock is not None:
-        with lock:  # the SDK appends only: put it first, where it stamps before the export processors
-            multi._log_record_processors = (processor, *multi._log_record_processors)  # type: ignore[union-attr]
-    else:
+    # the SDK appends only: put it first, where it stamps before the export processors
+    if not otel_internals.prepend_log_record_processor(provider, processor):
         provider.add_log_record_processor(processor)
     return True

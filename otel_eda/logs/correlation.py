@@ -35,7 +35,6 @@ once.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -45,6 +44,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from otel_eda import otel_internals
 from otel_eda.identity.event import current_event, flow_ids
 from otel_eda.process_hooks import fresh_lock_in_child
 
@@ -99,11 +99,7 @@ def _context_reader() -> Callable[[], Context]:
     directly saves three Python calls per record. Any other runtime context (an
     ``OTEL_PYTHON_CONTEXT`` plug-in) is read through the public API.
     """
-    runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
-    var = getattr(runtime, "_current_context", None)
-    if isinstance(var, contextvars.ContextVar):
-        return var.get
-    return otel_context.get_current
+    return otel_internals.current_context_getter() or otel_context.get_current
 
 
 def _values(context: Context | None) -> _Values:

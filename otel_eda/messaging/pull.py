@@ -176,7 +176,8 @@ class _Reaper:
     def _run(self) -> None:
         while True:
             overdue: list[tuple[float, Processing]] = []
-            with self._cond:
+            cond = self._cond  # one condition per pass, even if a fork hook replaces it
+            with cond:
                 now = time.monotonic()
                 earliest = None
                 for tracker, (deadline, processing) in list(self._watched.items()):
@@ -189,12 +190,12 @@ class _Reaper:
                         earliest = deadline
                 if not overdue:
                     if earliest is None and not self._watched:
-                        self._cond.wait(60.0)
+                        cond.wait(60.0)
                         if not self._watched:
                             self._thread = None
                             return
                         continue
-                    self._cond.wait(earliest - now if earliest is not None else 1.0)
+                    cond.wait(earliest - now if earliest is not None else 1.0)
                     continue
             for deadline, processing in overdue:
                 self._expire(processing, deadline)

@@ -68,7 +68,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import internal_error
 from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.version import VERSION
@@ -521,7 +521,7 @@ def _warn_private_api(what: str) -> None:
 
 def span_processors(provider: object) -> tuple[Any, ...]:
     """The span processors of an SDK TracerProvider (its private multi-processor's list)."""
-    return tuple(getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ()))
+    return otel_internals.span_processors(provider)
 
 
 def span_loss_tallies(provider: TracerProvider) -> list[SpanLossTally]:
@@ -537,7 +537,7 @@ def span_loss_tallies(provider: TracerProvider) -> list[SpanLossTally]:
 def exporter_of(processor: Any) -> Any:
     """The exporter of a BatchSpanProcessor or SimpleSpanProcessor (None for other processors)."""
     if isinstance(processor, BatchSpanProcessor):
-        return getattr(getattr(processor, "_batch_processor", None), "_exporter", None)
+        return otel_internals.worker_exporter(otel_internals.batch_worker(processor))
     if isinstance(processor, SimpleSpanProcessor):
         return processor.span_exporter
     return None
@@ -571,10 +571,10 @@ def _track(processor: BatchSpanProcessor | SimpleSpanProcessor, meter_provider: 
         _hook_metrics(processor, tally, count_queue_full=False)
         _register(tally, meter_provider)
         return True
-    batch = getattr(processor, "_batch_processor", None)
-    inner = getattr(batch, "_exporter", None)
-    queue = getattr(batch, "_queue", None)
-    lock = getattr(batch, "_export_lock", None)
+    batch = otel_internals.batch_worker(processor)
+    inner = otel_internals.worker_exporter(batch)
+    queue = otel_internals.worker_queue(batch)
+    lock = otel_internals.worker_export_lock(batch)
     if batch is None or inner is None:
         _warn_private_api("no BatchSpanProcessor._batch_processor._exporter")
         return False
@@ -586,15 +586,14 @@ def _track(processor: BatchSpanProcessor | SimpleSpanProcessor, meter_provider: 
         assert queue is not None and maxlen is not None and lock is not None
         new = _CountingQueue(maxlen, tally)
         with lock:  # the export thread pops under this lock: no pop while the queue moves
-            batch._queue = new
+            otel_internals.set_worker_queue(batch, new)
             new.adopt(list(queue))  # spans queued before tracking (normally none)
         exporter._queue = new
-        if isinstance(getattr(batch, "_max_queue_size", None), int):
-            # The SDK's emit() compares len(queue) with this to log "Queue full" (a LogRecord
-            # made and filtered for every dropped span: about 6 us of the 17 a span costs in an
-            # outage) and to call drop_items; the counting queue counts each eviction itself.
-            batch._max_queue_size = maxlen + 1
-    batch._exporter = exporter
+        # The SDK's emit() compares len(queue) with its bound to log "Queue full" (a LogRecord
+        # made and filtered for every dropped span: about 6 us of the 17 a span costs in an
+        # outage) and to call drop_items; the counting queue counts each eviction itself.
+        otel_internals.set_export_queue_bound(batch, maxlen + 1)
+    otel_internals.set_worker_exporter(batch, exporter)
     if not _hook_metrics(batch, tally, count_queue_full=not counting_queue) and not counting_queue:
         _warn_private_api("no BatchProcessor._queue deque and no _metrics")
     elif not counting_queue:
@@ -604,8 +603,8 @@ def _track(processor: BatchSpanProcessor | SimpleSpanProcessor, meter_provider: 
 
 
 def _hook_metrics(owner: Any, tally: SpanLossTally, *, count_queue_full: bool) -> bool:
-    inner = getattr(owner, "_metrics", None)
+    inner = otel_internals.drop_metrics(owner)
     if inner is None or not callable(getattr(inner, "drop_items", None)):
         return False
-    owner._metrics = _MetricsProxy(inner, tally, count_queue_full=count_queue_full)
+    otel_internals.set_drop_metrics(owner, _MetricsProxy(inner, tally, count_queue_full=count_queue_full))
     return True

@@ -30,7 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import current_event, flow_ids
 from otel_eda.identity.validation import type_problem
@@ -42,7 +42,6 @@ _CAUSATION = semconv.EDA_CAUSATION_ID
 _MESSAGE_ID = semconv.MESSAGING_MESSAGE_ID
 _PRODUCER_TRACE = semconv.EDA_PRODUCER_TRACE_ID
 _PRODUCER_SPAN = semconv.EDA_PRODUCER_SPAN_ID
-_NO_FIELDS: dict[str, object] = {}
 
 
 class EventSpanProcessor(SpanProcessor):
@@ -64,14 +63,11 @@ class EventSpanProcessor(SpanProcessor):
                 correlation, causation = event.correlation_id, event.causation_id
             elif (ids := flow_ids(parent_context)) is not None:
                 correlation, causation = ids.correlation_id, ids.causation_id
-            consumer_links = span.kind is SpanKind.CONSUMER and span._links
+            consumer_links = span.kind is SpanKind.CONSUMER and otel_internals.span_links(span)
             if correlation is None and not consumer_links and not self.baggage_keys:
                 return
-            attributes = span._attributes
-            # BoundedAttributes' fields, read once: its own ``in`` raises and catches a KeyError
-            fields = getattr(attributes, "__dict__", _NO_FIELDS)
-            live = fields.get("_dict")
-            present = live if type(live) is dict else (attributes or {})
+            # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
+            present = otel_internals.live_attributes(span)
             stamp = self._baggage(parent_context, present) if self.baggage_keys else {}
             if correlation is not None:
                 if _CORRELATION not in present:
@@ -86,21 +82,7 @@ class EventSpanProcessor(SpanProcessor):
                         break
             if not stamp:
                 return
-            # Span.set_attributes cleans and locks per key, which costs more than the rest of
-            # this method. The span is starting: no other thread can see it yet, and every
-            # value is a str. When the container is mutable, has room and no value-length
-            # limit, the values go into its dict as the SDK would store them; otherwise (a
-            # limit applies, or another SDK version stores them differently) through the API.
-            maxlen = fields.get("maxlen", 0)
-            if (
-                type(live) is dict
-                and fields.get("max_value_len", 0) is None
-                and fields.get("_immutable") is False
-                and (maxlen is None or len(live) + len(stamp) <= maxlen)
-            ):
-                live.update(stamp)
-            else:
-                span.set_attributes(stamp)
+            otel_internals.add_start_attributes(span, stamp)
         except Exception:
             internal_error("span processor", "stamping a span")
 

@@ -11,12 +11,14 @@ broker; otel-eda does not set ``peer.service``, which names a remote *service*).
 Select it with ``OTEL_TRACES_EXPORTER=zipkin_eda`` (it needs otel-eda[zipkin]); it reads
 the same ``OTEL_EXPORTER_ZIPKIN_*`` variables.
 
+>>> import json
+>>> from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
 >>> from opentelemetry.sdk.trace import TracerProvider
 >>> from opentelemetry.trace import SpanKind
 >>> span = TracerProvider().get_tracer("doc").start_span(
 ...     "send order_placed", kind=SpanKind.PRODUCER, attributes={"messaging.system": "otel_eda"})
 >>> span.end()
->>> RemoteEndpointJsonV2Encoder()._encode_span(span, {"serviceName": "order"})["remoteEndpoint"]
+>>> json.loads(RemoteEndpointJsonV2Encoder().serialize([span], NodeEndpoint()))[0]["remoteEndpoint"]
 {'serviceName': 'otel_eda'}
 """
 
@@ -29,7 +31,7 @@ from opentelemetry.exporter.zipkin.json import ZipkinExporter
 from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
 from opentelemetry.trace import Span, SpanKind
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 
 __all__ = ["RemoteEndpointJsonV2Encoder", "ZipkinRemoteEndpointExporter"]
 
@@ -40,8 +42,9 @@ class RemoteEndpointJsonV2Encoder(JsonV2Encoder):
     """Zipkin JSON v2, with a remote endpoint for messaging and client spans
     (``peer.service``, else ``messaging.system``)."""
 
+    # overrides the encoder's private per-span hook: see otel_internals.encode_zipkin_v2_span
     def _encode_span(self, span: Span, encoded_local_endpoint: Any) -> dict[str, Any]:
-        encoded: dict[str, Any] = super()._encode_span(span, encoded_local_endpoint)
+        encoded = otel_internals.encode_zipkin_v2_span(self, span, encoded_local_endpoint)
         if span.kind in _REMOTE_KINDS:  # type: ignore[attr-defined]
             attributes = span.attributes or {}  # type: ignore[attr-defined]
             peer = attributes.get(semconv.PEER_SERVICE) or attributes.get(semconv.MESSAGING_SYSTEM)

@@ -556,6 +556,11 @@ def report_unhandled() -> int:
     return _unhandled_total
 
 
+def _unfinished(queue: asyncio.Queue[Any]) -> int:
+    """Messages put on ``queue`` and not yet marked done (asyncio's own count, else its size)."""
+    return getattr(queue, "_unfinished_tasks", queue.qsize())  # not OpenTelemetry: asyncio's
+
+
 def _report_unhandled(
     key: int, service: str, system: str, subscriptions: Mapping[str, Sequence[_Subscription]]
 ) -> None:
@@ -563,9 +568,7 @@ def _report_unhandled(
     _unhandled_reports.pop(key, None)
     try:
         pending = {
-            (sub.event_type, sub.name): getattr(sub.queue, "_unfinished_tasks", sub.queue.qsize())
-            for subs in subscriptions.values()
-            for sub in subs
+            (sub.event_type, sub.name): _unfinished(sub.queue) for subs in subscriptions.values() for sub in subs
         }
         pending = {key: count for key, count in pending.items() if count > 0}
         if not pending:

@@ -331,7 +331,7 @@ def _state(
 ) -> _ConsumerState:
     state = states.get(consumer)
     if state is None:
-        group = getattr(consumer, "_group_id", None)  # aiokafka has no public accessor for it
+        group = getattr(consumer, "_group_id", None)  # not OpenTelemetry: aiokafka has no public accessor
         state = states[consumer] = _ConsumerState(telemetry, group if isinstance(group, str) else None)
     return state
 
