@@ -386,7 +386,7 @@
     const canvas = document.getElementById("timeline");
     const model = timelineModel(flow);
     const label = 130;
-    let y = 24;
+    let y = 32;
     for (const r of model.rows) {
       r.y = y;
       y += r.laneCount * LANE_H + 12;
