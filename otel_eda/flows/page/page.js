@@ -676,6 +676,7 @@
     const doc = JSON.parse(document.getElementById("flow-data").textContent);
     if (document.body.dataset.mode === "serve") await startSearch();
     else showDocument(doc);
+    window.flowPageOpenMs = performance.now(); // since the navigation started: the benchmark's number
     document.documentElement.dataset.rendered = "true";
   }
 
