@@ -12,6 +12,8 @@ import asyncio
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
+from kafka_transport import KafkaTransport
+
 from otel_eda import EventBus
 from otel_eda.transports.bus import Outlet
 from otel_eda.transports.interprocess import QueueOutlet, pump
@@ -59,4 +61,4 @@ class EmbeddedTransport:
 
 
 #: ``--transport`` name -> the class the launcher builds with (service names, spawn context).
-TRANSPORTS: dict[str, type[Any]] = {"embedded": EmbeddedTransport}
+TRANSPORTS: dict[str, type[Any]] = {"embedded": EmbeddedTransport, "kafka": KafkaTransport}

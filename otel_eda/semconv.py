@@ -162,3 +162,14 @@ EDA_ALERT_SINK: Final = "eda.alert.sink"
 EDA_PREFIX: Final = "eda."
 #: Prefix of the messaging conventions' metric names (error ratios are derived for these only).
 MESSAGING_PREFIX: Final = "messaging."
+
+# --- Kafka (aiokafka instrumentation) ---------------------------------------------------
+MESSAGING_SYSTEM_KAFKA: Final = "kafka"
+MESSAGING_KAFKA_OFFSET: Final = "messaging.kafka.offset"
+MESSAGING_KAFKA_MESSAGE_KEY: Final = "messaging.kafka.message.key"
+MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
+#: ``true`` on a process span whose event id this process handled before in the same consumer
+#: group (a replay: Kafka has no delivery counter, so ``eda.delivery.attempt`` stays 1).
+EDA_DELIVERY_DUPLICATE: Final = "eda.delivery.duplicate"
+#: Records handled again within the duplicate window (see EDA_DELIVERY_DUPLICATE).
+METRIC_DUPLICATES: Final = "eda.delivery.duplicates"

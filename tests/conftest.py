@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from brokers import KafkaBroker, kafka_broker_fixture_body
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
 
@@ -31,3 +32,13 @@ def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
 def collector(tmp_path_factory: pytest.TempPathFactory, jaeger: Jaeger, zipkin: ZipkinServer) -> Iterator[Collector]:
     with running_collector(tmp_path_factory.mktemp("otelcol"), jaeger, zipkin.spans_endpoint) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One real Kafka broker (``scripts/kafka``) for the whole test session, started on first use.
+
+    Tests share it: each uses topics and groups of its own (``brokers.unique_name``). A test that
+    stops or restarts a broker makes its own ``brokers.KafkaBroker``.
+    """
+    yield from kafka_broker_fixture_body(tmp_path_factory)

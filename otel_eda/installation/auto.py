@@ -31,6 +31,7 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISA
 from opentelemetry.sdk._configuration import _BaseConfigurator
 
 from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
+from otel_eda.transports.aiokafka.contrib import disable_contrib_before_load
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
 
@@ -52,6 +53,8 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
         ]
         if "*" not in disabled and "system_metrics" not in disabled:
             os.environ[OTEL_PYTHON_DISABLED_INSTRUMENTATIONS] = ",".join([*disabled, "system_metrics"])
+        # otel-eda's broker instrumentations replace the contrib ones: keep those from loading
+        disable_contrib_before_load()
 
 
 class EdaConfigurator(_BaseConfigurator):

@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""otel-eda broker benchmark (issue 13): telemetry CPU per record against the contrib instrumentations.
+
+Run from the repository root (it starts a Kafka of its own with ``scripts/kafka`` and stops it)::
+
+    .venv/bin/python benchmarks/bench_kafka.py              # full run (a few minutes)
+    .venv/bin/python benchmarks/bench_kafka.py --quick      # smoke run (noisy)
+    .venv/bin/python benchmarks/bench_kafka.py --json out.json --profile
+
+Each measurement is a fresh process (``kafka_child.py VARIANT``) that produces and consumes
+records against the same broker and reports the process CPU time (all threads) of a fixed
+number of records after a warm-up; the cases run interleaved, ``--reps`` times each (method:
+``method.py``). One record = one ``send`` (in batches of 100, then ``flush``) and one
+``getone``. Added costs are ON minus OFF, paired per repetition:
+
+* otel-eda's aiokafka instrumentation (``AIOKafkaInstrumentor``: PRODUCER and CONSUMER spans
+  with links, event ids, the messaging metrics, event age, lag) minus aiokafka alone;
+* the contrib ``opentelemetry-instrumentation-aiokafka`` (PRODUCER and CONSUMER spans, no
+  metrics, no identity) minus aiokafka alone.
+
+Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
+added cost <= the contrib's. The other broker issues add their client's three cases here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from method import Case, Difference, Goal, Plan, describe_machine, report, run_interleaved
+
+HERE: Final = Path(__file__).resolve().parent
+KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
+CHILD: Final = str(HERE / "kafka_child.py")
+GOAL: Final = 1.0
+FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
+QUICK: Final = Plan(reps=2, ops=500, warmup=200)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@contextmanager
+def kafka_broker() -> Iterator[str]:
+    """A Kafka of this run's own (``scripts/kafka``) on free ports; yields its bootstrap address."""
+    port, controller = free_ports(2)
+    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as directory:
+        env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller)}
+        started = subprocess.run(
+            [str(KAFKA_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/kafka start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"127.0.0.1:{port}"
+        finally:
+            subprocess.run([str(KAFKA_SCRIPT), "stop", directory], capture_output=True, check=False)
+
+
+def cases(bootstrap: str) -> list[Case]:
+    py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
+    return [
+        Case("aiokafka_off", "aiokafka, no instrumentation", [py, CHILD, "off"], env, unit="record"),
+        Case("aiokafka_eda", "aiokafka, otel-eda instrumentation", [py, CHILD, "eda"], env, unit="record"),
+        Case("aiokafka_contrib", "aiokafka, contrib instrumentation", [py, CHILD, "contrib"], env, unit="record"),
+    ]
+
+
+DIFFERENCES: Final = [
+    Difference("aiokafka_eda_added", "otel-eda aiokafka telemetry", on="aiokafka_eda", off="aiokafka_off"),
+    Difference("aiokafka_contrib_added", "contrib aiokafka telemetry", on="aiokafka_contrib", off="aiokafka_off"),
+]
+GOALS: Final = [
+    Goal(
+        "aiokafka_eda_vs_contrib",
+        "aiokafka: otel-eda added / contrib added",
+        "aiokafka_eda_added",
+        "aiokafka_contrib_added",
+        GOAL,
+        profile="aiokafka_eda",
+    ),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--json", metavar="FILE", help="also write every number to FILE")
+    parser.add_argument("--quick", action="store_true", help="short smoke run (numbers are noisy)")
+    parser.add_argument("--profile", action="store_true", help="print the profiles even for met goals")
+    parser.add_argument("--reps", type=int, help="repetitions per case")
+    parser.add_argument("--ops", type=int, help="records measured per process")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.reps is not None:
+        plan = Plan(max(1, args.reps), plan.ops, plan.warmup, plan.timeout_s)
+    if args.ops is not None:
+        plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("aiokafka", "opentelemetry-sdk", "opentelemetry-instrumentation-aiokafka")
+    )
+    print(
+        f"otel-eda broker benchmark: {describe_machine()}, {versions}; {plan.ops} records measured per "
+        f"process after {plan.warmup} of warm-up"
+        + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
+    )
+    print(
+        "  one record = send (batches of 100, then flush) + getone; exporters: BatchSpanProcessor + "
+        "discarding span exporter, MeterProvider + PeriodicExportingMetricReader + discarding metric exporter"
+    )
+    with kafka_broker() as bootstrap:
+        measurements = run_interleaved(cases(bootstrap), plan)
+        results = report(measurements, DIFFERENCES, GOALS, profile_always=args.profile, profile_ops=plan.ops)
+    for key, case in results["cases"].items():
+        spans = case["extra"].get("spans_per_event")
+        if spans is not None:
+            print(f"  {key}: {spans['median']:.2f} spans per record")
+    print(f"  total {results['seconds']:.0f} s; {describe_machine()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""otel-eda for aiokafka: event identity, lifecycle spans, metrics and consumer lag over Kafka,
+built on the public messaging API (:mod:`otel_eda.messaging`).
+
+* :mod:`~otel_eda.transports.aiokafka.instrumentor`: ``AIOKafkaInstrumentor`` (entry point
+  ``otel_eda_aiokafka``) and ``processing(record)``;
+* :mod:`~otel_eda.transports.aiokafka.telemetry`: what one instrumentation writes;
+* :mod:`~otel_eda.transports.aiokafka.lag`: the ``eda.consumer.lag`` gauge;
+* :mod:`~otel_eda.transports.aiokafka.contrib`: keeping the contrib aiokafka instrumentation out.
+
+Importing this package imports no Kafka client (the distro reads ``contrib`` at start-up).
+"""

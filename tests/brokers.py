@@ -1,0 +1,205 @@
+"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``).
+
+Importable by test modules (``tests/`` is on ``sys.path`` under pytest's default import mode),
+like ``zipkin_server.py``. ``conftest.py`` has a session-scoped ``kafka`` fixture (one broker
+for the whole test session, started on first use); a test that stops or restarts a broker
+(an outage) makes its own :class:`KafkaBroker` in a directory of its own, so the shared one
+never goes down under another test::
+
+    from brokers import KafkaBroker
+
+    def test_outage(tmp_path: Path) -> None:
+        with KafkaBroker(tmp_path / "kafka") as broker:
+            ...  # clients bootstrap from broker.bootstrap_servers
+            broker.stop()
+            broker.start()  # the same ports and data: topics and committed offsets survive
+
+The broker listens on free ports of 127.0.0.1 only (checked by the script); its jars are
+fetched once per machine by ``scripts/kafka install`` (``scripts/test`` runs it). A broker
+that does not start fails the test with the script's output and the broker's log: it is never
+skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
+#: ``KAFKA_READY_TIMEOUT_S`` of ``scripts/kafka start``: seconds to wait for the broker to answer.
+READY_TIMEOUT_S = 120
+
+__all__ = [
+    "KafkaBroker",
+    "KafkaStartError",
+    "client_config",
+    "install_kafka",
+    "kafka_broker_fixture_body",
+    "unique_name",
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1 (all sockets held open until every port is chosen)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or group name no other test of the session uses (tests share one broker)."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class KafkaStartError(RuntimeError):
+    """``scripts/kafka`` could not install or start the broker; the message has its output and log."""
+
+
+def install_kafka(timeout_s: float = 900.0) -> Path:
+    """Resolve Kafka's jars (once per machine); return the directory holding them."""
+    try:
+        proc = subprocess.run(
+            [str(KAFKA_SCRIPT), "install"], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise KafkaStartError(f"scripts/kafka install did not finish within {timeout_s:g} s") from exc
+    if proc.returncode != 0:
+        raise KafkaStartError(f"scripts/kafka install failed (exit {proc.returncode}):\n{proc.stderr}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+class KafkaBroker:
+    """One Kafka process (KRaft, broker and controller) run by ``scripts/kafka`` from ``directory``.
+
+    A context manager: ``with KafkaBroker(tmp_path) as broker: ...`` starts and stops it. Its ports
+    are chosen once, so :meth:`restart` brings it back at the same address with the same data.
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.directory = Path(directory)
+        self.port, self.controller_port = _free_ports(2)
+        self.ready_timeout_s = ready_timeout_s
+        #: what clients bootstrap from (``bootstrap_servers=``)
+        self.bootstrap_servers = f"127.0.0.1:{self.port}"
+        #: seconds the last :meth:`start` took (format and JVM start)
+        self.start_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return f"KafkaBroker({self.bootstrap_servers}, directory={str(self.directory)!r})"
+
+    def start(self) -> KafkaBroker:
+        """Start the broker and wait until it answers (``scripts/kafka start``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        install_kafka()
+        env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "KAFKA_READY_TIMEOUT_S": f"{self.ready_timeout_s:g}",
+        }
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [str(KAFKA_SCRIPT), "start", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=self.ready_timeout_s + 60,
+                check=False,
+                env=env,
+            )
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise KafkaStartError(f"scripts/kafka start hung for {exc.timeout:g} s\n{self.log()}") from exc
+        if proc.returncode != 0:  # its output has the broker's log
+            raise KafkaStartError(
+                f"scripts/kafka start {self.directory} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop the broker (TERM, then KILL); does nothing if it is not running."""
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(KAFKA_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=90, check=False
+            )
+
+    def restart(self) -> KafkaBroker:
+        """Stop and start again: the same address, the same topics, records and committed offsets."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "kafka.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's PID while it runs (from ``kafka.pid``), else ``None``."""
+        try:
+            return int((self.directory / "kafka.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+    def listening_addresses(self) -> set[tuple[str, str, int]]:
+        """Every ``(protocol, ip, port)`` the broker process listens on (TCP) or has bound (UDP)."""
+        pid = self.pid
+        assert pid is not None, "Kafka is not running"
+        found: set[tuple[str, str, int]] = set()
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
+                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
+            elif conn.type == socket.SOCK_DGRAM:
+                found.add(("udp", conn.laddr.ip, conn.laddr.port))
+        return found
+
+
+def kafka_broker_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The body of a broker fixture: start, yield, stop; a broker that does not start fails the test."""
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    problem = None
+    try:
+        broker.start()
+    except KafkaStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        broker.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def client_config(broker: KafkaBroker, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments for an aiokafka client of ``broker`` (short timeouts for a local broker)."""
+    return {"bootstrap_servers": broker.bootstrap_servers, "request_timeout_ms": 20_000, **extra}
