@@ -31,10 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_truth import recorded_flows
+from flow_truth import explored_flow, recorded_flows
+from otel_servers import Collector, Jaeger, wait_for
+from test_flow_explorer import _event, _otlp_document, _otlp_span
 
 from otel_eda import Delivery
 from otel_eda.flows import cli
+from otel_eda.flows.explorer import FlowQuery, JaegerSource, find_flows
 from otel_eda.testing import TelemetryCapture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,10 +177,11 @@ def test_the_page_of_each_demo_order_shows_every_event_and_a_click_opens_its_det
 
 
 @contextlib.contextmanager
-def serving(telemetry: Path) -> Iterator[str]:
-    """``otel-eda serve --port 0`` as a subprocess: its URL; stopped by PID."""
+def serving(*source: str) -> Iterator[str]:
+    """``otel-eda serve --port 0`` with ``source`` (e.g. ``--file DIR``) as a subprocess: its
+    URL; stopped by PID."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "otel_eda", "serve", "--file", str(telemetry), "--port", "0"],
+        [sys.executable, "-m", "otel_eda", "serve", *source, "--port", "0"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -199,7 +203,7 @@ def serving(telemetry: Path) -> Iterator[str]:
 
 def test_serve_finds_a_flow_by_business_key_from_the_search_box(demo: Demo, open_page: Any) -> None:
     (expected,) = [shape for key, shape in recorded_flows(demo.summary).items() if key == "order-1003"]
-    with serving(demo.telemetry) as url:
+    with serving("--file", str(demo.telemetry)) as url:
         opened = open_page(url)
         page = opened.page
         assert page.is_visible("#search-text")
@@ -267,3 +271,89 @@ def test_a_flow_of_500_events_is_grouped_and_a_click_opens_a_group(open_page: An
     height = page.eval_on_selector("#timeline", "c => c.getBoundingClientRect().height")
     assert 0 < height < 3 * (8 * 14 + 12) + 40
     assert opened.problems == []
+
+
+def test_a_deep_chain_and_a_cycle_of_causes_show_every_event(open_page: Any, tmp_path: Path) -> None:
+    """Damaged or unusual data: a causation chain 2,000 events deep, and two events that name
+    each other as their cause (no root leads to them): every event is drawn, once."""
+    chain = [_otlp_span("r0", kind=4, attrs=_event("e0", "e0", None, "tick"))]
+    chain += [_otlp_span(f"r{i}", kind=4, attrs=_event(f"e{i}", "e0", f"e{i - 1}", "tick")) for i in range(1, 2000)]
+    cycle = [
+        _otlp_span("x1", kind=4, attrs=_event("x1", "e0", "x2", "loop")),
+        _otlp_span("x2", kind=4, attrs=_event("x2", "e0", "x1", "loop")),
+    ]
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps(_otlp_document(chain + cycle)) + "\n")
+    html = tmp_path / "deep.html"
+    assert cli.main(["flow", "e0", "--file", str(spans), "--html", str(html)]) == cli.EXIT_FOUND
+    opened = open_page(html.as_uri())
+    ids: list[str] = opened.page.eval_on_selector_all(
+        "#causation .node[data-event-id]", "nodes => nodes.map(n => n.dataset.eventId)"
+    )
+    assert sorted(ids) == sorted([f"e{i}" for i in range(2000)] + ["x1", "x2"])
+    opened.page.click('#causation .node[data-event-id="x1"]')
+    assert "x2" in opened.page.inner_text("#details")
+    assert opened.problems == []
+
+
+# -- otel-eda serve against the real Jaeger ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_in_jaeger(collector: Collector, jaeger: Jaeger, tmp_path_factory: pytest.TempPathFactory) -> Demo:
+    """The demo through the real Collector into the real Jaeger (and Zipkin), link mode."""
+    workdir = tmp_path_factory.mktemp("demo-jaeger")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.otlp_http}",
+        OTEL_METRICS_EXPORTER="none",
+        PYTHONUNBUFFERED="1",
+    )
+    result = subprocess.run(
+        [
+            *(sys.executable, str(DEMO), "--orders", "6", "--traffic", "0", "--mode", "link", "--timeout", "60"),
+            *("--output-dir", str(workdir / "telemetry"), "--json", str(workdir / "summary.json")),
+        ],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert result.returncode == 0, f"demo failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return Demo(json.loads((workdir / "summary.json").read_text()), workdir / "telemetry")
+
+
+@pytest.mark.integration
+def test_serve_finds_a_flow_in_jaeger_by_business_key_from_the_search_box(
+    demo_in_jaeger: Demo, jaeger: Jaeger, open_page: Any
+) -> None:
+    """Jaeger's query API sends no CORS headers: the page asks otel-eda serve, which asks Jaeger."""
+    summary = demo_in_jaeger.summary
+    expected = recorded_flows(summary)["order-1004"]
+    correlation_id = next(e["correlation_id"] for e in summary["events"] if e["event_id"] in expected)
+    jaeger_url = f"http://127.0.0.1:{jaeger.query}"
+
+    def arrived() -> bool:  # the Collector batches: wait until Jaeger holds the whole flow
+        flows = find_flows(JaegerSource(jaeger_url, lookback_s=3600), FlowQuery(correlation_id=correlation_id))
+        return bool(flows) and explored_flow(flows[0]) == expected
+
+    wait_for(arrived, 60, "order-1004 complete in Jaeger")
+    with serving("--jaeger", jaeger_url) as url:
+        opened = open_page(url + "?key=order-1004")  # a link to an answer searches at once
+        page = opened.page
+        page.wait_for_selector(f'#causation .node[data-event-id="{correlation_id}"]', timeout=60_000)
+        # the session's Jaeger may hold other runs' order-1004 too: this run's flow is one of them
+        buttons = page.query_selector_all("nav#flows button")
+        for index in range(max(1, len(buttons))):
+            if buttons:
+                buttons[index].click()
+            if correlation_id in page.inner_text("#summary"):
+                break
+        assert opened.event_ids() == set(expected)
+        assert f"from Jaeger at {jaeger_url}" in page.inner_text("#status-line")
+        opened.shoot("serve-jaeger-order-1004")
+        assert opened.problems == []
+        assert all(r.startswith(url) for r in opened.requests)

@@ -110,13 +110,6 @@
       add(cause !== null && (ids.has(cause) || missing.has(cause)) ? cause : "", { kind: "event", event });
     }
     for (const id of flow.missing_events) add("", { kind: "missing", id });
-    const build = (item) => {
-      const id = item.kind === "event" ? item.event.event_id : item.id;
-      const node = { ...item, id, children: [] };
-      const below = children.get(id) || [];
-      node.children = grouped(id, below).map((child) => (child.kind === "group" ? child : build(child)));
-      return node;
-    };
     const grouped = (parentId, items) => {
       const groups = new Map();
       for (const item of items) {
@@ -133,8 +126,43 @@
       }
       return out;
     };
+    // Iteratively (a causation chain may be thousands of events deep), each event once. Events
+    // that no root leads to (a cycle of causes, in damaged data) hang under the root too.
+    const idOf = (item) => (item.kind === "event" ? item.event.event_id : item.id);
+    const reachable = new Set();
+    const reach = (id) => {
+      const stack = [id];
+      while (stack.length) {
+        for (const item of children.get(stack.pop()) || []) {
+          if (!reachable.has(idOf(item))) {
+            reachable.add(idOf(item));
+            stack.push(idOf(item));
+          }
+        }
+      }
+    };
+    reach("");
+    const tops = [...(children.get("") || [])];
+    for (const event of flow.events) {
+      if (reachable.has(event.event_id)) continue;
+      reachable.add(event.event_id);
+      tops.push({ kind: "event", event });
+      reach(event.event_id);
+    }
     const root = { kind: "root", id: "", children: [] };
-    root.children = grouped("", children.get("") || []).map((c) => (c.kind === "group" ? c : build(c)));
+    const placed = new Set();
+    const stack = [[root, tops]];
+    while (stack.length) {
+      const [node, items] = stack.pop();
+      const fresh = items.filter((item) => !placed.has(idOf(item)));
+      fresh.forEach((item) => placed.add(idOf(item)));
+      node.children = grouped(node.id, fresh).map((item) =>
+        item.kind === "group" ? item : { ...item, id: idOf(item), children: [] },
+      );
+      for (const child of node.children) {
+        if (child.kind !== "group") stack.push([child, children.get(child.id) || []]);
+      }
+    }
     return root;
   }
 
