@@ -8,10 +8,13 @@ Run from the repository root (needs Debian's Chromium: ``scripts/chromium instal
     .venv/bin/python benchmarks/flow_page.py --quick         # 500 events, 2 repetitions
     .venv/bin/python benchmarks/flow_page.py --json out.json # also write every number
 
-The flow is the one ``benchmarks/flow_explorer.py`` makes with otel-eda's real bus (link
-mode, 1 ``order_placed`` → 99 ``batch_ready`` → 9,900 ``item_shipped``: 10,000 events,
-20,099 spans), written as the console exporter writes it; ``otel-eda flow <id> --file F
---html page.html`` (a new interpreter) writes the page, timed as ``write page``.
+Two flows of 10,000 events made with otel-eda's real bus (link mode), written as the
+console exporter writes them: ``fan-out``, the one ``benchmarks/flow_explorer.py`` makes
+(1 ``order_placed`` → 99 ``batch_ready`` → 9,900 ``item_shipped``, 20,099 spans: the
+page groups the items, so few nodes are drawn), and ``chain``, 10,000 ``hop`` events each
+emitted by the handling of the one before (nothing to group: all 10,000 nodes drawn).
+``otel-eda flow <id> --file F --html page.html`` (a new interpreter) writes the page, timed
+as ``write page``.
 
 ``open page``: a new tab of one headless Chromium (Playwright, ``executable_path``) loads the
 page from its file, until the page has drawn everything (its causation graph, timeline and
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import statistics
@@ -39,6 +43,7 @@ from typing import Any
 
 from flow_explorer import make_flow
 
+from otel_eda import Delivery, EventBus
 from otel_eda.testing import TelemetryCapture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +61,28 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def write_spans(path: Path, batches: int, items: int) -> tuple[str, int, int]:
+async def make_chain(capture: TelemetryCapture, length: int) -> tuple[EventBus, str]:
+    """A causation chain: each handling emits the next event (nothing to group: every node drawn)."""
+    bus = capture.bus(service="relay", mode="link", queue_size=100_000)
+
+    async def relay(d: Delivery) -> None:
+        if d.payload["n"] + 1 < length:
+            await d.emit("hop", {"n": d.payload["n"] + 1})
+
+    async with bus:
+        bus.subscribe("hop", relay, subscriber="relay")
+        root = await bus.publish("hop", {"n": 0}, business_key="order-chain")
+        await bus.join()
+    return bus, root.correlation_id
+
+
+def write_spans(path: Path, shape: str, batches: int, items: int) -> tuple[str, int, int]:
     with TelemetryCapture(service="warehouse") as capture:
-        bus, correlation_id = asyncio.run(make_flow(capture, batches, items))
+        events = 1 + batches * (1 + items)
+        flow = make_flow(capture, batches, items) if shape == "fan-out" else make_chain(capture, events)
+        # on a thread of its own: Playwright's sync API keeps an event loop running on this one
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            bus, correlation_id = pool.submit(asyncio.run, flow).result()
         spans = capture.exporter.get_finished_spans()
         with path.open("w") as out:
             for span in spans:
@@ -71,6 +95,60 @@ def line(name: str, values: list[float], goal: float | None = None) -> str:
     median = statistics.median(values)
     verdict = ("  met" if median < goal else "  MISSED") if goal is not None else ""
     return f"  {name:<26} {median:7.3f} s ({min(values):.3f}-{max(values):.3f}){verdict}"
+
+
+#: fan-out: 1 order, 99 batches, 9,900 items (siblings grouped); chain: 10,000 hops (every node drawn)
+SHAPES = ("fan-out", "chain")
+
+
+def measure(browser: Any, shape: str, batches: int, items: int, reps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        spans, page = Path(tmp) / "console.json", Path(tmp) / "page.html"
+        started = time.perf_counter()
+        correlation_id, events, span_count = write_spans(spans, shape, batches, items)
+        made = time.perf_counter() - started
+        print(f"{shape}: a flow of {events} events, {span_count} spans, link mode; made in {made:.1f} s")
+        command = [sys.executable, "-m", "otel_eda", "flow", correlation_id, "--file", str(spans), "--html", str(page)]
+        writes = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd=ROOT)
+            writes.append(time.perf_counter() - started)
+        page_bytes = page.stat().st_size
+        opens, clicks, drawn = [], [], 0
+        for _ in range(reps):
+            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            tab.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+            tab.goto(page.as_uri(), timeout=120_000)
+            tab.wait_for_selector("html[data-rendered=true]", timeout=120_000)
+            assert not errors, errors
+            assert f"{events} events" in tab.inner_text("#summary")
+            opens.append(tab.evaluate("window.flowPageOpenMs") / 1000)
+            drawn = tab.evaluate("document.querySelectorAll('#causation .node').length")
+            clicks.append(
+                tab.evaluate(
+                    """() => { const t = performance.now();
+                    document.querySelector('#causation .node[data-event-id]')
+                      .dispatchEvent(new MouseEvent('click', {bubbles: true}));
+                    return (performance.now() - t) / 1000; }"""
+                )
+            )
+            tab.close()
+    print(f"  page {page_bytes / 1e6:.1f} MB, {drawn} nodes drawn in the causation graph")
+    print(line("write page (new interpreter)", writes))
+    print(line("open page (Chromium)", opens, GOAL_S))
+    print(line("click an event", clicks))
+    return {
+        "events": events,
+        "spans": span_count,
+        "page_bytes": page_bytes,
+        "nodes_drawn": drawn,
+        "write_s": writes,
+        "open_s": opens,
+        "click_s": clicks,
+        "open_median_s": statistics.median(opens),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,56 +164,14 @@ def main(argv: list[str] | None = None) -> int:
 
     batches, items = (9, 54) if args.quick else (99, 100)
     reps = 2 if args.quick else max(1, args.reps)
-    results: dict[str, Any] = {"goal_s": GOAL_S}
-    with tempfile.TemporaryDirectory() as tmp:
-        spans, page = Path(tmp) / "console.json", Path(tmp) / "page.html"
-        started = time.perf_counter()
-        correlation_id, events, span_count = write_spans(spans, batches, items)
-        print(f"flow of {events} events, {span_count} spans, link mode; made in {time.perf_counter() - started:.1f} s")
-        command = [sys.executable, "-m", "otel_eda", "flow", correlation_id, "--file", str(spans), "--html", str(page)]
-        writes = []
-        for _ in range(reps):
-            started = time.perf_counter()
-            subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd=ROOT)
-            writes.append(time.perf_counter() - started)
-        page_bytes = page.stat().st_size
-        print(f"page {page_bytes / 1e6:.1f} MB")
-        print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
-        opens, clicks = [], []
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-            for _ in range(reps):
-                tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-                errors: list[str] = []
-                tab.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
-                tab.goto(page.as_uri(), timeout=120_000)
-                tab.wait_for_selector("html[data-rendered=true]", timeout=120_000)
-                assert not errors, errors
-                assert f"{events} events" in tab.inner_text("#summary")
-                opens.append(tab.evaluate("window.flowPageOpenMs") / 1000)
-                clicks.append(
-                    tab.evaluate(
-                        """() => { const t = performance.now();
-                        document.querySelector('#causation .node[data-event-id]')
-                          .dispatchEvent(new MouseEvent('click', {bubbles: true}));
-                        return (performance.now() - t) / 1000; }"""
-                    )
-                )
-                tab.close()
-            browser.close()
-    print(line("write page (new interpreter)", writes))
-    print(line("open page (Chromium)", opens, GOAL_S))
-    print(line("click an event", clicks))
-    results.update(
-        events=events,
-        spans=span_count,
-        load_average=os.getloadavg(),
-        page_bytes=page_bytes,
-        write_s=writes,
-        open_s=opens,
-        click_s=clicks,
-        open_median_s=statistics.median(opens),
-    )
+    results: dict[str, Any] = {"goal_s": GOAL_S, "shapes": {}}
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        for shape in SHAPES:
+            results["shapes"][shape] = measure(browser, shape, batches, items, reps)
+        browser.close()
+    results["load_average"] = os.getloadavg()
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
