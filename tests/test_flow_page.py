@@ -100,6 +100,15 @@ def test_flow_html_writes_one_self_contained_page_with_the_flow_intact(spans_fil
     data, library, app = parser.scripts
     document = json.loads(data)
     expected = find_flows(FileSource([spans_file]), FlowQuery(business_key="order-7"))
+    # everything --json has, and the attributes of each publish and attempt span
+    attributes = []
+    for flow in document["flows"]:
+        for event in flow["events"]:
+            attributes.append(event.pop("attributes"))
+            assert attributes[-1]["messaging.message.id"] == event["event_id"]
+            for handling in event["handlings"]:
+                for attempt in handling["attempt_spans"]:
+                    assert attempt.pop("attributes")["messaging.consumer.group.name"] == handling["subscriber"]
     assert document["flows"] == [json.loads(json.dumps(flow_json(f))) for f in expected]
     events = document["flows"][0]["events"]
     names = {s["name"] for e in events for h in e["handlings"] for a in h["attempt_spans"] for s in a["spans"]}

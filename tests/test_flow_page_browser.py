@@ -163,6 +163,7 @@ def test_the_page_of_each_demo_order_shows_every_event_and_a_click_opens_its_det
             assert details.get_attribute("data-event-id") == event_id
             text = details.inner_text()
             assert event_type in text and event_id in text
+            assert "publish span attributes" in text and "messaging.system" in text
             for subscriber, status, attempts in handlings:
                 assert f"handled by {subscriber}" in text
                 assert f"{status.replace('_', '-')}" in text and f"attempt {attempts}" in text

@@ -234,6 +234,21 @@ def _document(query: FlowQuery, source: SpanSource, flows: list[Flow]) -> dict[s
     }
 
 
+def _page_document(query: FlowQuery, source: SpanSource, flows: list[Flow]) -> dict[str, Any]:
+    """The document with the attributes of each publish span and handling attempt span (what
+    the page shows of an event when it is clicked)."""
+    document = _document(query, source, flows)
+    for flow, flow_document in zip(flows, document["flows"], strict=True):
+        for event, event_document in zip(flow.events, flow_document["events"], strict=True):
+            event_document["attributes"] = dict(event.publishes[0].attributes) if event.publishes else {}
+            handlings = zip(event.handlings.values(), event_document["handlings"], strict=True)
+            for handling, handling_document in handlings:
+                attempts = zip(handling.attempts, handling_document["attempt_spans"], strict=True)
+                for attempt, attempt_document in attempts:
+                    attempt_document["attributes"] = dict(attempt.span.attributes)
+    return document
+
+
 def _show_flows(args: argparse.Namespace, query: FlowQuery, source: SpanSource, out: TextIO) -> int:
     try:
         flows = find_flows(source, query)
@@ -249,7 +264,7 @@ def _show_flows(args: argparse.Namespace, query: FlowQuery, source: SpanSource, 
             out.write("\n")
         if args.html:
             try:
-                write_page(args.html, document)
+                write_page(args.html, _page_document(query, source, flows))
             except OSError as exc:
                 _say(f"otel-eda flow: error: cannot write {args.html}: {exc.strerror or exc}")
                 return EXIT_SOURCE
@@ -300,7 +315,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             flows = find_flows(source, query)
             if source.skipped:
                 _log.warning("%d spans could not be read and were skipped", source.skipped)
-            return _document(query, source, flows)
+            return _page_document(query, source, flows)
 
     try:
         server = FlowServer(find, args.port)

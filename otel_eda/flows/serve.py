@@ -96,7 +96,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._json(200, document)
 
     def _json(self, status: int, document: dict[str, Any]) -> None:
-        body = json.dumps(document, separators=(",", ":")).encode()
+        body = json.dumps(document, separators=(",", ":"), default=str).encode()
         self._send(status, "application/json", body)
 
     def _send(self, status: int, content_type: str, body: bytes) -> None:

@@ -292,6 +292,13 @@
     return t;
   }
 
+  function attributes(values) {
+    const rows = Object.keys(values)
+      .sort()
+      .map((k) => [k, typeof values[k] === "object" ? JSON.stringify(values[k]) : values[k]]);
+    return table(rows);
+  }
+
   function showMissing(id) {
     const box = document.getElementById("details");
     box.replaceChildren(
@@ -322,6 +329,9 @@
         ["span id", e.span_id],
       ]),
     );
+    if (e.attributes && Object.keys(e.attributes).length) {
+      box.append(el("h4", {}, "publish span attributes"), attributes(e.attributes));
+    }
     if (!e.handlings.length) box.append(el("p", { class: "hint" }, "No handling seen."));
     for (const h of e.handlings) {
       box.append(
@@ -354,6 +364,7 @@
               ["span", a.trace_id + " / " + a.span_id],
               ["spans", spans],
             ]),
+            a.attributes ? el("details", {}, el("summary", {}, "attributes of the attempt's span"), attributes(a.attributes)) : null,
           ),
         );
       }
