@@ -358,3 +358,26 @@ def test_serve_finds_a_flow_in_jaeger_by_business_key_from_the_search_box(
         opened.shoot("serve-jaeger-order-1004")
         assert opened.problems == []
         assert all(r.startswith(url) for r in opened.requests)
+
+
+def test_text_from_spans_is_shown_as_text_never_run(open_page: Any, tmp_path: Path) -> None:
+    hostile = '</script><script>alert("x")</script><img src=x onerror=alert(1)>'
+    document = _otlp_document(
+        [
+            _otlp_span("p1", kind=4, attrs={**_event("e1", "e1", None, "order_placed"), "note": hostile}),
+            _otlp_span(hostile, kind=1, attrs={"eda.correlation_id": "e1"}, parent="p1"),
+        ]
+    )
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps(document) + "\n")
+    html = tmp_path / "hostile.html"
+    assert cli.main(["flow", "e1", "--file", str(spans), "--html", str(html)]) == cli.EXIT_FOUND
+    opened = open_page(html.as_uri())
+    dialogs: list[str] = []
+    opened.page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    opened.page.click('#causation .node[data-event-id="e1"]')
+    assert hostile in opened.page.inner_text("#details")  # the attribute, as text
+    assert f"1 spans outside any handling ({hostile})" in opened.page.inner_text("#summary")  # the name
+    assert opened.page.query_selector("#details img") is None
+    assert dialogs == [] and opened.problems == []
+    assert opened.requests == [html.as_uri()]  # the <img src=x> was never made an element

@@ -90,6 +90,10 @@
       );
     }
     if (flow.gaps) facts.push(flow.gaps + " gap" + (flow.gaps === 1 ? "" : "s") + " (missing spans)");
+    if (flow.stray_spans && flow.stray_spans.length) {
+      const names = [...new Set(flow.stray_spans.map((s) => s.name))].sort().slice(0, 5).join(", ");
+      facts.push(flow.stray_spans.length + " spans outside any handling (" + names + ")");
+    }
     box.append(el("div", { class: "facts", id: "facts" }, facts.join(" · ")));
   }
 
@@ -331,6 +335,10 @@
     );
     if (e.attributes && Object.keys(e.attributes).length) {
       box.append(el("h4", {}, "publish span attributes"), attributes(e.attributes));
+    }
+    if (e.spans && e.spans.length) {
+      const around = e.spans.map((s) => "· " + s.name + " " + ms(s.duration_s) + (s.error ? " error" : "")).join("\n");
+      box.append(el("h4", {}, "spans around its publish"), el("pre", { class: "spans" }, around));
     }
     if (!e.handlings.length) box.append(el("p", { class: "hint" }, "No handling seen."));
     for (const h of e.handlings) {
