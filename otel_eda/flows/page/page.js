@@ -300,7 +300,9 @@
     const rows = Object.keys(values)
       .sort()
       .map((k) => [k, typeof values[k] === "object" ? JSON.stringify(values[k]) : values[k]]);
-    return table(rows);
+    const t = table(rows);
+    t.classList.add("attributes");
+    return t;
   }
 
   function showMissing(id) {
