@@ -1,6 +1,6 @@
 """The flow page in a real browser (issue 20): Debian's Chromium (``scripts/chromium install``)
 driven by Playwright with ``executable_path`` (Playwright cannot download its own browser
-here). One browser for the session; each test opens its own page.
+here). One browser for the module (the only one that needs it); each test opens its own page.
 
 * the page of every story order of the demo (``examples/order_flow.py``, link mode, its
   console files) loads with no console error and no request beyond the file itself, shows
@@ -60,8 +60,11 @@ VIEWPORT = {"width": 1400, "height": 1000}
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium for the module's tests, closed when the module is done: while Playwright's
+    sync API is open it keeps an event loop running on the main thread, where every later test
+    module's ``asyncio.run`` would then fail."""
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium is not installed at {CHROMIUM}: scripts/chromium install (apt-get, as root) installs it")
     try:
