@@ -1,11 +1,12 @@
 """The ``otel-eda`` command (also ``python -m otel_eda``).
 
 Sub-commands register in :data:`COMMANDS` (name, help, add_arguments, run); ``flow`` is
-the causation explorer::
+the causation explorer, ``serve`` the same in a browser::
 
     otel-eda flow <correlation-id> --zipkin http://127.0.0.1:9411
     otel-eda flow --key order-1003 --jaeger http://127.0.0.1:16686
-    otel-eda flow --event <event-id> --file traces.jsonl
+    otel-eda flow --event <event-id> --file traces.jsonl --html flow.html
+    otel-eda serve --jaeger http://127.0.0.1:16686
 
 Exit statuses: 0 a flow was found and shown (gaps included), 1 nothing was found,
 2 the command line or an ``OTEL_EDA_*`` setting was wrong (strict mode), 3 the source
@@ -21,12 +22,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final, NamedTuple, TextIO
+from pathlib import Path
+from typing import Any, Final, NamedTuple, TextIO
 
 from otel_eda._selfmetrics import count_config_error
 from otel_eda.flows.explorer import (
     DEFAULT_LIMIT,
     FileSource,
+    Flow,
     FlowQuery,
     JaegerSource,
     SourceError,
@@ -39,6 +42,8 @@ from otel_eda.flows.explorer import (
     summary_line,
 )
 from otel_eda.flows.explorer.render import Node, render_rich
+from otel_eda.flows.page import write_page
+from otel_eda.flows.serve import FlowServer
 from otel_eda.settings import Settings
 
 __all__ = [
@@ -91,6 +96,25 @@ def _add_flow_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--event", metavar="EVENT_ID", help="an event: its chain of causes up to the root, and everything it caused"
     )
+    _add_source_arguments(parser)
+    how = parser.add_argument_group("how")
+    how.add_argument(
+        "--limit",
+        metavar="N",
+        type=_count,
+        default=DEFAULT_LIMIT,
+        help=f"events shown per flow, the rest counted (default {DEFAULT_LIMIT}; 0 shows all; --json has all)",
+    )
+    how.add_argument("--json", action="store_true", help="print the flows as JSON (for scripts)")
+    how.add_argument(
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="also write the flows as one self-contained page (causation graph, timeline, services; works offline)",
+    )
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_argument_group(
         "where to look (one of; default: OTEL_EDA_FLOW_ZIPKIN_URL, OTEL_EDA_FLOW_JAEGER_URL or OTEL_EDA_FLOW_FILE)"
     )
@@ -103,21 +127,12 @@ def _add_flow_arguments(parser: argparse.ArgumentParser) -> None:
         help="spans written by the console exporter or the Collector's file exporter (a file or a directory; "
         "repeat for several)",
     )
-    how = parser.add_argument_group("how")
-    how.add_argument(
+    where.add_argument(
         "--lookback",
         metavar="SECONDS",
         type=_positive_seconds,
         help="how far back a Zipkin or Jaeger search goes (default: OTEL_EDA_FLOW_LOOKBACK, else 86400)",
     )
-    how.add_argument(
-        "--limit",
-        metavar="N",
-        type=_count,
-        default=DEFAULT_LIMIT,
-        help=f"events shown per flow, the rest counted (default {DEFAULT_LIMIT}; 0 shows all; --json has all)",
-    )
-    how.add_argument("--json", action="store_true", help="print the flows as JSON (for scripts)")
 
 
 def _positive_seconds(text: str) -> float:
@@ -209,6 +224,31 @@ def run_flow(args: argparse.Namespace, settings: Settings, out: TextIO | None = 
         return _show_flows(args, query, source, out)
 
 
+def _document(query: FlowQuery, source: SpanSource, flows: list[Flow]) -> dict[str, Any]:
+    """What ``--json`` prints, the page draws and ``otel-eda serve``'s ``api/flows`` answers."""
+    return {
+        "query": str(query),
+        "source": source.description,
+        "skipped_spans": source.skipped,
+        "flows": [flow_json(flow) for flow in flows],
+    }
+
+
+def _page_document(query: FlowQuery, source: SpanSource, flows: list[Flow]) -> dict[str, Any]:
+    """The document with the attributes of each publish span and handling attempt span (what
+    the page shows of an event when it is clicked)."""
+    document = _document(query, source, flows)
+    for flow, flow_document in zip(flows, document["flows"], strict=True):
+        for event, event_document in zip(flow.events, flow_document["events"], strict=True):
+            event_document["attributes"] = dict(event.publishes[0].attributes) if event.publishes else {}
+            handlings = zip(event.handlings.values(), event_document["handlings"], strict=True)
+            for handling, handling_document in handlings:
+                attempts = zip(handling.attempts, handling_document["attempt_spans"], strict=True)
+                for attempt, attempt_document in attempts:
+                    attempt_document["attributes"] = dict(attempt.span.attributes)
+    return document
+
+
 def _show_flows(args: argparse.Namespace, query: FlowQuery, source: SpanSource, out: TextIO) -> int:
     try:
         flows = find_flows(source, query)
@@ -217,15 +257,18 @@ def _show_flows(args: argparse.Namespace, query: FlowQuery, source: SpanSource, 
         return EXIT_SOURCE
     if source.skipped:
         _log.warning("%d spans could not be read and were skipped", source.skipped)
-    if args.json:
-        document = {
-            "query": str(query),
-            "source": source.description,
-            "skipped_spans": source.skipped,
-            "flows": [flow_json(flow) for flow in flows],
-        }
-        json.dump(document, out, separators=(",", ":"))
-        out.write("\n")
+    if args.json or args.html:
+        document = _document(query, source, flows)
+        if args.json:
+            json.dump(document, out, separators=(",", ":"))
+            out.write("\n")
+        if args.html:
+            try:
+                write_page(args.html, _page_document(query, source, flows))
+            except OSError as exc:
+                _say(f"otel-eda flow: error: cannot write {args.html}: {exc.strerror or exc}")
+                return EXIT_SOURCE
+            _say(f"otel-eda flow: wrote {args.html} ({len(flows)} flow{'s' if len(flows) != 1 else ''})")
     if not flows:
         _say(f"otel-eda flow: no flow found for {query} in {source.description}")
         return EXIT_NOT_FOUND
@@ -235,12 +278,72 @@ def _show_flows(args: argparse.Namespace, query: FlowQuery, source: SpanSource, 
     return EXIT_FOUND
 
 
+# -- otel-eda serve --------------------------------------------------------------------------------
+
+#: ``otel-eda serve``'s port unless ``--port`` says otherwise
+DEFAULT_SERVE_PORT: Final = 9480
+
+
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "exit status: 0 stopped (Ctrl-C), 2 a usage error, 3 the port could not be opened"
+    _add_source_arguments(parser)
+    parser.add_argument(
+        "--port",
+        metavar="PORT",
+        type=_port,
+        default=DEFAULT_SERVE_PORT,
+        help=f"the port on 127.0.0.1 (default {DEFAULT_SERVE_PORT}; 0 picks a free one)",
+    )
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number (0-65535), not {text!r}")
+    return value
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    _source(args, settings)  # a usage error shows now, not at the first search
+
+    def find(query: FlowQuery) -> dict[str, Any]:
+        source = _source(args, settings)  # a new source per search: files are read again
+        with gc_paused():
+            flows = find_flows(source, query)
+            if source.skipped:
+                _log.warning("%d spans could not be read and were skipped", source.skipped)
+            return _page_document(query, source, flows)
+
+    try:
+        server = FlowServer(find, args.port)
+    except OSError as exc:
+        _say(f"otel-eda serve: error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}")
+        return EXIT_SOURCE
+    _say(f"otel-eda serve: the flow page is at {server.url} (Ctrl-C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return EXIT_FOUND
+
+
 COMMANDS: list[Command] = [
     Command(
         "flow",
         "what happened to a flow, a business key or an event, across services, from Zipkin, Jaeger or files",
         _add_flow_arguments,
         run_flow,
+    ),
+    Command(
+        "serve",
+        "the flow page in a browser, with a search box (business key, correlation id, event id), on 127.0.0.1",
+        _add_serve_arguments,
+        run_serve,
     ),
 ]
 
