@@ -68,6 +68,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from operator import itemgetter
+from typing import Any
 
 from otel_eda.anomaly.detectors.base import _Base, _check_window, _real
 
@@ -87,6 +89,7 @@ _DIM = _WINDOW * 2
 # length-2 vector: the square root of a sequential sum of squares).
 _H = 0.7071067811865475
 _C = _H / math.sqrt(_H * _H + _H * _H)
+_first = itemgetter(0)
 
 
 def nab_probationary_period(length: int) -> int:
@@ -190,89 +193,143 @@ def _similarity(t1: Sequence[float], t2: Sequence[float]) -> float:
 
 
 class _Art:
-    """The dual-vigilance fuzzy ART of ARTime (``DVFA``), one complement-coded sample at a time."""
+    """The dual-vigilance fuzzy ART of ARTime (``DVFA``), one complement-coded sample at a time.
 
-    __slots__ = ("clusters", "full", "max_categories", "rho_lb", "rho_ub", "w", "w_e", "w_sum")
+    A category's activation is ``fs**3 * es**2`` (module docstring). The reference computes
+    it for every category; here categories are grouped by their two *energy* weights (those
+    of the newest value and of its complement, which take few distinct values: levels over
+    80), and a group is skipped when an upper bound of its activations is below both the
+    best activation found so far and ``rho_ub``: then none of them is the best or resonates,
+    so the outcome is the reference's. The bound: ``es`` exactly, and ``fs <= 1 - (we -
+    ne) / |w|_1`` (the two energy terms' shortfall alone), largest for the group's largest
+    ``|w|_1``. Skipping uses a margin of 1e-9, far above rounding.
+    """
+
+    __slots__ = ("clusters", "full", "groups", "key", "max_categories", "rho_lb", "rho_ub", "w", "w_sum")
 
     def __init__(self, rho_lb: float = 0.0, rho_ub: float = 0.0, max_categories: int | None = None) -> None:
         self.rho_lb = rho_lb
         self.rho_ub = rho_ub
         self.w: list[list[float]] = []  # category weights (32 each)
-        self.w_sum: list[float] = []  # |w|_1, cached (0.001 when 0)
-        self.w_e: list[float] = []  # w[newest] + w[newest complement]
+        self.w_sum: list[float] = []  # |w|_1, cached (0.001 when 0, as the reference)
+        self.key: list[tuple[float, float]] = []  # (w[newest], w[newest complement])
+        # key -> [member category indices, largest |w|_1 a member has had]
+        self.groups: dict[tuple[float, float], list[Any]] = {}
         self.clusters = 0
         self.max_categories = max_categories
         self.full = False
+
+    def _group(self, j: int, key: tuple[float, float], ws: float) -> None:
+        g = self.groups.get(key)
+        if g is None:
+            self.groups[key] = [[j], ws]
+        else:
+            g[0].append(j)
+            if ws > g[1]:
+                g[1] = ws
 
     def _add(self, x: list[float]) -> None:
         if self.max_categories is not None and len(self.w) >= self.max_categories:
             self.full = True
             return
+        j = len(self.w)
         self.w.append(x)
-        s = _seq_sum(x)
-        self.w_sum.append(s if s != 0 else 0.001)
-        self.w_e.append(x[_NEWEST] + x[-1])
+        s = sum(x)
+        ws = s if s != 0 else 0.001
+        self.w_sum.append(ws)
+        key = (x[_NEWEST], x[-1])
+        self.key.append(key)
+        self._group(j, key, ws)
+
+    def _commit(self, j: int, em: list[float]) -> None:
+        self.w[j] = em
+        s = sum(em)
+        ws = self.w_sum[j] = s if s != 0 else 0.001
+        key = (em[_NEWEST], em[-1])
+        old = self.key[j]
+        if key != old:
+            members = self.groups[old][0]
+            members.remove(j)
+            if not members:
+                del self.groups[old]
+            self.key[j] = key
+            self._group(j, key, ws)
 
     def train(self, f: Sequence[float], learning: bool = True) -> tuple[bool, float, float]:
         """Present one feature vector: ``(mismatch, activation, energy similarity)``.
 
         ``mismatch`` is the reference's ``cat == -1``: a new cluster was created (or, when
-        not learning, nothing resonated at all).
+        not learning, always).
         """
-        x = [*f, *(1 - v for v in f)]
+        x = [*f, *[1 - v for v in f]]
         if not self.w:  # the first sample only creates the all-ones category
-            self.w.append([1.0] * (2 * len(f)))
-            self.w_sum.append(float(2 * len(f)))
-            self.w_e.append(2.0)
+            self._add([1.0] * len(x))
             self.clusters = 1
             return False, 0.0, 0.0
-        ei = len(f) - 1
-        xe0, xe1 = x[ei], x[-1]
-        best = -1
-        best_m = 0.0
-        best_e = 0.0
-        nan_first = False
-        ms: list[float] = []
-        ems: list[list[float]] = []
-        for j, w in enumerate(self.w):
-            em = list(map(min, x, w))
-            fs = _seq_sum(em) / self.w_sum[j]
-            we = self.w_e[j]
-            ne = min(xe0, w[ei]) + min(xe1, w[-1])
-            if we == 0:
-                es = math.nan if ne == 0 else math.inf
-            else:
-                es = ne / we
-            m = fs * fs * fs * (es * es)
-            if m != m:
-                nan_first = True
-            ms.append(m)
-            ems.append(em)
-            if m > best_m:
-                best_m, best, best_e = m, j, es
-        if not learning:
-            return True, best_m, best_e
-        if nan_first:  # NaN sorts first in sortperm(rev=true): every test fails, the loop breaks
+        groups = self.groups
+        if learning and (0.0, 0.0) in groups:
+            # A category with both energy weights 0 has es = 0/0 = NaN: sortperm(rev=true) puts
+            # it first, every vigilance test fails on it and the reference's loop stops there.
             self.clusters += 1
             self._add(x)
             return True, 0.0, 0.0
-        if best < 0:  # every activation 0: the first in order (index 0) is below both vigilances
-            m0 = ms[0]
-            if m0 >= self.rho_ub:  # rho_ub 0: all of them resonate
-                for j, m in enumerate(ms):
-                    if m >= self.rho_ub:
-                        self._commit(j, ems[j])
+        xe0 = x[_NEWEST]
+        xe1 = x[-1]
+        ranked = []
+        for key, g in groups.items():
+            a, b = key
+            we = a + b
+            if we == 0:  # NaN activations (not learning): never the best
+                continue
+            ne = (xe0 if xe0 < a else a) + (xe1 if xe1 < b else b)
+            es = ne / we
+            short = we - ne
+            fsb = 1 - short / g[1]
+            bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
+            ranked.append((bound, es, short, g[0]))
+        ranked.sort(key=_first, reverse=True)
+        rho_ub = self.rho_ub
+        w = self.w
+        w_sum = self.w_sum
+        best = -1
+        best_m = 0.0
+        best_e = 0.0
+        resonant: list[int] = []
+        for bound, es, short, members in ranked:
+            cut = best_m if best_m < rho_ub or not learning else rho_ub
+            if bound + 1e-9 < cut:
+                break
+            es2 = es * es
+            for j in members:
+                ws = w_sum[j]
+                fsb = 1 - short / ws
+                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
+                    continue
+                fs = sum(map(min, x, w[j])) / ws
+                m = fs * fs * fs * es2
+                if m > best_m or (m == best_m and m > 0 and j < best):
+                    best_m, best, best_e = m, j, es
+                if learning and m >= rho_ub:
+                    resonant.append(j)
+                cut = best_m if best_m < rho_ub or not learning else rho_ub
+        if not learning:
+            return True, best_m, best_e
+        if best < 0:
+            # every activation 0: the first in the reference's order is category 1, below rho_ub
+            # unless that is 0 (then the resonant ones learnt), and tested against rho_lb
+            if resonant:
+                for j in resonant:
+                    self._commit(j, list(map(min, x, w[j])))
                 return False, 0.0, 0.0
-            if m0 >= self.rho_lb:
+            if 0.0 >= self.rho_lb:
                 self._add(x)
                 return False, 0.0, 0.0
             self.clusters += 1
             self._add(x)
             return True, 0.0, 0.0
-        if best_m >= self.rho_ub:
-            for j, m in enumerate(ms):
-                if m >= self.rho_ub:
-                    self._commit(j, ems[j])
+        if best_m >= rho_ub:
+            for j in resonant:
+                self._commit(j, list(map(min, x, w[j])))
             return False, best_m, best_e
         if best_m >= self.rho_lb:
             self._add(x)
@@ -280,12 +337,6 @@ class _Art:
         self.clusters += 1
         self._add(x)
         return True, best_m, best_e
-
-    def _commit(self, j: int, em: list[float]) -> None:
-        self.w[j] = em
-        s = _seq_sum(em)
-        self.w_sum[j] = s if s != 0 else 0.001
-        self.w_e[j] = em[_NEWEST] + em[-1]
 
     def train_batch(self, samples: Sequence[Sequence[float]]) -> list[float]:
         """Train on each sample in turn; the activations (``A``), the first one 0 (it only initialises)."""
@@ -321,10 +372,11 @@ class ArtimeModel:
         self.last_rho_update_i = 0
         self.mask_after_cat = False
         self.no_new_cat_count = 0
-        self.anomaly_sims_sum = 0.0  # the anomalies' activations but the last
-        self.anomaly_sims_n = 0
-        self.anomaly_sim_last = 0.0
-        self.anomaly_sim_history: list[float] = []
+        # The activations of past anomalies (the last one lowered while it is masked): their
+        # sum but the last, how many, and the last (the reference keeps them all in a list).
+        self.hist_sum = 0.0
+        self.hist_n = 0
+        self.hist_last = 0.0
         self.sim_diff_window: deque[float] = deque([0.0] * (tw + 1), maxlen=tw + 1)
         self.sim_window: deque[float] = deque([1.0] * (tw // 2 + 1), maxlen=tw // 2 + 1)
         self.ub_mean = 0.0
@@ -386,7 +438,10 @@ class ArtimeModel:
         return self._features(feats, dsi)
 
     def _level(self, ds: float) -> int:
-        return round(ds * _NLEVELS)
+        # NAB's range holds every value, so this is in [0, 80] there; a range learnt online
+        # may not: beyond it, the nearest limit.
+        level = round(ds * _NLEVELS) if ds == ds else 0
+        return 0 if level < 0 else (_NLEVELS if level > _NLEVELS else level)
 
     def _median(self, level: int, dsi: int) -> int:
         """ARTime's running median of the levels ("not strictly a running median but close enough")."""
@@ -462,15 +517,17 @@ class ArtimeModel:
         self.ub_mean = self.ub_mean + (1 / self.ub_n) * (a - self.ub_mean)
         self.sim_window.append(a)
         self.sim_diff_window.append(art.rho_ub - a)
-        hist = self.anomaly_sim_history
-        if since < _MASK and hist and a < hist[-1]:
-            hist[-1] = a
+        if since < _MASK and self.hist_n and a < self.hist_last:
+            self.hist_last = a
         masking = self.mask_after_cat or mask_after_anomaly
         below_last = a < self.last_anomaly_sim * (0.90 if mask_after_anomaly else 0.70)
         anomaly = 0.0
         if i > tw and mismatch and (not masking or below_last):
             anomaly = self._confidence(a, ae)
-            hist.append(a)
+            if self.hist_n:
+                self.hist_sum += self.hist_last
+            self.hist_n += 1
+            self.hist_last = a
             self.last_anomaly_sim = a
             self.last_anomaly_i = i
         self.mask_after_cat = mismatch or self.mask_after_cat
@@ -494,9 +551,8 @@ class ArtimeModel:
                     decr = julia_sum(below) / len(below)
             decr = max(0.01, decr)
             new_lb = prev_lb - decr / 2
-            hist = self.anomaly_sim_history
-            if hist:
-                new_lb = max(julia_sum(hist) / len(hist), new_lb)
+            if self.hist_n:
+                new_lb = max((self.hist_sum + self.hist_last) / self.hist_n, new_lb)
         art.rho_lb = min(new_ub, new_lb)
         art.rho_ub = new_ub
         self.last_rho_update_i = i
@@ -513,9 +569,50 @@ class ArtimeModel:
 
 
 class ArtimeDetector(_Base):
-    """ARTime (M. Hampton, 2021), the top of NAB's scoreboard, as NAB ran it; or with its range learnt online.
+    """ARTime (M. Hampton, 2021), the top of NAB's scoreboard, as NAB ran it, or with its range learnt online.
 
-    Placeholder docstring: completed with the shipped mode.
+    The model is :class:`ArtimeModel` (see the module docstring for the algorithm and the
+    source it reproduces). Each value is downsampled, discretised over a range, turned into
+    wavelet and level features and matched against the categories of a dual-vigilance fuzzy
+    ART; a value that matches no category well enough (a new cluster), outside the masking
+    that follows an anomaly or a new category, scores a confidence in ``(0, 1]``; every
+    other value scores 0. Scores are 0 during the probationary period (``probation``
+    values), which the model learns from in one batch at its end.
+
+    The range: with ``min_value`` and ``max_value`` (what NAB hands the detector: the whole
+    file's extremes, known in advance) and ``probation`` set as NAB does
+    (:func:`nab_probationary_period` of the file's length), the output is NAB's ``ARTime``
+    row for row. Without them, the shipped mode, the range is learnt online: the first
+    ``probation`` values are kept, and at the last of them a model over their extremes
+    replays them (what the reference would have done given that range; its scores are 0
+    during that period anyway) and carries on. Later values beyond the range count as its
+    nearest limit (level 0 or 80). A rule can also give one limit (for example
+    ``min_value=0`` for a latency); the other is learnt.
+
+    ``is_anomaly`` stays true for ``hold`` values from a value scoring ``>= threshold``
+    (default: the 12 downsampled steps ARTime masks after an anomaly, ``12 * sstep``
+    values), since the score is 0 on the values right after one and an alert rule's
+    ``for`` counts consecutive anomalous evaluations. ``threshold`` (default ``1e-6``):
+    any anomaly ARTime reports, its own decision; ``score`` is the reference's.
+
+    Memory: at most ``max_categories`` ART categories (32 floats each; ``None``, as in NAB's
+    run, means unbounded), plus the ``probation`` values and feature vectors kept during
+    the warm-up. Defaults: the reference's hyperparameters (window 8, 80 levels, 13 windows
+    per probationary period, initial vigilance 0.8) and ``probation=750``, NAB's
+    probationary period for series of 5000 points or more. None was chosen by scoring.
+
+    Reference: M. Hampton, ARTimeNAB.jl (github.com/markNZed/ARTimeNAB.jl, AGPL-3.0), as run
+    by NAB's ``nab/detectors/ARTime`` (Numenta Anomaly Benchmark, 74.9 standard score on
+    the full corpus).
+
+    >>> d = ArtimeDetector()
+    >>> flagged = []
+    >>> for i in range(3000):
+    ...     x = float(i % 48) + (30.0 if 2500 <= i < 2510 else 0.0)  # a sawtooth, then a jump
+    ...     if d.update(600.0 * i, x).score > 0:
+    ...         flagged.append(i)
+    >>> flagged
+    [2505]
     """
 
     def __init__(
@@ -526,21 +623,80 @@ class ArtimeDetector(_Base):
         probation: int = 750,
         threshold: float = 1e-6,
         max_categories: int | None = None,
+        hold: int | None = None,
     ) -> None:
         super().__init__(threshold)
         lo = None if min_value is None else _real(min_value)
         hi = None if max_value is None else _real(max_value)
-        if lo is None or hi is None or lo > hi:
-            raise ValueError("min_value and max_value are needed for now")
+        if (min_value is not None and lo is None) or (max_value is not None and hi is None):
+            raise ValueError(f"min_value and max_value must be finite numbers, got {min_value!r}, {max_value!r}")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_value {lo} is above max_value {hi}")
         self.min_value = lo
         self.max_value = hi
         self.probation = _check_window(probation, "probation", 2 * _WINDOW)
-        self.max_categories = max_categories
+        self.max_categories = None if max_categories is None else _check_window(max_categories, "max_categories", 2)
+        sstep = max(1, (self.probation - self.probation % 2) // (_WINDOW * _WINDOWS_PER_PB))
+        self.hold = _MASK * sstep if hold is None else _check_window(hold, "hold", 1)
+        self._held = 0
         self._reset()
 
     def _reset(self) -> None:
-        assert self.min_value is not None and self.max_value is not None
-        self._model = ArtimeModel(self.min_value, self.max_value, self.probation, self.max_categories)
+        self._held = 0
+        self._lo = math.inf if self.min_value is None else self.min_value
+        self._hi = -math.inf if self.max_value is None else self.max_value
+        if self.min_value is not None and self.max_value is not None:
+            self._learning: list[float] | None = None
+            self._model: ArtimeModel | None = self._new_model()
+        else:
+            self._learning = []
+            self._model = None
+
+    def _new_model(self) -> ArtimeModel:
+        return ArtimeModel(self._lo, self._hi, self.probation, self.max_categories)
+
+    @property
+    def is_anomaly(self) -> bool:
+        """True from a value scoring ``>= threshold`` for ``hold`` values (the score itself rests at 0)."""
+        return self._held > 0
+
+    @property
+    def learning(self) -> bool:
+        """Whether the range is still being learnt (no model yet: scores are 0)."""
+        return self._learning is not None
+
+    @property
+    def warm(self) -> bool:
+        """Whether the probationary period is over (scores can be non-zero)."""
+        return self._model is not None and self._model.warm
+
+    @property
+    def categories(self) -> int:
+        """ART categories held (at most ``max_categories``)."""
+        return 0 if self._model is None else self._model.categories
 
     def _step(self, t: float, x: float) -> float:
-        return self._model.process(x)
+        model = self._model
+        if model is not None:
+            score = model.process(x)
+        else:
+            learning = self._learning
+            assert learning is not None
+            learning.append(x)
+            if self.min_value is None and x < self._lo:
+                self._lo = x
+            if self.max_value is None and x > self._hi:
+                self._hi = x
+            score = 0.0
+            if len(learning) >= self.probation:
+                self._learning = None
+                if self._lo > self._hi:  # one limit given, every value beyond it
+                    self._lo = self._hi = x
+                self._model = model = self._new_model()
+                for v in learning:
+                    score = model.process(v)
+        if score >= self.threshold and score > 0:
+            self._held = self.hold
+        elif self._held:
+            self._held -= 1
+        return score
