@@ -241,9 +241,11 @@ class _Art:
         self.key.append(key)
         self._group(j, key, ws)
 
-    def _commit(self, j: int, em: list[float]) -> None:
+    def _commit(self, j: int, em: list[float], s: float) -> None:
+        """Fast commit: category ``j`` learns ``em = min(x, w)`` (``s`` its sum)."""
+        if em == self.w[j]:  # x within the category's box: nothing changes
+            return
         self.w[j] = em
-        s = sum(em)
         ws = self.w_sum[j] = s if s != 0 else 0.001
         key = (em[_NEWEST], em[-1])
         old = self.key[j]
@@ -294,7 +296,7 @@ class _Art:
         best = -1
         best_m = 0.0
         best_e = 0.0
-        resonant: list[int] = []
+        resonant: list[tuple[int, list[float], float]] = []
         for bound, es, short, members in ranked:
             cut = best_m if best_m < rho_ub or not learning else rho_ub
             if bound + 1e-9 < cut:
@@ -305,12 +307,14 @@ class _Art:
                 fsb = 1 - short / ws
                 if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
                     continue
-                fs = sum(map(min, x, w[j])) / ws
+                em = list(map(min, x, w[j]))
+                num = sum(em)
+                fs = num / ws
                 m = fs * fs * fs * es2
                 if m > best_m or (m == best_m and m > 0 and j < best):
                     best_m, best, best_e = m, j, es
                 if learning and m >= rho_ub:
-                    resonant.append(j)
+                    resonant.append((j, em, num))
                 cut = best_m if best_m < rho_ub or not learning else rho_ub
         if not learning:
             return True, best_m, best_e
@@ -318,8 +322,8 @@ class _Art:
             # every activation 0: the first in the reference's order is category 1, below rho_ub
             # unless that is 0 (then the resonant ones learnt), and tested against rho_lb
             if resonant:
-                for j in resonant:
-                    self._commit(j, list(map(min, x, w[j])))
+                for r in resonant:
+                    self._commit(*r)
                 return False, 0.0, 0.0
             if 0.0 >= self.rho_lb:
                 self._add(x)
@@ -328,8 +332,8 @@ class _Art:
             self._add(x)
             return True, 0.0, 0.0
         if best_m >= rho_ub:
-            for j in resonant:
-                self._commit(j, list(map(min, x, w[j])))
+            for r in resonant:
+                self._commit(*r)
             return False, best_m, best_e
         if best_m >= self.rho_lb:
             self._add(x)
@@ -622,7 +626,7 @@ class ArtimeDetector(_Base):
         max_value: float | None = None,
         probation: int = 750,
         threshold: float = 1e-6,
-        max_categories: int | None = None,
+        max_categories: int | None = 1000,
         hold: int | None = None,
     ) -> None:
         super().__init__(threshold)
