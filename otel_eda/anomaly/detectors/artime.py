@@ -98,7 +98,7 @@ def nab_probationary_period(length: int) -> int:
     >>> nab_probationary_period(4032), nab_probationary_period(22695), nab_probationary_period(1882)
     (604, 750, 282)
     """
-    p = int(math.floor(0.15 * length)) if length < 5000 else 750
+    p = math.floor(0.15 * length) if length < 5000 else 750
     return p - p % 2
 
 
@@ -225,8 +225,7 @@ class _Art:
             self.groups[key] = [[j], ws]
         else:
             g[0].append(j)
-            if ws > g[1]:
-                g[1] = ws
+            g[1] = max(g[1], ws)
 
     def _add(self, x: list[float]) -> None:
         if self.max_categories is not None and len(self.w) >= self.max_categories:
@@ -318,29 +317,19 @@ class _Art:
                 cut = best_m if best_m < rho_ub or not learning else rho_ub
         if not learning:
             return True, best_m, best_e
-        if best < 0:
-            # every activation 0: the first in the reference's order is category 1, below rho_ub
-            # unless that is 0 (then the resonant ones learnt), and tested against rho_lb
-            if resonant:
-                for r in resonant:
-                    self._commit(*r)
-                return False, 0.0, 0.0
-            if 0.0 >= self.rho_lb:
-                self._add(x)
-                return False, 0.0, 0.0
-            self.clusters += 1
-            self._add(x)
-            return True, 0.0, 0.0
+        # The reference decides on the first category in its order: the best one (category 1,
+        # activation 0, when every activation is 0).
+        mismatch = False
         if best_m >= rho_ub:
             for r in resonant:
                 self._commit(*r)
-            return False, best_m, best_e
-        if best_m >= self.rho_lb:
+        elif best_m >= self.rho_lb:
             self._add(x)
-            return False, best_m, best_e
-        self.clusters += 1
-        self._add(x)
-        return True, best_m, best_e
+        else:
+            mismatch = True
+            self.clusters += 1
+            self._add(x)
+        return mismatch, best_m, best_e
 
     def train_batch(self, samples: Sequence[Sequence[float]]) -> list[float]:
         """Train on each sample in turn; the activations (``A``), the first one 0 (it only initialises)."""
@@ -350,9 +339,7 @@ class _Art:
 class ArtimeModel:
     """ARTime's state machine for one series with a fixed range ``[dmin, dmax]`` (see the module docstring)."""
 
-    def __init__(
-        self, dmin: float, dmax: float, probationary_period: int, max_categories: int | None = None
-    ) -> None:
+    def __init__(self, dmin: float, dmax: float, probationary_period: int, max_categories: int | None = None) -> None:
         self.dmin = dmin
         self.dmax = dmax
         pp = probationary_period - probationary_period % 2
@@ -444,7 +431,8 @@ class ArtimeModel:
     def _level(self, ds: float) -> int:
         # NAB's range holds every value, so this is in [0, 80] there; a range learnt online
         # may not: beyond it, the nearest limit.
-        level = round(ds * _NLEVELS) if ds == ds else 0
+        ds = 0.0 if math.isnan(ds) else min(max(ds, -1.0), 2.0)  # also keeps round() finite
+        level = round(ds * _NLEVELS)
         return 0 if level < 0 else (_NLEVELS if level > _NLEVELS else level)
 
     def _median(self, level: int, dsi: int) -> int:
@@ -616,7 +604,7 @@ class ArtimeDetector(_Base):
     ...     if d.update(600.0 * i, x).score > 0:
     ...         flagged.append(i)
     >>> flagged
-    [2505]
+    [2512]
     """
 
     def __init__(
