@@ -50,17 +50,25 @@ normalised by its 2-norm (so ``0.7071067811865476``), detail coefficients are
 ``(-c * x[2k]) + c * x[2k+1]``; powers are ``x * x * x`` and ``x * x``; an ``es`` of 0/0
 is NaN, which sorts first in ``sortperm(..., rev=true)`` and so makes the step a mismatch
 with activation 0; activation ties go to the lower category index; the running mean is
-``m + (1/n) * (x - m)``; the final score is ``round(s * 1e6) / 1e6`` (ties to even); sums
-of fewer than 16 numbers are sequential and longer ones follow Julia's ``sum``
-(:func:`julia_sum`). NAB also reads its CSVs with pandas' pre-1.3 float parser, which the
-benchmark reproduces (``benchmarks/nab_score.py``).
+``m + (1/n) * (x - m)``; the final score is ``round(s * 1e6) / 1e6`` (ties to even). Sums
+of fewer than 16 numbers are sequential, as Julia's; longer ``sum``/``mean`` calls (the
+warm-up's similarity sums, the vigilance updates) follow Julia's blocked order
+(:func:`julia_sum`). The 32-element L1 norms of the activation come from OpenBLAS's
+``dasum`` in Julia, whose order depends on the CPU's kernel; here they are summed
+sequentially (Python's ``sum``, which from Python 3.12 compensates rounding: a last-bit
+difference at most). On NAB's 18 subset files the rows are the same to every printed digit
+with sequential sums everywhere too: these orders only move last bits. NAB also reads its
+CSVs with pandas' pre-1.3 float parser, which the benchmark reproduces
+(``benchmarks/nab_score.py``); on ARTime's rows it makes no difference either.
 
 Memory: the reference keeps every category for ever. ``max_categories`` bounds them here
 (``None``, NAB's run, means unbounded): once full, a step that would add a category adds
-none but is scored as the reference scores it (a mismatch is still a mismatch). Each
-category is 32 floats plus two cached sums. Cost per value: O(1) for values inside a
-downsampling block, O(categories) for the value that closes one, and one O(trend_window**2)
-burst (about 100 x 100 cosine similarities) when the warm-up ends.
+none but is scored as the reference scores it (a mismatch is still a mismatch). A category
+is 32 floats, its L1 norm and its group key (about 1.2 kB in CPython, measured by
+``benchmarks/anomaly_speed.py``). Cost per value: O(1) for values inside a downsampling
+block, O(categories) at worst for the value that closes one (in practice the categories
+that survive the bound of :class:`_Art`), and one O(trend_window**2) burst (about 100 x 100
+cosine similarities and a replay, 10-30 ms) when the warm-up ends.
 """
 
 from __future__ import annotations
