@@ -76,7 +76,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from operator import itemgetter
+from operator import itemgetter, le
 from typing import Any
 
 from otel_eda.anomaly.detectors.base import _Base, _check_window, _real
@@ -204,22 +204,47 @@ class _Art:
     """The dual-vigilance fuzzy ART of ARTime (``DVFA``), one complement-coded sample at a time.
 
     A category's activation is ``fs**3 * es**2`` (module docstring). The reference computes
-    it for every category; here categories are grouped by their two *energy* weights (those
-    of the newest value and of its complement, which take few distinct values: levels over
-    80), and a group is skipped when an upper bound of its activations is below both the
-    best activation found so far and ``rho_ub``: then none of them is the best or resonates,
-    so the outcome is the reference's. The bound: ``es`` exactly, and ``fs <= 1 - (we -
-    ne) / |w|_1`` (the two energy terms' shortfall alone), largest for the group's largest
-    ``|w|_1``. Skipping uses a margin of 1e-9, far above rounding.
+    it for every category; the outcome only depends on the best activation and on the
+    categories at or above ``rho_ub`` (which learn), so a category whose activation is
+    provably below both the best found so far and ``rho_ub`` is skipped, exactly:
+
+    - categories are grouped by their two *energy* weights (those of the newest value and of
+      its complement, which take few distinct values: levels over 80); ``es`` is exact per
+      group and ``fs <= 1 - (we - ne) / |w|_1`` (the energy terms' shortfall alone), so a
+      group whose bound, at its largest ``|w|_1``, is below the cut is skipped whole (groups
+      are visited by decreasing bound), then each member by its own ``|w|_1``;
+    - a member whose box holds ``x`` (``w <= x`` on all 32 numbers) has ``min(x, w) = w``:
+      ``fs`` is exactly 1 (the cached ``|w|_1`` is the same sequential sum) and it learns
+      nothing, so no sum is needed;
+    - otherwise the features' half of ``sum(min(x, w))`` comes first: its shortfall bounds
+      ``fs`` again before the complements' half completes the same sequential sum.
+
+    Skipping uses a margin of 1e-9, far above rounding. ``tests/test_artime.py`` checks the
+    outcome against a literal transcription of the reference's loop.
     """
 
-    __slots__ = ("clusters", "full", "groups", "key", "max_categories", "rho_lb", "rho_ub", "w", "w_sum")
+    __slots__ = (
+        "clusters",
+        "full",
+        "groups",
+        "key",
+        "max_categories",
+        "rho_lb",
+        "rho_ub",
+        "w_sum",
+        "wa",
+        "wa_sum",
+        "wb",
+    )
 
     def __init__(self, rho_lb: float = 0.0, rho_ub: float = 0.0, max_categories: int | None = None) -> None:
         self.rho_lb = rho_lb
         self.rho_ub = rho_ub
-        self.w: list[list[float]] = []  # category weights (32 each)
+        # category weights, 32 each, in two halves: the features' (wa) and their complements' (wb)
+        self.wa: list[list[float]] = []
+        self.wb: list[list[float]] = []
         self.w_sum: list[float] = []  # |w|_1, cached (0.001 when 0, as the reference)
+        self.wa_sum: list[float] = []  # |wa|_1
         self.key: list[tuple[float, float]] = []  # (w[newest], w[newest complement])
         # key -> [member category indices, largest |w|_1 a member has had]
         self.groups: dict[tuple[float, float], list[Any]] = {}
@@ -236,25 +261,38 @@ class _Art:
             g[1] = max(g[1], ws)
 
     def _add(self, x: list[float]) -> None:
-        if self.max_categories is not None and len(self.w) >= self.max_categories:
+        if self.max_categories is not None and len(self.wa) >= self.max_categories:
             self.full = True
             return
-        j = len(self.w)
-        self.w.append(x)
-        s = sum(x)
+        j = len(self.wa)
+        half = len(x) >> 1
+        wa = x[:half]
+        sa = sum(wa)
+        self.wa.append(wa)
+        self.wb.append(x[half:])
+        self.wa_sum.append(sa)
+        s = sum(x[half:], sa)  # the sequential sum of all 32
         ws = s if s != 0 else 0.001
         self.w_sum.append(ws)
         key = (x[_NEWEST], x[-1])
         self.key.append(key)
         self._group(j, key, ws)
 
-    def _commit(self, j: int, em: list[float], s: float) -> None:
-        """Fast commit: category ``j`` learns ``em = min(x, w)`` (``s`` its sum)."""
-        if em == self.w[j]:  # x within the category's box: nothing changes
-            return
-        self.w[j] = em
+    def weights(self, j: int) -> list[float]:
+        """Category ``j``'s 32 weights."""
+        return [*self.wa[j], *self.wb[j]]
+
+    def _commit(self, j: int, x: list[float], s: float) -> None:
+        """Fast commit: category ``j`` learns ``min(x, w)`` (``s``: the sum of that)."""
+        half = len(x) >> 1
+        wa, wb = self.wa[j], self.wb[j]
+        if s == self.w_sum[j] and all(map(le, wa, x[:half])) and all(map(le, wb, x[half:])):
+            return  # x within the category's box: nothing changes
+        self.wa[j] = wa = list(map(min, x[:half], wa))
+        self.wb[j] = list(map(min, x[half:], wb))
+        self.wa_sum[j] = sum(wa)
         ws = self.w_sum[j] = s if s != 0 else 0.001
-        key = (em[_NEWEST], em[-1])
+        key = (wa[-1], self.wb[j][-1])
         old = self.key[j]
         if key != old:
             members = self.groups[old][0]
@@ -271,7 +309,7 @@ class _Art:
         not learning, always).
         """
         x = [*f, *[1 - v for v in f]]
-        if not self.w:  # the first sample only creates the all-ones category
+        if not self.wa:  # the first sample only creates the all-ones category
             self._add([1.0] * len(x))
             self.clusters = 1
             return False, 0.0, 0.0
@@ -295,33 +333,51 @@ class _Art:
             short = we - ne
             fsb = 1 - short / g[1]
             bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
-            ranked.append((bound, es, short, g[0]))
+            ranked.append((bound, es, short, b, g[0]))
         ranked.sort(key=_first, reverse=True)
         rho_ub = self.rho_ub
-        w = self.w
+        wa = self.wa
+        wb = self.wb
+        wa_sum = self.wa_sum
         w_sum = self.w_sum
+        half = len(f)
+        xa = x[:half]
+        xb = x[half:]
         best = -1
         best_m = 0.0
         best_e = 0.0
-        resonant: list[tuple[int, list[float], float]] = []
-        for bound, es, short, members in ranked:
+        resonant: list[tuple[int, float]] = []
+        for bound, es, short, key_b, members in ranked:
             cut = best_m if best_m < rho_ub or not learning else rho_ub
             if bound + 1e-9 < cut:
                 break
             es2 = es * es
+            top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
             for j in members:
                 ws = w_sum[j]
                 fsb = 1 - short / ws
                 if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
                     continue
-                em = list(map(min, x, w[j]))
-                num = sum(em)
+                wj = wa[j]
+                if all(map(le, wj, xa)) and all(map(le, wb[j], xb)) and (ws != 0.001 or wa_sum[j] != 0):
+                    # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
+                    # (the cached |w| is the same sequential sum) and learning changes nothing
+                    if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
+                        best_m, best, best_e = es2, j, es
+                    cut = best_m if best_m < rho_ub or not learning else rho_ub
+                    continue
+                # the features' half first: its shortfall (plus the complement energy's) bounds fs
+                num_a = sum(map(min, xa, wj))
+                fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top)) / ws
+                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
+                    continue
+                num = sum(map(min, xb, wb[j]), num_a)  # the sequential sum over all 32
                 fs = num / ws
                 m = fs * fs * fs * es2
                 if m > best_m or (m == best_m and m > 0 and j < best):
                     best_m, best, best_e = m, j, es
                 if learning and m >= rho_ub:
-                    resonant.append((j, em, num))
+                    resonant.append((j, num))
                 cut = best_m if best_m < rho_ub or not learning else rho_ub
         if not learning:
             return True, best_m, best_e
@@ -329,8 +385,8 @@ class _Art:
         # activation 0, when every activation is 0).
         mismatch = False
         if best_m >= rho_ub:
-            for r in resonant:
-                self._commit(*r)
+            for j, num in resonant:
+                self._commit(j, x, num)
         elif best_m >= self.rho_lb:
             self._add(x)
         else:
@@ -384,7 +440,7 @@ class ArtimeModel:
     @property
     def categories(self) -> int:
         """Categories held by the ART (at most ``max_categories``)."""
-        return len(self.art.w)
+        return len(self.art.wa)
 
     @property
     def warm(self) -> bool:
