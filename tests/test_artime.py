@@ -238,3 +238,20 @@ def test_a_quiet_series_draws_anomalies_every_day_even_from_the_reference() -> N
             if det.update(5.0 * i, v).score > 0:
                 counts[k] += 1
     assert counts == [10, 12]
+
+
+@pytest.mark.skipif(not HAVE_SUBSET, reason="NAB subset with reference outputs not present")
+def test_fidelity_report_for_artime(capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = _one_file_corpus("realKnownCause/rogue_agent_key_hold.csv")
+    report = ns.artime_fidelity_report(SUBSET, corpus)
+    runs = report["runs"]
+    assert list(runs) == [
+        "NAB inputs",
+        "NAB inputs, max_categories=1000",
+        "online (shipped): range of the first 750 values",
+    ]
+    assert runs["NAB inputs"]["agreement"] == [1.0]
+    assert runs["NAB inputs"]["scores"] == report["reference"]
+    ns.print_fidelity(report)
+    out = capsys.readouterr().out
+    assert "fidelity to NAB's ARTime rows" in out and "threshold 1e-06" in out
