@@ -642,7 +642,9 @@ class ArtimeDetector(_Base):
     ``probation`` values are kept, and at the last of them a model over their extremes
     replays them (what the reference would have done given that range; its scores are 0
     during that period anyway) and carries on. Later values beyond the range count as its
-    nearest limit (level 0 or 80). A rule can also give one limit (for example
+    nearest limit (level 0 or 80). A warm-up of one repeated value leaves a range of width
+    0, and the reference then does not scale at all: a later value's level is its distance
+    from that value times 80 (clamped). A rule can also give one limit (for example
     ``min_value=0`` for a latency); the other is learnt.
 
     ``is_anomaly`` stays true for ``hold`` values from a value scoring ``>= threshold``
