@@ -407,3 +407,12 @@ async def test_uninstrument_restores_the_client(nats_server: NatsServer, capture
         await wait_for(lambda: len(got) == 1, "the message")
     await client.close()
     assert capture.spans() == [] and got[0].headers is None
+
+
+def test_msg_id_follows_its_variable_unless_instrument_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_eda.transports.nats.telemetry import NatsTelemetry
+
+    assert NatsTelemetry().msg_id is False
+    monkeypatch.setenv("OTEL_EDA_NATS_MSG_ID", "true")
+    assert NatsTelemetry().msg_id is True
+    assert NatsTelemetry(msg_id=False).msg_id is False

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -83,8 +82,6 @@ __all__ = ["NATSInstrumentor", "Outgoing", "outgoing_event", "processing"]
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("nats-py >= 2.6, < 3",)
 _MARK: Final = "__otel_eda_original__"
-#: ``true``: JetStream publishes get ``Nats-Msg-Id`` = the event id (``instrument(msg_id=...)`` wins).
-MSG_ID_ENV: Final = "OTEL_EDA_NATS_MSG_ID"
 _MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _CE_TYPE: Final = "ce-type"
 _JS_ACK_PREFIX: Final = "$JS.ACK."
@@ -362,16 +359,6 @@ class _FetchedMessages(list):  # type: ignore[type-arg]
 _telemetry: NatsTelemetry | None = None
 
 
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "false", "0", "no", "off"):
-        return False
-    if value in ("true", "1", "yes", "on"):
-        return True
-    _log.warning("otel-eda: %s=%r is not true or false: false is used", name, value)
-    return False
-
-
 class NATSInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """otel-eda's nats-py instrumentation (see the module docstring).
 
@@ -391,7 +378,7 @@ class NATSInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             recorders=kwargs.get("recorders", ()),
-            msg_id=_env_flag(MSG_ID_ENV) if msg_id is None else bool(msg_id),
+            msg_id=msg_id,
             pending_refresh_s=kwargs.get("pending_refresh_s"),
         )
         _telemetry = telemetry

@@ -27,9 +27,9 @@ SCOPE: Final = "otel_eda.nats"
 class NatsTelemetry:
     """The telemetry of one nats-py instrumentation (see the module docstring).
 
-    ``msg_id``: set JetStream's ``Nats-Msg-Id`` header to the event id on every JetStream
-    publish that has none of the application's, so that the stream de-duplicates a
-    republished event (within the stream's duplicate window).
+    ``msg_id`` (default ``OTEL_EDA_NATS_MSG_ID``, false): set JetStream's ``Nats-Msg-Id``
+    header to the event id on every JetStream publish that has none of the application's, so
+    that the stream de-duplicates a republished event (within the stream's duplicate window).
     """
 
     def __init__(
@@ -39,7 +39,7 @@ class NatsTelemetry:
         meter_provider: metrics.MeterProvider | None = None,
         recorders: Sequence[Recorder] = (),
         mode: TraceMode | None = None,
-        msg_id: bool = False,
+        msg_id: bool | None = None,
         pending_refresh_s: float | None = None,
     ) -> None:
         self.messaging = Messaging(
@@ -51,7 +51,8 @@ class NatsTelemetry:
             meter_provider=meter_provider,
             binding=Binding.NATS,
         )
-        self.msg_id = msg_id
+        #: default: ``OTEL_EDA_NATS_MSG_ID``
+        self.msg_id = self.messaging.settings.nats_msg_id if msg_id is None else bool(msg_id)
         self.pending = (
             ConsumerPending(meter_provider)
             if pending_refresh_s is None
