@@ -416,3 +416,27 @@ def test_msg_id_follows_its_variable_unless_instrument_says(monkeypatch: pytest.
     monkeypatch.setenv("OTEL_EDA_NATS_MSG_ID", "true")
     assert NatsTelemetry().msg_id is True
     assert NatsTelemetry(msg_id=False).msg_id is False
+
+
+async def test_processing_gives_a_pull_handling_exact_bounds_and_its_exception(
+    instrumented: Instrumented, nc: Client
+) -> None:
+    t = instrumented
+    js = await t.stream_of(nc)
+    await js.add_consumer(t.stream, ConsumerConfig(durable_name="strict", max_deliver=2, ack_wait=30))
+    await js.publish(f"{t.subject}.placed", b"bad")
+    psub = await js.pull_subscribe_bind(durable="strict", stream=t.stream)
+    await wait_for(lambda: t.capture.points(semconv.METRIC_CONSUMER_LAG) != [], "the consumer's first info")
+    for attempt in (1, 2):
+        (msg,) = await psub.fetch(1, timeout=5)
+        assert msg.metadata.num_delivered == attempt
+        with pytest.raises(KeyError), processing(msg):
+            assert current_event() is not None
+            await msg.nak()  # asks for a redelivery, then the handler fails
+            raise KeyError("order")
+        assert current_event() is None, "the block ended the handling"
+    first, last = sorted(t.spans(kind=SpanKind.CONSUMER), key=lambda s: s.start_time or 0)
+    assert (attr(first, semconv.EDA_OUTCOME), attr(last, semconv.EDA_OUTCOME)) == ("retried", "dead_lettered")
+    assert attr(first, semconv.ERROR_TYPE) == attr(last, semconv.ERROR_TYPE) == "KeyError"
+    assert attr(last, semconv.EDA_DELIVERY_ATTEMPT) == 2
+    assert t.capture.counter_total(semconv.METRIC_DEAD_LETTERS) == 1
