@@ -440,3 +440,22 @@ async def test_processing_gives_a_pull_handling_exact_bounds_and_its_exception(
     assert attr(first, semconv.ERROR_TYPE) == attr(last, semconv.ERROR_TYPE) == "KeyError"
     assert attr(last, semconv.EDA_DELIVERY_ATTEMPT) == 2
     assert t.capture.counter_total(semconv.METRIC_DEAD_LETTERS) == 1
+
+
+async def test_a_subject_that_is_no_event_type_is_published_as_a_nats_event(
+    instrumented: Instrumented, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = instrumented
+    seen: list[EventContext | None] = []
+
+    async def handle(msg: Msg) -> None:
+        seen.append(current_event())
+
+    subject = f"{t.subject}.eu+west"
+    await nc.subscribe(subject, cb=handle)
+    for _ in range(3):
+        await nc.publish(subject, b"x", headers={"ce-type": "not a type!"})
+    await wait_for(lambda: len(seen) == 3, "the handler")
+    assert {e.event_type for e in seen if e is not None} == {"nats"}
+    assert len(t.spans(name=f"send {subject}", kind=SpanKind.PRODUCER)) == 3
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # nothing the application did wrong

@@ -65,6 +65,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
+from otel_eda.identity.validation import valid_type
 from otel_eda.messaging import (
     TEXT_GETTER,
     TEXT_SETTER,
@@ -90,6 +91,8 @@ _SYSTEM_PREFIXES: Final = ("$JS.", "$SYS.", "$KV.", "$O.")
 _INBOX_PREFIX: Final = "_INBOX."
 _REPLY_DESTINATION: Final = "_INBOX"
 _REPLY_TYPE: Final = "reply"
+#: the event type of a message whose subject is no valid event type (``orders+eu``, say)
+_FALLBACK_TYPE: Final = "nats"
 #: headers otel-eda writes on a publish: an old value (``Msg.respond`` copies the request's) is dropped
 _OWNED_HEADERS: Final = frozenset({"traceparent", "tracestate", "baggage"})
 _OWNED_PREFIX: Final = "eda-"
@@ -444,13 +447,15 @@ def _carrier(headers: Any) -> dict[str, Any]:
 
 
 def _event_type(subject: str, headers: Any) -> str:
+    """A message's event type: the application's ``ce-type`` header, else its subject (``nats``
+    for a subject that is no valid event type, ``reply`` for a reply)."""
     if subject.startswith(_INBOX_PREFIX):
         return _REPLY_TYPE
     if headers:
         found = TEXT_GETTER.get(headers, _CE_TYPE)
-        if found:
+        if found and valid_type(found[0]):
             return found[0]
-    return subject
+    return subject if valid_type(subject) else _FALLBACK_TYPE
 
 
 def _publication(telemetry: NatsTelemetry, subject: str, carrier: dict[str, Any], headers: Any) -> Any:
@@ -476,7 +481,7 @@ def _publication(telemetry: NatsTelemetry, subject: str, carrier: dict[str, Any]
     except ValueError as invalid:  # an event type, business key or metadata that is not valid
         count_invalid("publish", "invalid_event")
         _log.warning("otel-eda: a NATS message to %s is published as a plain nats event: %s", destination, invalid)
-        publication = messaging.publish("nats", carrier, setter=TEXT_SETTER, destination=destination)
+        publication = messaging.publish(_FALLBACK_TYPE, carrier, setter=TEXT_SETTER, destination=destination)
     publication.__enter__()
     if outgoing is not None:
         outgoing.events.append(publication.event)
