@@ -459,3 +459,30 @@ async def test_a_subject_that_is_no_event_type_is_published_as_a_nats_event(
     assert {e.event_type for e in seen if e is not None} == {"nats"}
     assert len(t.spans(name=f"send {subject}", kind=SpanKind.PRODUCER)) == 3
     assert not [r for r in caplog.records if r.levelname == "WARNING"]  # nothing the application did wrong
+
+
+async def test_settle_spans_when_asked(
+    nats_server: NatsServer, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EDA_SETTLE_SPANS", "true")
+    instrumentor = NATSInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    t = Instrumented(nats_server, capture, Recorded())
+    client = await nats.connect(nats_server.url)
+    try:
+        js = await t.stream_of(client)
+        await js.publish(f"{t.subject}.placed", b"1")
+        await js.publish(f"{t.subject}.placed", b"2")
+        psub = await js.pull_subscribe(f"{t.subject}.>", durable="settling")
+        first, second = await psub.fetch(2, timeout=5)
+        await first.ack()
+        await second.term()
+    finally:
+        await client.close()
+        instrumentor.uninstrument()
+    settles = sorted((s.name, attr(s, semconv.MESSAGING_OPERATION_TYPE)) for s in capture.spans(kind=SpanKind.CLIENT))
+    assert settles == [
+        (f"ack {t.subject}.placed", "settle"),
+        (f"fetch {t.subject}.placed", "receive"),
+        (f"term {t.subject}.placed", "settle"),
+    ]
