@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -7,7 +8,27 @@ from brokers import KafkaBroker, NatsServer, kafka_broker_fixture_body, nats_ser
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
 
+from otel_eda.flows import default_recorders
+from otel_eda.installation.logs import uninstall_logs
+from otel_eda.logs.correlation import log_correlation_installed
 from otel_eda.testing import TelemetryCapture
+
+_left_by: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def no_process_wide_logging_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts without what ``configure()`` installs process-wide for logs (the
+    record factory, the lifecycle logger among the default recorders): a test that finds it
+    left over starts clean and says which test ran before it."""
+    if log_correlation_installed() or default_recorders.installed():
+        leaked = f"{log_correlation_installed()=}, {default_recorders.installed()=}"
+        sys.__stderr__.write(f"\nprocess-wide logging state left over after {_left_by[-1:]}: {leaked}; reset\n")
+        uninstall_logs()
+        for recorder in default_recorders.installed():
+            default_recorders.uninstall(recorder)
+    yield
+    _left_by[:] = [request.node.nodeid]
 
 
 @pytest.fixture
