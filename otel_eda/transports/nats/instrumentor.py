@@ -93,6 +93,9 @@ _REPLY_DESTINATION: Final = "_INBOX"
 _REPLY_TYPE: Final = "reply"
 #: the event type of a message whose subject is no valid event type (``orders+eu``, say)
 _FALLBACK_TYPE: Final = "nats"
+#: the event type of each subject published to (bounded: past it, each publish checks again)
+_SUBJECT_TYPES: dict[str, str] = {}
+_MAX_SUBJECT_TYPES: Final = 4096
 #: headers otel-eda writes on a publish: an old value (``Msg.respond`` copies the request's) is dropped
 _OWNED_HEADERS: Final = frozenset({"traceparent", "tracestate", "baggage"})
 _OWNED_PREFIX: Final = "eda-"
@@ -455,7 +458,12 @@ def _event_type(subject: str, headers: Any) -> str:
         found = TEXT_GETTER.get(headers, _CE_TYPE)
         if found and valid_type(found[0]):
             return found[0]
-    return subject if valid_type(subject) else _FALLBACK_TYPE
+    known = _SUBJECT_TYPES.get(subject)
+    if known is None:
+        known = subject if valid_type(subject) else _FALLBACK_TYPE
+        if len(_SUBJECT_TYPES) < _MAX_SUBJECT_TYPES:
+            _SUBJECT_TYPES[subject] = known
+    return known
 
 
 def _publication(telemetry: NatsTelemetry, subject: str, carrier: dict[str, Any], headers: Any) -> Any:
@@ -813,13 +821,15 @@ def _settle_wrapper(
 ) -> Callable[..., Any]:
     original = _Msg.__dict__[name]
     messaging = telemetry.messaging
+    settle_spans = messaging.settings.settle_spans
 
     async def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
         span = None
-        try:
-            span = messaging.settle_span(self.subject, name)
-        except Exception:
-            internal_error("nats", "starting a settle span")
+        if settle_spans:
+            try:
+                span = messaging.settle_span(self.subject, name)
+            except Exception:
+                internal_error("nats", "starting a settle span")
         token = _INTERNAL.set(True)
         try:
             result = await original(self, *args, **kwargs)
