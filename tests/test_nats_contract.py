@@ -8,7 +8,7 @@ the 8 KiB otel-eda reads; core NATS carries the contract's hostile set unchanged
 
 Each JetStream harness makes a memory stream of its own whose subjects are the contract's event types
 (``order_placed``, ...: the producer span is ``send order_placed``) and deletes it when it ends;
-one durable push consumer per event type, with a short ``AckWait`` so that a failed handling
+one durable push consumer per event type, with an ``AckWait`` of 3 s so that a failed handling
 (no ack) comes back as attempt 2 (``msg.metadata.num_delivered``). Raw messages are written
 on the wire (``HPUB``) with their header bytes exactly as given, past nats-py's own encoding.
 """
@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, StorageType, StreamConfig
 from nats.protocol.command import hpub_cmd
+from opentelemetry.trace import SpanKind
 
 from otel_eda.identity import EventContext, current_event
 from otel_eda.testing import TelemetryCapture, contract
@@ -65,6 +66,7 @@ class NatsHarness:
         self.stream = unique_name("CONTRACT").replace("-", "_")
         self.sent = 0
         self.completed = 0
+        self.attempts = 0  # every handling, failed ones included
         self.consuming = asyncio.Lock()
         self.streamed = False
 
@@ -103,6 +105,7 @@ class NatsHarness:
         for subject in subjects:
 
             async def handle(msg: Msg, handler: Handler = self.handlers[subject]) -> None:
+                self.attempts += 1
                 event = current_event()
                 assert event is not None
                 result = handler(event, json.loads(msg.data) if msg.data else None)
@@ -110,7 +113,7 @@ class NatsHarness:
                     await result
                 self.completed += 1  # a failing handling is not counted: JetStream redelivers it
 
-            await js.subscribe(subject, durable=unique_name("contract"), cb=handle, config=ConsumerConfig(ack_wait=1.0))
+            await js.subscribe(subject, durable=unique_name("contract"), cb=handle, config=ConsumerConfig(ack_wait=3.0))
 
     async def publish(
         self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
@@ -136,7 +139,10 @@ class NatsHarness:
         while self.completed < self.sent:
             assert time.monotonic() < deadline, f"{self.completed} of {self.sent} messages handled"
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)  # the handling's span ends after the handler returned
+        # a handling's span ends after its handler returned (and, in JetStream, acked)
+        while len(self.capture.spans(kind=SpanKind.CONSUMER)) < self.attempts:
+            assert time.monotonic() < deadline, "a handling's span did not end"
+            await asyncio.sleep(0.02)
         self.capture.tracer_provider.force_flush()
 
 
@@ -151,6 +157,7 @@ class CoreNatsHarness(NatsHarness):
         for subject in sorted(self.handlers):
 
             async def handle(msg: Msg, handler: Handler = self.handlers[subject]) -> None:
+                self.attempts += 1
                 try:
                     event = current_event()
                     assert event is not None

@@ -156,6 +156,7 @@ async def test_a_request_and_its_reply_a_child_event_of_the_request(instrumented
     with outgoing_event(event_type="ping") as out:
         reply = await nc.request(t.subject + ".ping", b"ping", timeout=5)
     (request_event,) = out.events
+    await wait_for(lambda: len(t.spans(kind=SpanKind.CONSUMER)) == 1, "the responder's handling to end")
     assert reply.data == b"pong"
     assert reply.headers is not None
     reply_id = reply.headers[HEADER_EVENT_ID]
@@ -294,7 +295,7 @@ async def test_jetstream_push_consumer_callback_settles_with_its_outcome(
     with outgoing_event() as out:
         for body in (b"ok", b"slow", b"bad", b"never"):
             await js.publish(f"{t.subject}.placed", body)
-    await wait_for(lambda: len(handled) == 5, "five deliveries (one redelivery)", timeout_s=30)
+    await wait_for(lambda: len(t.spans(kind=SpanKind.CONSUMER)) == 5, "five handlings (one redelivery)", timeout_s=30)
     spans = t.spans(kind=SpanKind.CONSUMER)
     by_body = {}
     for (body, attempt, event), span in zip(handled, sorted(spans, key=lambda s: s.start_time or 0), strict=True):
@@ -328,7 +329,7 @@ async def test_the_last_delivery_of_a_failing_message_is_dead_lettered(instrumen
         f"{t.subject}.>", durable="poison", cb=always_fails, config=ConsumerConfig(ack_wait=0.5, max_deliver=3)
     )
     await js.publish(f"{t.subject}.placed", b"poison")
-    await wait_for(lambda: len(attempts) == 3, "three deliveries", timeout_s=30)
+    await wait_for(lambda: len(t.spans(kind=SpanKind.CONSUMER)) == 3, "three handlings", timeout_s=30)
     await asyncio.sleep(1.2)  # no fourth
     assert attempts == [1, 2, 3]
     outcomes = [
