@@ -487,3 +487,22 @@ async def test_settle_spans_when_asked(
         (f"fetch {t.subject}.placed", "receive"),
         (f"term {t.subject}.placed", "settle"),
     ]
+
+
+async def test_key_value_and_the_jetstream_api_are_not_application_messages(
+    instrumented: Instrumented, nc: Client
+) -> None:
+    t = instrumented
+    kv = await nc.jetstream().create_key_value(bucket=t.stream)
+    watcher = await kv.watchall()
+    for i in range(3):
+        await kv.put(f"order-{i}", b"placed")
+    assert (await kv.get("order-1")).value == b"placed"
+    updates = []
+    while len(updates) < 3:
+        update = await watcher.updates(timeout=5)
+        if update is not None:
+            updates.append(update)
+    await watcher.stop()
+    assert t.spans() == []
+    assert t.capture.counter_total(semconv.METRIC_SENT_MESSAGES) == 0

@@ -86,7 +86,8 @@ _MARK: Final = "__otel_eda_original__"
 _MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _CE_TYPE: Final = "ce-type"
 _JS_ACK_PREFIX: Final = "$JS.ACK."
-#: subjects of the server's and JetStream's own APIs: never application events
+#: subjects of the server's and JetStream's own APIs, key-value and object stores: never
+#: application events (and a key-value key would make every key a metric attribute)
 _SYSTEM_PREFIXES: Final = ("$JS.", "$SYS.", "$KV.", "$O.")
 _INBOX_PREFIX: Final = "_INBOX."
 _REPLY_DESTINATION: Final = "_INBOX"
@@ -310,6 +311,8 @@ class _ConsumerState:
 
     def hand_over(self, msg: Any, group: str | None) -> None:
         """Start ``msg``'s process span (ending the previous one) and make it current in the caller."""
+        if msg.subject.startswith(_SYSTEM_PREFIXES):
+            return
         try:
             self._forget_current()
             handling = self._tracker(msg, group).start(msg)
@@ -531,7 +534,7 @@ def _js_publish_wrapper(telemetry: NatsTelemetry) -> Callable[..., Any]:
         headers: Any = None,
         **kwargs: Any,
     ) -> Any:
-        if _INTERNAL.get() or not isinstance(subject, str):
+        if _INTERNAL.get() or not isinstance(subject, str) or subject.startswith(_SYSTEM_PREFIXES):
             return await original(self, subject, payload, timeout, stream, headers, **kwargs)
         try:
             carrier = _carrier(headers)
@@ -619,6 +622,9 @@ def _begin(telemetry: NatsTelemetry, msg: Any, queue: str | None) -> _Handling:
 
 def _push_handler(telemetry: NatsTelemetry, cb: Callable[[Any], Any], queue: str | None) -> Callable[[Any], Any]:
     async def handler(msg: Any) -> None:
+        if msg.subject.startswith(_SYSTEM_PREFIXES):  # a key-value watcher's updates, say
+            await cb(msg)
+            return
         try:
             handling = _begin(telemetry, msg, queue)
         except Exception:
@@ -730,7 +736,7 @@ def _fetch_wrapper(
             msgs = await original(self, *args, **kwargs)
         finally:
             _INTERNAL.reset(token)
-        if not msgs:
+        if not msgs or msgs[0].subject.startswith(_SYSTEM_PREFIXES):
             return msgs
         try:
             consumer = getattr(self, "_consumer", None)  # not OpenTelemetry: nats-py has no public accessor
