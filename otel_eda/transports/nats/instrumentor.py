@@ -41,6 +41,8 @@ What it wraps, on the classes (every connection, made before or after):
 
 A JetStream message's ``metadata.num_delivered`` is its ``eda.delivery.attempt``; its
 consumer is ``messaging.consumer.group.name`` (a core queue subscription: the queue).
+Subjects of the server's own APIs (``$JS.``, ``$SYS.``) and of key-value and object stores
+(``$KV.``, ``$O.``) are left alone: they are no application events.
 Nothing here raises into the application: an internal failure is logged and counted, and
 the client's call goes ahead uninstrumented.
 """
