@@ -229,21 +229,24 @@ def _retry_outcome(telemetry: NatsTelemetry, msg: Any) -> Outcome:
 
 
 def _finish(telemetry: NatsTelemetry, handling: _Handling, exc: BaseException | None) -> None:
-    """Settle a handling at the end of its callback or ``processing`` block (or at once, in a pull loop)."""
-    _forget(handling.msg)
-    processing = handling.processing
-    processing.detach()
-    decided = handling.decided
-    if exc is None:
-        processing.settle(decided or Outcome.COMPLETED)
-    elif isinstance(exc, Rejected):
-        processing.settle(Outcome.REJECTED, exc)
-    elif decided in (Outcome.RETRIED, Outcome.DEAD_LETTERED, Outcome.REJECTED):
-        processing.settle(decided, exc)
-    elif decided is None and _metadata(handling.msg) is not None:
-        processing.settle(_retry_outcome(telemetry, handling.msg), exc)
-    else:
-        processing.settle(Outcome.FAILED, exc)
+    """Settle a handling at the end of its callback or ``processing`` block (never raises)."""
+    try:
+        _forget(handling.msg)
+        processing = handling.processing
+        processing.detach()
+        decided = handling.decided
+        if exc is None:
+            processing.settle(decided or Outcome.COMPLETED)
+        elif isinstance(exc, Rejected):
+            processing.settle(Outcome.REJECTED, exc)
+        elif decided in (Outcome.RETRIED, Outcome.DEAD_LETTERED, Outcome.REJECTED):
+            processing.settle(decided, exc)
+        elif decided is None and _metadata(handling.msg) is not None:
+            processing.settle(_retry_outcome(telemetry, handling.msg), exc)
+        else:
+            processing.settle(Outcome.FAILED, exc)
+    except Exception:
+        internal_error("nats", "settling a message's handling")
 
 
 @contextmanager
