@@ -129,3 +129,43 @@ async def test_a_restart_gives_the_clients_errors_counts_failed_sends_and_flows_
     assert all((s.attributes or {})[semconv.EDA_OUTCOME] == "completed" for s in processes)
     failed_spans = [s for s in capture.spans(kind=SpanKind.PRODUCER) if s.status.status_code is StatusCode.ERROR]
     assert len(failed_spans) == 2
+
+
+async def test_the_pending_gauges_keep_their_last_value_while_the_server_is_away(
+    server: NatsServer, capture: TelemetryCapture
+) -> None:
+    """The gauges' callbacks read the background refresh's last answer: a collection never waits
+    for the server (it is stopped here) nor for the event loop (blocked while collecting)."""
+    instrumentor = NATSInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, pending_refresh_s=0.05
+    )
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    stopped = False
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="LAG", subjects=["lag.>"], storage=StorageType.FILE))
+        for i in range(4):
+            await js.publish("lag.placed", str(i).encode())
+        await js.pull_subscribe("lag.placed", durable="slow")  # the subscription object dropped at once
+
+        def lag() -> list[float]:
+            return [p.value for p in capture.points(semconv.METRIC_CONSUMER_LAG)]
+
+        deadline = time.monotonic() + 20
+        while lag() != [4]:
+            assert time.monotonic() < deadline, lag()
+            await asyncio.sleep(0.02)
+        server.stop()
+        stopped = True
+        await asyncio.sleep(0.5)  # several refreshes fail meanwhile
+        started = time.monotonic()
+        assert lag() == [4]  # the loop is not running during this call: the snapshot is all it reads
+        assert [p.value for p in capture.points(semconv.METRIC_CONSUMER_ACK_PENDING)] == [0]
+        assert time.monotonic() - started < 5
+    finally:
+        with contextlib.suppress(Exception):  # nats-py may find its socket reset by the stop
+            await nc.close()
+        if stopped:
+            server.start()
+        instrumentor.uninstrument()

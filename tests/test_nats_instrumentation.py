@@ -506,3 +506,35 @@ async def test_key_value_and_the_jetstream_api_are_not_application_messages(
     await watcher.stop()
     assert t.spans() == []
     assert t.capture.counter_total(semconv.METRIC_SENT_MESSAGES) == 0
+
+
+async def test_a_push_consumer_whose_subscription_object_is_dropped_keeps_its_gauges(
+    instrumented: Instrumented, nc: Client
+) -> None:
+    t = instrumented
+    js = await t.stream_of(nc)
+    handled: list[Msg] = []
+
+    async def handle(msg: Msg) -> None:
+        handled.append(msg)
+
+    await js.subscribe(f"{t.subject}.>", durable="dropped", cb=handle)  # as applications often do
+    for i in range(3):
+        await js.publish(f"{t.subject}.placed", str(i).encode())
+    want = {semconv.MESSAGING_DESTINATION_NAME: t.stream, semconv.MESSAGING_CONSUMER_GROUP_NAME: "dropped"}
+
+    def acked_and_reported() -> bool:
+        points = [
+            p
+            for p in t.capture.points(semconv.METRIC_CONSUMER_ACK_PENDING)
+            if all(p.attributes.get(k) == v for k, v in want.items())
+        ]
+        return len(handled) == 3 and bool(points) and points[0].value == 0
+
+    await wait_for(acked_and_reported, "the consumer's gauges after its three acks")
+    lag = [
+        p
+        for p in t.capture.points(semconv.METRIC_CONSUMER_LAG)
+        if p.attributes == {**want, semconv.MESSAGING_SYSTEM: "nats"}
+    ]
+    assert [p.value for p in lag] == [0]

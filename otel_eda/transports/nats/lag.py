@@ -13,8 +13,8 @@ collection never makes a network call and never touches the event loop.
 The gauges (unit ``{message}``) carry ``messaging.system=nats``,
 ``messaging.destination.name`` (the stream) and ``messaging.consumer.group.name`` (the
 consumer). The conventions have no lag metric yet (semconv #792). A consumer's series
-appear after its first refresh and go when its last subscription is unsubscribed (or the
-instrumentation is removed). A refresh that fails (the server is away) keeps the last
+appear after its first refresh and go when its last subscription is unsubscribed or its
+connection closed (or the instrumentation is removed). A refresh that fails (the server is away) keeps the last
 snapshot and tries again at the next period; at most :data:`MAX_CONSUMERS` consumers are
 tracked per process, more are left out and counted in ``eda.internal.errors`` (component
 ``consumer_pending``).
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -61,8 +60,17 @@ class Snapshot:
             semconv.MESSAGING_DESTINATION_NAME: stream,
             semconv.MESSAGING_CONSUMER_GROUP_NAME: consumer,
         }
-        self.subscriptions: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: held strongly: an application often drops the subscription object ``js.subscribe``
+        #: returns while its callback goes on; a subscription goes when it is unsubscribed or
+        #: its connection is closed
+        self.subscriptions: list[Any] = []
         self.task: asyncio.Task[None] | None = None
+
+
+def _connection_closed(subscription: Any) -> bool:
+    """Whether the connection of a JetStream push or pull subscription is closed."""
+    connection = getattr(subscription, "_conn", None) or getattr(subscription, "_nc", None)  # not OpenTelemetry
+    return connection is None or bool(getattr(connection, "is_closed", True))
 
 
 class ConsumerPending:
@@ -106,7 +114,8 @@ class ConsumerPending:
             snapshot = self._consumers[key] = Snapshot(stream, consumer)
         if max_deliver is not None:
             snapshot.max_deliver = max_deliver
-        snapshot.subscriptions.add(subscription)
+        if not any(s is subscription for s in snapshot.subscriptions):
+            snapshot.subscriptions.append(subscription)
         if snapshot.task is None or snapshot.task.done():
             snapshot.task = asyncio.get_running_loop().create_task(
                 self._refresh(key, snapshot), name="otel-eda JetStream consumer info"
@@ -115,7 +124,7 @@ class ConsumerPending:
     def untrack(self, subscription: Any) -> None:
         """``subscription`` was unsubscribed: a consumer with no subscription left is dropped."""
         for key, snapshot in list(self._consumers.items()):
-            snapshot.subscriptions.discard(subscription)
+            snapshot.subscriptions = [s for s in snapshot.subscriptions if s is not subscription]
             if not snapshot.subscriptions:
                 self._drop(key)
 
@@ -133,10 +142,11 @@ class ConsumerPending:
     async def _refresh(self, key: tuple[str, str], snapshot: Snapshot) -> None:
         failures = 0
         while self._consumers.get(key) is snapshot:
-            subscription = next(iter(snapshot.subscriptions), None)
-            if subscription is None:
+            snapshot.subscriptions = [s for s in snapshot.subscriptions if not _connection_closed(s)]
+            if not snapshot.subscriptions:
                 self._drop(key)
                 return
+            subscription = snapshot.subscriptions[0]
             try:
                 info = await asyncio.wait_for(subscription.consumer_info(), _INFO_WAIT_S)
             except asyncio.CancelledError:
@@ -152,7 +162,6 @@ class ConsumerPending:
                 max_deliver = getattr(info.config, "max_deliver", None)
                 if isinstance(max_deliver, int):
                     snapshot.max_deliver = max_deliver
-            del subscription  # no strong reference while sleeping
             await asyncio.sleep(self._refresh_s)
 
     def _observe_pending(self, options: CallbackOptions) -> Iterable[Observation]:
