@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""otel-eda broker benchmark (issue 13): telemetry CPU per record against the contrib instrumentations.
+"""otel-eda broker benchmark (issues 13, 18): telemetry CPU per record against the contrib instrumentations
+(Kafka) and against the fixed hand-written reference (NATS, which has no contrib instrumentation).
 
 Run from the repository root (it starts a Kafka of its own with ``scripts/kafka`` and stops it)::
 
     .venv/bin/python benchmarks/bench_kafka.py              # full run (a few minutes)
     .venv/bin/python benchmarks/bench_kafka.py --quick      # smoke run (noisy)
     .venv/bin/python benchmarks/bench_kafka.py --json out.json --profile
+    .venv/bin/python benchmarks/bench_kafka.py --brokers nats   # only the NATS line (it starts scripts/nats)
 
 Each measurement is a fresh process (``kafka_child.py VARIANT``) that produces and consumes
 records against the same broker and reports the process CPU time (all threads) of a fixed
@@ -20,11 +22,20 @@ number of records after a warm-up; the cases run interleaved, ``--reps`` times e
 
 Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
 added cost <= the contrib's. The other broker issues add their client's three cases here.
+
+NATS (issue 18; ``nats_child.py``, against a nats-server of this run's own, ``scripts/nats``):
+one record = one ``js.publish`` (in batches of 100, each awaiting its PubAck) and its handling
+from a durable pull consumer's ``fetch`` (an ack). nats-py has no contrib instrumentation, so
+otel-eda's ``NATSInstrumentor`` (send, fetch and process spans with links, event ids, the
+messaging metrics, event age, the pending gauges' background refresh) minus nats-py alone is
+set against the fixed hand-written reference (``reference_nats.py``: the hot-path benchmark's
+reference telemetry, by hand around the same calls) minus nats-py alone. Goal: <= 1.2x.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -43,6 +54,10 @@ HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
 GOAL: Final = 1.0
+NATS_SCRIPT: Final = HERE.parent / "scripts" / "nats"
+NATS_CHILD: Final = str(HERE / "nats_child.py")
+NATS_GOAL: Final = 1.2
+BROKERS: Final = ("kafka", "nats")
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
 
@@ -78,6 +93,49 @@ def kafka_broker() -> Iterator[str]:
             subprocess.run([str(KAFKA_SCRIPT), "stop", directory], capture_output=True, check=False)
 
 
+@contextmanager
+def nats_server() -> Iterator[str]:
+    """A nats-server of this run's own (``scripts/nats``) on free ports; yields its URL."""
+    port, monitor = free_ports(2)
+    with tempfile.TemporaryDirectory(prefix="bench-nats-") as directory:
+        env = {**os.environ, "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(monitor)}
+        started = subprocess.run(
+            [str(NATS_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/nats start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            subprocess.run([str(NATS_SCRIPT), "stop", directory], capture_output=True, check=False)
+
+
+def nats_cases(url: str) -> list[Case]:
+    py, env = sys.executable, {"NATS_URL": url}
+    return [
+        Case("nats_off", "nats-py, no instrumentation", [py, NATS_CHILD, "off"], env, unit="record"),
+        Case("nats_eda", "nats-py, otel-eda instrumentation", [py, NATS_CHILD, "eda"], env, unit="record"),
+        Case("nats_reference", "nats-py, hand-written reference", [py, NATS_CHILD, "reference"], env, unit="record"),
+    ]
+
+
+NATS_DIFFERENCES: Final = [
+    Difference("nats_eda_added", "otel-eda nats-py telemetry", on="nats_eda", off="nats_off"),
+    Difference("nats_reference_added", "reference nats-py telemetry", on="nats_reference", off="nats_off"),
+]
+NATS_GOALS: Final = [
+    Goal(
+        "nats_eda_vs_reference",
+        "nats-py: otel-eda added / reference added",
+        "nats_eda_added",
+        "nats_reference_added",
+        NATS_GOAL,
+        profile="nats_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
@@ -110,15 +168,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print the profiles even for met goals")
     parser.add_argument("--reps", type=int, help="repetitions per case")
     parser.add_argument("--ops", type=int, help="records measured per process")
+    parser.add_argument(
+        "--brokers", default=",".join(BROKERS), help=f"comma-separated, of {', '.join(BROKERS)} (default: all)"
+    )
     args = parser.parse_args(argv)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if not brokers or set(brokers) - set(BROKERS):
+        parser.error(f"--brokers takes {', '.join(BROKERS)}")
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = Plan(max(1, args.reps), plan.ops, plan.warmup, plan.timeout_s)
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
+    clients = {"kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"), "nats": ("nats-py",)}
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
-        for name in ("aiokafka", "opentelemetry-sdk", "opentelemetry-instrumentation-aiokafka")
+        for name in ("opentelemetry-sdk", *(c for b in brokers for c in clients[b]))
     )
     print(
         f"otel-eda broker benchmark: {describe_machine()}, {versions}; {plan.ops} records measured per "
@@ -126,12 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
     )
     print(
-        "  one record = send (batches of 100, then flush) + getone; exporters: BatchSpanProcessor + "
-        "discarding span exporter, MeterProvider + PeriodicExportingMetricReader + discarding metric exporter"
+        "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
+        "+ ack (NATS); exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
+        "PeriodicExportingMetricReader + discarding metric exporter"
     )
-    with kafka_broker() as bootstrap:
-        measurements = run_interleaved(cases(bootstrap), plan)
-        results = report(measurements, DIFFERENCES, GOALS, profile_always=args.profile, profile_ops=plan.ops)
+    with contextlib.ExitStack() as servers:
+        measured: list[Case] = []
+        differences: list[Difference] = []
+        goals: list[Goal] = []
+        if "kafka" in brokers:
+            measured += cases(servers.enter_context(kafka_broker()))
+            differences += DIFFERENCES
+            goals += GOALS
+        if "nats" in brokers:
+            measured += nats_cases(servers.enter_context(nats_server()))
+            differences += NATS_DIFFERENCES
+            goals += NATS_GOALS
+        measurements = run_interleaved(measured, plan)
+        results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():
         spans = case["extra"].get("spans_per_event")
         if spans is not None:

@@ -176,3 +176,20 @@ MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
 EDA_DELIVERY_DUPLICATE: Final = "eda.delivery.duplicate"
 #: Records handled again within the duplicate window (see EDA_DELIVERY_DUPLICATE).
 METRIC_DUPLICATES: Final = "eda.delivery.duplicates"
+
+# --- NATS (nats-py instrumentation) -----------------------------------------------------
+#: ``messaging.system`` of NATS: the conventions have no well-known value for it yet
+#: (semconv #2266/#2297 are open), so otel-eda writes ``nats``.
+MESSAGING_SYSTEM_NATS: Final = "nats"
+#: The JetStream stream a message was stored in (from the PubAck, or a delivered message's metadata).
+EDA_NATS_STREAM: Final = "eda.nats.stream"
+#: The message's sequence number in that stream.
+EDA_NATS_STREAM_SEQUENCE: Final = "eda.nats.stream.sequence"
+#: ``true`` on a JetStream send span whose PubAck says the stream already had this ``Nats-Msg-Id``.
+EDA_NATS_DUPLICATE: Final = "eda.nats.duplicate"
+#: How often the handler of a JetStream message called ``in_progress()`` (on its process span).
+EDA_NATS_IN_PROGRESS: Final = "eda.nats.in_progress"
+#: Messages a JetStream consumer delivered and that wait for their ack: an observable gauge in
+#: ``{message}``, attributes ``messaging.system``, ``messaging.destination.name`` (the stream),
+#: ``messaging.consumer.group.name`` (the consumer). No convention exists yet.
+METRIC_CONSUMER_ACK_PENDING: Final = "eda.consumer.ack_pending"

@@ -1,4 +1,5 @@
-"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``).
+"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``) and NATS
+(``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``).
 
 Importable by test modules (``tests/`` is on ``sys.path`` under pytest's default import mode),
 like ``zipkin_server.py``. ``conftest.py`` has a session-scoped ``kafka`` fixture (one broker
@@ -42,9 +43,12 @@ READY_TIMEOUT_S = 120
 __all__ = [
     "KafkaBroker",
     "KafkaStartError",
+    "NatsServer",
+    "NatsStartError",
     "client_config",
     "install_kafka",
     "kafka_broker_fixture_body",
+    "nats_server_fixture_body",
     "unique_name",
 ]
 
@@ -203,3 +207,114 @@ def kafka_broker_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Itera
 def client_config(broker: KafkaBroker, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for an aiokafka client of ``broker`` (short timeouts for a local broker)."""
     return {"bootstrap_servers": broker.bootstrap_servers, "request_timeout_ms": 20_000, **extra}
+
+
+# -- NATS (scripts/nats) ---------------------------------------------------------------------------
+NATS_SCRIPT = ROOT / "scripts" / "nats"
+
+
+class NatsStartError(RuntimeError):
+    """``scripts/nats`` could not build or start the server; the message has its output and log."""
+
+
+class NatsServer:
+    """One nats-server with JetStream run by ``scripts/nats`` from ``directory``, on free ports of 127.0.0.1.
+
+    A context manager like :class:`KafkaBroker`; :meth:`restart` brings it back at the same address with
+    the same JetStream store (file-storage streams and durable consumers survive).
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = 60.0) -> None:
+        self.directory = Path(directory)
+        self.port, self.monitor_port = _free_ports(2)
+        self.ready_timeout_s = ready_timeout_s
+        #: what clients connect to (``nats.connect(server.url)``)
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"NatsServer({self.url}, directory={str(self.directory)!r})"
+
+    def start(self) -> NatsServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "NATS_PORT": str(self.port),
+            "NATS_MONITOR_PORT": str(self.monitor_port),
+            "NATS_READY_TIMEOUT_S": f"{self.ready_timeout_s:g}",
+        }
+        try:
+            proc = subprocess.run(
+                [str(NATS_SCRIPT), "start", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=self.ready_timeout_s + 1800,  # a first start on a machine builds the server
+                check=False,
+                env=env,
+            )
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise NatsStartError(f"scripts/nats start hung for {exc.timeout:g} s\n{self.log()}") from exc
+        if proc.returncode != 0:
+            raise NatsStartError(
+                f"scripts/nats start {self.directory} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (TERM, then KILL); does nothing if it is not running."""
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(NATS_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=60, check=False
+            )
+
+    def restart(self) -> NatsServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "nats.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.directory / "nats.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def listening_addresses(self) -> set[tuple[str, str, int]]:
+        """Every ``(protocol, ip, port)`` the server process listens on (TCP) or has bound (UDP)."""
+        pid = self.pid
+        assert pid is not None, "nats-server is not running"
+        found: set[tuple[str, str, int]] = set()
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
+                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
+            elif conn.type == socket.SOCK_DGRAM:
+                found.add(("udp", conn.laddr.ip, conn.laddr.port))
+        return found
+
+
+def nats_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """The body of a NATS fixture: start, yield, stop; a server that does not start fails the test."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    problem = None
+    try:
+        server.start()
+    except NatsStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

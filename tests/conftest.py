@@ -4,7 +4,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from brokers import KafkaBroker, kafka_broker_fixture_body
+from brokers import KafkaBroker, NatsServer, kafka_broker_fixture_body, nats_server_fixture_body
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
 
@@ -63,3 +63,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     stops or restarts a broker makes its own ``brokers.KafkaBroker``.
     """
     yield from kafka_broker_fixture_body(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real nats-server with JetStream (``scripts/nats``) for the whole test session, started on first use.
+
+    Tests share it: each uses subjects, streams and consumers of its own (``brokers.unique_name``). A test
+    that stops or restarts the server makes its own ``brokers.NatsServer``.
+    """
+    yield from nats_server_fixture_body(tmp_path_factory)
