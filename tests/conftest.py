@@ -13,6 +13,10 @@ from otel_eda.installation.logs import uninstall_logs
 from otel_eda.logs.correlation import log_correlation_installed
 from otel_eda.testing import TelemetryCapture
 
+#: scripts the tests run in subprocesses, not test modules: ``--doctest-modules`` would import
+#: them, and gunicorn_app.py calls ``configure()`` at import (gunicorn's ``--preload`` pattern)
+collect_ignore = ["gunicorn_app.py", "fork_storm.py", "shutdown_probe.py"]
+
 _left_by: list[str] = []
 
 
