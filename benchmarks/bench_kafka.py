@@ -20,11 +20,19 @@ number of records after a warm-up; the cases run interleaved, ``--reps`` times e
 
 Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
 added cost <= the contrib's. The other broker issues add their client's three cases here.
+
+RabbitMQ (issue 15, ``--brokers rabbitmq`` for this line alone): a RabbitMQ node of the run's own
+(``scripts/rabbitmq``) and ``rabbitmq_child.py``: one message = one ``Exchange.publish`` with
+publisher confirms (batches of 100, concurrent) and its handling by a ``queue.consume`` callback
+acknowledging with ``message.process()``; otel-eda's ``AioPikaInstrumentor`` (the same telemetry
+as above, plus ``messaging.rabbitmq.*``, settling outcomes, the queue depth gauges) against the
+contrib ``opentelemetry-instrumentation-aio-pika`` (PRODUCER and CONSUMER spans, no metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -42,6 +50,9 @@ from method import Case, Difference, Goal, Plan, describe_machine, report, run_i
 HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
+RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
+RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
+BROKERS: Final = ("kafka", "rabbitmq")
 GOAL: Final = 1.0
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
@@ -78,6 +89,50 @@ def kafka_broker() -> Iterator[str]:
             subprocess.run([str(KAFKA_SCRIPT), "stop", directory], capture_output=True, check=False)
 
 
+@contextmanager
+def rabbitmq_node() -> Iterator[str]:
+    """A RabbitMQ node of this run's own (``scripts/rabbitmq``) on free ports; yields its URL."""
+    ports = free_ports(4)
+    names = ("RABBITMQ_PORT", "RABBITMQ_DIST_PORT", "RABBITMQ_EPMD_PORT", "RABBITMQ_CTL_PORT")
+    env = {**os.environ, **{name: str(port) for name, port in zip(names, ports, strict=True)}}
+    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as directory:
+        started = subprocess.run(
+            [str(RABBITMQ_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/rabbitmq start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"amqp://guest:guest@127.0.0.1:{ports[0]}/"
+        finally:
+            subprocess.run([str(RABBITMQ_SCRIPT), "stop", directory], env=env, capture_output=True, check=False)
+
+
+def rabbitmq_cases(url: str) -> list[Case]:
+    py, env, unit = sys.executable, {"AMQP_URL": url}, "message"
+    return [
+        Case("aio_pika_off", "aio-pika, no instrumentation", [py, RABBITMQ_CHILD, "off"], env, unit=unit),
+        Case("aio_pika_eda", "aio-pika, otel-eda instrumentation", [py, RABBITMQ_CHILD, "eda"], env, unit=unit),
+        Case("aio_pika_contrib", "aio-pika, contrib instrumentation", [py, RABBITMQ_CHILD, "contrib"], env, unit=unit),
+    ]
+
+
+RABBITMQ_DIFFERENCES: Final = [
+    Difference("aio_pika_eda_added", "otel-eda aio-pika telemetry", on="aio_pika_eda", off="aio_pika_off"),
+    Difference("aio_pika_contrib_added", "contrib aio-pika telemetry", on="aio_pika_contrib", off="aio_pika_off"),
+]
+RABBITMQ_GOALS: Final = [
+    Goal(
+        "aio_pika_eda_vs_contrib",
+        "aio-pika: otel-eda added / contrib added",
+        "aio_pika_eda_added",
+        "aio_pika_contrib_added",
+        GOAL,
+        profile="aio_pika_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
@@ -110,15 +165,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print the profiles even for met goals")
     parser.add_argument("--reps", type=int, help="repetitions per case")
     parser.add_argument("--ops", type=int, help="records measured per process")
+    parser.add_argument(
+        "--brokers", default=",".join(BROKERS), help=f"comma-separated, of {', '.join(BROKERS)} (default: all)"
+    )
     args = parser.parse_args(argv)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if not brokers or set(brokers) - set(BROKERS):
+        parser.error(f"--brokers: choose among {', '.join(BROKERS)}")
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = Plan(max(1, args.reps), plan.ops, plan.warmup, plan.timeout_s)
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
+    clients = {
+        "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
+        "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
+    }
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
-        for name in ("aiokafka", "opentelemetry-sdk", "opentelemetry-instrumentation-aiokafka")
+        for name in ("opentelemetry-sdk", *(n for b in brokers for n in clients[b]))
     )
     print(
         f"otel-eda broker benchmark: {describe_machine()}, {versions}; {plan.ops} records measured per "
@@ -126,12 +191,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
     )
     print(
-        "  one record = send (batches of 100, then flush) + getone; exporters: BatchSpanProcessor + "
+        "  one record = send (batches of 100, then flush) + getone; one message = publish with confirms "
+        "(batches of 100) + a consume callback's ack; exporters: BatchSpanProcessor + "
         "discarding span exporter, MeterProvider + PeriodicExportingMetricReader + discarding metric exporter"
     )
-    with kafka_broker() as bootstrap:
-        measurements = run_interleaved(cases(bootstrap), plan)
-        results = report(measurements, DIFFERENCES, GOALS, profile_always=args.profile, profile_ops=plan.ops)
+    with contextlib.ExitStack() as stack:
+        all_cases, differences, goals = [], [], []
+        if "kafka" in brokers:
+            all_cases += cases(stack.enter_context(kafka_broker()))
+            differences += DIFFERENCES
+            goals += GOALS
+        if "rabbitmq" in brokers:
+            all_cases += rabbitmq_cases(stack.enter_context(rabbitmq_node()))
+            differences += RABBITMQ_DIFFERENCES
+            goals += RABBITMQ_GOALS
+        measurements = run_interleaved(all_cases, plan)
+        results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():
         spans = case["extra"].get("spans_per_event")
         if spans is not None:
