@@ -403,3 +403,21 @@ async def test_hostile_broker_headers_never_raise_and_are_counted(
     assert len(processes) == len(hostile)
     assert [attr(s, semconv.EDA_DELIVERY_ATTEMPT) for s in processes] == [1, 1, 1, 1]
     assert instrumented.counter_total(semconv.METRIC_INVALID_HEADERS) - before >= len(hostile)
+
+
+async def test_a_broker_nack_is_recorded_on_the_send_span_and_counted(
+    instrumented: TelemetryCapture, channel: AbstractChannel
+) -> None:
+    queue = await channel.declare_queue(
+        unique_name("full"), auto_delete=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    await channel.default_exchange.publish(aio_pika.Message(b"fits"), routing_key=queue.name)
+    with pytest.raises(aio_pika.exceptions.DeliveryError):  # the client's own error, unchanged
+        await channel.default_exchange.publish(aio_pika.Message(b"refused"), routing_key=queue.name)
+    ok, nacked = instrumented.spans(kind=SpanKind.PRODUCER)
+    assert ok.status.status_code is StatusCode.UNSET
+    assert nacked.status.status_code is StatusCode.ERROR
+    assert attr(nacked, semconv.ERROR_TYPE) == "aiormq.exceptions.DeliveryError"
+    failed = {semconv.ERROR_TYPE: "aiormq.exceptions.DeliveryError", semconv.MESSAGING_DESTINATION_NAME: queue.name}
+    assert instrumented.counter_total(semconv.METRIC_SENT_MESSAGES, failed) == 1
+    assert instrumented.histogram_count(semconv.METRIC_OPERATION_DURATION, failed) == 1
