@@ -122,6 +122,13 @@ async def test_publish_and_consume_callback(instrumented: TelemetryCapture, chan
     assert correlation == event.correlation_id
     assert attr(process, semconv.EDA_OUTCOME) == "completed"
     assert attr(process, semconv.EDA_DELIVERY_ATTEMPT) == 1
+    destination = {semconv.MESSAGING_DESTINATION_NAME: f"{exchange.name}:orders.created:{queue.name}"}
+    assert instrumented.counter_total(semconv.METRIC_CONSUMED_MESSAGES, destination) == 1
+    assert instrumented.histogram_count(semconv.METRIC_EVENT_AGE, destination) == 1
+    assert instrumented.histogram_count(semconv.METRIC_PROCESS_DURATION, destination) == 1
+    sent = {semconv.MESSAGING_DESTINATION_NAME: f"{exchange.name}:orders.created"}
+    assert instrumented.counter_total(semconv.METRIC_SENT_MESSAGES, sent) == 1
+    assert instrumented.histogram_count(semconv.METRIC_OPERATION_DURATION, sent) == 1
     # a publish inside the handler is a child event, on the default exchange: named by its routing key
     (reply,) = [s for s in instrumented.spans(kind=SpanKind.PRODUCER) if s is not send]
     assert reply.name.startswith("send payments-")
@@ -421,3 +428,29 @@ async def test_a_broker_nack_is_recorded_on_the_send_span_and_counted(
     failed = {semconv.ERROR_TYPE: "aiormq.exceptions.DeliveryError", semconv.MESSAGING_DESTINATION_NAME: queue.name}
     assert instrumented.counter_total(semconv.METRIC_SENT_MESSAGES, failed) == 1
     assert instrumented.histogram_count(semconv.METRIC_OPERATION_DURATION, failed) == 1
+
+
+async def test_settle_spans_when_asked(
+    rabbitmq: RabbitBroker, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EDA_SETTLE_SPANS", "true")
+    instrumentor = AioPikaInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    try:
+        connection = await aio_pika.connect(rabbitmq.url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(unique_name("settle"), auto_delete=True)
+            for _ in range(2):
+                await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=queue.name)
+            first = await queue.get(timeout=WAIT_S)
+            await first.nack(requeue=False)
+            second = await queue.get(timeout=WAIT_S)
+            await second.ack()
+    finally:
+        instrumentor.uninstrument()
+    settles = capture.spans(kind=SpanKind.CLIENT)
+    assert [s.name for s in settles] == [f"nack {queue.name}", f"ack {queue.name}"]
+    assert all(attr(s, semconv.MESSAGING_OPERATION_TYPE) == "settle" for s in settles)
+    processes = capture.spans(kind=SpanKind.CONSUMER)
+    assert [s.parent.span_id for s in settles if s.parent] == [p.context.span_id for p in processes]

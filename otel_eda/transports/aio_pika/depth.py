@@ -99,7 +99,8 @@ class QueueDepth:
         self._closed = True
         for tracked in list(self._queues.values()):
             if tracked.task is not None:
-                tracked.task.cancel()
+                with contextlib.suppress(RuntimeError):  # its event loop is closed already: nothing runs
+                    tracked.task.cancel()
         self._queues.clear()
 
     def depths(self) -> dict[str, tuple[int | None, int | None]]:

@@ -59,13 +59,14 @@ from aio_pika.message import IncomingMessage
 from aio_pika.queue import QueueIterator
 from aio_pika.robust_queue import RobustQueueIterator
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.trace import Status, StatusCode
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.flows.records import Stage
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem, valid_type
-from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected
+from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
 from otel_eda.messaging.carriers import as_text
 from otel_eda.transports.aio_pika.contrib import uninstrument_contrib
 from otel_eda.transports.aio_pika.telemetry import RabbitTelemetry
@@ -458,17 +459,31 @@ def _get_wrapper(telemetry: RabbitTelemetry, getters: weakref.WeakKeyDictionary[
 
 
 # -- settling -----------------------------------------------------------------------------
-def _settle_wrapper(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+def _settle_wrapper(telemetry: RabbitTelemetry, original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    messaging = telemetry.messaging
+
     async def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
         entry = _handlings.get(id(self))
         if entry is None or entry[0] is not self:
             return await original(self, *args, **kwargs)
+        processing = entry[1]
         handled = sys.exception()  # message.process() rejects while its block's exception is handled
+        span = None
+        try:
+            span = messaging.settle_span(processing.destination, kind, context=processing.context)
+        except Exception:
+            internal_error("aio_pika", "starting a settle span")
         try:
             result = await original(self, *args, **kwargs)
         except BaseException as exc:  # the channel is gone, say: the broker will redeliver it
-            _finish(self, entry[1], Outcome.FAILED, exc)
+            _finish(self, processing, Outcome.FAILED, exc)
+            if span is not None:  # its type only: the process span records the exception itself
+                span.set_status(Status(StatusCode.ERROR, error_type(exc)))
+                span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
+                span.end()
             raise
+        if span is not None:
+            span.end()
         if kind == "ack":
             outcome = Outcome.COMPLETED
         else:
@@ -477,7 +492,7 @@ def _settle_wrapper(original: Callable[..., Any], kind: str) -> Callable[..., An
             else:
                 requeue = kwargs.get("requeue", args[0] if args else False)
             outcome = Outcome.RETRIED if requeue else Outcome.REJECTED
-        _finish(self, entry[1], outcome, handled if outcome is not Outcome.COMPLETED else None)
+        _finish(self, processing, outcome, handled if outcome is not Outcome.COMPLETED else None)
         return result
 
     return settle
@@ -605,7 +620,7 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if "close" in cls.__dict__:
                 _patch(cls, "close", _close_wrapper(iterators, cls.__dict__["close"]))
         for kind in ("ack", "nack", "reject"):
-            _patch(IncomingMessage, kind, _settle_wrapper(IncomingMessage.__dict__[kind], kind))
+            _patch(IncomingMessage, kind, _settle_wrapper(telemetry, IncomingMessage.__dict__[kind], kind))
 
     def _uninstrument(self, **kwargs: Any) -> None:
         for cls, name in (
