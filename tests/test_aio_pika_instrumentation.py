@@ -4,6 +4,7 @@ every consumer style, settling, publisher confirms, redeliveries, dead-letter ex
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from unittest import mock
@@ -18,6 +19,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_eda import _selfmetrics, semconv
+from otel_eda.flows.explorer import Outcome as ExplorerOutcome
+from otel_eda.flows.explorer import build_flows
+from otel_eda.flows.explorer.decoding import from_console
 from otel_eda.flows.records import LifecycleRecord, Stage
 from otel_eda.identity import EventContext, current_event
 from otel_eda.identity.propagation import HEADER_EVENT_ID
@@ -301,6 +305,12 @@ async def test_quorum_queue_delivery_limit_and_dead_letter_exchange(
         )
         == 1
     )
+    # the explorer, from the spans alone: the last attempt was dead-lettered, the dead letter handled apart
+    (flow,) = build_flows(from_console(json.loads(s.to_json())) for s in instrumented.spans()).values()
+    (flow_event,) = [e for e in flow.events if e.event_id == event.event_id]
+    statuses = {name: handling.status for name, handling in flow_event.handlings.items()}
+    dead_destination = f"{dlx.name}:{work.name}:{dead.name}"  # the dead letter keeps its routing key
+    assert statuses == {"shop": ExplorerOutcome.DEAD_LETTERED, f"shop ({dead_destination})": ExplorerOutcome.COMPLETED}
 
 
 async def test_classic_queue_with_a_dead_letter_exchange(
