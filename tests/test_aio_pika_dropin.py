@@ -21,6 +21,8 @@ from brokers import RabbitBroker, unique_name
 from console_telemetry import read_json_stream
 
 from otel_eda import semconv
+from otel_eda.flows.explorer import build_flows
+from otel_eda.flows.explorer.decoding import from_console
 from otel_eda.transports.aio_pika.instrumentor import AioPikaInstrumentor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -258,3 +260,62 @@ def test_one_correlation_id_across_three_services_with_a_redelivery(tmp_path: Pa
     assert payment_send["attributes"][semconv.EDA_CAUSATION_ID] == second["attributes"][semconv.MESSAGING_MESSAGE_ID]
     assert second["links"][0]["context"]["span_id"] == order_send["context"]["span_id"]
     assert shipping_process["links"][0]["context"]["span_id"] == payment_send["context"]["span_id"]
+
+
+DEAD_LETTERS = textwrap.dedent(
+    """
+    import asyncio, os
+    import aio_pika
+    from opentelemetry import trace
+
+    async def main():
+        connection = await aio_pika.connect_robust(os.environ["AMQP_URL"])
+        async with connection:
+            channel = await connection.channel()
+            name = os.environ["QUEUE"]
+            dlx = await channel.declare_exchange(name + "-dlx", aio_pika.ExchangeType.FANOUT, auto_delete=True)
+            dead = await channel.declare_queue(name + "-dead", auto_delete=True)
+            await dead.bind(dlx)
+            work = await channel.declare_queue(name, auto_delete=True, arguments={"x-dead-letter-exchange": dlx.name})
+            await channel.default_exchange.publish(aio_pika.Message(b"order"), routing_key=work.name)
+            message = await work.get(timeout=30)
+            await message.reject()  # the handler gives up: the broker dead-letters it
+            dead_letter = await dead.get(timeout=30)  # an audit consumer of the dead letters
+            await dead_letter.ack()
+
+    asyncio.run(main())
+    trace.get_tracer_provider().force_flush()
+    """
+)
+
+
+def test_a_broker_dead_letter_shows_in_the_flow(tmp_path: Path, rabbitmq: RabbitBroker) -> None:
+    script, out = tmp_path / "app.py", tmp_path / "spans.json"
+    script.write_text(DEAD_LETTERS)
+    queue = unique_name("dead-letters")
+    with out.open("w") as stdout:
+        result = subprocess.run(
+            [str(INSTRUMENT), sys.executable, str(script)],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={
+                **clean_environ(),
+                "OTEL_SERVICE_NAME": "billing",
+                "OTEL_TRACES_EXPORTER": "console",
+                "OTEL_METRICS_EXPORTER": "none",
+                "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_PROPAGATORS": "tracecontext,baggage,eda",
+                "AMQP_URL": rabbitmq.url,
+                "QUEUE": queue,
+            },
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    spans = [from_console(s) for s in read_json_stream(out) if queue in s["name"]]
+    (flow,) = build_flows(spans).values()
+    (event,) = flow.events
+    statuses = {name: handling.status.value for name, handling in event.handlings.items()}
+    assert statuses == {"billing": "dead_lettered", f"billing ({queue}-dlx:{queue}:{queue}-dead)": "completed"}
+    assert flow.status.value == "dead_lettered"
