@@ -259,11 +259,6 @@ def _attributes(message: Any) -> dict[str, Any]:
         attrs[semconv.MESSAGING_RABBITMQ_DELIVERY_TAG] = tag
     if message.routing_key:
         attrs[semconv.MESSAGING_RABBITMQ_ROUTING_KEY] = message.routing_key
-    death = dead_lettering(message.headers)
-    if death is not None:
-        attrs[semconv.EDA_DEAD_LETTER_REASON] = death.reason
-        attrs[semconv.EDA_DEAD_LETTER_QUEUE] = death.queue
-        attrs[semconv.EDA_DEAD_LETTER_COUNT] = death.count
     return attrs
 
 
@@ -273,7 +268,13 @@ def _started(telemetry: RabbitTelemetry, message: Any, processing: Processing, n
         _handlings[id(message)] = (message, processing)
     if "x-death" in _headers(message):
         death = dead_lettering(message.headers)
-        if death is not None and telemetry.first_dead_letter(processing.event.event_id, death.count, death.queue):
+        if death is None:
+            return
+        span = processing.span
+        span.set_attribute(semconv.EDA_DEAD_LETTER_REASON, death.reason)
+        span.set_attribute(semconv.EDA_DEAD_LETTER_QUEUE, death.queue)
+        span.set_attribute(semconv.EDA_DEAD_LETTER_COUNT, death.count)
+        if telemetry.first_dead_letter(processing.event.event_id, death.count, death.queue):
             telemetry.dead_letters.add(1, telemetry.dead_letter_attributes(death.queue, death.reason))
             telemetry.messaging.record(
                 Stage.DEAD_LETTERED,
