@@ -117,7 +117,7 @@ def test_otel_edas_instrumentation_wins_over_the_contrib_one(tmp_path: Path, rab
     send, process = sorted(spans, key=lambda s: s["name"], reverse=True)
     assert send["attributes"][semconv.MESSAGING_SYSTEM] == "rabbitmq"
     assert process["links"][0]["context"]["span_id"] == send["context"]["span_id"]
-    assert report["disabled"].split(",")[-1] == "aio-pika"  # by otel-eda's distro, before loading
+    assert "aio-pika" in report["disabled"].split(",")  # by otel-eda's distro, before loading
     assert "opentelemetry.instrumentation.aio_pika" not in report["modules"]  # so it never loaded
     assert "traceparent" in report["headers"] and "eda-event-id" in report["headers"]
 

@@ -54,8 +54,8 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
         if "*" not in disabled and "system_metrics" not in disabled:
             os.environ[OTEL_PYTHON_DISABLED_INSTRUMENTATIONS] = ",".join([*disabled, "system_metrics"])
         # otel-eda's broker instrumentations replace the contrib ones: keep those from loading
-        disable_contrib_before_load()
         disable_contrib_aio_pika()
+        disable_contrib_before_load()
 
 
 class EdaConfigurator:
