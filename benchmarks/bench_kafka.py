@@ -30,6 +30,13 @@ otel-eda's ``NATSInstrumentor`` (send, fetch and process spans with links, event
 messaging metrics, event age, the pending gauges' background refresh) minus nats-py alone is
 set against the fixed hand-written reference (``reference_nats.py``: the hot-path benchmark's
 reference telemetry, by hand around the same calls) minus nats-py alone. Goal: <= 1.2x.
+
+RabbitMQ (issue 15, ``--brokers rabbitmq`` for this line alone): a RabbitMQ node of the run's own
+(``scripts/rabbitmq``) and ``rabbitmq_child.py``: one message = one ``Exchange.publish`` with
+publisher confirms (batches of 100, concurrent) and its handling by a ``queue.consume`` callback
+acknowledging with ``message.process()``; otel-eda's ``AioPikaInstrumentor`` (the same telemetry
+as above, plus ``messaging.rabbitmq.*``, settling outcomes, the queue depth gauges) against the
+contrib ``opentelemetry-instrumentation-aio-pika`` (PRODUCER and CONSUMER spans, no metrics).
 """
 
 from __future__ import annotations
@@ -53,11 +60,13 @@ from method import Case, Difference, Goal, Plan, describe_machine, report, run_i
 HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
+RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
+RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
 GOAL: Final = 1.0
 NATS_SCRIPT: Final = HERE.parent / "scripts" / "nats"
 NATS_CHILD: Final = str(HERE / "nats_child.py")
 NATS_GOAL: Final = 1.2
-BROKERS: Final = ("kafka", "nats")
+BROKERS: Final = ("kafka", "nats", "rabbitmq")
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
 
@@ -136,6 +145,50 @@ NATS_GOALS: Final = [
 ]
 
 
+@contextmanager
+def rabbitmq_node() -> Iterator[str]:
+    """A RabbitMQ node of this run's own (``scripts/rabbitmq``) on free ports; yields its URL."""
+    ports = free_ports(4)
+    names = ("RABBITMQ_PORT", "RABBITMQ_DIST_PORT", "RABBITMQ_EPMD_PORT", "RABBITMQ_CTL_PORT")
+    env = {**os.environ, **{name: str(port) for name, port in zip(names, ports, strict=True)}}
+    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as directory:
+        started = subprocess.run(
+            [str(RABBITMQ_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/rabbitmq start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"amqp://guest:guest@127.0.0.1:{ports[0]}/"
+        finally:
+            subprocess.run([str(RABBITMQ_SCRIPT), "stop", directory], env=env, capture_output=True, check=False)
+
+
+def rabbitmq_cases(url: str) -> list[Case]:
+    py, env, unit = sys.executable, {"AMQP_URL": url}, "message"
+    return [
+        Case("aio_pika_off", "aio-pika, no instrumentation", [py, RABBITMQ_CHILD, "off"], env, unit=unit),
+        Case("aio_pika_eda", "aio-pika, otel-eda instrumentation", [py, RABBITMQ_CHILD, "eda"], env, unit=unit),
+        Case("aio_pika_contrib", "aio-pika, contrib instrumentation", [py, RABBITMQ_CHILD, "contrib"], env, unit=unit),
+    ]
+
+
+RABBITMQ_DIFFERENCES: Final = [
+    Difference("aio_pika_eda_added", "otel-eda aio-pika telemetry", on="aio_pika_eda", off="aio_pika_off"),
+    Difference("aio_pika_contrib_added", "contrib aio-pika telemetry", on="aio_pika_contrib", off="aio_pika_off"),
+]
+RABBITMQ_GOALS: Final = [
+    Goal(
+        "aio_pika_eda_vs_contrib",
+        "aio-pika: otel-eda added / contrib added",
+        "aio_pika_eda_added",
+        "aio_pika_contrib_added",
+        GOAL,
+        profile="aio_pika_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
@@ -180,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan(max(1, args.reps), plan.ops, plan.warmup, plan.timeout_s)
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
-    clients = {"kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"), "nats": ("nats-py",)}
+    clients = {
+        "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
+        "nats": ("nats-py",),
+        "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
+    }
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
         for name in ("opentelemetry-sdk", *(c for b in brokers for c in clients[b]))
@@ -192,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
-        "+ ack (NATS); exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
+        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ); "
+        "exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
         "PeriodicExportingMetricReader + discarding metric exporter"
     )
     with contextlib.ExitStack() as servers:
@@ -207,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured += nats_cases(servers.enter_context(nats_server()))
             differences += NATS_DIFFERENCES
             goals += NATS_GOALS
+        if "rabbitmq" in brokers:
+            measured += rabbitmq_cases(servers.enter_context(rabbitmq_node()))
+            differences += RABBITMQ_DIFFERENCES
+            goals += RABBITMQ_GOALS
         measurements = run_interleaved(measured, plan)
         results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():

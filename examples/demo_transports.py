@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kafka_transport import KafkaTransport
 from nats_transport import NatsTransport
+from rabbitmq_transport import RabbitTransport
 
 from otel_eda import EventBus
 from otel_eda.transports.bus import Outlet
@@ -66,4 +67,5 @@ TRANSPORTS: dict[str, type[Any]] = {
     "embedded": EmbeddedTransport,
     "kafka": KafkaTransport,
     "nats": NatsTransport,
+    "rabbitmq": RabbitTransport,
 }

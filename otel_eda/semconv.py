@@ -193,3 +193,20 @@ EDA_NATS_IN_PROGRESS: Final = "eda.nats.in_progress"
 #: ``{message}``, attributes ``messaging.system``, ``messaging.destination.name`` (the stream),
 #: ``messaging.consumer.group.name`` (the consumer). No convention exists yet.
 METRIC_CONSUMER_ACK_PENDING: Final = "eda.consumer.ack_pending"
+
+# --- RabbitMQ (aio-pika instrumentation) -------------------------------------------------
+MESSAGING_SYSTEM_RABBITMQ: Final = "rabbitmq"
+MESSAGING_RABBITMQ_ROUTING_KEY: Final = "messaging.rabbitmq.destination.routing_key"
+MESSAGING_RABBITMQ_DELIVERY_TAG: Final = "messaging.rabbitmq.message.delivery_tag"
+#: On the process span of a message a dead-letter exchange moved (its ``x-death`` header): why
+#: (``rejected``, ``expired``, ``maxlen``, ``delivery_limit``), from which queue, how many times.
+EDA_DEAD_LETTER_REASON: Final = "eda.dead_letter.reason"
+EDA_DEAD_LETTER_QUEUE: Final = "eda.dead_letter.queue"
+EDA_DEAD_LETTER_COUNT: Final = "eda.dead_letter.count"
+#: Consumers of a broker's queue: an observable gauge in ``{consumer}``, attributes as
+#: ``eda.broker.queue.depth``.
+METRIC_BROKER_QUEUE_CONSUMERS: Final = "eda.broker.queue.consumers"
+#: Messages a broker dead-lettered, counted when an instrumented consumer reads them from the
+#: dead-letter queue (attributes ``messaging.system``, ``messaging.destination.name``: the queue
+#: that dead-lettered them, ``eda.dead_letter.reason``).
+METRIC_BROKER_DEAD_LETTERS: Final = "eda.broker.dead_letters"

@@ -1,5 +1,6 @@
-"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``) and NATS
-(``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``).
+"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``),
+NATS (``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``) and RabbitMQ
+(``scripts/rabbitmq``: :class:`RabbitBroker`, the session fixture ``rabbitmq``).
 
 Importable by test modules (``tests/`` is on ``sys.path`` under pytest's default import mode),
 like ``zipkin_server.py``. ``conftest.py`` has a session-scoped ``kafka`` fixture (one broker
@@ -45,10 +46,13 @@ __all__ = [
     "KafkaStartError",
     "NatsServer",
     "NatsStartError",
+    "RabbitBroker",
+    "RabbitStartError",
     "client_config",
     "install_kafka",
     "kafka_broker_fixture_body",
     "nats_server_fixture_body",
+    "rabbitmq_fixture_body",
     "unique_name",
 ]
 
@@ -318,3 +322,132 @@ def nats_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield server
     finally:
         server.stop()
+
+
+# -- RabbitMQ ----------------------------------------------------------------------------------
+RABBITMQ_SCRIPT = ROOT / "scripts" / "rabbitmq"
+
+
+class RabbitStartError(RuntimeError):
+    """``scripts/rabbitmq`` could not install or start the node; the message has its output and log."""
+
+
+class RabbitBroker:
+    """One RabbitMQ node (and its own epmd) run by ``scripts/rabbitmq`` from ``directory``.
+
+    A context manager like :class:`KafkaBroker`; its four ports are chosen once, so :meth:`restart`
+    brings it back at the same address with the same queues (durable messages and quorum queues kept).
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.directory = Path(directory)
+        self.port, self.dist_port, self.epmd_port, self.ctl_port = _free_ports(4)
+        self.ready_timeout_s = ready_timeout_s
+        #: what clients connect to (``aio_pika.connect(broker.url)``)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.start_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return f"RabbitBroker({self.url}, directory={str(self.directory)!r})"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_CTL_PORT": str(self.ctl_port),
+            "RABBITMQ_READY_TIMEOUT_S": f"{self.ready_timeout_s:g}",
+        }
+
+    def start(self) -> RabbitBroker:
+        """Start the node and wait until it answers (``scripts/rabbitmq start``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [str(RABBITMQ_SCRIPT), "start", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=self.ready_timeout_s * 2 + 120,
+                check=False,
+                env=self._env(),
+            )
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise RabbitStartError(f"scripts/rabbitmq start hung for {exc.timeout:g} s\n{self.log()}") from exc
+        if proc.returncode != 0:
+            raise RabbitStartError(
+                f"scripts/rabbitmq start {self.directory} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop the node and its epmd; does nothing if they are not running."""
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(RABBITMQ_SCRIPT), "stop", str(self.directory)],
+                capture_output=True,
+                timeout=120,
+                check=False,
+                env=self._env(),
+            )
+
+    def restart(self) -> RabbitBroker:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RabbitBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "rabbitmq.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def pids(self) -> dict[str, int]:
+        """The running node's (``beam``) and epmd's PIDs (from the script's PID files)."""
+        found = {}
+        for name in ("beam", "epmd", "rabbitmq"):
+            try:
+                pid = int((self.directory / f"{name}.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found[name] = pid
+        return found
+
+    def listening_addresses(self) -> set[tuple[str, str, int]]:
+        """Every ``(protocol, ip, port)`` the node and its epmd listen on (TCP) or have bound (UDP)."""
+        found: set[tuple[str, str, int]] = set()
+        for name, pid in self.pids().items():
+            if name == "rabbitmq":  # the wrapper script: no sockets of its own
+                continue
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
+                    found.add(("tcp", conn.laddr.ip, conn.laddr.port))
+                elif conn.type == socket.SOCK_DGRAM:
+                    found.add(("udp", conn.laddr.ip, conn.laddr.port))
+        return found
+
+
+def rabbitmq_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+    """The body of a RabbitMQ fixture: start, yield, stop; a node that does not start fails the test."""
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+    problem = None
+    try:
+        broker.start()
+    except RabbitStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        broker.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()

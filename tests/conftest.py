@@ -4,7 +4,14 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from brokers import KafkaBroker, NatsServer, kafka_broker_fixture_body, nats_server_fixture_body
+from brokers import (
+    KafkaBroker,
+    NatsServer,
+    RabbitBroker,
+    kafka_broker_fixture_body,
+    nats_server_fixture_body,
+    rabbitmq_fixture_body,
+)
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
 
@@ -77,3 +84,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     that stops or restarts the server makes its own ``brokers.NatsServer``.
     """
     yield from nats_server_fixture_body(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+    """One real RabbitMQ node (``scripts/rabbitmq``) for the whole test session, started on first use.
+
+    Tests share it: each uses queues and exchanges of its own (``brokers.unique_name``). A test that
+    stops or restarts the broker makes its own ``brokers.RabbitBroker``.
+    """
+    yield from rabbitmq_fixture_body(tmp_path_factory)
