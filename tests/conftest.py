@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from brokers import KafkaBroker, kafka_broker_fixture_body
+from brokers import KafkaBroker, RedisServer, kafka_broker_fixture_body, redis_server_fixture_body
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
 
@@ -42,3 +42,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     stops or restarts a broker makes its own ``brokers.KafkaBroker``.
     """
     yield from kafka_broker_fixture_body(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server (``scripts/redis``) for the whole test session, started on first use.
+
+    Tests share it: each uses streams and groups of its own (``brokers.unique_name``). A test that
+    stops or restarts a server makes its own ``brokers.RedisServer``.
+    """
+    yield from redis_server_fixture_body(tmp_path_factory)

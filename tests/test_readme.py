@@ -27,7 +27,7 @@ def test_readme_starts_with_the_two_commands_and_ci_calls_the_second() -> None:
     for command in commands:
         assert "scripts/setup-venv" in (ROOT / command).read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
-    every_extra = "zipkin,otlp,auto,declarative,aiokafka,rules,explorer,test,bench,docs,browser"
+    every_extra = "zipkin,otlp,auto,declarative,aiokafka,redis,rules,explorer,test,bench,docs,browser"
     assert f'all = ["otel-eda[{every_extra}]"]' in pyproject
 
 
