@@ -168,11 +168,8 @@ def test_disabling_otel_edas_instrumentation_leaves_only_the_contrib_command_spa
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     stream = unique_name("placed")
-    spans = spans_of(
-        run_service(
-            tmp_path, redis_server, "order", TARGET=stream, OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="otel_eda_redis"
-        )
-    )
+    disabled = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "otel_eda_redis"}
+    spans = spans_of(run_service(tmp_path, redis_server, "order", TARGET=stream, **disabled))
     assert [s["name"] for s in spans] == ["XADD"]
 
 
