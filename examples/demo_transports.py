@@ -13,6 +13,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
 from kafka_transport import KafkaTransport
+from redis_transport import RedisTransport
 
 from otel_eda import EventBus
 from otel_eda.transports.bus import Outlet
@@ -62,3 +63,4 @@ class EmbeddedTransport:
 
 #: ``--transport`` name -> the class the launcher builds with (service names, spawn context).
 TRANSPORTS: dict[str, type[Any]] = {"embedded": EmbeddedTransport, "kafka": KafkaTransport}
+TRANSPORTS["redis"] = RedisTransport
