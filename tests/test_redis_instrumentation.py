@@ -297,3 +297,83 @@ async def test_asyncio_client_send_receive_process_ack_and_claim(setup: Setup, a
     assert t.attr(out, semconv.EDA_CAUSATION_ID) == t.attr(processes[0], semconv.MESSAGING_MESSAGE_ID)
     assert len(t.spans(name=f"receive {t.stream}")) == 3
     assert trace.get_current_span().get_span_context().is_valid is False
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_both_reply_shapes_resp2_and_resp3(setup: Setup, protocol: int) -> None:
+    t = setup
+    client = redis.Redis(**t.server.client_kwargs, protocol=protocol, decode_responses=True)
+    client.xgroup_create(t.stream, t.group, id="0", mkstream=True)
+    client.xadd(t.stream, {"order": "1"})
+    response = client.xreadgroup(t.group, "c1", {t.stream: ">"})
+    pairs = response.items() if isinstance(response, dict) else response  # RESP3: {stream: [entries]}
+    for stream, value in pairs:
+        entries = value[0] if protocol == 3 else value
+        for entry_id, fields in entries:
+            assert fields == {"order": "1"}
+            assert current_event() is not None
+            client.xack(stream, t.group, entry_id)
+    client.close()
+    (process,) = t.spans(name=f"process {t.stream}")
+    assert t.attr(process, semconv.EDA_OUTCOME) == "completed"
+    assert len(t.spans(name=f"receive {t.stream}")) == 1
+
+
+def test_threads_sharing_one_sync_client_each_handle_their_own_entries(setup: Setup, client: redis.Redis) -> None:
+    import threading
+
+    t = setup
+    for i in range(20):
+        client.xadd(t.stream, {"n": str(i)})
+    seen: dict[str, list[tuple[str, str]]] = {}
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        try:
+            while True:
+                response = client.xreadgroup(t.group, name, {t.stream: ">"}, count=2)
+                if not response:
+                    return
+                for stream, entries in response:
+                    for entry_id, _fields in entries:
+                        event = current_event()
+                        assert event is not None
+                        seen.setdefault(name, []).append((entry_id.decode(), event.event_id))
+                        time.sleep(0.001)
+                        client.xack(stream, t.group, entry_id)
+                        assert current_event() is None
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    processes = t.spans(name=f"process {t.stream}")
+    assert len(processes) == 20 == sum(len(v) for v in seen.values())
+    by_entry = {t.attr(p, semconv.EDA_REDIS_ENTRY_ID): t.attr(p, semconv.MESSAGING_MESSAGE_ID) for p in processes}
+    assert all(by_entry[entry_id] == event_id for v in seen.values() for entry_id, event_id in v)
+    assert all(t.attr(p, semconv.EDA_OUTCOME) == "completed" for p in processes)
+
+
+async def test_xadd_in_a_pipeline_carries_the_identity(setup: Setup, client: redis.Redis) -> None:
+    t = setup
+    aclient = redis.asyncio.Redis(**t.server.client_kwargs, decode_responses=True)
+    with client.pipeline() as pipe:
+        pipe.xadd(t.stream, {"n": "1"}).xadd(t.stream, {"n": "2"})
+        pipe.execute()
+    async with aclient.pipeline(transaction=False) as apipe:
+        apipe.xadd(t.stream, {"n": "3"})
+        await apipe.execute()
+    sends = t.spans(name=f"send {t.stream}")
+    assert len(sends) == 3  # each covers the queueing of its command
+    [[_, entries]] = await aclient.xreadgroup(t.group, "c1", {t.stream: ">"})
+    assert [fields for _, fields in list.__iter__(entries)] == [{"n": "1"}, {"n": "2"}, {"n": "3"}]
+    for entry in entries:
+        with processing(entry) as handling:
+            assert handling is not None
+    await aclient.aclose()
+    processes = t.spans(name=f"process {t.stream}")
+    assert [[link.context.span_id for link in p.links] for p in processes] == [[s.context.span_id] for s in sends]
