@@ -377,3 +377,46 @@ async def test_xadd_in_a_pipeline_carries_the_identity(setup: Setup, client: red
     await aclient.aclose()
     processes = t.spans(name=f"process {t.stream}")
     assert [[link.context.span_id for link in p.links] for p in processes] == [[s.context.span_id] for s in sends]
+
+
+def test_collecting_the_gauges_makes_no_network_call(redis_server: RedisServer, capture: TelemetryCapture) -> None:
+    instrumentor = RedisStreamsInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, lag_refresh_s=3600
+    )
+    stream, group = unique_name("orders"), unique_name("billing")
+    client = redis.Redis(**redis_server.client_kwargs)
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+        client.xadd(stream, {"n": "1"})
+        client.xreadgroup(group, "c1", {stream: ">"}, count=10)  # tracked: one refresh now, the next in an hour
+        deadline = time.monotonic() + 30
+        mine = {semconv.MESSAGING_DESTINATION_NAME: stream}
+        while not [p for p in capture.points(semconv.METRIC_CONSUMER_PENDING) if mine.items() <= p.attributes.items()]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        calls = int(client.info("commandstats").get("cmdstat_xinfo|groups", {}).get("calls", 0))
+        for _ in range(5):
+            capture.points(semconv.METRIC_CONSUMER_LAG)
+        assert int(client.info("commandstats").get("cmdstat_xinfo|groups", {}).get("calls", 0)) == calls >= 1
+    finally:
+        client.close()
+        instrumentor.uninstrument()
+
+
+async def test_asyncio_clients_lag_is_refreshed_on_their_loop(setup: Setup, aclient: redis.asyncio.Redis) -> None:
+    import asyncio
+
+    t = setup
+    for i in range(3):
+        await aclient.xadd(t.stream, {"n": str(i)})
+    await aclient.xreadgroup(t.group, "c1", {t.stream: ">"}, count=1)
+    wanted = {semconv.MESSAGING_DESTINATION_NAME: t.stream, semconv.MESSAGING_CONSUMER_GROUP_NAME: t.group}
+
+    def values(metric: str) -> list[float]:
+        return [p.value for p in t.capture.points(metric) if all(p.attributes.get(k) == v for k, v in wanted.items())]
+
+    deadline = time.monotonic() + 30
+    while (values(semconv.METRIC_CONSUMER_LAG), values(semconv.METRIC_CONSUMER_PENDING)) != ([2], [1]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
