@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,26 @@ def test_a_restart_mid_flow_gives_the_clients_errors_counts_failed_sends_and_the
     recorder = ListRecorder()
     instrumentor = RedisStreamsInstrumentor()
     instrumentor.instrument(
-        tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, recorders=[recorder]
+        tracer_provider=capture.tracer_provider,
+        meter_provider=capture.meter_provider,
+        recorders=[recorder],
+        lag_refresh_s=0.05,
     )
     stream, group = unique_name("orders"), unique_name("billing")
+
+    def lag() -> list[float]:
+        return [
+            p.value
+            for p in capture.points(semconv.METRIC_CONSUMER_LAG)
+            if p.attributes.get(semconv.MESSAGING_DESTINATION_NAME) == stream
+        ]
+
+    def eventually(wanted: list[float]) -> None:
+        deadline = time.monotonic() + 30
+        while lag() != wanted:
+            assert time.monotonic() < deadline, lag()
+            time.sleep(0.05)
+
     try:
         with RedisServer(tmp_path / "redis", persist=True) as server:
             client = redis.Redis(**server.client_kwargs, socket_timeout=5)
@@ -58,13 +76,16 @@ def test_a_restart_mid_flow_gives_the_clients_errors_counts_failed_sends_and_the
                 client.xadd(stream, {"n": "1"})
                 client.xadd(stream, {"n": "2"})
             [[_, [first]]] = client.xreadgroup(group, "c1", {stream: ">"}, count=1)  # never acknowledged
+            eventually([1])
             server.stop()
+            eventually([])  # the refresh failed: no stale value is reported
             with pytest.raises(redis.ConnectionError):  # the client's own error, unchanged
                 client.xadd(stream, {"n": "lost"})
             with pytest.raises(redis.ConnectionError):
                 client.xreadgroup(group, "c1", {stream: ">"}, count=10)
             server.start()  # the same port and the append-only file: streams, groups and pending kept
             client.xadd(stream, {"n": "3"})
+            eventually([2])  # the refresh found the server again
             handled = []
             for _, entries in client.xreadgroup(group, "c1", {stream: ">"}, count=10):
                 for entry in entries:

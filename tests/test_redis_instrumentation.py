@@ -162,6 +162,22 @@ def test_xreadgroup_receive_span_links_each_entry_and_the_loop_moves_the_context
     assert [t.attr(s, semconv.EDA_CAUSATION_ID) for s in outs] == [h[0] for h in handled]
     assert [s.parent.span_id for s in outs if s.parent] == [p.context.span_id for p in processes]
     assert len(t.spans(kind=SpanKind.CLIENT)) == 1, "no receive span for the empty read"
+    where = {semconv.MESSAGING_DESTINATION_NAME: t.stream, semconv.MESSAGING_SYSTEM: "redis"}
+    assert t.capture.counter_total(semconv.METRIC_SENT_MESSAGES, where) == 6  # the metrics were not cleared
+    assert (
+        t.capture.counter_total(semconv.METRIC_CONSUMED_MESSAGES, {**where, "messaging.consumer.group.name": t.group})
+        == 6
+    )
+    assert t.capture.histogram_count(semconv.METRIC_PROCESS_DURATION, where) == 3
+    assert t.capture.histogram_count(semconv.METRIC_EVENT_AGE, where) == 6
+    operations = {semconv.MESSAGING_OPERATION_NAME: "receive", **where}
+    assert t.capture.histogram_count(semconv.METRIC_OPERATION_DURATION, operations) == 2  # one per non-empty read
+    assert (
+        t.capture.histogram_count(
+            semconv.METRIC_OPERATION_DURATION, {**where, semconv.MESSAGING_OPERATION_NAME: "send"}
+        )
+        == 6
+    )
     assert pickle.loads(pickle.dumps(response))[0][1][0][0] == response[0][1][0][0]
 
 
