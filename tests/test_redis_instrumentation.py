@@ -436,3 +436,26 @@ async def test_asyncio_clients_lag_is_refreshed_on_their_loop(setup: Setup, acli
     while (values(semconv.METRIC_CONSUMER_LAG), values(semconv.METRIC_CONSUMER_PENDING)) != ([2], [1]):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
+
+
+def test_settle_spans_when_asked(
+    redis_server: RedisServer, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EDA_SETTLE_SPANS", "true")
+    instrumentor = RedisStreamsInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    stream, group = unique_name("orders"), unique_name("billing")
+    client = redis.Redis(**redis_server.client_kwargs)
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+        client.xadd(stream, {"n": "1"})
+        for _, entries in client.xreadgroup(group, "c1", {stream: ">"}):
+            for entry_id, _fields in entries:
+                client.xack(stream, group, entry_id)
+    finally:
+        client.close()
+        instrumentor.uninstrument()
+    (ack,) = capture.spans(name=f"ack {stream}")
+    (process,) = capture.spans(name=f"process {stream}")
+    assert ack.kind is SpanKind.CLIENT and (ack.attributes or {})[semconv.MESSAGING_OPERATION_TYPE] == "settle"
+    assert ack.parent is not None and ack.parent.span_id == process.context.span_id
