@@ -459,3 +459,15 @@ def test_settle_spans_when_asked(
     (process,) = capture.spans(name=f"process {stream}")
     assert ack.kind is SpanKind.CLIENT and (ack.attributes or {})[semconv.MESSAGING_OPERATION_TYPE] == "settle"
     assert ack.parent is not None and ack.parent.span_id == process.context.span_id
+
+
+def test_reading_the_groups_history_again_takes_the_attempt_from_xpending(setup: Setup, client: redis.Redis) -> None:
+    t = setup
+    for i in range(3):
+        client.xadd(t.stream, {"n": str(i)})
+    client.xreadgroup(t.group, "c1", {t.stream: ">"})  # delivered once, not acknowledged (the consumer restarts)
+    before = t.command_calls(client, "xpending")
+    [[_, history]] = client.xreadgroup(t.group, "c1", {t.stream: "0"})
+    assert t.command_calls(client, "xpending") - before == 1
+    expected = [int(p["times_delivered"]) for p in client.xpending_range(t.stream, t.group, "-", "+", 10)]
+    assert [delivery_attempt(history[i]) for i in range(3)] == expected == [2, 2, 2]
