@@ -581,7 +581,7 @@ def _pairs(response: Any) -> Iterator[tuple[Any, list[Any], Callable[[list[Any]]
     RESP2 ``[[stream, entries], ...]``, RESP3 ``{stream: [entries]}`` or ``{stream: entries}``."""
     if isinstance(response, dict):
         for stream, value in list(response.items()):
-            if value and isinstance(value, list) and value and isinstance(value[0], list):
+            if value and isinstance(value, list) and isinstance(value[0], list):
                 for i, entries in enumerate(value):
                     yield stream, entries, functools.partial(value.__setitem__, i)
             elif isinstance(value, list):
@@ -677,16 +677,13 @@ def _read_wrapper(
             internal_error("redis", "starting a read")
             return None
 
-    def after(state: _OwnerState, how: Any, response: Any, start_ns: int) -> tuple[Any, list[_Delivery]]:
-        group = how[0]
+    def after(state: _OwnerState, how: Any, response: Any) -> tuple[Any, list[_Delivery]]:
+        """Strip, extract and wrap every stream's entries (the reply is changed in place)."""
         all_deliveries: list[_Delivery] = []
-        streams: set[str] = set()
         for stream, entries, replace in list(_pairs(response)):
-            wrapped, deliveries = _deliveries(telemetry, state, stream, entries, group)
+            wrapped, deliveries = _deliveries(telemetry, state, stream, entries, how[0])
             replace(wrapped)
-            if deliveries:
-                streams.add(deliveries[0].stream)
-                all_deliveries.extend(deliveries)
+            all_deliveries.extend(deliveries)
         return response, all_deliveries
 
     def by_stream(deliveries: list[_Delivery]) -> list[list[_Delivery]]:
@@ -709,7 +706,7 @@ def _read_wrapper(
             return response
         state, how = prepared
         try:
-            response, deliveries = after(state, how, response, start_ns)
+            response, deliveries = after(state, how, response)
             if how[2] and deliveries:  # the group's history: delivered before
                 for batch in by_stream(deliveries):
                     _attempts_sync(self, cls, batch, how[0], how[1])
@@ -729,7 +726,7 @@ def _read_wrapper(
             return response
         state, how = prepared
         try:
-            response, deliveries = after(state, how, response, start_ns)
+            response, deliveries = after(state, how, response)
             if how[2] and deliveries:
                 for batch in by_stream(deliveries):
                     await _attempts_async(self, cls, batch, how[0], how[1])
