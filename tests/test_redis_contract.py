@@ -47,6 +47,7 @@ class RedisHarness:
         self.client: redis.asyncio.Redis | None = None
         self.loop_task: asyncio.Task[None] | None = None
         self.started = False
+        self.start_lock = asyncio.Lock()
         self.sent = 0
         self.handled = 0
         self.failed = 0
@@ -73,13 +74,15 @@ class RedisHarness:
         self.handlers[event_type] = handler
 
     async def _consuming(self) -> None:
-        if self.started:
-            return
-        self.started = True
-        assert self.client is not None
-        for stream in self.handlers:
-            await self.client.xgroup_create(stream, self.group, id="$", mkstream=True)
-        self.loop_task = asyncio.create_task(self._loop())
+        """Create the groups (at the streams' current end) once, before anything is sent."""
+        async with self.start_lock:  # concurrent publishes wait until the groups exist
+            if self.started:
+                return
+            assert self.client is not None
+            for stream in self.handlers:
+                await self.client.xgroup_create(stream, self.group, id="$", mkstream=True)
+            self.loop_task = asyncio.create_task(self._loop())
+            self.started = True
 
     async def _handle(self, stream: str, entry: Any) -> None:
         assert self.client is not None
