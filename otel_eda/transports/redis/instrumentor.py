@@ -64,6 +64,7 @@ from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
+from otel_eda.process_hooks import ForkHook, fresh_lock_in_child, register_fork_hook, unregister_fork_hook
 from otel_eda.transports.redis.telemetry import RESERVED_PREFIX, RedisTelemetry, split_reserved
 
 __all__ = [
@@ -181,6 +182,7 @@ def _delivery(entry: Any) -> _Delivery | None:
 #: Handlings handed over and not settled yet, by (stream, group, entry id): XACK settles them.
 _open: dict[tuple[str, str, str], _Delivery] = {}
 _open_lock = threading.Lock()
+fresh_lock_in_child(__name__, "_open_lock")
 
 
 class _OwnerState:
@@ -242,6 +244,12 @@ class _States:
         self.telemetry = telemetry
         self._clients: weakref.WeakKeyDictionary[Any, dict[int, _OwnerState]] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+        self._fork_hook = register_fork_hook(
+            ForkHook("redis consumer states", after_in_child=self._after_fork_in_child)
+        )
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it
 
     def get(self, client: Any) -> _OwnerState:
         owner = _owner()
@@ -259,6 +267,7 @@ class _States:
 
     def close(self) -> None:
         """End every open handling (uninstrument); the calling thread's context is restored."""
+        unregister_fork_hook(self._fork_hook)
         with self._lock:
             states = [state for owners in self._clients.values() for state in owners.values()]
             self._clients.clear()
