@@ -141,9 +141,8 @@ class RedisHarness:
                 assert self.client is not None
                 pending = {s: await self.client.xpending(s, self.group) for s in self.handlers}
                 loop = self.loop_task.exception() if self.loop_task and self.loop_task.done() else "running"
-                raise AssertionError(
-                    f"{self.handled} of {self.sent} entries handled, {self.failed} failed; pending {pending}; loop {loop}"
-                )
+                handled = f"{self.handled} of {self.sent} entries handled, {self.failed} failed"
+                raise AssertionError(f"{handled}; pending {pending}; loop {loop}")
             await asyncio.sleep(0.02)
         self.capture.tracer_provider.force_flush()
 
