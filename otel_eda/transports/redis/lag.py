@@ -39,7 +39,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
-from otel_eda._selfmetrics import count_internal_error
+from otel_eda._selfmetrics import count_internal_error, internal_error
 from otel_eda.process_hooks import ForkHook, register_fork_hook, unregister_fork_hook
 
 __all__ = ["MAX_GROUPS", "REFRESH_S", "GroupLag", "parse_groups"]
@@ -155,49 +155,61 @@ class GroupLag:
         self._closed = True
         self._wake.set()
         unregister_fork_hook(self._fork_hook)
-        for tracked in list(self._async.values()):
+        for _, tracked in self._tracked(self._async):
             if tracked.task is not None:
                 tracked.task.cancel()
         self._sync.clear()
         self._async.clear()
 
+    def _tracked(self, clients: weakref.WeakKeyDictionary[Any, _Client]) -> list[tuple[Any, _Client]]:
+        """A snapshot of ``clients`` (track() may add to it from another thread meanwhile)."""
+        with self._lock:
+            return list(clients.items())
+
     def values(self) -> dict[tuple[str, str], tuple[int | None, int | None]]:
         """The last snapshot: ``{(stream, group): (lag, pending)}`` over every tracked client."""
         found: dict[tuple[str, str], tuple[int | None, int | None]] = {}
         for clients in (self._sync, self._async):
-            for tracked in list(clients.values()):
-                found.update(tracked.values)
+            for _, tracked in self._tracked(clients):
+                found.update(dict(tracked.values))
         return found
 
     # -- refreshing -----------------------------------------------------------------------
-    @staticmethod
-    def _read(tracked: _Client, stream: str, reply: Any) -> None:
+    def _read(self, tracked: _Client, stream: str, reply: Any) -> None:
         groups = parse_groups(reply)
-        for group in tracked.groups.get(stream, ()):
+        with self._lock:
+            wanted = list(tracked.groups.get(stream, ()))
+        for group in wanted:
             value = groups.get(group)
             if value is None:
                 tracked.values.pop((stream, group), None)
             else:
                 tracked.values[(stream, group)] = value
 
-    @staticmethod
-    def _failed(tracked: _Client, stream: str) -> None:
+    def _failed(self, tracked: _Client, stream: str) -> None:
         _log.debug("otel-eda: XINFO GROUPS %s failed", stream, exc_info=True)
-        for group in tracked.groups.get(stream, ()):
+        with self._lock:
+            wanted = list(tracked.groups.get(stream, ()))
+        for group in wanted:
             tracked.values.pop((stream, group), None)
 
     def _run(self) -> None:
         while not self._closed:
-            for client, tracked in list(self._sync.items()):
-                for stream in list(tracked.groups):
-                    try:
-                        with suppress_instrumentation():
-                            reply = client.xinfo_groups(stream)
-                    except Exception:
-                        self._failed(tracked, stream)
-                    else:
-                        self._read(tracked, stream, reply)
-                del client
+            try:
+                for client, tracked in self._tracked(self._sync):
+                    with self._lock:
+                        streams = list(tracked.groups)
+                    for stream in streams:
+                        try:
+                            with suppress_instrumentation():
+                                reply = client.xinfo_groups(stream)
+                        except Exception:
+                            self._failed(tracked, stream)
+                        else:
+                            self._read(tracked, stream, reply)
+                    del client
+            except Exception:  # never let the thread die: the next pass tries again
+                internal_error("consumer_lag", "refreshing the lag of redis consumer groups")
             if self._wake.wait(self._refresh_s):
                 return
 
@@ -206,7 +218,9 @@ class GroupLag:
             client = ref()
             if client is None:
                 return
-            for stream in list(tracked.groups):
+            with self._lock:
+                streams = list(tracked.groups)
+            for stream in streams:
                 try:
                     with suppress_instrumentation():
                         reply = await client.xinfo_groups(stream)
