@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from kafka_transport import KafkaTransport
 from nats_transport import NatsTransport
 from rabbitmq_transport import RabbitTransport
+from redis_transport import RedisTransport
 
 from otel_eda import EventBus
 from otel_eda.transports.bus import Outlet
@@ -68,4 +69,5 @@ TRANSPORTS: dict[str, type[Any]] = {
     "kafka": KafkaTransport,
     "nats": NatsTransport,
     "rabbitmq": RabbitTransport,
+    "redis": RedisTransport,
 }

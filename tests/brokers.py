@@ -1,6 +1,7 @@
 """Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``),
-NATS (``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``) and RabbitMQ
-(``scripts/rabbitmq``: :class:`RabbitBroker`, the session fixture ``rabbitmq``).
+NATS (``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``), RabbitMQ
+(``scripts/rabbitmq``: :class:`RabbitBroker`, the session fixture ``rabbitmq``) and Redis
+(``scripts/redis``: :class:`RedisServer`, the session fixture ``redis_server``).
 
 Importable by test modules (``tests/`` is on ``sys.path`` under pytest's default import mode),
 like ``zipkin_server.py``. ``conftest.py`` has a session-scoped ``kafka`` fixture (one broker
@@ -48,11 +49,14 @@ __all__ = [
     "NatsStartError",
     "RabbitBroker",
     "RabbitStartError",
+    "RedisServer",
+    "RedisStartError",
     "client_config",
     "install_kafka",
     "kafka_broker_fixture_body",
     "nats_server_fixture_body",
     "rabbitmq_fixture_body",
+    "redis_server_fixture_body",
     "unique_name",
 ]
 
@@ -451,3 +455,91 @@ def rabbitmq_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield broker
     finally:
         broker.stop()
+
+
+# -- Redis (scripts/redis) ------------------------------------------------------------------
+REDIS_SCRIPT = ROOT / "scripts" / "redis"
+
+
+class RedisStartError(RuntimeError):
+    """``scripts/redis`` could not install or start the server; the message has its output and log."""
+
+
+class RedisServer:
+    """One ``redis-server`` run by ``scripts/redis`` from ``directory``, on a free port of 127.0.0.1.
+
+    A context manager like :class:`KafkaBroker`. ``persist=True`` keeps an append-only file, so
+    :meth:`restart` brings back the streams, groups and pending entries (outage tests).
+    """
+
+    def __init__(self, directory: Path, *, persist: bool = False) -> None:
+        self.directory = Path(directory)
+        (self.port,) = _free_ports(1)
+        self.persist = persist
+        #: ``redis.Redis(**server.client_kwargs)``
+        self.client_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __repr__(self) -> str:
+        return f"RedisServer(127.0.0.1:{self.port}, directory={str(self.directory)!r})"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "REDIS_PORT": str(self.port), "REDIS_PERSIST": "1" if self.persist else "0"}
+        for command in (["install"], ["start", str(self.directory)]):
+            try:
+                proc = subprocess.run(
+                    [str(REDIS_SCRIPT), *command], capture_output=True, text=True, timeout=600, check=False, env=env
+                )
+            except subprocess.TimeoutExpired as exc:
+                self.stop()
+                raise RedisStartError(f"scripts/redis {command[0]} hung for {exc.timeout:g} s") from exc
+            if proc.returncode != 0:
+                raise RedisStartError(
+                    f"scripts/redis {' '.join(command)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                )
+        return self
+
+    def stop(self) -> None:
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(REDIS_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=60, check=False
+            )
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.directory / "redis.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def redis_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The body of a Redis fixture: start, yield, stop; a server that does not start fails the test."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    problem = None
+    try:
+        server.start()
+    except RedisStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,9 +8,11 @@ from brokers import (
     KafkaBroker,
     NatsServer,
     RabbitBroker,
+    RedisServer,
     kafka_broker_fixture_body,
     nats_server_fixture_body,
     rabbitmq_fixture_body,
+    redis_server_fixture_body,
 )
 from otel_servers import Collector, Jaeger, running_collector, running_jaeger
 from zipkin_server import ZipkinServer, zipkin_fixture
@@ -94,3 +96,13 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]
     stops or restarts the broker makes its own ``brokers.RabbitBroker``.
     """
     yield from rabbitmq_fixture_body(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server (``scripts/redis``) for the whole test session, started on first use.
+
+    Tests share it: each uses streams and groups of its own (``brokers.unique_name``). A test that
+    stops or restarts a server makes its own ``brokers.RedisServer``.
+    """
+    yield from redis_server_fixture_body(tmp_path_factory)
