@@ -161,23 +161,30 @@ class RedisTransport:
 
     async def receive(self, service: str, bus: EventBus) -> None:
         stopped = asyncio.create_task(asyncio.to_thread(self._stops[service].wait))
-        consuming = asyncio.create_task(self._consume(service, bus)) if SUBSCRIPTIONS.get(service) else None
+        stopping = asyncio.Event()
+        consuming = asyncio.create_task(self._consume(service, bus, stopping)) if SUBSCRIPTIONS.get(service) else None
         try:
             await asyncio.wait([t for t in (stopped, consuming) if t is not None], return_when=asyncio.FIRST_COMPLETED)
         finally:
             if consuming is not None:
-                consuming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consuming
+                # the consumer ends after its current read (block=200 ms): cancelling redis-py in the
+                # middle of a blocking XREADGROUP could leave its connection (and aclose) waiting
+                stopping.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(consuming), 5)
+                except TimeoutError:
+                    consuming.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await consuming
             await self._shared_producer().stop()
 
-    async def _consume(self, service: str, bus: EventBus) -> None:
+    async def _consume(self, service: str, bus: EventBus, stopping: asyncio.Event) -> None:
         import redis.asyncio
 
         client = redis.asyncio.Redis(host="127.0.0.1", port=self.port)
         streams = dict.fromkeys(SUBSCRIPTIONS[service], ">")
         try:
-            while True:
+            while not stopping.is_set():
                 response = await client.xreadgroup(service, service, streams, count=100, block=200)
                 for stream, entries in response:
                     for entry_id, fields in entries:
