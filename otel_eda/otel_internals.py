@@ -41,6 +41,7 @@ __all__ = [
     "log_record_processors",
     "meter_provider_is_shut_down",
     "metric_readers",
+    "noop_checks",
     "prepend_log_record_processor",
     "propagators_of",
     "reader_collect_callback",
@@ -109,6 +110,37 @@ def is_proxy_logger_provider(provider: object) -> bool:
     from opentelemetry._logs._internal import ProxyLoggerProvider
 
     return isinstance(provider, ProxyLoggerProvider)
+
+
+def noop_checks() -> tuple[Any, Any]:
+    """Two cheap tests, ``(tracer_is_noop, meter_is_noop)``, of a tracer or meter the API
+    handed out: true while everything it makes is a no-op (the hot path then skips
+    describing spans and measurements nobody receives).
+
+    ``ProxyTracer._real_tracer`` and ``opentelemetry.trace._TRACER_PROVIDER``,
+    ``_ProxyMeter._real_meter`` and ``opentelemetry.metrics._internal._METER_PROVIDER``
+    (api 1.45.0, 1.45.1): a proxy stays a no-op exactly while both are unset (its own
+    ``_tracer`` property and ``on_set_meter_provider`` read them); the public
+    ``get_tracer_provider()`` reads ``os.environ`` on every call while none is set.
+    """
+    from opentelemetry import trace
+    from opentelemetry.metrics import NoOpMeter
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    proxy_tracer, noop_tracer = trace.ProxyTracer, trace.NoOpTracer
+    proxy_meter = metrics_internal._ProxyMeter
+
+    def tracer_is_noop(tracer: object) -> bool:
+        if type(tracer) is proxy_tracer:
+            return tracer._real_tracer is None and trace._TRACER_PROVIDER is None  # type: ignore[attr-defined]
+        return isinstance(tracer, noop_tracer)
+
+    def meter_is_noop(meter: object) -> bool:
+        if type(meter) is proxy_meter:
+            return meter._real_meter is None and metrics_internal._METER_PROVIDER is None  # type: ignore[attr-defined]
+        return isinstance(meter, NoOpMeter)
+
+    return tracer_is_noop, meter_is_noop
 
 
 # ----------------------------------------------------------------------------- SDK configuration

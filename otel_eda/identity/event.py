@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from opentelemetry import baggage
-from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context, create_key, get_current, get_value, set_value
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid
@@ -61,6 +61,26 @@ _EVENT_KEY: Final = create_key("otel_eda.event")
 _INCOMING_KEY: Final = create_key("otel_eda.incoming")
 
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+#: The context keys of the baggage and of the current span, found through the public API
+#: (the API keeps both names private). The hot path reads and writes these two entries of a
+#: ``Context`` directly: one copy of the context instead of one per entry.
+BAGGAGE_KEY: Final = next(iter(baggage.set_baggage("k", "v", Context())))
+SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_BAGGAGE_KEY: Final = BAGGAGE_KEY
+
+
+def _baggage_is_a_dict() -> bool:
+    """Whether the API stores baggage as a plain dict (opentelemetry-api 1.x does); if not,
+    :func:`with_event` goes through the baggage API."""
+    try:
+        ctx = baggage.set_baggage("b", "2", Context({BAGGAGE_KEY: {"a": "1"}}))
+        return isinstance(ctx.get(BAGGAGE_KEY), dict) and dict(baggage.get_all(ctx)) == {"a": "1", "b": "2"}
+    except Exception:
+        return False
+
+
+_DIRECT_BAGGAGE: Final = _baggage_is_a_dict()
 _EMPTY_DICT: Final[Mapping[str, str]] = {}
 
 
@@ -130,7 +150,7 @@ class EventContext:
     ) -> EventContext:
         """A new flow: the event is its own correlation id and has no cause."""
         event_id = new_event_id()
-        return cls(event_id, event_id, None, event_type, time.time_ns(), business_key, metadata or _EMPTY)
+        return _made(cls, event_id, event_id, None, event_type, business_key, metadata)
 
     def child(
         self,
@@ -143,15 +163,58 @@ class EventContext:
 
         The business key is inherited unless a new one is given.
         """
-        return EventContext(
+        return _made(
+            EventContext,
             new_event_id(),
             self.correlation_id,
             self.event_id,
             event_type,
-            time.time_ns(),
             business_key if business_key is not None else self.business_key,
-            metadata or _EMPTY,
+            metadata,
         )
+
+
+#: event types and business keys already found valid (bounded): most processes use a few
+_VALID_NAMES: Final[dict[str, None]] = {}
+_MAX_VALID_NAMES: Final = 4096
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _valid_name(value: object) -> bool:
+    if value in _VALID_NAMES:  # only a str is ever stored
+        return type(value) is str
+    if type_problem(value) is not None:
+        return False
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+        _VALID_NAMES[value] = None  # type: ignore[index]
+    return True
+
+
+def _made(
+    cls: type[EventContext],
+    event_id: str,
+    correlation_id: str,
+    causation_id: str | None,
+    event_type: str,
+    business_key: str | None,
+    metadata: Mapping[str, str] | None,
+) -> EventContext:
+    """A new event whose ids otel-eda made or already holds as valid: only the event type,
+    business key and metadata are checked (the checks ``__post_init__`` makes for them)."""
+    if metadata or cls is not EventContext or not _valid_name(event_type):
+        return cls(event_id, correlation_id, causation_id, event_type, time.time_ns(), business_key, metadata or _EMPTY)
+    if business_key is not None and not _valid_name(business_key):
+        raise ValueError(f"invalid business_key: {type_problem(business_key)}")
+    event = _new_object(cls)
+    _set_field(event, "event_id", event_id)
+    _set_field(event, "correlation_id", correlation_id)
+    _set_field(event, "causation_id", causation_id)
+    _set_field(event, "event_type", event_type)
+    _set_field(event, "created_ns", time.time_ns())
+    _set_field(event, "business_key", business_key)
+    _set_field(event, "metadata", _EMPTY)
+    return event
 
 
 def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
@@ -193,6 +256,51 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
     The correlation and causation ids are also set as W3C baggage entries, so that a
     ``baggage`` propagator carries them to every downstream service and protocol.
     """
+    return event_context(event, context)
+
+
+def event_context(event: EventContext, context: Context | None = None, *extra: tuple[str, object]) -> Context:
+    """:func:`with_event`, plus ``extra`` (key, value) entries, in one new ``Context``."""
+    base = context if context is not None else get_current()
+    if not _DIRECT_BAGGAGE:
+        ctx = _with_event_slow(event, base)
+        for key, value in extra:
+            ctx = set_value(key, value, ctx)
+        return ctx
+    values = dict(base)
+    values[_EVENT_KEY] = event
+    for key, value in extra:
+        values[key] = value
+    entries = base.get(_BAGGAGE_KEY)
+    correlation, causation = event.correlation_id, event.causation_id
+    if not entries or not isinstance(entries, dict):
+        values[_BAGGAGE_KEY] = (
+            {BAGGAGE_CORRELATION_ID: correlation}
+            if causation is None
+            else {BAGGAGE_CORRELATION_ID: correlation, BAGGAGE_CAUSATION_ID: causation}
+        )
+        return Context(values)
+    first = iter(entries.items())
+    if next(first, None) == (BAGGAGE_CORRELATION_ID, correlation) and (
+        next(first, None) == (BAGGAGE_CAUSATION_ID, causation)
+        if causation is not None
+        else BAGGAGE_CAUSATION_ID not in entries
+    ):
+        return Context(values)  # the baggage already says so
+    # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
+    # 8192 bytes), the baggage propagator drops the *last* entries on inject.
+    bag: dict[str, object] = {BAGGAGE_CORRELATION_ID: correlation}
+    if causation is not None:
+        bag[BAGGAGE_CAUSATION_ID] = causation
+    for key, value in entries.items():
+        if key != BAGGAGE_CORRELATION_ID and key != BAGGAGE_CAUSATION_ID:
+            bag[key] = value
+    values[_BAGGAGE_KEY] = bag
+    return Context(values)
+
+
+def _with_event_slow(event: EventContext, context: Context) -> Context:
+    """:func:`with_event` through the baggage API only (where its storage is not a dict)."""
     ctx = set_value(_EVENT_KEY, event, context)
     entries = baggage.get_all(ctx)
     wanted = [(BAGGAGE_CORRELATION_ID, event.correlation_id)]
@@ -202,8 +310,6 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
         event.causation_id is not None or BAGGAGE_CAUSATION_ID not in entries
     ):
         return ctx
-    # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
-    # 8192 bytes), the baggage propagator drops the *last* entries on inject.
     others = [(k, v) for k, v in entries.items() if k not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID)]
     ctx = baggage.clear(ctx)
     for key, value in (*wanted, *others):
