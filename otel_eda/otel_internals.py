@@ -40,6 +40,7 @@ __all__ = [
     "live_attributes",
     "log_record_processors",
     "meter_provider_is_shut_down",
+    "measurement_consumer",
     "metric_readers",
     "noop_checks",
     "prepend_log_record_processor",
@@ -382,6 +383,16 @@ def stop_worker_exports(worker: object) -> None:
 def meter_provider_is_shut_down(provider: object) -> bool:
     """``MeterProvider._shutdown`` (sdk 1.45.0, 1.45.1): whether its shutdown already ran."""
     return bool(getattr(provider, "_shutdown", False))
+
+
+def measurement_consumer(provider: object) -> Any:
+    """The measurement consumer of an SDK MeterProvider, or None for any other provider.
+
+    ``MeterProvider._measurement_consumer`` (sdk 1.45.0, 1.45.1): the object a reader's
+    collect callback is bound to (see :func:`reader_collect_callback`), so that a reader and
+    the code recording on its provider can find each other.
+    """
+    return getattr(provider, "_measurement_consumer", None)
 
 
 def reader_collect_callback(reader: object) -> Any:

@@ -29,6 +29,7 @@ from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda import otel_internals
+from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
     SPAN_KEY,
@@ -256,6 +257,9 @@ class Messaging:
         self._tracer_provider = tracer_provider
         self._tracing_on = False
         self._metering_on = False
+        self._meter_provider = meter_provider
+        self._feed_version = -1
+        self._feed: anomaly_feed.Feed | None = None
         self._handoff_textmap: object = None
         self._handoff = False
         self._meter = meter = metrics.get_meter(scope, VERSION, meter_provider)
@@ -340,6 +344,15 @@ class Messaging:
             return False
         self._metering_on = True
         return True
+
+    def _anomaly_feed(self) -> anomaly_feed.Feed | None:
+        """Where the duration and age histograms go to the anomaly readers of this meter
+        provider directly (see :mod:`otel_eda.anomaly.feed`), if one subscribed."""
+        if self._feed_version != anomaly_feed.version:
+            self._feed_version = anomaly_feed.version
+            provider = self._meter_provider if self._meter_provider is not None else metrics.get_meter_provider()
+            self._feed = anomaly_feed.feed_for(otel_internals.measurement_consumer(provider))
+        return self._feed
 
     def in_process(self) -> bool:
         """Whether an in-process transport may hand a message to its consumers as
@@ -561,6 +574,9 @@ class Messaging:
                 self._skewed.add(1, attrs, context=_NO_EXEMPLAR)
                 age = 0.0
             self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
+            feed = self._anomaly_feed()
+            if feed is not None:
+                feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
         self.record(_STAGE_RECEIVED, message.event, message.producer, subscriber=group or self.service)
 
     def received(
@@ -937,6 +953,9 @@ class Processing:
                 attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self._group, etype)
                 exemplar = self.context  # the exemplar (where one is sampled) points at this attempt
                 m._duration.record(seconds, attrs, context=exemplar)
+                feed = m._anomaly_feed()
+                if feed is not None:
+                    feed.record(semconv.METRIC_PROCESS_DURATION, attrs, seconds, exemplar)
                 if outcome is _RETRIED:
                     m._retries.add(1, attrs, context=exemplar)
                 elif outcome is _DEAD_LETTERED:
@@ -1092,6 +1111,9 @@ class BatchProcessing:
             etype = error_type(exc) if failed and exc is not None else ""
             attrs = m._attrs(self.destination or "", semconv.OPERATION_TYPE_PROCESS, self._group, etype)
             m._duration.record(seconds, attrs, context=self.context)
+            feed = m._anomaly_feed()
+            if feed is not None:
+                feed.record(semconv.METRIC_PROCESS_DURATION, attrs, seconds, self.context)
             if outcome is _RETRIED:
                 m._retries.add(len(self.messages), attrs, context=self.context)
             elif outcome is _DEAD_LETTERED:
