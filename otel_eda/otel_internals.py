@@ -39,8 +39,8 @@ __all__ = [
     "is_proxy_meter_provider",
     "live_attributes",
     "log_record_processors",
-    "meter_provider_is_shut_down",
     "measurement_consumer",
+    "meter_provider_is_shut_down",
     "metric_readers",
     "noop_checks",
     "prepend_log_record_processor",
@@ -56,6 +56,7 @@ __all__ = [
     "set_worker_queue",
     "span_links",
     "span_processors",
+    "start_attributes",
     "stop_worker_exports",
     "storage_view_resolver",
     "storage_views",
@@ -133,12 +134,12 @@ def noop_checks() -> tuple[Any, Any]:
 
     def tracer_is_noop(tracer: object) -> bool:
         if type(tracer) is proxy_tracer:
-            return tracer._real_tracer is None and trace._TRACER_PROVIDER is None  # type: ignore[attr-defined]
+            return tracer._real_tracer is None and trace._TRACER_PROVIDER is None
         return isinstance(tracer, noop_tracer)
 
     def meter_is_noop(meter: object) -> bool:
         if type(meter) is proxy_meter:
-            return meter._real_meter is None and metrics_internal._METER_PROVIDER is None  # type: ignore[attr-defined]
+            return meter._real_meter is None and metrics_internal._METER_PROVIDER is None
         return isinstance(meter, NoOpMeter)
 
     return tracer_is_noop, meter_is_noop
@@ -283,6 +284,18 @@ def live_attributes(span: Any) -> Any:
     attributes = span._attributes
     live = getattr(attributes, "__dict__", _NO_FIELDS).get("_dict")
     return live if type(live) is dict else (attributes or {})
+
+
+def start_attributes(span: Any, room: int) -> dict[str, Any] | None:
+    """The live attribute dict of a starting span when ``room`` more str values may go in
+    directly (what :func:`add_start_attributes` checks, read once); None otherwise (then
+    use :func:`add_start_attributes`). Same private fields as there."""
+    fields = getattr(span._attributes, "__dict__", _NO_FIELDS)
+    live = fields.get("_dict")
+    if type(live) is not dict or fields.get("max_value_len", 0) is not None or fields.get("_immutable") is not False:
+        return None
+    maxlen = fields.get("maxlen", 0)
+    return live if maxlen is None or len(live) + room <= maxlen else None
 
 
 def add_start_attributes(span: Any, values: dict[str, str]) -> None:

@@ -99,10 +99,8 @@ class Subscription:
             histogram = self._data[key] = _Histogram(attributes)
         histogram.count += 1
         histogram.sum += value
-        if value < histogram.min:
-            histogram.min = value
-        if value > histogram.max:
-            histogram.max = value
+        histogram.min = min(histogram.min, value)
+        histogram.max = max(histogram.max, value)
         if value > 0:
             index = _ceil(_log2(value) * _FACTOR) - 1
             buckets = histogram.buckets

@@ -190,8 +190,7 @@ class EventStore:
                 if len(entry.deliveries) >= MAX_DELIVERIES:
                     return
                 delivery = entry.deliveries[subscriber] = _Delivery(record.service)
-            if record.attempt > delivery.attempts:
-                delivery.attempts = record.attempt
+            delivery.attempts = max(delivery.attempts, record.attempt)
             final = stage in FINAL_STAGES
             if delivery.status not in FINAL_STAGES:
                 delivery.status = stage

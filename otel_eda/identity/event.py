@@ -57,6 +57,9 @@ BAGGAGE_CAUSATION_ID: Final = semconv.EDA_CAUSATION_ID
 
 
 _EVENT_KEY: Final = create_key("otel_eda.event")
+#: The context key of the current event (read it with :func:`current_event`; the span
+#: processor reads the key directly on every span start).
+EVENT_KEY: Final = _EVENT_KEY
 # Set by the propagator's extract: what the otel-eda headers said (validated).
 _INCOMING_KEY: Final = create_key("otel_eda.incoming")
 
@@ -293,7 +296,7 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
     if causation is not None:
         bag[BAGGAGE_CAUSATION_ID] = causation
     for key, value in entries.items():
-        if key != BAGGAGE_CORRELATION_ID and key != BAGGAGE_CAUSATION_ID:
+        if key not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
             bag[key] = value
     values[_BAGGAGE_KEY] = bag
     return Context(values)

@@ -17,19 +17,18 @@ from contextvars import Token
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.context import Context, attach, create_key, detach, get_current, get_value, set_value
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.context import Context, attach, create_key, detach, get_current, get_value, set_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_eda import redaction, semconv
+from otel_eda import otel_internals, redaction, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
-from otel_eda import otel_internals
-from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
     SPAN_KEY,
@@ -266,7 +265,11 @@ class Messaging:
         # counted in process, reported when a reader collects (see otel_eda.messaging.counting)
         self._sent = tally(meter_provider, scope, semconv.METRIC_SENT_MESSAGES, "{message}", "Messages published")
         self._consumed = tally(
-            meter_provider, scope, semconv.METRIC_CONSUMED_MESSAGES, "{message}", "Messages delivered to the application"
+            meter_provider,
+            scope,
+            semconv.METRIC_CONSUMED_MESSAGES,
+            "{message}",
+            "Messages delivered to the application",
         )
         self._cells: dict[tuple[str, str, str, str, str], list[Any]] = {}
         self._duration = meter.create_histogram(
@@ -367,7 +370,7 @@ class Messaging:
 
     def _count(self, counter: Tally, destination: str, operation: str, group: str = "", etype: str = "") -> None:
         """Add one to ``counter`` (sent or consumed) for this attribute set."""
-        key = (counter is self._sent and "s" or "c", destination, operation, group, etype)
+        key = ((counter is self._sent and "s") or "c", destination, operation, group, etype)
         cell = self._cells.get(key)
         if cell is None:
             cell = counter.cell(self._attrs(destination, operation, group, etype))
@@ -410,24 +413,27 @@ class Messaging:
         recorders = self.recorders + installed if installed else self.recorders
         if not recorders:
             return
-        record = _new_tuple(LifecycleRecord, (  # LifecycleRecord(...) without its Python __new__
-            stage,
-            time.time_ns(),
-            event.event_id,
-            event.correlation_id,
-            event.causation_id,
-            event.event_type,
-            self.service,
-            event.business_key,
-            subscriber,
-            attempt,
-            duration_s,
-            error_type(error) if error is not None else None,
-            event.created_ns,
-            span_context.trace_id if span_context is not None else 0,
-            span_context.span_id if span_context is not None else 0,
-            error_message(error) if error is not None else None,
-        ))
+        record = _new_tuple(
+            LifecycleRecord,
+            (  # LifecycleRecord(...) without its Python __new__
+                stage,
+                time.time_ns(),
+                event.event_id,
+                event.correlation_id,
+                event.causation_id,
+                event.event_type,
+                self.service,
+                event.business_key,
+                subscriber,
+                attempt,
+                duration_s,
+                error_type(error) if error is not None else None,
+                event.created_ns,
+                span_context.trace_id if span_context is not None else 0,
+                span_context.span_id if span_context is not None else 0,
+                error_message(error) if error is not None else None,
+            ),
+        )
         for recorder in recorders:
             try:
                 recorder.record(record)
@@ -1144,7 +1150,7 @@ class BatchProcessing:
 def _noop_span(context: Context | None) -> trace.Span:
     """What the API's no-op tracer starts in ``context``: a non-recording span carrying the
     parent's span context (invalid when there is none), so that it still propagates."""
-    parent = (context if context is not None else get_current()).get(SPAN_KEY)
+    parent: Any = (context if context is not None else get_current()).get(SPAN_KEY)
     if parent is None:
         return trace.INVALID_SPAN
     if type(parent) is NonRecordingSpan:

@@ -22,7 +22,8 @@ attribute sets are kept per tally; counts of further sets go to one set
 >>> sent = tally(provider, "demo", "sent", "{message}", "Messages sent")
 >>> cell = sent.cell({"messaging.destination.name": "orders"})
 >>> sent.add(cell, 1); sent.add(cell, 2)
->>> [p.value for m in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics for p in m.data.data_points]
+>>> metric = reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics[0]
+>>> [p.value for p in metric.data.data_points]
 [3]
 """
 
@@ -44,6 +45,7 @@ __all__ = ["MAX_ATTRIBUTE_SETS", "Tally", "tally"]
 #: Attribute sets kept per tally (the SDK's default cardinality limit per metric).
 MAX_ATTRIBUTE_SETS: Final = 2000
 OVERFLOW: Final[Mapping[str, Any]] = {"otel.metric.overflow": True}
+_OVERFLOW_KEY: Final = frozenset(OVERFLOW.items())
 
 
 class Tally:
@@ -63,10 +65,10 @@ class Tally:
             found = self._cells.get(key)
             if found is None:
                 if len(self._cells) >= MAX_ATTRIBUTE_SETS:
-                    key = frozenset(OVERFLOW.items())
+                    key = _OVERFLOW_KEY
                     found = self._cells.get(key)
                 if found is None:
-                    found = self._cells[key] = [0, dict(attributes) if key != frozenset(OVERFLOW.items()) else OVERFLOW]
+                    found = self._cells[key] = [0, OVERFLOW if key == _OVERFLOW_KEY else dict(attributes)]
         return found
 
     def add(self, cell: list[Any], amount: int = 1) -> None:
@@ -90,16 +92,11 @@ _all: weakref.WeakSet[Tally] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
-def tally(
-    meter_provider: metrics.MeterProvider | None, scope: str, name: str, unit: str, description: str
-) -> Tally:
+def tally(meter_provider: metrics.MeterProvider | None, scope: str, name: str, unit: str, description: str) -> Tally:
     """The tally of counter ``name`` in ``scope`` on ``meter_provider`` (``None``: the global
     one, followed through the API's proxy when it is installed later)."""
     with _lock:
-        if meter_provider is None:
-            tallies = _global
-        else:
-            tallies = _by_provider.setdefault(meter_provider, {})
+        tallies = _global if meter_provider is None else _by_provider.setdefault(meter_provider, {})
         found = tallies.get((scope, name))
         if found is not None:
             return found

@@ -427,7 +427,11 @@ class EventBus:
             event_type, headers, business_key=business_key, metadata=metadata, cause=cause, context=context
         ) as sent:
             message = WireMessage(
-                event_type, headers if headers is not None else {}, payload, time.time_ns(), sent.local() if local else None
+                event_type,
+                headers if headers is not None else {},
+                payload,
+                time.time_ns(),
+                sent.local() if local else None,
             )
             subs = self._subscriptions.get(event_type)
             if subs and event_type not in self._outlets and not self._unstarted:
@@ -524,7 +528,9 @@ class EventBus:
     async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
         messaging = self.messaging
         local = message.local
-        incoming = local.again() if local is not None else messaging.extract(message.headers, destination=message.destination)
+        incoming = (
+            local.again() if local is not None else messaging.extract(message.headers, destination=message.destination)
+        )
         waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
         attempt_no = 0
         while True:
