@@ -363,25 +363,63 @@ def incoming_event(context: Context, metadata: Mapping[str, str] | None = None) 
     falls back to the event id (a root event) when no valid one arrived. Invalid otel-eda
     baggage entries are counted in ``eda.propagation.invalid`` here, once per message.
     """
-    entries = baggage.get_all(context)
-    for key in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
-        value = entries.get(key)
-        problem = id_problem(value) if value is not None else None
-        if problem is not None:
-            count_invalid(key, problem)
+    entries = _baggage_entries(context)
+    correlation = entries.get(BAGGAGE_CORRELATION_ID)
+    causation = entries.get(BAGGAGE_CAUSATION_ID)
+    # each baggage id validated once: counted here, and then used as flow_ids() would
+    correlation_ok = causation_ok = True
+    if correlation is not None and (problem := id_problem(correlation)) is not None:
+        count_invalid(BAGGAGE_CORRELATION_ID, problem)
+        correlation_ok = False
+    if causation is not None and (problem := id_problem(causation)) is not None:
+        count_invalid(BAGGAGE_CAUSATION_ID, problem)
+        causation_ok = False
     incoming = _incoming(context)
     if incoming is None or incoming.event_id is None or incoming.event_type is None:
         return None
-    ids = flow_ids(context)
-    return EventContext(
-        incoming.event_id,
-        ids.correlation_id if ids else incoming.event_id,
-        ids.causation_id if ids else None,
-        incoming.event_type,
-        incoming.created_ns if incoming.created_ns is not None else time.time_ns(),
-        incoming.business_key,
-        metadata or _EMPTY,
-    )
+    if isinstance(get_value(_EVENT_KEY, context), EventContext):  # not an extracted context: its event's ids
+        ids = flow_ids(context)
+        correlation_id = ids.correlation_id if ids else incoming.event_id
+        causation_id = ids.causation_id if ids else None
+    else:
+        if correlation is None or causation is None:  # otel-eda's own headers (validated on extract)
+            if correlation is None and incoming.correlation_id is not None:
+                correlation, correlation_ok = incoming.correlation_id, True
+            if causation is None and incoming.causation_id is not None:
+                causation, causation_ok = incoming.causation_id, True
+        if correlation is None or not correlation_ok:
+            correlation_id, causation_id = incoming.event_id, None
+        else:
+            correlation_id = str(correlation)
+            causation_id = str(causation) if causation is not None and causation_ok else None
+    created_ns = incoming.created_ns if incoming.created_ns is not None else time.time_ns()
+    if metadata:
+        return EventContext(
+            incoming.event_id,
+            correlation_id,
+            causation_id,
+            incoming.event_type,
+            created_ns,
+            incoming.business_key,
+            metadata,
+        )
+    # every value was validated above or by the propagator's extract: not a second time
+    event = _new_object(EventContext)
+    _set_field(event, "event_id", incoming.event_id)
+    _set_field(event, "correlation_id", correlation_id)
+    _set_field(event, "causation_id", causation_id)
+    _set_field(event, "event_type", incoming.event_type)
+    _set_field(event, "created_ns", created_ns)
+    _set_field(event, "business_key", incoming.business_key)
+    _set_field(event, "metadata", _EMPTY)
+    return event
+
+
+def _baggage_entries(context: Context) -> Mapping[str, object]:
+    if _DIRECT_BAGGAGE:
+        entries = context.get(BAGGAGE_KEY) if context is not None else get_current().get(BAGGAGE_KEY)
+        return entries if isinstance(entries, dict) else _EMPTY_DICT
+    return baggage.get_all(context)
 
 
 def set_incoming(headers: IncomingHeaders, context: Context | None) -> Context:

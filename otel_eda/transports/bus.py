@@ -253,29 +253,6 @@ async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> N
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, processing: Processing) -> BaseException | None:
-    """Run one handler attempt with the attempt's context attached; return what it raised.
-
-    A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
-    failure of that attempt; one that cancels the bus's own worker is re-raised.
-    """
-    processing.attach()
-    try:
-        result = handler(delivery)  # _call, inlined: one coroutine less per message
-        if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
-            await result
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return exc
-    except Exception as exc:
-        return exc
-    finally:
-        processing.detach()
-    return None
-
-
 def _put_nowait(subs: Sequence[_Subscription], message: WireMessage) -> list[_Subscription]:
     """Enqueue for every subscriber with room; returns those whose queue was full."""
     waiting = []
@@ -539,11 +516,25 @@ class EventBus:
                 incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
             )
             delivery = Delivery(self, processing, message.payload, sub.name)
+            exc: BaseException | None = None
+            # _run_handler, inlined (one coroutine less per message): the attempt's context is
+            # current while the handler runs; what it raises is this attempt's failure
+            processing.attach()
             try:
-                exc = await _run_handler(sub.handler, delivery, processing)
-            except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
-                processing.settle(_FAILED, cancelled)
-                raise
+                try:
+                    result = sub.handler(delivery)
+                    if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
+                        await result
+                finally:
+                    processing.detach()
+            except asyncio.CancelledError as cancelled:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the bus is closing under the handler
+                    processing.settle(_FAILED, cancelled)
+                    raise
+                exc = cancelled  # the handler awaited a cancelled task: a failed attempt
+            except Exception as failed:
+                exc = failed
             if exc is None:
                 processing.settle(_COMPLETED)
                 return
