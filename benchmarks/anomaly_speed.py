@@ -33,6 +33,11 @@ once full); and how many series of the 100,000 of the collection benchmark could
 it within the 0.5 s budget of otel-eda's part, from the measured z-score collection time
 and the per-point cost difference.
 
+Section "artime": the same for the ``artime`` detector as shipped (range learnt online, at
+most 1000 categories), with the categories each series ends with and the memory per
+category (its bound: that times the cap). ``--section artime`` (or ``cad_ose``) runs only
+that slow-detector section after the first two.
+
 Sections are separate functions returning plain dicts; ``main`` runs them and writes
 ``{"detectors": {...}, ...}`` with ``--json``. The exit status is 0 whatever the numbers:
 this is a measurement, not a test.
@@ -354,15 +359,16 @@ def cad_ose_section(noise_points: int, limit_files: int | None) -> dict[str, Any
     }
 
 
-def series_within_budget(cad: dict[str, Any], collection: dict[str, Any]) -> dict[str, float]:
-    """How many of the collection's series could carry cad_ose within the 0.5 s budget.
+def series_within_budget(cad: dict[str, Any], collection: dict[str, Any], kind: str = "cad_ose") -> dict[str, float]:
+    """How many of the collection's series could carry ``kind`` (cad_ose, artime) within the 0.5 s budget.
 
     Every series costs what it costs with the z-score rule today (the measured collection);
-    each series switched to cad_ose adds the difference of the mean per-point costs.
+    each series switched to ``kind`` adds the difference of the mean per-point costs.
     """
     headroom = collection["goal_s"] - collection["otel_eda_s"]
-    extra = (cad["all"]["cad_ose"]["mean_us"] - cad["all"]["zscore"]["mean_us"]) * 1e-6
-    extra_worst = (cad["series"]["noise N(50, 5) (fills the memory)"]["cad_ose"]["mean_us"]) * 1e-6
+    extra = (cad["all"][kind]["mean_us"] - cad["all"]["zscore"]["mean_us"]) * 1e-6
+    worst = cad["series"].get("noise N(50, 5) (fills the memory)", cad["all"])
+    extra_worst = worst[kind]["mean_us"] * 1e-6
     return {
         "headroom_s": headroom,
         "series_at_mean_cost": max(0.0, headroom / extra) if extra > 0 else math.inf,
@@ -389,12 +395,97 @@ def print_cad_ose_section(res: dict[str, Any], budget: dict[str, float] | None) 
         )
 
 
+def artime_section(noise_points: int, limit_files: int | None) -> dict[str, Any]:
+    """Per-point cost and memory of the shipped artime detector, z-score alongside (as ``cad_ose_section``).
+
+    ARTime's memory grows with its categories (at most ``max_categories``), slowly: noise
+    adds a few per thousand points. The memory per category is measured on the noise series
+    (``tracemalloc``, past the warm-up) and the bound is that times the cap.
+    """
+    import tracemalloc
+
+    from otel_eda.anomaly.detectors import ArtimeDetector
+
+    shipped = ArtimeDetector()
+    series = _nab_series(limit_files)
+    rng = random.Random(7)
+    noise = "noise N(50, 5)"
+    series[noise] = [rng.gauss(50.0, 5.0) for _ in range(noise_points)]
+    per_series: dict[str, Any] = {}
+    all_art: list[int] = []
+    all_z: list[int] = []
+    categories: dict[str, int] = {}
+    for name, values in series.items():
+        art = _timed(ArtimeDetector, values)
+        z = _timed(lambda: make_detector("zscore", window=120), values)
+        per_series[name] = {"artime": _stats_us(art), "zscore": _stats_us(z)}
+        all_art += art
+        all_z += z
+        det = ArtimeDetector()
+        for x in values:
+            det.update(0.0, x)
+        categories[name] = det.categories
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    det = ArtimeDetector()
+    settled = 2 * shipped.probation  # the warm-up's buffers are freed by then
+    for x in series[noise][:settled]:
+        det.update(0.0, x)
+    base_bytes, warmup_peak = (m - before for m in tracemalloc.get_traced_memory())
+    base_categories = det.categories
+    for x in series[noise][settled:]:
+        det.update(0.0, x)
+    end_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    per_category = (end_bytes - base_bytes) / max(1, det.categories - base_categories)
+    return {
+        "max_categories": shipped.max_categories,
+        "series": per_series,
+        "categories": categories,
+        "all": {"artime": _stats_us(all_art), "zscore": _stats_us(all_z)},
+        "memory_bytes": end_bytes,
+        "warmup_peak_bytes": warmup_peak,
+        "categories_when_measured": det.categories,
+        "bytes_per_category": per_category,
+        "memory_bound_bytes": base_bytes + per_category * ((shipped.max_categories or 0) - base_categories),
+    }
+
+
+def print_artime_section(res: dict[str, Any], budget: dict[str, float] | None) -> None:
+    print(f"artime as shipped (max_categories={res['max_categories']}): microseconds per point, each update timed")
+    print(f"    {'series':52} {'cats':>5} {'artime mean / p99 / max':>28} {'zscore w=120 mean / p99':>26}")
+    for name, r in {**res["series"], "all of the above": res["all"]}.items():
+        c, z = r["artime"], r["zscore"]
+        cats = res["categories"].get(name)
+        print(
+            f"    {name[:52]:52} {'' if cats is None else cats:>5} {c['mean_us']:8.0f} /{c['p99_us']:7.0f} "
+            f"/{c['max_us']:8.0f} {z['mean_us']:12.1f} /{z['p99_us']:7.1f}"
+        )
+    print(
+        f"    memory of one series: {res['memory_bytes'] / 1e3:.0f} kB with {res['categories_when_measured']} "
+        f"categories, {res['bytes_per_category']:.0f} B per category: at most "
+        f"{res['memory_bound_bytes'] / 1e6:.1f} MB at the cap (warm-up peak {res['warmup_peak_bytes'] / 1e3:.0f} kB)"
+    )
+    if budget is not None:
+        print(
+            f"    series of the collection that can carry it within 0.5 s: {budget['series_at_mean_cost']:,.0f} at the "
+            f"mean cost above (headroom {budget['headroom_s']:.3f} s over the z-score collection)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="otel-eda anomaly engine speed")
     parser.add_argument("--json", type=Path, help="write all numbers to this file")
     parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions (default 7)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small windows, few points (noisy)")
+    parser.add_argument(
+        "--section",
+        action="append",
+        choices=["cad_ose", "artime"],
+        help="slow detectors to measure (default: both), after the detector and collection sections",
+    )
     args = parser.parse_args(argv)
+    args.section = args.section or ["cad_ose", "artime"]
     started = time.perf_counter()
     out: dict[str, Any] = {}
     if args.quick:
@@ -406,10 +497,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     col = collection_section(10_000 if args.quick else 100_000, reps=2 if args.quick else 3)
     out["collection"] = col
     print_collection_section(col)
-    cad = cad_ose_section(noise_points=1_500 if args.quick else 20_000, limit_files=2 if args.quick else None)
-    budget = None if args.quick else series_within_budget(cad, col)
-    out["cad_ose"] = {**cad, "budget": budget}
-    print_cad_ose_section(cad, budget)
+    if "cad_ose" in args.section:
+        cad = cad_ose_section(noise_points=1_500 if args.quick else 20_000, limit_files=2 if args.quick else None)
+        budget = None if args.quick else series_within_budget(cad, col)
+        out["cad_ose"] = {**cad, "budget": budget}
+        print_cad_ose_section(cad, budget)
+    if "artime" in args.section:
+        art = artime_section(noise_points=1_500 if args.quick else 20_000, limit_files=2 if args.quick else None)
+        budget = None if args.quick else series_within_budget(art, col, "artime")
+        out["artime"] = {**art, "budget": budget}
+        print_artime_section(art, budget)
     out["elapsed_s"] = time.perf_counter() - started
     print(f"elapsed {out['elapsed_s']:.1f} s")
     if args.json:

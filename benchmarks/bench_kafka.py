@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""otel-eda broker benchmark (issue 13): telemetry CPU per record against the contrib instrumentations.
+"""otel-eda broker benchmark (issues 13, 18): telemetry CPU per record against the contrib instrumentations
+(Kafka) and against the fixed hand-written reference (NATS, which has no contrib instrumentation).
 
 Run from the repository root (it starts a Kafka of its own with ``scripts/kafka`` and stops it)::
 
     .venv/bin/python benchmarks/bench_kafka.py              # full run (a few minutes)
     .venv/bin/python benchmarks/bench_kafka.py --quick      # smoke run (noisy)
     .venv/bin/python benchmarks/bench_kafka.py --json out.json --profile
+    .venv/bin/python benchmarks/bench_kafka.py --brokers nats   # only the NATS line (it starts scripts/nats)
 
 Each measurement is a fresh process (``kafka_child.py VARIANT``) that produces and consumes
 records against the same broker and reports the process CPU time (all threads) of a fixed
@@ -20,11 +22,27 @@ number of records after a warm-up; the cases run interleaved, ``--reps`` times e
 
 Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
 added cost <= the contrib's. The other broker issues add their client's three cases here.
+
+NATS (issue 18; ``nats_child.py``, against a nats-server of this run's own, ``scripts/nats``):
+one record = one ``js.publish`` (in batches of 100, each awaiting its PubAck) and its handling
+from a durable pull consumer's ``fetch`` (an ack). nats-py has no contrib instrumentation, so
+otel-eda's ``NATSInstrumentor`` (send, fetch and process spans with links, event ids, the
+messaging metrics, event age, the pending gauges' background refresh) minus nats-py alone is
+set against the fixed hand-written reference (``reference_nats.py``: the hot-path benchmark's
+reference telemetry, by hand around the same calls) minus nats-py alone. Goal: <= 1.2x.
+
+RabbitMQ (issue 15, ``--brokers rabbitmq`` for this line alone): a RabbitMQ node of the run's own
+(``scripts/rabbitmq``) and ``rabbitmq_child.py``: one message = one ``Exchange.publish`` with
+publisher confirms (batches of 100, concurrent) and its handling by a ``queue.consume`` callback
+acknowledging with ``message.process()``; otel-eda's ``AioPikaInstrumentor`` (the same telemetry
+as above, plus ``messaging.rabbitmq.*``, settling outcomes, the queue depth gauges) against the
+contrib ``opentelemetry-instrumentation-aio-pika`` (PRODUCER and CONSUMER spans, no metrics).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -42,7 +60,13 @@ from method import Case, Difference, Goal, Plan, describe_machine, report, run_i
 HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
+RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
+RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
 GOAL: Final = 1.0
+NATS_SCRIPT: Final = HERE.parent / "scripts" / "nats"
+NATS_CHILD: Final = str(HERE / "nats_child.py")
+NATS_GOAL: Final = 1.2
+BROKERS: Final = ("kafka", "nats", "rabbitmq")
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
 
@@ -78,6 +102,93 @@ def kafka_broker() -> Iterator[str]:
             subprocess.run([str(KAFKA_SCRIPT), "stop", directory], capture_output=True, check=False)
 
 
+@contextmanager
+def nats_server() -> Iterator[str]:
+    """A nats-server of this run's own (``scripts/nats``) on free ports; yields its URL."""
+    port, monitor = free_ports(2)
+    with tempfile.TemporaryDirectory(prefix="bench-nats-") as directory:
+        env = {**os.environ, "NATS_PORT": str(port), "NATS_MONITOR_PORT": str(monitor)}
+        started = subprocess.run(
+            [str(NATS_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/nats start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"nats://127.0.0.1:{port}"
+        finally:
+            subprocess.run([str(NATS_SCRIPT), "stop", directory], capture_output=True, check=False)
+
+
+def nats_cases(url: str) -> list[Case]:
+    py, env = sys.executable, {"NATS_URL": url}
+    return [
+        Case("nats_off", "nats-py, no instrumentation", [py, NATS_CHILD, "off"], env, unit="record"),
+        Case("nats_eda", "nats-py, otel-eda instrumentation", [py, NATS_CHILD, "eda"], env, unit="record"),
+        Case("nats_reference", "nats-py, hand-written reference", [py, NATS_CHILD, "reference"], env, unit="record"),
+    ]
+
+
+NATS_DIFFERENCES: Final = [
+    Difference("nats_eda_added", "otel-eda nats-py telemetry", on="nats_eda", off="nats_off"),
+    Difference("nats_reference_added", "reference nats-py telemetry", on="nats_reference", off="nats_off"),
+]
+NATS_GOALS: Final = [
+    Goal(
+        "nats_eda_vs_reference",
+        "nats-py: otel-eda added / reference added",
+        "nats_eda_added",
+        "nats_reference_added",
+        NATS_GOAL,
+        profile="nats_eda",
+    ),
+]
+
+
+@contextmanager
+def rabbitmq_node() -> Iterator[str]:
+    """A RabbitMQ node of this run's own (``scripts/rabbitmq``) on free ports; yields its URL."""
+    ports = free_ports(4)
+    names = ("RABBITMQ_PORT", "RABBITMQ_DIST_PORT", "RABBITMQ_EPMD_PORT", "RABBITMQ_CTL_PORT")
+    env = {**os.environ, **{name: str(port) for name, port in zip(names, ports, strict=True)}}
+    with tempfile.TemporaryDirectory(prefix="bench-rabbitmq-") as directory:
+        started = subprocess.run(
+            [str(RABBITMQ_SCRIPT), "start", directory], env=env, capture_output=True, text=True, check=False
+        )
+        try:
+            if started.returncode != 0:
+                raise SystemExit(f"scripts/rabbitmq start failed:\n{started.stdout}{started.stderr}")
+            print(f"  {started.stdout.strip()}")
+            yield f"amqp://guest:guest@127.0.0.1:{ports[0]}/"
+        finally:
+            subprocess.run([str(RABBITMQ_SCRIPT), "stop", directory], env=env, capture_output=True, check=False)
+
+
+def rabbitmq_cases(url: str) -> list[Case]:
+    py, env, unit = sys.executable, {"AMQP_URL": url}, "message"
+    return [
+        Case("aio_pika_off", "aio-pika, no instrumentation", [py, RABBITMQ_CHILD, "off"], env, unit=unit),
+        Case("aio_pika_eda", "aio-pika, otel-eda instrumentation", [py, RABBITMQ_CHILD, "eda"], env, unit=unit),
+        Case("aio_pika_contrib", "aio-pika, contrib instrumentation", [py, RABBITMQ_CHILD, "contrib"], env, unit=unit),
+    ]
+
+
+RABBITMQ_DIFFERENCES: Final = [
+    Difference("aio_pika_eda_added", "otel-eda aio-pika telemetry", on="aio_pika_eda", off="aio_pika_off"),
+    Difference("aio_pika_contrib_added", "contrib aio-pika telemetry", on="aio_pika_contrib", off="aio_pika_off"),
+]
+RABBITMQ_GOALS: Final = [
+    Goal(
+        "aio_pika_eda_vs_contrib",
+        "aio-pika: otel-eda added / contrib added",
+        "aio_pika_eda_added",
+        "aio_pika_contrib_added",
+        GOAL,
+        profile="aio_pika_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
@@ -110,15 +221,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print the profiles even for met goals")
     parser.add_argument("--reps", type=int, help="repetitions per case")
     parser.add_argument("--ops", type=int, help="records measured per process")
+    parser.add_argument(
+        "--brokers", default=",".join(BROKERS), help=f"comma-separated, of {', '.join(BROKERS)} (default: all)"
+    )
     args = parser.parse_args(argv)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if not brokers or set(brokers) - set(BROKERS):
+        parser.error(f"--brokers takes {', '.join(BROKERS)}")
     plan = QUICK if args.quick else FULL
     if args.reps is not None:
         plan = Plan(max(1, args.reps), plan.ops, plan.warmup, plan.timeout_s)
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
+    clients = {
+        "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
+        "nats": ("nats-py",),
+        "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
+    }
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
-        for name in ("aiokafka", "opentelemetry-sdk", "opentelemetry-instrumentation-aiokafka")
+        for name in ("opentelemetry-sdk", *(c for b in brokers for c in clients[b]))
     )
     print(
         f"otel-eda broker benchmark: {describe_machine()}, {versions}; {plan.ops} records measured per "
@@ -126,12 +248,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
     )
     print(
-        "  one record = send (batches of 100, then flush) + getone; exporters: BatchSpanProcessor + "
-        "discarding span exporter, MeterProvider + PeriodicExportingMetricReader + discarding metric exporter"
+        "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
+        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ); "
+        "exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
+        "PeriodicExportingMetricReader + discarding metric exporter"
     )
-    with kafka_broker() as bootstrap:
-        measurements = run_interleaved(cases(bootstrap), plan)
-        results = report(measurements, DIFFERENCES, GOALS, profile_always=args.profile, profile_ops=plan.ops)
+    with contextlib.ExitStack() as servers:
+        measured: list[Case] = []
+        differences: list[Difference] = []
+        goals: list[Goal] = []
+        if "kafka" in brokers:
+            measured += cases(servers.enter_context(kafka_broker()))
+            differences += DIFFERENCES
+            goals += GOALS
+        if "nats" in brokers:
+            measured += nats_cases(servers.enter_context(nats_server()))
+            differences += NATS_DIFFERENCES
+            goals += NATS_GOALS
+        if "rabbitmq" in brokers:
+            measured += rabbitmq_cases(servers.enter_context(rabbitmq_node()))
+            differences += RABBITMQ_DIFFERENCES
+            goals += RABBITMQ_GOALS
+        measurements = run_interleaved(measured, plan)
+        results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():
         spans = case["extra"].get("spans_per_event")
         if spans is not None:

@@ -27,9 +27,11 @@ Cases, each timed as a fresh ``otel-eda flow <correlation id> --file F`` would r
   its output to ``/dev/null``, with the default limit.
 
 Each line gives the wall-time median (min-max) over the repetitions and the median CPU
-time (this process and its children), in seconds; the goal is judged on the wall-time
-median of ``rebuild + print`` and ``command``, and the load average is printed, since
-on a shared machine wall time also measures the other processes. The exit status is 0
+time (this process and its children), in seconds, for ``rebuild + print`` and ``command``
+with two verdicts: on the CPU-time median (the command is single-threaded and its input is
+in the page cache, so on an idle machine its wall time is its CPU time; on a shared machine
+the wall time also measures the other processes) and on the wall-time median. The load
+average is printed beside them. The exit status is 0
 whatever the numbers: this is a measurement, not a test.
 """
 
@@ -177,11 +179,11 @@ def timed(repetitions: int, case: Callable[[], object]) -> tuple[list[float], li
 def line(name: str, walls: list[float], cpus: list[float]) -> str:
     median = statistics.median(walls)
     judged = name.startswith(("rebuild + print", "command"))
-    verdict = ("  met" if median < GOAL_S else "  MISSED") if judged else ""
-    return (
-        f"  {name:<34} wall {median:7.3f} s ({min(walls):.3f}-{max(walls):.3f})"
-        f"  cpu {statistics.median(cpus):7.3f} s{verdict}"
+    cpu = statistics.median(cpus)
+    verdict = (
+        f"  cpu {'met' if cpu < GOAL_S else 'MISSED'}, wall {'met' if median < GOAL_S else 'MISSED'}" if judged else ""
     )
+    return f"  {name:<34} wall {median:7.3f} s ({min(walls):.3f}-{max(walls):.3f})  cpu {cpu:7.3f} s{verdict}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ Run from the repository root (the OTLP backend is otel-eda's Collector, built on
     .venv/bin/python benchmarks/soak.py                     # 10 minutes
     .venv/bin/python benchmarks/soak.py --duration 60       # the short form the test suite runs
     .venv/bin/python benchmarks/soak.py --json out.json
+    .venv/bin/python benchmarks/soak.py --transport kafka   # through a real Kafka (scripts/kafka)
 
 One process set up by ``otel_eda.configure()`` (the anomaly reader on, evaluating every
 second; spans to the backend over OTLP/HTTP, the SDK's default batch settings) publishes
@@ -14,6 +15,14 @@ second; spans to the backend over OTLP/HTTP, the SDK's default batch settings) p
 on purpose: one event in 20 fails every attempt (dead-lettered after 3), one in 20 fails its
 first attempt only (retried, then handled). The process's RSS is sampled every
 ``--sample-interval`` seconds (10).
+
+``--transport kafka`` sends the same load through a real Kafka of the run's own
+(``scripts/kafka``, as ``bench_kafka.py`` starts it) with otel-eda's aiokafka
+instrumentation: an ``AIOKafkaProducer`` sends ``--rate`` records a second, an
+``AIOKafkaConsumer`` in a consumer group handles each in a ``with processing(msg):`` block,
+retrying a failed attempt in place (Kafka has no redelivery of its own) and producing a
+record that failed its last attempt to a dead-letter topic (its process span settled
+``dead_lettered``).
 
 Printed: the RSS samples, the slope of RSS over time after the warm-up (the first fifth of
 the run, at most 120 s), by least squares, in KB/min, against the goal (<= 50 KB/min: none
@@ -43,7 +52,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -137,12 +147,122 @@ class Counts:
             self.spans_ended += 1
 
 
+def fails(i: int, attempt: int) -> bool:
+    """Whether attempt ``attempt`` of event ``i`` fails: every attempt of 1 in 20, the first of another 1 in 20."""
+    return i % 20 == 0 or (i % 20 == 1 and attempt == 1)
+
+
+async def paced(args: argparse.Namespace, counts: Counts, send: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``send(i)`` ``args.rate`` times a second for ``args.duration`` seconds."""
+    period = 1.0 / args.rate
+    next_at = time.perf_counter()
+    end_at = time.monotonic() + args.duration
+    while time.monotonic() < end_at:
+        await send(counts.published)
+        counts.published += 1
+        next_at += period
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            next_at = time.perf_counter()
+            await asyncio.sleep(0)
+
+
+async def through_bus(args: argparse.Namespace, counts: Counts, results: dict[str, Any]) -> None:
+    from otel_eda import DeadLetter, Delivery, EventBus, RetryPolicy
+
+    async def handle(delivery: Delivery) -> None:
+        if fails(delivery.payload, delivery.attempt):
+            counts.failed_attempts += 1
+            if delivery.attempt < MAX_ATTEMPTS:  # the bus retries it; the last failure dead-letters it
+                counts.retried += 1
+            raise RuntimeError("failing on purpose (soak)")
+        counts.handled += 1
+
+    def dead(letter: DeadLetter) -> None:
+        counts.dead_lettered += 1
+
+    retry = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_backoff_s=0.005, max_backoff_s=0.05)
+    async with EventBus(retry=retry) as bus:
+        bus.subscribe("order_placed", handle, subscriber="billing")
+        bus.subscribe_dead_letters(dead)
+
+        async def publish(i: int) -> None:
+            await bus.publish("order_placed", i, business_key=f"order-{i % 1000}")
+
+        await paced(args, counts, publish)
+        await bus.join()
+        results["store_events"] = len(bus.store)
+
+
+async def through_kafka(args: argparse.Namespace, counts: Counts, results: dict[str, Any]) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+
+    from otel_eda.messaging import Outcome, current_processing
+    from otel_eda.transports.aiokafka.instrumentor import AIOKafkaInstrumentor, processing
+
+    AIOKafkaInstrumentor().instrument()  # on the providers configure() installed
+    bootstrap = os.environ["SOAK_KAFKA_BOOTSTRAP"]
+    topic = f"soak-order-placed-{uuid.uuid4().hex[:8]}"  # its own topics and group on a shared broker
+    dead_topic = f"{topic}.dead"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1) for t in (topic, dead_topic)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=f"billing-{topic}", auto_offset_reset="earliest"
+    )
+    await producer.start()
+    await consumer.start()
+
+    async def consume() -> None:
+        async for msg in consumer:
+            i = int(msg.value)
+            with processing(msg):
+                for attempt in range(1, MAX_ATTEMPTS + 1):
+                    if not fails(i, attempt):
+                        counts.handled += 1
+                        break
+                    counts.failed_attempts += 1
+                    if attempt < MAX_ATTEMPTS:
+                        counts.retried += 1
+                        continue
+                    await producer.send(dead_topic, msg.value, headers=[("soak-error", b"failing on purpose")])
+                    counts.dead_lettered += 1
+                    handling = current_processing()
+                    if handling is not None:
+                        handling.settle(Outcome.DEAD_LETTERED, RuntimeError("failing on purpose (soak)"))
+
+    consuming = asyncio.create_task(consume())
+    try:
+
+        async def send(i: int) -> None:
+            await producer.send(topic, str(i).encode(), key=str(i % 1000).encode())
+
+        await paced(args, counts, send)
+        await producer.flush()
+        deadline = time.monotonic() + 120
+        while counts.handled + counts.dead_lettered < counts.published and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        await consumer.stop()
+        await producer.stop()
+    results["store_events"] = "n/a (no bus)"
+
+
 async def soak(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
     import otel_eda
-    from otel_eda import DeadLetter, Delivery, EventBus, RetryPolicy
     from otel_eda.sdk.exportloss import LossCountingSpanExporter, exporter_of, span_loss_tallies, span_processors
 
     counts = Counts()
@@ -158,18 +278,6 @@ async def soak(args: argparse.Namespace, results: dict[str, Any]) -> None:
     (exporter,) = [e for e in map(exporter_of, span_processors(provider)) if isinstance(e, LossCountingSpanExporter)]
     (tally,) = span_loss_tallies(provider)
 
-    async def handle(delivery: Delivery) -> None:
-        i = delivery.payload
-        if i % 20 == 0 or (i % 20 == 1 and delivery.attempt == 1):
-            counts.failed_attempts += 1
-            if delivery.attempt < MAX_ATTEMPTS:  # the bus retries it; the last failure dead-letters it
-                counts.retried += 1
-            raise RuntimeError("failing on purpose (soak)")
-        counts.handled += 1
-
-    def dead(letter: DeadLetter) -> None:
-        counts.dead_lettered += 1
-
     samples: list[tuple[float, int]] = []
     began = time.monotonic()
     stop = asyncio.Event()
@@ -182,28 +290,13 @@ async def soak(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 await asyncio.wait_for(stop.wait(), args.sample_interval)
         samples.append((time.monotonic() - began, rss_kb()))
 
-    retry = RetryPolicy(max_attempts=MAX_ATTEMPTS, initial_backoff_s=0.005, max_backoff_s=0.05)
-    async with EventBus(retry=retry) as bus:
-        bus.subscribe("order_placed", handle, subscriber="billing")
-        bus.subscribe_dead_letters(dead)
-        sampler = asyncio.create_task(sample())
-        period = 1.0 / args.rate
-        next_at = time.perf_counter()
-        end_at = time.monotonic() + args.duration
-        while time.monotonic() < end_at:
-            await bus.publish("order_placed", counts.published, business_key=f"order-{counts.published % 1000}")
-            counts.published += 1
-            next_at += period
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = time.perf_counter()
-                await asyncio.sleep(0)
-        await bus.join()
-        stop.set()
-        await sampler
-        results["store_events"] = len(bus.store)
+    sampler = asyncio.create_task(sample())
+    if args.transport == "kafka":
+        await through_kafka(args, counts, results)
+    else:
+        await through_bus(args, counts, results)
+    stop.set()
+    await sampler
     report = otel_eda.shutdown()
     results["shutdown"] = report.describe()
     warmup = min(args.duration / 5, 120.0)
@@ -238,6 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=200, help="events a second (default 200)")
     parser.add_argument("--sample-interval", type=float, default=10.0, help="seconds between RSS samples")
     parser.add_argument("--exporter", choices=("otlp", "zipkin"), default="otlp")
+    parser.add_argument(
+        "--transport", choices=("bus", "kafka"), default="bus", help="the embedded bus, or a real Kafka (aiokafka)"
+    )
+    parser.add_argument(
+        "--kafka-bootstrap", metavar="HOST:PORT", help="with --transport kafka: a running Kafka (default: start one)"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     parser.add_argument("--check", action="store_true", help="exit 1 when a count identity does not hold")
     args = parser.parse_args(argv)
@@ -254,15 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"otel-eda soak: Python {platform.python_version()}, opentelemetry-sdk "
         f"{importlib.metadata.version('opentelemetry-sdk')}, {os.cpu_count()} CPUs (load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}); {args.rate} events/s for {args.duration:g} s through "
-        f"the bus, 1 in 20 dead-lettered after {MAX_ATTEMPTS} attempts, 1 in 20 retried once; anomaly reader every "
-        f"1 s; spans over {args.exporter} to a real {'Collector' if args.exporter == 'otlp' else 'Zipkin'}"
+        f"{'a real Kafka (aiokafka)' if args.transport == 'kafka' else 'the bus'}, 1 in 20 dead-lettered after "
+        f"{MAX_ATTEMPTS} attempts, 1 in 20 retried once; anomaly reader every 1 s; spans over {args.exporter} "
+        f"to a real {'Collector' if args.exporter == 'otlp' else 'Zipkin'}"
     )
-    results: dict[str, Any] = {"exporter": args.exporter}
-    backend.start()
-    try:
+    results: dict[str, Any] = {"exporter": args.exporter, "transport": args.transport}
+    with contextlib.ExitStack() as servers:
+        if args.transport == "kafka" and args.kafka_bootstrap:
+            os.environ["SOAK_KAFKA_BOOTSTRAP"] = args.kafka_bootstrap
+        elif args.transport == "kafka":
+            from bench_kafka import kafka_broker
+
+            os.environ["SOAK_KAFKA_BOOTSTRAP"] = servers.enter_context(kafka_broker())
+        backend.start()
+        servers.callback(backend.stop)
         asyncio.run(soak(args, results))
-    finally:
-        backend.stop()
     lost = results["spans_lost"]
     slope = results["slope_kb_per_min"]
     print()

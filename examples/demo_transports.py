@@ -13,6 +13,9 @@ from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
 from kafka_transport import KafkaTransport
+from nats_transport import NatsTransport
+from rabbitmq_transport import RabbitTransport
+from redis_transport import RedisTransport
 
 from otel_eda import EventBus
 from otel_eda.transports.bus import Outlet
@@ -61,4 +64,10 @@ class EmbeddedTransport:
 
 
 #: ``--transport`` name -> the class the launcher builds with (service names, spawn context).
-TRANSPORTS: dict[str, type[Any]] = {"embedded": EmbeddedTransport, "kafka": KafkaTransport}
+TRANSPORTS: dict[str, type[Any]] = {
+    "embedded": EmbeddedTransport,
+    "kafka": KafkaTransport,
+    "nats": NatsTransport,
+    "rabbitmq": RabbitTransport,
+    "redis": RedisTransport,
+}

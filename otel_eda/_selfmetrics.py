@@ -70,24 +70,32 @@ def count_internal_error(component: str) -> None:
         _log.debug("could not count an internal error", exc_info=True)
 
 
+def log_exception(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    """Log ``msg % args`` with the exception being handled, under the redaction policy.
+
+    For exceptions raised by application code (a handler, a recorder, an alert callback, a
+    detector), which may carry payload values: ``OTEL_EDA_EXCEPTION_DETAIL=type`` writes
+    the exception's type only, without traceback; redaction patterns apply to the
+    traceback; otherwise it is ``logger.log(level, msg, *args, exc_info=True)``. Call from
+    an ``except`` block.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    exc = sys.exc_info()[1]
+    redaction = policy()
+    if exc is None or (redaction.detail is not ExceptionDetail.TYPE and not redaction.patterns):
+        logger.log(level, msg, *args, exc_info=True)
+    elif redaction.detail is ExceptionDetail.TYPE:
+        logger.log(level, msg + " (%s)", *args, exception_type(exc))
+    else:
+        logger.log(level, msg + "\n%s", *args, redaction.text("".join(traceback.format_exception(exc))).rstrip())
+
+
 def internal_error(component: str, what: str) -> None:
     """Log (with traceback) and count an internal error. Call from an ``except`` block.
 
     The exception may come from application code (a handler, a recorder) and carry payload
-    values: it is written under the redaction policy (``OTEL_EDA_EXCEPTION_DETAIL=type``
-    logs its type only, without traceback; redaction patterns apply to the traceback).
+    values: it is written under the redaction policy (:func:`log_exception`).
     """
-    exc = sys.exc_info()[1]
-    redaction = policy()
-    if exc is None or (redaction.detail is not ExceptionDetail.TYPE and not redaction.patterns):
-        _log.error("otel-eda %s failed while %s; the application continues", component, what, exc_info=True)
-    elif redaction.detail is ExceptionDetail.TYPE:
-        _log.error("otel-eda %s failed while %s; the application continues (%s)", component, what, exception_type(exc))
-    else:
-        _log.error(
-            "otel-eda %s failed while %s; the application continues\n%s",
-            component,
-            what,
-            redaction.text("".join(traceback.format_exception(exc))).rstrip(),
-        )
+    log_exception(_log, logging.ERROR, "otel-eda %s failed while %s; the application continues", component, what)
     count_internal_error(component)

@@ -89,3 +89,7 @@ OTEL_EDA_FLOW_FILE: Final = "OTEL_EDA_FLOW_FILE"
 
 OTEL_EDA_FLOW_LOOKBACK: Final = "OTEL_EDA_FLOW_LOOKBACK"
 """``otel-eda flow``: seconds back from now that a Zipkin or Jaeger search covers (default 86400)."""
+
+OTEL_EDA_NATS_MSG_ID: Final = "OTEL_EDA_NATS_MSG_ID"
+"""``true``: the NATS instrumentation sets JetStream's ``Nats-Msg-Id`` header to the event id on
+every JetStream publish without one, so the stream de-duplicates a republished event (default false)."""

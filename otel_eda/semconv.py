@@ -176,3 +176,48 @@ MESSAGING_KAFKA_MESSAGE_TOMBSTONE: Final = "messaging.kafka.message.tombstone"
 EDA_DELIVERY_DUPLICATE: Final = "eda.delivery.duplicate"
 #: Records handled again within the duplicate window (see EDA_DELIVERY_DUPLICATE).
 METRIC_DUPLICATES: Final = "eda.delivery.duplicates"
+
+# --- NATS (nats-py instrumentation) -----------------------------------------------------
+#: ``messaging.system`` of NATS: the conventions have no well-known value for it yet
+#: (semconv #2266/#2297 are open), so otel-eda writes ``nats``.
+MESSAGING_SYSTEM_NATS: Final = "nats"
+#: The JetStream stream a message was stored in (from the PubAck, or a delivered message's metadata).
+EDA_NATS_STREAM: Final = "eda.nats.stream"
+#: The message's sequence number in that stream.
+EDA_NATS_STREAM_SEQUENCE: Final = "eda.nats.stream.sequence"
+#: ``true`` on a JetStream send span whose PubAck says the stream already had this ``Nats-Msg-Id``.
+EDA_NATS_DUPLICATE: Final = "eda.nats.duplicate"
+#: How often the handler of a JetStream message called ``in_progress()`` (on its process span).
+EDA_NATS_IN_PROGRESS: Final = "eda.nats.in_progress"
+#: Messages a JetStream consumer delivered and that wait for their ack: an observable gauge in
+#: ``{message}``, attributes ``messaging.system``, ``messaging.destination.name`` (the stream),
+#: ``messaging.consumer.group.name`` (the consumer). No convention exists yet.
+METRIC_CONSUMER_ACK_PENDING: Final = "eda.consumer.ack_pending"
+
+# --- RabbitMQ (aio-pika instrumentation) -------------------------------------------------
+MESSAGING_SYSTEM_RABBITMQ: Final = "rabbitmq"
+MESSAGING_RABBITMQ_ROUTING_KEY: Final = "messaging.rabbitmq.destination.routing_key"
+MESSAGING_RABBITMQ_DELIVERY_TAG: Final = "messaging.rabbitmq.message.delivery_tag"
+#: On the process span of a message a dead-letter exchange moved (its ``x-death`` header): why
+#: (``rejected``, ``expired``, ``maxlen``, ``delivery_limit``), from which queue, how many times.
+EDA_DEAD_LETTER_REASON: Final = "eda.dead_letter.reason"
+EDA_DEAD_LETTER_QUEUE: Final = "eda.dead_letter.queue"
+EDA_DEAD_LETTER_COUNT: Final = "eda.dead_letter.count"
+#: Consumers of a broker's queue: an observable gauge in ``{consumer}``, attributes as
+#: ``eda.broker.queue.depth``.
+METRIC_BROKER_QUEUE_CONSUMERS: Final = "eda.broker.queue.consumers"
+#: Messages a broker dead-lettered, counted when an instrumented consumer reads them from the
+#: dead-letter queue (attributes ``messaging.system``, ``messaging.destination.name``: the queue
+#: that dead-lettered them, ``eda.dead_letter.reason``).
+METRIC_BROKER_DEAD_LETTERS: Final = "eda.broker.dead_letters"
+
+# --- Redis Streams (redis-py instrumentation) ---------------------------------------------
+#: ``messaging.system`` of Redis Streams: the conventions have no well-known value for Redis
+#: yet (semconv #2266), so otel-eda uses ``redis``.
+MESSAGING_SYSTEM_REDIS: Final = "redis"
+#: The stream entry id (``1718000000000-0``) of a handled entry (no convention exists).
+EDA_REDIS_ENTRY_ID: Final = "eda.redis.entry_id"
+#: Entries delivered to a consumer group and not acknowledged yet (its pending entries list):
+#: an observable gauge in ``{message}``, attributes ``messaging.system``,
+#: ``messaging.destination.name``, ``messaging.consumer.group.name``.
+METRIC_CONSUMER_PENDING: Final = "eda.consumer.pending"

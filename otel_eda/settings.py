@@ -72,6 +72,7 @@ from otel_eda.environment_variables import (
     OTEL_EDA_LOG_LIFECYCLE,
     OTEL_EDA_MAX_SERIES,
     OTEL_EDA_METADATA_ATTRIBUTES,
+    OTEL_EDA_NATS_MSG_ID,
     OTEL_EDA_PROCESS_SPAN_MAX_S,
     OTEL_EDA_REDACT_PATTERNS,
     OTEL_EDA_REDACT_PATTERNS_FILE,
@@ -124,6 +125,7 @@ _VARIABLES = (
     OTEL_EDA_FLOW_JAEGER_URL,
     OTEL_EDA_FLOW_FILE,
     OTEL_EDA_FLOW_LOOKBACK,
+    OTEL_EDA_NATS_MSG_ID,
 )
 #: W3C baggage keys are RFC 7230 tokens; copying more than this many per span costs too much.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -235,6 +237,8 @@ class Settings:
     flow_jaeger_url: str | None = None
     flow_files: tuple[str, ...] = ()
     flow_lookback_s: float = 86_400.0
+    #: JetStream publishes get ``Nats-Msg-Id`` = the event id (the NATS instrumentation)
+    nats_msg_id: bool = False
     errors: tuple[InvalidSetting, ...] = dataclasses.field(default=(), compare=False)
 
     @classmethod
@@ -352,6 +356,7 @@ def _parse(values: tuple[str | None, ...]) -> Settings:
         flow_jaeger_url=http_url(OTEL_EDA_FLOW_JAEGER_URL),
         flow_files=tuple(p for p in (raw[OTEL_EDA_FLOW_FILE] or "").split(os.pathsep) if p.strip()),
         flow_lookback_s=positive(OTEL_EDA_FLOW_LOOKBACK, d.flow_lookback_s, integer=False),
+        nats_msg_id=flag(OTEL_EDA_NATS_MSG_ID, d.nats_msg_id),
         errors=tuple(errors),
         **logs,
     )

@@ -1,4 +1,7 @@
-"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``).
+"""Real message brokers for tests, run by the project's own scripts: Kafka (``scripts/kafka``),
+NATS (``scripts/nats``: :class:`NatsServer`, the session fixture ``nats_server``), RabbitMQ
+(``scripts/rabbitmq``: :class:`RabbitBroker`, the session fixture ``rabbitmq``) and Redis
+(``scripts/redis``: :class:`RedisServer`, the session fixture ``redis_server``).
 
 Importable by test modules (``tests/`` is on ``sys.path`` under pytest's default import mode),
 like ``zipkin_server.py``. ``conftest.py`` has a session-scoped ``kafka`` fixture (one broker
@@ -42,9 +45,18 @@ READY_TIMEOUT_S = 120
 __all__ = [
     "KafkaBroker",
     "KafkaStartError",
+    "NatsServer",
+    "NatsStartError",
+    "RabbitBroker",
+    "RabbitStartError",
+    "RedisServer",
+    "RedisStartError",
     "client_config",
     "install_kafka",
     "kafka_broker_fixture_body",
+    "nats_server_fixture_body",
+    "rabbitmq_fixture_body",
+    "redis_server_fixture_body",
     "unique_name",
 ]
 
@@ -203,3 +215,331 @@ def kafka_broker_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Itera
 def client_config(broker: KafkaBroker, **extra: Any) -> dict[str, Any]:
     """Keyword arguments for an aiokafka client of ``broker`` (short timeouts for a local broker)."""
     return {"bootstrap_servers": broker.bootstrap_servers, "request_timeout_ms": 20_000, **extra}
+
+
+# -- NATS (scripts/nats) ---------------------------------------------------------------------------
+NATS_SCRIPT = ROOT / "scripts" / "nats"
+
+
+class NatsStartError(RuntimeError):
+    """``scripts/nats`` could not build or start the server; the message has its output and log."""
+
+
+class NatsServer:
+    """One nats-server with JetStream run by ``scripts/nats`` from ``directory``, on free ports of 127.0.0.1.
+
+    A context manager like :class:`KafkaBroker`; :meth:`restart` brings it back at the same address with
+    the same JetStream store (file-storage streams and durable consumers survive).
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = 60.0) -> None:
+        self.directory = Path(directory)
+        self.port, self.monitor_port = _free_ports(2)
+        self.ready_timeout_s = ready_timeout_s
+        #: what clients connect to (``nats.connect(server.url)``)
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"NatsServer({self.url}, directory={str(self.directory)!r})"
+
+    def start(self) -> NatsServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "NATS_PORT": str(self.port),
+            "NATS_MONITOR_PORT": str(self.monitor_port),
+            "NATS_READY_TIMEOUT_S": f"{self.ready_timeout_s:g}",
+        }
+        try:
+            proc = subprocess.run(
+                [str(NATS_SCRIPT), "start", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=self.ready_timeout_s + 1800,  # a first start on a machine builds the server
+                check=False,
+                env=env,
+            )
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise NatsStartError(f"scripts/nats start hung for {exc.timeout:g} s\n{self.log()}") from exc
+        if proc.returncode != 0:
+            raise NatsStartError(
+                f"scripts/nats start {self.directory} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (TERM, then KILL); does nothing if it is not running."""
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(NATS_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=60, check=False
+            )
+
+    def restart(self) -> NatsServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "nats.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.directory / "nats.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def listening_addresses(self) -> set[tuple[str, str, int]]:
+        """Every ``(protocol, ip, port)`` the server process listens on (TCP) or has bound (UDP)."""
+        pid = self.pid
+        assert pid is not None, "nats-server is not running"
+        found: set[tuple[str, str, int]] = set()
+        for conn in psutil.Process(pid).net_connections(kind="inet"):
+            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
+                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
+            elif conn.type == socket.SOCK_DGRAM:
+                found.add(("udp", conn.laddr.ip, conn.laddr.port))
+        return found
+
+
+def nats_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """The body of a NATS fixture: start, yield, stop; a server that does not start fails the test."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    problem = None
+    try:
+        server.start()
+    except NatsStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- RabbitMQ ----------------------------------------------------------------------------------
+RABBITMQ_SCRIPT = ROOT / "scripts" / "rabbitmq"
+
+
+class RabbitStartError(RuntimeError):
+    """``scripts/rabbitmq`` could not install or start the node; the message has its output and log."""
+
+
+class RabbitBroker:
+    """One RabbitMQ node (and its own epmd) run by ``scripts/rabbitmq`` from ``directory``.
+
+    A context manager like :class:`KafkaBroker`; its four ports are chosen once, so :meth:`restart`
+    brings it back at the same address with the same queues (durable messages and quorum queues kept).
+    """
+
+    def __init__(self, directory: Path, *, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.directory = Path(directory)
+        self.port, self.dist_port, self.epmd_port, self.ctl_port = _free_ports(4)
+        self.ready_timeout_s = ready_timeout_s
+        #: what clients connect to (``aio_pika.connect(broker.url)``)
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        self.start_seconds: float | None = None
+
+    def __repr__(self) -> str:
+        return f"RabbitBroker({self.url}, directory={str(self.directory)!r})"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_CTL_PORT": str(self.ctl_port),
+            "RABBITMQ_READY_TIMEOUT_S": f"{self.ready_timeout_s:g}",
+        }
+
+    def start(self) -> RabbitBroker:
+        """Start the node and wait until it answers (``scripts/rabbitmq start``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                [str(RABBITMQ_SCRIPT), "start", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=self.ready_timeout_s * 2 + 120,
+                check=False,
+                env=self._env(),
+            )
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise RabbitStartError(f"scripts/rabbitmq start hung for {exc.timeout:g} s\n{self.log()}") from exc
+        if proc.returncode != 0:
+            raise RabbitStartError(
+                f"scripts/rabbitmq start {self.directory} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            )
+        self.start_seconds = time.monotonic() - started
+        return self
+
+    def stop(self) -> None:
+        """Stop the node and its epmd; does nothing if they are not running."""
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(RABBITMQ_SCRIPT), "stop", str(self.directory)],
+                capture_output=True,
+                timeout=120,
+                check=False,
+                env=self._env(),
+            )
+
+    def restart(self) -> RabbitBroker:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RabbitBroker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return (self.directory / "rabbitmq.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def pids(self) -> dict[str, int]:
+        """The running node's (``beam``) and epmd's PIDs (from the script's PID files)."""
+        found = {}
+        for name in ("beam", "epmd", "rabbitmq"):
+            try:
+                pid = int((self.directory / f"{name}.pid").read_text())
+            except (FileNotFoundError, ValueError):
+                continue
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found[name] = pid
+        return found
+
+    def listening_addresses(self) -> set[tuple[str, str, int]]:
+        """Every ``(protocol, ip, port)`` the node and its epmd listen on (TCP) or have bound (UDP)."""
+        found: set[tuple[str, str, int]] = set()
+        for name, pid in self.pids().items():
+            if name == "rabbitmq":  # the wrapper script: no sockets of its own
+                continue
+            for conn in psutil.Process(pid).net_connections(kind="inet"):
+                if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
+                    found.add(("tcp", conn.laddr.ip, conn.laddr.port))
+                elif conn.type == socket.SOCK_DGRAM:
+                    found.add(("udp", conn.laddr.ip, conn.laddr.port))
+        return found
+
+
+def rabbitmq_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
+    """The body of a RabbitMQ fixture: start, yield, stop; a node that does not start fails the test."""
+    broker = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
+    problem = None
+    try:
+        broker.start()
+    except RabbitStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        broker.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+# -- Redis (scripts/redis) ------------------------------------------------------------------
+REDIS_SCRIPT = ROOT / "scripts" / "redis"
+
+
+class RedisStartError(RuntimeError):
+    """``scripts/redis`` could not install or start the server; the message has its output and log."""
+
+
+class RedisServer:
+    """One ``redis-server`` run by ``scripts/redis`` from ``directory``, on a free port of 127.0.0.1.
+
+    A context manager like :class:`KafkaBroker`. ``persist=True`` keeps an append-only file, so
+    :meth:`restart` brings back the streams, groups and pending entries (outage tests).
+    """
+
+    def __init__(self, directory: Path, *, persist: bool = False) -> None:
+        self.directory = Path(directory)
+        (self.port,) = _free_ports(1)
+        self.persist = persist
+        #: ``redis.Redis(**server.client_kwargs)``
+        self.client_kwargs: dict[str, Any] = {"host": "127.0.0.1", "port": self.port}
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __repr__(self) -> str:
+        return f"RedisServer(127.0.0.1:{self.port}, directory={str(self.directory)!r})"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "REDIS_PORT": str(self.port), "REDIS_PERSIST": "1" if self.persist else "0"}
+        for command in (["install"], ["start", str(self.directory)]):
+            try:
+                proc = subprocess.run(
+                    [str(REDIS_SCRIPT), *command], capture_output=True, text=True, timeout=600, check=False, env=env
+                )
+            except subprocess.TimeoutExpired as exc:
+                self.stop()
+                raise RedisStartError(f"scripts/redis {command[0]} hung for {exc.timeout:g} s") from exc
+            if proc.returncode != 0:
+                raise RedisStartError(
+                    f"scripts/redis {' '.join(command)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+                )
+        return self
+
+    def stop(self) -> None:
+        if self.directory.is_dir():
+            subprocess.run(
+                [str(REDIS_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=60, check=False
+            )
+
+    def restart(self) -> RedisServer:
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.directory / "redis.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+
+
+def redis_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The body of a Redis fixture: start, yield, stop; a server that does not start fails the test."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    problem = None
+    try:
+        server.start()
+    except RedisStartError as exc:
+        problem = str(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()

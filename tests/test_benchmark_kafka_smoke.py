@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 def test_quick_broker_benchmark_writes_the_three_cases_and_the_verdict(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    args = ["--quick", "--brokers", "kafka", "--reps", "1", "--ops", "200", "--json", str(out)]
     proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--reps", "1", "--ops", "200", "--json", str(out)],
+        [sys.executable, str(BENCH), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -53,7 +53,7 @@ class Collect(logging.Handler):
         super().__init__(logging.DEBUG)
         self.records: list[logging.LogRecord] = []
         self.lines: list[str] = []
-        self.setFormatter(logging.Formatter(fmt, defaults=correlation.FORMAT_DEFAULTS))
+        self.setFormatter(logging.Formatter(fmt))  # no defaults: every record has every field
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
@@ -104,9 +104,50 @@ def test_with_nothing_current_every_field_is_there_and_empty(installed: None, co
     logging.getLogger("app").info("idle")
     assert collect.lines == ["INFO app [|||0] idle"]  # the format string works outside flows too
     (record,) = collect.records
-    assert record.eda_correlation_id == "" and not hasattr(record, "otelTraceID")  # type: ignore[attr-defined]
-    plain = logging.Formatter("%(levelname)s [%(eda_correlation_id)s] %(message)s")
-    assert plain.format(record) == "INFO [] idle"  # the eda_* fields need no defaults
+    for field in correlation.RECORD_FIELDS:
+        assert field in record.__dict__, field  # what formatters read (class attributes would not do)
+    assert record.eda_correlation_id == "" and record.otelTraceID == "0" and record.otelSpanID == "0"  # type: ignore[attr-defined]
+    plain = logging.Formatter("%(levelname)s [%(eda_correlation_id)s %(otelTraceID)s %(otelSpanID)s] %(message)s")
+    assert plain.format(record) == "INFO [ 0 0] idle"  # no defaults needed
+
+
+def test_format_defaults_cover_records_made_without_the_factory() -> None:
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "made directly", (), None)
+    formatter = logging.Formatter(FORMAT, defaults=correlation.FORMAT_DEFAULTS)
+    assert formatter.format(record) == "INFO x [|||0] made directly"
+
+
+def test_the_readme_format_works_in_and_out_of_a_flow_with_basic_config(installed: None) -> None:
+    """``logging.basicConfig(format=...)`` takes no defaults: every field must be on every record."""
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s [%(eda_correlation_id)s %(otelTraceID)s] %(message)s", validate=True)
+    )
+    logger = logging.getLogger("readme")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("outside")
+        event, ctx = _in_flow()
+        token = attach(ctx)
+        try:
+            logger.warning("inside")
+        finally:
+            detach(token)
+        span_only = attach(trace.set_span_in_context(SPAN))
+        try:
+            logger.warning("span only")
+        finally:
+            detach(span_only)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert out.getvalue().splitlines() == [
+        "WARNING [ 0] outside",
+        f"WARNING [{event.correlation_id} {0xABC:032x}] inside",
+        f"WARNING [ {0xABC:032x}] span only",
+    ]
 
 
 def test_without_an_event_the_flow_ids_come_from_baggage(installed: None, collect: Collect) -> None:
@@ -375,10 +416,11 @@ def test_failures_default_logs_a_retry_at_warning_with_the_exception(installed: 
     assert retry.levelno == logging.WARNING
     assert retry.eda_stage == "retried" and retry.eda_attempt == 1  # type: ignore[attr-defined]
     assert retry.eda_error_type == "ConnectionError"  # type: ignore[attr-defined]
+    assert retry.eda_error_message == "payment gateway timed out"  # type: ignore[attr-defined]
     assert retry.eda_subscriber == "payment" and retry.eda_business_key == "order-0"  # type: ignore[attr-defined]
     assert retry.eda_correlation_id == retry.eda_event_id  # type: ignore[attr-defined]  # a root event
     assert retry.otelTraceID != "0"  # type: ignore[attr-defined]  # the attempt's span, though it has ended
-    assert "ConnectionError" in retry.getMessage()
+    assert "ConnectionError: payment gateway timed out" in retry.getMessage()
 
 
 def test_dead_letters_at_error_and_rejections_at_info(installed: None) -> None:
@@ -397,6 +439,47 @@ def test_dead_letters_at_error_and_rejections_at_info(installed: None) -> None:
     assert rejected.levelno == logging.INFO
     assert rejected.eda_stage == "rejected"  # type: ignore[attr-defined]
     assert rejected.eda_error_message == "not ours"  # type: ignore[attr-defined]
+
+
+def test_a_broker_transports_retries_and_dead_letters_are_logged_by_level(installed: None) -> None:
+    """A transport on ``otel_eda.messaging`` (a broker's redelivery, a broker dead-letter queue):
+    the same lifecycle records, at the same levels, with the exception's type and message."""
+    from otel_eda.messaging import Outcome
+    from otel_eda.testing import TelemetryCapture
+
+    logger = logging.getLogger("otel_eda.lifecycle")
+    collect = Collect("%(levelname)s %(message)s")
+    logger.addHandler(collect)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with TelemetryCapture() as capture:
+            rabbit = capture.messaging("rabbitmq")
+            rabbit.recorders = (LifecycleLogger(Settings.from_environ({"OTEL_EDA_LOG_LIFECYCLE": "failures"})),)
+            headers: dict[str, str] = {}
+            with rabbit.publish("order_placed", headers, business_key="order-9") as sent:
+                pass
+            with rabbit.process(headers, destination="orders", consumer_group="billing", attempt=1) as first:
+                first.settle(Outcome.RETRIED, ConnectionError("broker channel closed"))
+            with rabbit.process(headers, destination="orders", consumer_group="billing", attempt=2) as last:
+                last.settle(Outcome.DEAD_LETTERED, ValueError("card declined"))
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(old_level)
+    records = [r for r in collect.records if r.eda_event_id == sent.event.event_id]  # type: ignore[attr-defined]
+    assert [(r.eda_stage, r.levelno, r.eda_attempt) for r in records] == [  # type: ignore[attr-defined]
+        ("retried", logging.WARNING, 1),
+        ("dead_lettered", logging.ERROR, 2),
+    ]
+    retried, dead = records
+    assert (retried.eda_error_type, retried.eda_error_message) == ("ConnectionError", "broker channel closed")  # type: ignore[attr-defined]
+    assert (dead.eda_error_type, dead.eda_error_message) == ("ValueError", "card declined")  # type: ignore[attr-defined]
+    for record in records:
+        assert record.eda_subscriber == "billing" and record.eda_business_key == "order-9"  # type: ignore[attr-defined]
+        assert record.eda_correlation_id == sent.event.correlation_id  # type: ignore[attr-defined]
+        assert record.otelTraceID != "0"  # type: ignore[attr-defined]  # the attempt's span
+    assert last.span.get_span_context().trace_id == int(dead.otelTraceID, 16)  # type: ignore[attr-defined]
+    assert dead.getMessage().startswith("order_placed ") and "ValueError: card declined" in dead.getMessage()
 
 
 def test_all_logs_every_stage_once_per_event_and_off_logs_nothing(installed: None) -> None:
@@ -578,15 +661,23 @@ def test_the_log_benchmark_writes_every_case(tmp_path: Any) -> None:
     data = json.loads(out.read_text())
     assert set(data["cases"]) == {
         "plain",
+        "plain.control",
         "factory.no_event",
-        "filter.no_event",
+        "factory.span_no_event",
         "factory.event",
-        "filter.event",
         "factory.event.eda_format",
     }
     for case in data["cases"].values():
-        assert case["min_us"] <= case["median_us"] <= case["max_us"] and case["cpu_median_us"] > 0
-    assert data["goal"]["ratio"] > 0 and isinstance(data["goal"]["met"], bool)
+        for series in ("cpu_us", "wall_us", "cpu_ratio", "wall_ratio"):
+            summary = case[series]
+            assert summary["min"] <= summary["q1"] <= summary["median"] <= summary["q3"] <= summary["max"]
+            assert len(summary["samples"]) == data["plan"]["reps"]
+        assert case["cpu_us"]["median"] > 0
+    assert data["cases"]["plain"]["cpu_ratio"]["median"] == 1.0  # paired with itself
+    assert [goal["case"] for goal in data["goals"]] == ["factory.no_event", "factory.span_no_event"]
+    for goal in data["goals"]:
+        assert goal["ratio"] > 0 and isinstance(goal["met"], bool) and goal["max"] == 1.05
+    assert "no event current (factory.no_event)" in result.stdout and "event current: " in result.stdout
 
 
 def test_the_distro_installs_them_too(tmp_path: Any) -> None:

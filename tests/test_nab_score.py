@@ -164,12 +164,14 @@ def test_json_output_shape(tmp_path: Path) -> None:
     assert ns.main(["--data", str(root), "--json", str(out), "--only", "null", "--only", "zscore"]) == 0
     data = json.loads(out.read_text())
     # "zscore" also selects the default rule set's z-score rule, scored through the engine, and
-    # the same rule with CAD OSE after 600 points (z-score before), scored for comparison
+    # the same rule with CAD OSE after 600 points and with ARTime after 750 (z-score before),
+    # scored for comparison
     assert set(data) == {
         "null (never alerts)",
         "zscore w=1000",
         "default rule processing-latency (zscore)",
         "rule processing-latency with cad_ose after 600, zscore before (not shipped)",
+        "rule processing-latency with artime after 750, zscore before (not shipped)",
     }
     for profiles in data.values():
         assert set(profiles) == {"standard", "reward_low_FP_rate", "reward_low_FN_rate"}

@@ -206,3 +206,54 @@ def test_under_type_the_card_number_appears_nowhere_otel_eda_writes(tmp_path: Pa
 def test_under_message_the_same_run_shows_it(tmp_path: Path) -> None:
     """The control: the test above can fail (the number is there when the policy allows it)."""
     assert "4111 1111 1111 1111" in _leak_run(tmp_path, "message")
+
+
+def test_exceptions_of_alert_callbacks_and_detectors_follow_the_policy(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Alerts: an alert callback or a detector is the application's code, and its exception
+    is written like a handler's (type only under ``type``, redacted with patterns)."""
+    import time
+
+    from otel_eda.anomaly.alerts import Alert, AlertState, Severity
+    from otel_eda.anomaly.callbacks import CallbackSink
+    from otel_eda.anomaly.registry import GuardedDetector
+
+    alert = Alert(
+        name="ErrorsHigh",
+        rule="errors",
+        severity=Severity.CRITICAL,
+        state=AlertState.FIRING,
+        series_labels={"service": "payment"},
+        value=0.5,
+        threshold=0.1,
+        score=1.0,
+        started_at=time.time(),
+        ended_at=None,
+        summary="errors 50%",
+    )
+
+    def callback(alert: Alert) -> None:
+        raise ValueError(f"could not page about card {CARD}")
+
+    class Leaky:
+        score = 0.0
+        is_anomaly = False
+
+        def update(self, t: float, x: float) -> None:
+            raise ValueError(f"card {CARD} in a series label")
+
+    for detail, patterns, expect_message in (("type", "", False), ("message", "card_number", True)):
+        monkeypatch.setenv("OTEL_EDA_EXCEPTION_DETAIL", detail)
+        monkeypatch.setenv("OTEL_EDA_REDACT_PATTERNS", patterns)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="otel_eda"):
+            CallbackSink(callback).send(alert)
+            detector = GuardedDetector("leaky", Leaky())
+            detector.update(1.0, 1.0)
+            detector.update(2.0, 1.0)  # again: at DEBUG
+        assert len(caplog.records) >= 3, caplog.text
+        assert CARD not in caplog.text, detail
+        assert all(record.exc_info is None for record in caplog.records)  # written redacted, not re-rendered
+        assert ("could not page about card" in caplog.text) is expect_message, detail
+        assert "ValueError" in caplog.text

@@ -1,5 +1,6 @@
-"""The soak benchmark's short form (issue 12, point 6): about 60 s through the bus with a
-failing handler, the anomaly reader on and spans to a real Collector; the counts must add up.
+"""The soak benchmark's short form (issue 12, point 6): about 60 s through the bus, and
+through the session's real Kafka with otel-eda's aiokafka instrumentation, with a failing
+handler, the anomaly reader on and spans to a real Collector; the counts must add up.
 
 Speed and memory slope are the benchmark's to print (``benchmarks/soak.py``, 10 minutes), not
 this test's to assert: on a busy machine they are noise. What must hold whatever the load:
@@ -20,7 +21,16 @@ from otel_servers import ROOT, built_binary, clean_env
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_a_one_minute_soak_accounts_for_every_event_and_span(tmp_path: Path) -> None:
+@pytest.fixture(params=["bus", "kafka"])
+def transport_args(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "bus":
+        return ["--transport=bus"]
+    pytest.importorskip("aiokafka")
+    broker = request.getfixturevalue("kafka")
+    return ["--transport=kafka", f"--kafka-bootstrap={broker.bootstrap_servers}"]
+
+
+def test_a_one_minute_soak_accounts_for_every_event_and_span(tmp_path: Path, transport_args: list[str]) -> None:
     built_binary(ROOT / "scripts" / "otelcol")
     out = tmp_path / "soak.json"
     result = subprocess.run(
@@ -32,6 +42,7 @@ def test_a_one_minute_soak_accounts_for_every_event_and_span(tmp_path: Path) -> 
             "--sample-interval=5",
             "--check",
             f"--json={out}",
+            *transport_args,
         ],
         capture_output=True,
         text=True,

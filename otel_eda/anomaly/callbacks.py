@@ -9,6 +9,7 @@ from collections.abc import Callable
 from opentelemetry import metrics
 
 from otel_eda import semconv
+from otel_eda._selfmetrics import log_exception
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.version import VERSION as __version__
 
@@ -77,12 +78,13 @@ class CallbackSink:
         except Exception as exc:
             with self._lock:
                 self.errors += 1
-            _log.error(
+            log_exception(  # the application's code: written under the redaction policy
+                _log,
+                logging.ERROR,
                 "alert callback %r raised on alert %s (%s); the alert engine continues",
                 self._fn,
                 alert.name,
                 alert.state.value,
-                exc_info=True,
             )
             count_send_failure(self._failures, "callback", type(exc).__qualname__)
 

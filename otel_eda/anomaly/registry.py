@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, Self
 
-from otel_eda._selfmetrics import count_internal_error
+from otel_eda._selfmetrics import count_internal_error, log_exception
 from otel_eda.anomaly import detectors as _builtin
 from otel_eda.anomaly.condition import ConditionDetector
 from otel_eda.anomaly.detectors import Detector
@@ -259,15 +259,16 @@ class GuardedDetector:
             self.failures += 1
             self.score, self.is_anomaly = 0.0, False
             if self.failures == 1:
-                _log.error(
+                log_exception(  # a detector may be the application's: under the redaction policy
+                    _log,
+                    logging.ERROR,
                     "detector %r (%r) raised on a point; the point counts as normal and the anomaly engine "
                     "continues (later failures of this detector are logged at DEBUG)",
                     self.kind,
                     inner,
-                    exc_info=True,
                 )
             else:
-                _log.debug("detector %r raised again", self.kind, exc_info=True)
+                log_exception(_log, logging.DEBUG, "detector %r raised again", self.kind)
             count_internal_error("detector")
             return self
         self.score = score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)

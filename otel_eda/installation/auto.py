@@ -30,6 +30,7 @@ from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr
 from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
 
 from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
+from otel_eda.transports.aio_pika.contrib import disable_contrib_before_load as disable_contrib_aio_pika
 from otel_eda.transports.aiokafka.contrib import disable_contrib_before_load
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
@@ -53,6 +54,7 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
         if "*" not in disabled and "system_metrics" not in disabled:
             os.environ[OTEL_PYTHON_DISABLED_INSTRUMENTATIONS] = ",".join([*disabled, "system_metrics"])
         # otel-eda's broker instrumentations replace the contrib ones: keep those from loading
+        disable_contrib_aio_pika()
         disable_contrib_before_load()
 
 

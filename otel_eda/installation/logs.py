@@ -9,12 +9,12 @@ from opentelemetry import _logs
 
 from otel_eda.flows import default_recorders
 from otel_eda.logs.bridge import add_event_log_processor
-from otel_eda.logs.correlation import install_log_correlation
+from otel_eda.logs.correlation import install_log_correlation, uninstall_log_correlation
 from otel_eda.logs.lifecycle import LifecycleLogger
 from otel_eda.process_hooks import fresh_lock_in_child
 from otel_eda.settings import LifecycleLogs, Settings
 
-__all__ = ["install_logs", "lifecycle_logger"]
+__all__ = ["install_logs", "lifecycle_logger", "uninstall_logs"]
 
 _lock = threading.Lock()
 fresh_lock_in_child(__name__)  # a thread of the parent may have held it at fork time
@@ -46,3 +46,14 @@ def install_logs(settings: Settings) -> None:
 def lifecycle_logger() -> LifecycleLogger | None:
     """The lifecycle logger ``configure()`` installed, if any."""
     return _lifecycle
+
+
+def uninstall_logs() -> None:
+    """Undo :func:`install_logs`: the lifecycle logger leaves the process-wide recorders and
+    the record factory is restored (when no other factory wrapped it since)."""
+    global _lifecycle
+    with _lock:
+        if _lifecycle is not None:
+            default_recorders.uninstall(_lifecycle)
+            _lifecycle = None
+    uninstall_log_correlation()

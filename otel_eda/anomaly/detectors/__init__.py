@@ -31,6 +31,10 @@ kind                        what it detects                             cost per
 ``likelihood``              unusual *runs* of surprise (NAB-tuned)      O(1) amortised
 ``context``                 ``likelihood`` plus a CAD-style sequence    O(max_contexts)
                             memory: values in an unseen order           worst case
+``cad_ose``                 NAB's CAD OSE, reproduced                   O(max_contexts)
+                                                                        worst case
+``artime``                  NAB's ARTime (adaptive resonance),          O(max_categories)
+                            reproduced                                  per sstep values
 ==========================  ==========================================  =================
 
 "O(1) amortised": the sliding-window moments are updated incrementally (Welford-style add
@@ -38,6 +42,7 @@ and remove) and recomputed exactly from the buffer once every ``window`` updates
 rounding drift cannot accumulate; that recomputation costs O(w) once per w updates.
 """
 
+from otel_eda.anomaly.detectors.artime import ArtimeDetector
 from otel_eda.anomaly.detectors.base import MAX_WINDOW, Detector, z_to_score
 from otel_eda.anomaly.detectors.cad_ose import CadOseDetector
 from otel_eda.anomaly.detectors.context import ContextDetector
@@ -52,6 +57,7 @@ from otel_eda.anomaly.detectors.zscore import ZScoreDetector
 
 __all__ = [
     "MAX_WINDOW",
+    "ArtimeDetector",
     "CadOseDetector",
     "ContextDetector",
     "Detector",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from otel_eda.anomaly.detectors.artime import ArtimeDetector
 from otel_eda.anomaly.detectors.base import Detector, _Base
 from otel_eda.anomaly.detectors.cad_ose import CadOseDetector
 from otel_eda.anomaly.detectors.context import ContextDetector
@@ -24,6 +25,7 @@ _KINDS: dict[str, type[_Base]] = {
     "likelihood": LikelihoodDetector,
     "context": ContextDetector,
     "cad_ose": CadOseDetector,
+    "artime": ArtimeDetector,
     "fallback": FallbackDetector,
 }
 
@@ -38,7 +40,7 @@ def make_detector(kind: str, **params: Any) -> Detector:
     >>> make_detector("median")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: unknown detector kind 'median': use one of cad_ose, context, ewma, fallback, likelihood, ...
+    ValueError: unknown detector kind 'median': use one of artime, cad_ose, context, ewma, fallback, ...
     >>> make_detector("ewma", alpha=2)
     Traceback (most recent call last):
     ...

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_eda.anomaly.detectors.base import Detector, _Base, _check_window
+from otel_eda.process_hooks import fresh_lock_in_child
 
 __all__ = ["FallbackDetector"]
 
@@ -19,6 +20,7 @@ _DEFAULT_FALLBACK: Mapping[str, Any] = {"kind": "zscore"}
 # Live FallbackDetectors carrying their primary detector, per primary kind (process-wide).
 _carrying: dict[str, int] = {}
 _carrying_lock = threading.Lock()
+fresh_lock_in_child(__name__, "_carrying_lock")
 _warned: set[str] = set()
 
 

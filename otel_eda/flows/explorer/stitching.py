@@ -14,6 +14,10 @@ A flow is rebuilt from what otel-eda writes on its spans, whatever the trace mod
 * how an attempt ended is ``eda.outcome``, else the last lifecycle span event
   (``eda.completed``, ``eda.failed``, ``eda.retried``, ``eda.dead_lettered``), else the
   span's status; time in queue is ``eda.queue.duration``, else the ``eda.received`` event;
+* a process span of a dead-letter queue's consumer (``eda.dead_letter.queue``: a message a
+  broker dead-lettered, RabbitMQ's ``x-death``) is a handling of its own (subscriber
+  ``{service} ({destination})``), and the event's last attempt before it (retried,
+  rejected or failed) becomes ``dead_lettered``;
 * every other span (HTTP, DB, the handler's own) belongs to the nearest publish or
   process span above it, in its own trace.
 
@@ -120,6 +124,21 @@ def _new_event(span: SpanData, event_id: str, correlation_id: str) -> FlowEvent:
     )
 
 
+def _dead_lettered(event: FlowEvent) -> None:
+    """Mark the event's last attempt before a dead-letter queue's consumer read it (a broker's
+    dead-lettering: RabbitMQ's ``x-death``) as dead-lettered."""
+    attempts = [
+        attempt
+        for handling in event.handlings.values()
+        for attempt in handling.attempts
+        if attempt.span.text(semconv.EDA_DEAD_LETTER_QUEUE) is None
+    ]
+    if attempts:
+        last = max(attempts, key=lambda attempt: attempt.span.start_ns)
+        if last.outcome in (Outcome.RETRIED, Outcome.REJECTED, Outcome.FAILED):
+            last.outcome = Outcome.DEAD_LETTERED
+
+
 def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
     """Every flow the spans tell of, by correlation id. Duplicate spans count once."""
     by_key: dict[tuple[str, str], SpanData] = {}
@@ -200,6 +219,11 @@ def build_flows(spans: Iterable[SpanData]) -> dict[str, Flow]:
         if event.causation_id is None:
             event.causation_id = span.text(semconv.EDA_CAUSATION_ID)
         subscriber = span.text(semconv.MESSAGING_CONSUMER_GROUP_NAME) or span.service
+        if span.text(semconv.EDA_DEAD_LETTER_QUEUE) is not None:
+            # read from a dead-letter queue: the broker dead-lettered the event after its last attempt,
+            # and this consumer's handling is one of its own
+            _dead_lettered(event)
+            subscriber = f"{subscriber} ({span.text(semconv.MESSAGING_DESTINATION_NAME) or 'dead letters'})"
         handling = event.handlings.get(subscriber)
         if handling is None:
             handling = event.handlings[subscriber] = Handling(subscriber, span.service)

@@ -18,6 +18,10 @@
   const SEVERITY = ["dead_lettered", "failed", "rejected", "retried", "in_progress", "unknown", "published", "completed"];
   /* siblings of one type and status beyond this many are drawn as one group node (click opens it) */
   const GROUP_AT = 12;
+  /* a causation chain (each event the only one its cause caused) longer than CHAIN_AT is drawn
+   * as its first and last CHAIN_KEEP events around one group node (click opens it) */
+  const CHAIN_AT = 200;
+  const CHAIN_KEEP = 20;
   const NODE_W = 180;
   const NODE_H = 34;
   const ROW = 44;
@@ -167,7 +171,37 @@
         if (child.kind !== "group") stack.push([child, children.get(child.id) || []]);
       }
     }
+    collapseChains(root);
     return root;
+  }
+
+  /* Long runs of single-child events become their two ends and a group node between them
+   * (iteratively: a chain may be thousands of events deep). */
+  function collapseChains(root) {
+    const stack = [root];
+    while (stack.length) {
+      for (const start of stack.pop().children) {
+        if (start.kind !== "event") {
+          stack.push(start);
+          continue;
+        }
+        const run = [start];
+        let end = start;
+        while (end.children.length === 1 && end.children[0].kind === "event") {
+          end = end.children[0];
+          run.push(end);
+        }
+        const groupId = "chain|" + run[Math.min(CHAIN_KEEP, run.length - 1)].id;
+        if (run.length > CHAIN_AT && !state.expanded.has(groupId)) {
+          const middle = run.slice(CHAIN_KEEP, run.length - CHAIN_KEEP);
+          const worst = SEVERITY.find((status) => middle.some((n) => n.event.status === status)) || "unknown";
+          run[CHAIN_KEEP - 1].children = [
+            { kind: "group", chain: true, status: worst, id: groupId, members: middle, children: [run[run.length - CHAIN_KEEP]] },
+          ];
+        }
+        stack.push(end);
+      }
+    }
   }
 
   function drawCausation(flow) {
@@ -245,12 +279,14 @@
 
   function nodeColour(data) {
     if (data.kind === "event") return colour(data.event.status);
+    if (data.kind === "group" && data.chain) return colour(data.status);
     if (data.kind === "group") return colour(data.members[0].kind === "event" ? data.members[0].event.status : "missing");
     return "#fff";
   }
 
   function nodeTitle(data) {
     if (data.kind === "event") return short(data.event.event_type, 24);
+    if (data.kind === "group" && data.chain) return "⋯ a chain of " + data.members.length;
     if (data.kind === "group") return short(data.members[0].event.event_type, 18) + " ×" + data.members.length;
     return "⋯ event missing";
   }

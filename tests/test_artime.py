@@ -1,0 +1,257 @@
+"""ARTime: row-for-row agreement with NAB's published ARTime outputs, the exact pruning, the online mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from otel_eda.anomaly.detectors import ArtimeDetector, make_detector
+from otel_eda.anomaly.detectors import artime as artime_module
+from otel_eda.anomaly.detectors.artime import ArtimeModel, julia_sum, nab_probationary_period
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSET = ROOT.parent / "shared" / "nab"
+HAVE_SUBSET = (SUBSET / "reference" / "ARTime").is_dir()
+
+
+def _nab_score() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("nab_score_for_artime", ROOT / "benchmarks" / "nab_score.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ns = _nab_score()
+
+
+def _one_file_corpus(name: str) -> Any:
+    corpus = ns.load_corpus(SUBSET)
+    k = [f.name for f in corpus.files].index(name)
+    n = len(corpus.files[k].windows)
+    return ns.Corpus([corpus.files[k]], [corpus.row_info[k]], n, n)
+
+
+# Three files covering what NAB's run depends on: a short real series (probationary period
+# 282, a downsampling step of 2), a 4032-row artificial one with many anomalies (step 5) and
+# a long real one (probationary period 750, step 7, over 200 categories).
+PINNED = [
+    "realKnownCause/rogue_agent_key_hold.csv",
+    "artificialWithAnomaly/art_load_balancer_spikes.csv",
+    "realKnownCause/nyc_taxi.csv",
+]
+
+
+@pytest.mark.skipif(not HAVE_SUBSET, reason="NAB subset with reference outputs not present")
+@pytest.mark.parametrize("name", PINNED)
+def test_nab_inputs_reproduce_artime_row_for_row(name: str) -> None:
+    corpus = _one_file_corpus(name)
+    reference = ns.load_reference(SUBSET, corpus, "ARTime")
+    mine = ns.artime_nab_inputs(SUBSET, corpus)
+    assert ns.agreement(corpus, mine, reference) == [1.0]
+    # not merely within 0.01 on scored rows: the same numbers on every row
+    assert max(abs(a - b) for a, b in zip(mine[0], reference[0], strict=True)) < 1e-12
+    assert sum(1 for s in reference[0] if s > 0) >= 3  # the file does exercise the anomaly path
+
+
+def _brute_force_train(art: Any, f: Sequence[float], learning: bool = True) -> tuple[bool, float, float]:
+    """ARTime's DVFA ``train!`` transcribed literally: every category, in ``sortperm(M, rev=true)`` order."""
+    x = [*f, *[1 - v for v in f]]
+    if not art.wa:
+        art._add([1.0] * len(x))
+        art.clusters = 1
+        return False, 0.0, 0.0
+    ms, mes, ems = [], [], []
+    for j, ws in enumerate(art.w_sum):
+        w = art.weights(j)
+        em = [min(a, b) for a, b in zip(x, w, strict=True)]
+        fs = sum(em) / ws
+        we = w[15] + w[-1]
+        es = (em[15] + em[-1]) / we if we else math.nan
+        ms.append(fs * fs * fs * (es * es))
+        mes.append(es)
+        ems.append(em)
+    order = sorted(range(len(ms)), key=lambda j: (not math.isnan(ms[j]), -ms[j] if ms[j] == ms[j] else 0.0))
+    best_m, best_e, mismatch = 0.0, 0.0, True
+    commits = []
+    for j in order:
+        m = ms[j]
+        if m > best_m:
+            best_m, best_e = m, mes[j]
+        if not learning:
+            continue
+        if m >= art.rho_ub:
+            commits.append(j)
+            mismatch = False
+        elif m >= art.rho_lb and mismatch:
+            art._add(x)
+            mismatch = False
+            break
+        else:
+            break
+    for j in commits:
+        art._commit(j, ems[j], sum(ems[j]))
+    if mismatch and learning:
+        art.clusters += 1
+        art._add(x)
+    return mismatch, best_m, best_e
+
+
+def test_pruned_category_scan_is_the_full_scan() -> None:
+    # The grouped, bounded scan must give the reference's outcome on every step: same
+    # mismatch, activation, energy and categories, through changing vigilances.
+    rng = random.Random(7)
+    for trial in range(4):
+        fast = artime_module._Art(0.6, 0.85)
+        slow = artime_module._Art(0.6, 0.85)
+        levels = [rng.randrange(81) / 80 for _ in range(8)]
+        for step in range(400):
+            levels = [*levels[1:], min(80, max(0, round(levels[-1] * 80 + rng.gauss(0, 6 + 4 * trial)))) / 80]
+            scaled = [rng.random() for _ in range(8)]
+            f = [*scaled, *levels]
+            if step % 50 == 49:
+                lb = rng.uniform(0.3, 0.9)
+                fast.rho_lb = slow.rho_lb = lb
+                fast.rho_ub = slow.rho_ub = rng.uniform(lb, 0.97)
+            assert fast.train(f) == _brute_force_train(slow, f)
+            assert [fast.weights(j) for j in range(len(fast.wa))] == [slow.weights(j) for j in range(len(slow.wa))]
+    assert len(fast.wa) > 20
+
+
+def test_nan_energy_makes_a_mismatch_with_zero_activation() -> None:
+    # A category whose two energy weights are 0 has es = 0/0: NaN sorts first in Julia's
+    # sortperm(rev=true), fails every test, and the reference's loop stops on it.
+    art = artime_module._Art(0.5, 0.9)
+    art.train([0.0] * 16)
+    art._add([0.5] * 15 + [0.0] + [0.5] * 15 + [0.0])
+    assert art.train([0.5] * 16) == (True, 0.0, 0.0)
+
+
+def test_julia_sum_order() -> None:
+    # Julia's sum: sequential below 16 elements; from 16 on, a1 + a2 then 16 accumulators
+    # (4 AVX2 vectors), so the rounding differs from a sequential sum. On the 18 subset
+    # files sequential sums give the same rows too: this pins the emulated order only.
+    xs = [0.901, 0.031, 0.025, 0.541, 0.939, 0.381, 0.217, 0.422, 0.029, 0.222, 0.438, 0.496]
+    xs += [0.233, 0.231, 0.219, 0.46, 0.29, 0.021]
+    assert julia_sum(xs[:15]) == artime_module._seq_sum(xs[:15])
+    assert julia_sum(xs) == 6.096
+    assert artime_module._seq_sum(xs) == 6.096000000000001
+    assert julia_sum([1.0] * 2100) == 2100.0  # pairwise halving above 1024
+
+
+def test_nab_probationary_period_and_downsampling() -> None:
+    assert nab_probationary_period(4032) == 604
+    assert nab_probationary_period(1882) == 282
+    assert nab_probationary_period(10320) == 750
+    m = ArtimeModel(0.0, 1.0, 604)
+    assert (m.sstep, m.trend_window) == (5, 120)
+    m = ArtimeModel(0.0, 1.0, 750)
+    assert (m.sstep, m.trend_window) == (7, 107)
+
+
+def test_online_range_is_learnt_over_the_probationary_period() -> None:
+    rng = random.Random(3)
+    d = ArtimeDetector()
+    for i in range(749):
+        d.update(float(i), 100.0 + 10.0 * math.sin(i / 20) + rng.gauss(0, 1))
+        assert d.learning and d.score == 0.0
+    d.update(749.0, 100.0)
+    assert not d.learning and d.warm
+    # values far beyond the learnt range count as its limits: no error, a bounded score
+    scores = [d.update(float(i), 1e9 if i % 97 == 0 else -1e9).score for i in range(750, 2000)]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert any(s > 0 for s in scores)
+
+
+def test_online_mode_equals_nab_mode_given_the_same_range() -> None:
+    # The shipped mode replays its first `probation` values into a model over their range:
+    # what NAB's run would give with that range (and that probationary period).
+    rng = random.Random(11)
+    values = [
+        50.0 + 20.0 * math.sin(i / 30) + rng.gauss(0, 2) + (40.0 if 2000 <= i < 2020 else 0.0) for i in range(3000)
+    ]
+    lo, hi = min(values[:750]), max(values[:750])
+    clipped = [min(hi, max(lo, v)) for v in values]
+    online = ArtimeDetector(max_categories=None)
+    fixed = ArtimeDetector(min_value=lo, max_value=hi, max_categories=None)
+    a = [online.update(float(i), v).score for i, v in enumerate(values)]
+    b = [fixed.update(float(i), v).score for i, v in enumerate(clipped)]
+    assert a[:1999] == b[:1999]
+    assert any(s > 0 for s in a)
+
+
+def test_categories_are_bounded() -> None:
+    rng = random.Random(5)
+    d = ArtimeDetector(max_categories=40, probation=200)
+    for i in range(6000):
+        d.update(float(i), rng.random())
+    assert d.categories == 40
+
+
+def test_is_anomaly_holds_after_a_detection() -> None:
+    d = ArtimeDetector(hold=5)
+    seen = []
+    for i in range(3000):
+        x = float(i % 48) + (30.0 if 2500 <= i < 2510 else 0.0)
+        d.update(600.0 * i, x)
+        seen.append(d.is_anomaly)
+    first = seen.index(True)
+    assert seen[first : first + 5] == [True] * 5 and seen[first + 5] is False
+
+
+def test_make_detector_and_bad_parameters() -> None:
+    d = make_detector("artime", min_value=0.0)
+    assert isinstance(d, ArtimeDetector) and d.min_value == 0.0 and d.max_categories == 1000
+    with pytest.raises(ValueError, match="min_value"):
+        make_detector("artime", min_value=2.0, max_value=1.0)
+    with pytest.raises(ValueError, match="probation"):
+        make_detector("artime", probation=4)
+    with pytest.raises(ValueError, match="max_categories"):
+        make_detector("artime", max_categories=0)
+    # invalid points are skipped, never raised
+    d = ArtimeDetector()
+    for bad in (math.nan, math.inf, True, "x"):
+        d.update(0.0, bad)  # type: ignore[arg-type]
+    assert d.skipped == 4
+
+
+def test_a_quiet_series_draws_anomalies_every_day_even_from_the_reference() -> None:
+    # Why ARTime is not the default latency detector: a steady noisy p95, one value every 5 s
+    # for a simulated day, draws about ten anomalies from it (online, and from the reference
+    # given the whole day's range in advance), against at most one alert a day.
+    rng = random.Random(1)
+    values = [max(0.0, rng.gauss(0.05, 0.005)) for _ in range(17_280)]
+    online = ArtimeDetector()
+    nab = ArtimeDetector(min_value=min(values), max_value=max(values), max_categories=None)
+    counts = [0, 0]
+    for i, v in enumerate(values):
+        for k, det in enumerate((online, nab)):
+            if det.update(5.0 * i, v).score > 0:
+                counts[k] += 1
+    assert counts == [10, 12]
+
+
+@pytest.mark.skipif(not HAVE_SUBSET, reason="NAB subset with reference outputs not present")
+def test_fidelity_report_for_artime(capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = _one_file_corpus("realKnownCause/rogue_agent_key_hold.csv")
+    report = ns.artime_fidelity_report(SUBSET, corpus)
+    runs = report["runs"]
+    assert list(runs) == [
+        "NAB inputs",
+        "NAB inputs, max_categories=1000",
+        "online (shipped): range of the first 750 values",
+    ]
+    assert runs["NAB inputs"]["agreement"] == [1.0]
+    assert runs["NAB inputs"]["scores"] == report["reference"]
+    ns.print_fidelity(report)
+    out = capsys.readouterr().out
+    assert "fidelity to NAB's ARTime rows" in out and "threshold 1e-06" in out
