@@ -39,8 +39,10 @@ __all__ = [
     "is_proxy_meter_provider",
     "live_attributes",
     "log_record_processors",
+    "measurement_consumer",
     "meter_provider_is_shut_down",
     "metric_readers",
+    "noop_checks",
     "prepend_log_record_processor",
     "propagators_of",
     "reader_collect_callback",
@@ -54,6 +56,7 @@ __all__ = [
     "set_worker_queue",
     "span_links",
     "span_processors",
+    "start_attributes",
     "stop_worker_exports",
     "storage_view_resolver",
     "storage_views",
@@ -109,6 +112,37 @@ def is_proxy_logger_provider(provider: object) -> bool:
     from opentelemetry._logs._internal import ProxyLoggerProvider
 
     return isinstance(provider, ProxyLoggerProvider)
+
+
+def noop_checks() -> tuple[Any, Any]:
+    """Two cheap tests, ``(tracer_is_noop, meter_is_noop)``, of a tracer or meter the API
+    handed out: true while everything it makes is a no-op (the hot path then skips
+    describing spans and measurements nobody receives).
+
+    ``ProxyTracer._real_tracer`` and ``opentelemetry.trace._TRACER_PROVIDER``,
+    ``_ProxyMeter._real_meter`` and ``opentelemetry.metrics._internal._METER_PROVIDER``
+    (api 1.45.0, 1.45.1): a proxy stays a no-op exactly while both are unset (its own
+    ``_tracer`` property and ``on_set_meter_provider`` read them); the public
+    ``get_tracer_provider()`` reads ``os.environ`` on every call while none is set.
+    """
+    from opentelemetry import trace
+    from opentelemetry.metrics import NoOpMeter
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    proxy_tracer, noop_tracer = trace.ProxyTracer, trace.NoOpTracer
+    proxy_meter = metrics_internal._ProxyMeter
+
+    def tracer_is_noop(tracer: object) -> bool:
+        if type(tracer) is proxy_tracer:
+            return tracer._real_tracer is None and trace._TRACER_PROVIDER is None
+        return isinstance(tracer, noop_tracer)
+
+    def meter_is_noop(meter: object) -> bool:
+        if type(meter) is proxy_meter:
+            return meter._real_meter is None and metrics_internal._METER_PROVIDER is None
+        return isinstance(meter, NoOpMeter)
+
+    return tracer_is_noop, meter_is_noop
 
 
 # ----------------------------------------------------------------------------- SDK configuration
@@ -252,6 +286,18 @@ def live_attributes(span: Any) -> Any:
     return live if type(live) is dict else (attributes or {})
 
 
+def start_attributes(span: Any, room: int) -> dict[str, Any] | None:
+    """The live attribute dict of a starting span when ``room`` more str values may go in
+    directly (what :func:`add_start_attributes` checks, read once); None otherwise (then
+    use :func:`add_start_attributes`). Same private fields as there."""
+    fields = getattr(span._attributes, "__dict__", _NO_FIELDS)
+    live = fields.get("_dict")
+    if type(live) is not dict or fields.get("max_value_len", 0) is not None or fields.get("_immutable") is not False:
+        return None
+    maxlen = fields.get("maxlen", 0)
+    return live if maxlen is None or len(live) + room <= maxlen else None
+
+
 def add_start_attributes(span: Any, values: dict[str, str]) -> None:
     """Add str ``values`` to a span that is starting (no other thread can see it yet).
 
@@ -350,6 +396,16 @@ def stop_worker_exports(worker: object) -> None:
 def meter_provider_is_shut_down(provider: object) -> bool:
     """``MeterProvider._shutdown`` (sdk 1.45.0, 1.45.1): whether its shutdown already ran."""
     return bool(getattr(provider, "_shutdown", False))
+
+
+def measurement_consumer(provider: object) -> Any:
+    """The measurement consumer of an SDK MeterProvider, or None for any other provider.
+
+    ``MeterProvider._measurement_consumer`` (sdk 1.45.0, 1.45.1): the object a reader's
+    collect callback is bound to (see :func:`reader_collect_callback`), so that a reader and
+    the code recording on its provider can find each other.
+    """
+    return getattr(provider, "_measurement_consumer", None)
 
 
 def reader_collect_callback(reader: object) -> Any:

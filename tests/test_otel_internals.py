@@ -446,3 +446,50 @@ def test_current_context_getter() -> None:
         )
     finally:
         context.detach(token)
+
+
+def test_writable_start_attributes(tracer_provider: TracerProvider) -> None:
+    from opentelemetry.sdk.trace import SpanLimits
+
+    span = tracer_provider.get_tracer("probe").start_span("s", attributes={"a": "1"})
+    live = otel_internals.start_attributes(span, 2)
+    assert live is not None, _changed("opentelemetry-sdk", "Span._attributes (BoundedAttributes fields)", "no dict")
+    live["b"] = "2"
+    assert dict(span.attributes or {}) == {"a": "1", "b": "2"}
+    span.end()
+    limited = TracerProvider(span_limits=SpanLimits(max_span_attributes=2))
+    span = limited.get_tracer("probe").start_span("s", attributes={"a": "1"})
+    assert otel_internals.start_attributes(span, 2) is None  # no room: through the API
+    assert otel_internals.start_attributes(span, 1) is not None
+    span.end()
+    limited.shutdown()
+
+
+def test_noop_checks_follow_the_global_providers(tracer_provider: TracerProvider) -> None:
+    tracer_is_noop, meter_is_noop = otel_internals.noop_checks()
+    assert tracer_is_noop(trace.NoOpTracer()) and not tracer_is_noop(tracer_provider.get_tracer("probe"))
+    assert meter_is_noop(metrics.NoOpMeter("probe"))
+    assert not meter_is_noop(MeterProvider().get_meter("probe"))
+    proxy_tracer = trace.ProxyTracer("probe")
+    # a proxy is a no-op exactly while no global provider is set (a test earlier may have set one)
+    installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert tracer_is_noop(proxy_tracer) is not installed, _changed(
+        "opentelemetry-api", "ProxyTracer._real_tracer / trace._TRACER_PROVIDER", f"installed={installed}"
+    )
+    proxy_meter = metrics.get_meter_provider().get_meter("probe")
+    installed = isinstance(metrics.get_meter_provider(), MeterProvider)
+    assert meter_is_noop(proxy_meter) is not installed, _changed(
+        "opentelemetry-api", "_ProxyMeter._real_meter / metrics._internal._METER_PROVIDER", f"installed={installed}"
+    )
+
+
+def test_measurement_consumer_is_what_a_reader_collect_callback_is_bound_to() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    consumer = otel_internals.measurement_consumer(provider)
+    collect = otel_internals.reader_collect_callback(reader)
+    assert consumer is not None and getattr(collect, "__self__", None) is consumer, _changed(
+        "opentelemetry-sdk", "MeterProvider._measurement_consumer", f"found {consumer!r}"
+    )
+    assert otel_internals.measurement_consumer(metrics.NoOpMeterProvider()) is None
+    provider.shutdown()

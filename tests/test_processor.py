@@ -87,8 +87,9 @@ def test_an_internal_error_is_logged_and_counted_never_raised(
 
     from otel_eda import _selfmetrics
 
-    monkeypatch.setattr(processor_module, "current_event", broken)
     monkeypatch.setattr(processor_module, "flow_ids", broken)
+    monkeypatch.setattr(processor_module.otel_internals, "start_attributes", lambda *_: broken(_))
+    monkeypatch.setattr(processor_module.otel_internals, "live_attributes", broken)
     errors = capture.meter_provider.get_meter("otel_eda").create_counter("eda.internal.errors")
     monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)  # counted where we can read it
     with caplog.at_level(logging.ERROR, logger="otel_eda"):

@@ -30,8 +30,14 @@ _log = logging.getLogger(__name__)
 _NO_MATCHES: Final[tuple[()]] = ()
 
 
-def narrow_storage(collect_callback: object, reader: object, reads: Callable[[str], bool]) -> bool:
-    """Make ``reader``'s storage skip instruments for which ``reads(name)`` is false.
+def narrow_storage(
+    collect_callback: object,
+    reader: object,
+    reads: Callable[[str], bool],
+    fed: Callable[[Any], bool] = lambda instrument: False,
+) -> bool:
+    """Make ``reader``'s storage skip instruments for which ``reads(name)`` is false, and
+    those ``fed(instrument)`` says reach the reader another way (:mod:`otel_eda.anomaly.feed`).
 
     ``collect_callback`` is what the provider passed to the reader's
     ``_set_collect_callback`` (its measurement consumer's ``collect``). Returns whether the
@@ -49,7 +55,7 @@ def narrow_storage(collect_callback: object, reader: object, reads: Callable[[st
 
     def view_matches(instrument: Any) -> Any:
         try:
-            if not reads(instrument.name):
+            if not reads(instrument.name) or fed(instrument):
                 return _NO_MATCHES
         except Exception:  # never into the application's Counter.add: aggregate it instead
             _log.debug("anomaly reader: deciding whether to aggregate %r failed", instrument, exc_info=True)

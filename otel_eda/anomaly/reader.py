@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.view import ExponentialBucketHistogramAggregation
 
 from otel_eda import otel_internals
 from otel_eda._selfmetrics import internal_error
+from otel_eda.anomaly import feed
 from otel_eda.anomaly.alerts import Alert, AlertSink
 from otel_eda.anomaly.callbacks import CallbackSink
 from otel_eda.anomaly.engine import AnomalyEngine
@@ -130,13 +131,33 @@ class AnomalyMetricReader(MetricReader):
 
     def _narrow(self) -> None:
         """Once registered on a provider: aggregate only the instruments the rules read
-        (:mod:`otel_eda.anomaly.instrument_filter`), not every one a second time."""
+        (:mod:`otel_eda.anomaly.instrument_filter`), not every one a second time, and take
+        otel-eda's own duration and age histograms from the messaging API directly
+        (:mod:`otel_eda.anomaly.feed`)."""
         if not self._narrow_to_rules or self._narrowed:
             return
         collect = otel_internals.reader_collect_callback(self)
         if collect is not None:
             self._narrowed = True
-            narrow_storage(collect, self, self._reads)
+            consumer = getattr(collect, "__self__", None)
+            subscription = feed.subscribe(consumer, feed.FED_METRICS) if consumer is not None else None
+            if subscription is not None:
+                self._feed = (consumer, subscription)
+            if not narrow_storage(collect, self, self._reads, self._fed) and subscription is not None:
+                feed.unsubscribe(consumer, subscription)  # the SDK aggregates everything for it
+                self._feed = None
+
+    #: (measurement consumer, subscription) when fed directly (see :mod:`otel_eda.anomaly.feed`)
+    _feed: tuple[object, feed.Subscription] | None = None
+
+    def _fed(self, instrument: Any) -> bool:
+        """Whether ``instrument`` reaches this reader through the feed (otel-eda's own
+        duration and age histograms), so that the SDK skips it in this reader's storage."""
+        return (
+            self._feed is not None
+            and instrument.name in feed.FED_METRICS
+            and str(getattr(getattr(instrument, "instrumentation_scope", None), "name", "")).startswith("otel_eda")
+        )
 
     def start(self) -> None:
         """Start collecting every ``interval_s`` on its own daemon thread; idempotent."""
@@ -188,6 +209,13 @@ class AnomalyMetricReader(MetricReader):
     def _series(self, metrics_data: MetricsData | None) -> tuple[list[SeriesPoint], float]:
         """One collection's series points, quiet series zero-filled, and the evaluation time."""
         points = self._to_series(metrics_data) if metrics_data is not None else []
+        fed = self._feed
+        if fed is not None:
+            source = feed.feed_for(fed[0])
+            if source is not None:
+                for name, data in source.drain(fed[1]):
+                    if self._reads(name):
+                        self._to_series.convert(name, data, points)
         now = time.time()
         return self._zero_fill(points, now), now
 
@@ -223,9 +251,13 @@ class AnomalyMetricReader(MetricReader):
             return
         self._shutdown_done = True
         self._stop.set()
+        fed = self._feed
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_millis / 1000)
         self._collect_safely()  # one last evaluation
+        if fed is not None:
+            self._feed = None
+            feed.unsubscribe(*fed)
         for sink in self.engine.sinks:
             close = getattr(sink, "shutdown", None)
             if callable(close):

@@ -186,7 +186,7 @@ class SeriesConverter:
             for sm in rm.scope_metrics:
                 for metric in sm.metrics:
                     seen += len(metric.data.data_points)
-                    self._convert(metric.name, metric.data, out)
+                    self.convert(metric.name, metric.data, out)
         if len(self._memory) > 2 * seen + 1_000:
             self._memory = {}
         return out
@@ -198,7 +198,8 @@ class SeriesConverter:
             entry = self._memory[key] = (raw, _attrs(raw or {}))
         return entry[1]
 
-    def _convert(self, name: str, data: Any, out: list[SeriesPoint]) -> None:
+    def convert(self, name: str, data: Any, out: list[SeriesPoint]) -> None:
+        """Append the series points of one metric's ``data`` (a metric's ``data`` field) to ``out``."""
         if name.startswith(_ERROR_RATIO_PREFIX):
             self._convert_with_errors(name, data, out)
         elif isinstance(data, Sum) and data.is_monotonic:

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
-from opentelemetry import baggage
-from opentelemetry.context import Context, create_key, get_value, set_value
+from opentelemetry import baggage, trace
+from opentelemetry.context import Context, create_key, get_current, get_value, set_value
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid
@@ -57,10 +57,33 @@ BAGGAGE_CAUSATION_ID: Final = semconv.EDA_CAUSATION_ID
 
 
 _EVENT_KEY: Final = create_key("otel_eda.event")
+#: The context key of the current event (read it with :func:`current_event`; the span
+#: processor reads the key directly on every span start).
+EVENT_KEY: Final = _EVENT_KEY
 # Set by the propagator's extract: what the otel-eda headers said (validated).
 _INCOMING_KEY: Final = create_key("otel_eda.incoming")
 
 _EMPTY: Final[Mapping[str, str]] = MappingProxyType({})
+
+#: The context keys of the baggage and of the current span, found through the public API
+#: (the API keeps both names private). The hot path reads and writes these two entries of a
+#: ``Context`` directly: one copy of the context instead of one per entry.
+BAGGAGE_KEY: Final = next(iter(baggage.set_baggage("k", "v", Context())))
+SPAN_KEY: Final = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_BAGGAGE_KEY: Final = BAGGAGE_KEY
+
+
+def _baggage_is_a_dict() -> bool:
+    """Whether the API stores baggage as a plain dict (opentelemetry-api 1.x does); if not,
+    :func:`with_event` goes through the baggage API."""
+    try:
+        ctx = baggage.set_baggage("b", "2", Context({BAGGAGE_KEY: {"a": "1"}}))
+        return isinstance(ctx.get(BAGGAGE_KEY), dict) and dict(baggage.get_all(ctx)) == {"a": "1", "b": "2"}
+    except Exception:
+        return False
+
+
+_DIRECT_BAGGAGE: Final = _baggage_is_a_dict()
 _EMPTY_DICT: Final[Mapping[str, str]] = {}
 
 
@@ -130,7 +153,7 @@ class EventContext:
     ) -> EventContext:
         """A new flow: the event is its own correlation id and has no cause."""
         event_id = new_event_id()
-        return cls(event_id, event_id, None, event_type, time.time_ns(), business_key, metadata or _EMPTY)
+        return _made(cls, event_id, event_id, None, event_type, business_key, metadata)
 
     def child(
         self,
@@ -143,15 +166,58 @@ class EventContext:
 
         The business key is inherited unless a new one is given.
         """
-        return EventContext(
+        return _made(
+            EventContext,
             new_event_id(),
             self.correlation_id,
             self.event_id,
             event_type,
-            time.time_ns(),
             business_key if business_key is not None else self.business_key,
-            metadata or _EMPTY,
+            metadata,
         )
+
+
+#: event types and business keys already found valid (bounded): most processes use a few
+_VALID_NAMES: Final[dict[str, None]] = {}
+_MAX_VALID_NAMES: Final = 4096
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _valid_name(value: object) -> bool:
+    if value in _VALID_NAMES:  # only a str is ever stored
+        return type(value) is str
+    if type_problem(value) is not None:
+        return False
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+        _VALID_NAMES[value] = None  # type: ignore[index]
+    return True
+
+
+def _made(
+    cls: type[EventContext],
+    event_id: str,
+    correlation_id: str,
+    causation_id: str | None,
+    event_type: str,
+    business_key: str | None,
+    metadata: Mapping[str, str] | None,
+) -> EventContext:
+    """A new event whose ids otel-eda made or already holds as valid: only the event type,
+    business key and metadata are checked (the checks ``__post_init__`` makes for them)."""
+    if metadata or cls is not EventContext or not _valid_name(event_type):
+        return cls(event_id, correlation_id, causation_id, event_type, time.time_ns(), business_key, metadata or _EMPTY)
+    if business_key is not None and not _valid_name(business_key):
+        raise ValueError(f"invalid business_key: {type_problem(business_key)}")
+    event = _new_object(cls)
+    _set_field(event, "event_id", event_id)
+    _set_field(event, "correlation_id", correlation_id)
+    _set_field(event, "causation_id", causation_id)
+    _set_field(event, "event_type", event_type)
+    _set_field(event, "created_ns", time.time_ns())
+    _set_field(event, "business_key", business_key)
+    _set_field(event, "metadata", _EMPTY)
+    return event
 
 
 def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
@@ -193,6 +259,51 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
     The correlation and causation ids are also set as W3C baggage entries, so that a
     ``baggage`` propagator carries them to every downstream service and protocol.
     """
+    return event_context(event, context)
+
+
+def event_context(event: EventContext, context: Context | None = None, *extra: tuple[str, object]) -> Context:
+    """:func:`with_event`, plus ``extra`` (key, value) entries, in one new ``Context``."""
+    base = context if context is not None else get_current()
+    if not _DIRECT_BAGGAGE:
+        ctx = _with_event_slow(event, base)
+        for key, value in extra:
+            ctx = set_value(key, value, ctx)
+        return ctx
+    values = dict(base)
+    values[_EVENT_KEY] = event
+    for key, value in extra:
+        values[key] = value
+    entries = base.get(_BAGGAGE_KEY)
+    correlation, causation = event.correlation_id, event.causation_id
+    if not entries or not isinstance(entries, dict):
+        values[_BAGGAGE_KEY] = (
+            {BAGGAGE_CORRELATION_ID: correlation}
+            if causation is None
+            else {BAGGAGE_CORRELATION_ID: correlation, BAGGAGE_CAUSATION_ID: causation}
+        )
+        return Context(values)
+    first = iter(entries.items())
+    if next(first, None) == (BAGGAGE_CORRELATION_ID, correlation) and (
+        next(first, None) == (BAGGAGE_CAUSATION_ID, causation)
+        if causation is not None
+        else BAGGAGE_CAUSATION_ID not in entries
+    ):
+        return Context(values)  # the baggage already says so
+    # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
+    # 8192 bytes), the baggage propagator drops the *last* entries on inject.
+    bag: dict[str, object] = {BAGGAGE_CORRELATION_ID: correlation}
+    if causation is not None:
+        bag[BAGGAGE_CAUSATION_ID] = causation
+    for key, value in entries.items():
+        if key not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
+            bag[key] = value
+    values[_BAGGAGE_KEY] = bag
+    return Context(values)
+
+
+def _with_event_slow(event: EventContext, context: Context) -> Context:
+    """:func:`with_event` through the baggage API only (where its storage is not a dict)."""
     ctx = set_value(_EVENT_KEY, event, context)
     entries = baggage.get_all(ctx)
     wanted = [(BAGGAGE_CORRELATION_ID, event.correlation_id)]
@@ -202,8 +313,6 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
         event.causation_id is not None or BAGGAGE_CAUSATION_ID not in entries
     ):
         return ctx
-    # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
-    # 8192 bytes), the baggage propagator drops the *last* entries on inject.
     others = [(k, v) for k, v in entries.items() if k not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID)]
     ctx = baggage.clear(ctx)
     for key, value in (*wanted, *others):
@@ -254,25 +363,63 @@ def incoming_event(context: Context, metadata: Mapping[str, str] | None = None) 
     falls back to the event id (a root event) when no valid one arrived. Invalid otel-eda
     baggage entries are counted in ``eda.propagation.invalid`` here, once per message.
     """
-    entries = baggage.get_all(context)
-    for key in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
-        value = entries.get(key)
-        problem = id_problem(value) if value is not None else None
-        if problem is not None:
-            count_invalid(key, problem)
+    entries = _baggage_entries(context)
+    correlation = entries.get(BAGGAGE_CORRELATION_ID)
+    causation = entries.get(BAGGAGE_CAUSATION_ID)
+    # each baggage id validated once: counted here, and then used as flow_ids() would
+    correlation_ok = causation_ok = True
+    if correlation is not None and (problem := id_problem(correlation)) is not None:
+        count_invalid(BAGGAGE_CORRELATION_ID, problem)
+        correlation_ok = False
+    if causation is not None and (problem := id_problem(causation)) is not None:
+        count_invalid(BAGGAGE_CAUSATION_ID, problem)
+        causation_ok = False
     incoming = _incoming(context)
     if incoming is None or incoming.event_id is None or incoming.event_type is None:
         return None
-    ids = flow_ids(context)
-    return EventContext(
-        incoming.event_id,
-        ids.correlation_id if ids else incoming.event_id,
-        ids.causation_id if ids else None,
-        incoming.event_type,
-        incoming.created_ns if incoming.created_ns is not None else time.time_ns(),
-        incoming.business_key,
-        metadata or _EMPTY,
-    )
+    if isinstance(get_value(_EVENT_KEY, context), EventContext):  # not an extracted context: its event's ids
+        ids = flow_ids(context)
+        correlation_id = ids.correlation_id if ids else incoming.event_id
+        causation_id = ids.causation_id if ids else None
+    else:
+        if correlation is None or causation is None:  # otel-eda's own headers (validated on extract)
+            if correlation is None and incoming.correlation_id is not None:
+                correlation, correlation_ok = incoming.correlation_id, True
+            if causation is None and incoming.causation_id is not None:
+                causation, causation_ok = incoming.causation_id, True
+        if correlation is None or not correlation_ok:
+            correlation_id, causation_id = incoming.event_id, None
+        else:
+            correlation_id = str(correlation)
+            causation_id = str(causation) if causation is not None and causation_ok else None
+    created_ns = incoming.created_ns if incoming.created_ns is not None else time.time_ns()
+    if metadata:
+        return EventContext(
+            incoming.event_id,
+            correlation_id,
+            causation_id,
+            incoming.event_type,
+            created_ns,
+            incoming.business_key,
+            metadata,
+        )
+    # every value was validated above or by the propagator's extract: not a second time
+    event = _new_object(EventContext)
+    _set_field(event, "event_id", incoming.event_id)
+    _set_field(event, "correlation_id", correlation_id)
+    _set_field(event, "causation_id", causation_id)
+    _set_field(event, "event_type", incoming.event_type)
+    _set_field(event, "created_ns", created_ns)
+    _set_field(event, "business_key", incoming.business_key)
+    _set_field(event, "metadata", _EMPTY)
+    return event
+
+
+def _baggage_entries(context: Context) -> Mapping[str, object]:
+    if _DIRECT_BAGGAGE:
+        entries = context.get(BAGGAGE_KEY) if context is not None else get_current().get(BAGGAGE_KEY)
+        return entries if isinstance(entries, dict) else _EMPTY_DICT
+    return baggage.get_all(context)
 
 
 def set_incoming(headers: IncomingHeaders, context: Context | None) -> Context:

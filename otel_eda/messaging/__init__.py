@@ -20,7 +20,11 @@ A transport makes one :class:`Messaging` per client and calls it at each step:
   :class:`PullTracker` follows an iterator (see :mod:`~otel_eda.messaging.pull`);
   ``messaging.process_batch(...)`` handles several messages in one CONSUMER span;
 * **settle**: ``messaging.settle_span(...)`` for an explicit ack/nack/commit when
-  ``OTEL_EDA_SETTLE_SPANS=true``.
+  ``OTEL_EDA_SETTLE_SPANS=true``;
+* **in process** (a transport whose consumers live in the publisher's process, such as the
+  embedded bus): when ``messaging.in_process()`` is true, ``publish(event_type, None)``
+  writes no headers and ``pub.local()`` is the :class:`Incoming` every local consumer
+  takes (``incoming.again()`` each), exactly what extracting the headers would give.
 
 Conventions followed (OpenTelemetry messaging semantic conventions v1.44): a single
 message's process span is the child of its creation context in parent mode (the

@@ -180,9 +180,12 @@ class HeaderListSetter(Setter[MutableSequence[tuple[str, bytes]]]):
     re-sent record carries one value per otel-eda header)."""
 
     def set(self, carrier: MutableSequence[tuple[str, bytes]], key: str, value: str) -> None:
-        stale = [i for i, item in enumerate(carrier) if item[0] == key]
-        for i in reversed(stale):
-            del carrier[i]
+        for item in carrier:
+            if item[0] == key:  # rare (a re-sent record): rebuild without the stale values
+                stale = [i for i, each in enumerate(carrier) if each[0] == key]
+                for i in reversed(stale):
+                    del carrier[i]
+                break
         carrier.append((key, value.encode("utf-8")))
 
 

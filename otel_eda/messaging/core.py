@@ -17,19 +17,31 @@ from contextvars import Token
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context, attach, create_key, detach, get_current, get_value, set_value
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_eda import redaction, semconv
+from otel_eda import otel_internals, redaction, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
+from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
-from otel_eda.identity.event import EventContext, current_event, incoming_event, with_event
+from otel_eda.identity.event import (
+    BAGGAGE_KEY,
+    SPAN_KEY,
+    EventContext,
+    current_event,
+    event_context,
+    incoming_event,
+    with_event,
+)
 from otel_eda.identity.propagation import EdaPropagator, contains_propagator
 from otel_eda.identity.validation import type_problem, valid_type
 from otel_eda.messaging.carriers import TEXT_GETTER, TEXT_SETTER, SafeGetter
+from otel_eda.messaging.counting import Tally, tally
 from otel_eda.messaging.headers import Binding, read_cloudevent, read_metadata, write_cloudevent, write_metadata
 from otel_eda.settings import CloudEventsMode, Settings, TraceMode
 from otel_eda.version import VERSION
@@ -57,6 +69,27 @@ _PROCESSING_KEY: Final = create_key("otel_eda.processing")
 _NO_EXEMPLAR: Final = Context()
 
 C = TypeVar("C")
+
+_tracer_is_noop, _meter_is_noop = otel_internals.noop_checks()
+_new_tuple = tuple.__new__
+_HANDOFF_PROPAGATORS: Final = (TraceContextTextMapPropagator, W3CBaggagePropagator, EdaPropagator)
+
+
+def _standard_propagation(textmap: object) -> bool:
+    """Whether ``textmap`` is W3C trace context and baggage, with or without otel-eda's
+    propagator, and nothing else (a composite of composites included)."""
+    seen: set[type] = set()
+
+    def walk(propagator: object) -> bool:
+        inner = otel_internals.propagators_of(propagator)
+        if inner is not None:
+            return all(walk(p) for p in inner)
+        if type(propagator) not in _HANDOFF_PROPAGATORS:  # exactly these: a subclass may carry more
+            return False
+        seen.add(type(propagator))
+        return True
+
+    return walk(textmap) and TraceContextTextMapPropagator in seen and W3CBaggagePropagator in seen
 
 
 class Outcome(enum.StrEnum):
@@ -87,6 +120,26 @@ _SPAN_EVENTS: Final = {
     Outcome.DEAD_LETTERED: semconv.EVENT_DEAD_LETTERED,
     Outcome.REJECTED: semconv.EVENT_FAILED,
 }
+
+
+# Enum members as module constants: on Python 3.11 each ``Outcome.X`` is a descriptor call
+# (about 0.2 µs), several per message.
+_COMPLETED: Final = Outcome.COMPLETED
+_DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
+_FAILED: Final = Outcome.FAILED
+_REJECTED: Final = Outcome.REJECTED
+_RETRIED: Final = Outcome.RETRIED
+_SPANKIND_CLIENT: Final = SpanKind.CLIENT
+_SPANKIND_CONSUMER: Final = SpanKind.CONSUMER
+_SPANKIND_PRODUCER: Final = SpanKind.PRODUCER
+_STAGE_DROPPED: Final = Stage.DROPPED
+_STAGE_KEYED: Final = Stage.KEYED
+_STAGE_PUBLISHED: Final = Stage.PUBLISHED
+_STAGE_RECEIVED: Final = Stage.RECEIVED
+_STAGE_UNROUTED: Final = Stage.UNROUTED
+_STATUSCODE_ERROR: Final = StatusCode.ERROR
+_TRACEMODE_PARENT: Final = TraceMode.PARENT
+_OUTCOME_VALUES: Final = {outcome: outcome.value for outcome in Outcome}
 
 
 class Rejected(Exception):
@@ -122,7 +175,7 @@ def record_failure(span: trace.Span, exc: BaseException, etype: str) -> None:
     """
     if span.is_recording():
         span.add_event(semconv.EXCEPTION_EVENT, redaction.exception_attributes(exc))
-        span.set_status(Status(StatusCode.ERROR, etype))
+        span.set_status(Status(_STATUSCODE_ERROR, etype))
         span.set_attribute(semconv.ERROR_TYPE, etype)
 
 
@@ -145,6 +198,10 @@ class Incoming:
         self.link = link
         self.destination = destination
         self.delivered = False
+
+    def again(self) -> Incoming:
+        """The same message for another consumer (or delivery): not yet counted as delivered."""
+        return Incoming(self.event, self.context, self.producer, self.link, self.destination)
 
 
 class Messaging:
@@ -196,13 +253,25 @@ class Messaging:
         self._metadata_keys = settings.metadata_attributes
         self._time_sends = operation_duration
         self._tracer = trace.get_tracer(scope, VERSION, tracer_provider)
-        meter = metrics.get_meter(scope, VERSION, meter_provider)
-        self._sent = meter.create_counter(
-            semconv.METRIC_SENT_MESSAGES, unit="{message}", description="Messages published"
+        self._tracer_provider = tracer_provider
+        self._tracing_on = False
+        self._metering_on = False
+        self._meter_provider = meter_provider
+        self._feed_version = -1
+        self._feed: anomaly_feed.Feed | None = None
+        self._handoff_textmap: object = None
+        self._handoff = False
+        self._meter = meter = metrics.get_meter(scope, VERSION, meter_provider)
+        # counted in process, reported when a reader collects (see otel_eda.messaging.counting)
+        self._sent = tally(meter_provider, scope, semconv.METRIC_SENT_MESSAGES, "{message}", "Messages published")
+        self._consumed = tally(
+            meter_provider,
+            scope,
+            semconv.METRIC_CONSUMED_MESSAGES,
+            "{message}",
+            "Messages delivered to the application",
         )
-        self._consumed = meter.create_counter(
-            semconv.METRIC_CONSUMED_MESSAGES, unit="{message}", description="Messages delivered to the application"
-        )
+        self._cells: dict[tuple[str, str, str, str, str], list[Any]] = {}
         self._duration = meter.create_histogram(
             semconv.METRIC_PROCESS_DURATION,
             unit="s",
@@ -260,6 +329,55 @@ class Messaging:
             )
         return self._textmap
 
+    def _tracing(self) -> bool:
+        """Whether spans may record: false while the tracer is the API's no-op (no SDK
+        TracerProvider installed yet), when describing a span would be wasted work."""
+        if self._tracing_on:
+            return True
+        if _tracer_is_noop(self._tracer):
+            return False  # asked again next time: configure() may install a provider later
+        self._tracing_on = True  # a global provider is set once; an explicit one never changes
+        return True
+
+    def _metering(self) -> bool:
+        """Whether measurements go anywhere: false while the meter is the API's no-op."""
+        if self._metering_on:
+            return True
+        if _meter_is_noop(self._meter):
+            return False
+        self._metering_on = True
+        return True
+
+    def _anomaly_feed(self) -> anomaly_feed.Feed | None:
+        """Where the duration and age histograms go to the anomaly readers of this meter
+        provider directly (see :mod:`otel_eda.anomaly.feed`), if one subscribed."""
+        if self._feed_version != anomaly_feed.version:
+            self._feed_version = anomaly_feed.version
+            provider = self._meter_provider if self._meter_provider is not None else metrics.get_meter_provider()
+            self._feed = anomaly_feed.feed_for(otel_internals.measurement_consumer(provider))
+        return self._feed
+
+    def in_process(self) -> bool:
+        """Whether an in-process transport may hand a message to its consumers as
+        :meth:`Publication.local` makes it instead of through headers: true when the global
+        propagator is W3C trace context and baggage (plus otel-eda's own), whose round trip
+        through headers gives the consumer exactly what ``local`` gives it."""
+        current = propagate.get_global_textmap()
+        if current is not self._handoff_textmap:
+            self._handoff_textmap = current
+            self._handoff = _standard_propagation(current)
+        return self._handoff
+
+    def _count(self, counter: Tally, destination: str, operation: str, group: str = "", etype: str = "") -> None:
+        """Add one to ``counter`` (sent or consumed) for this attribute set."""
+        key = ((counter is self._sent and "s") or "c", destination, operation, group, etype)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = counter.cell(self._attrs(destination, operation, group, etype))
+            if len(self._cells) < _MAX_CACHED_ATTRIBUTE_SETS:
+                self._cells[key] = cell
+        counter.add(cell)
+
     def _attrs(self, destination: str, operation: str, group: str = "", etype: str = "") -> Mapping[str, str]:
         """A cached metric attribute set."""
         key = (destination, operation, group, etype)
@@ -291,26 +409,30 @@ class Messaging:
     ) -> None:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
-        recorders = self.recorders + default_recorders.installed()  # configure()'s, e.g. lifecycle logs
+        installed = default_recorders.installed()  # configure()'s, e.g. lifecycle logs
+        recorders = self.recorders + installed if installed else self.recorders
         if not recorders:
             return
-        record = LifecycleRecord(
-            stage,
-            time.time_ns(),
-            event.event_id,
-            event.correlation_id,
-            event.causation_id,
-            event.event_type,
-            self.service,
-            event.business_key,
-            subscriber,
-            attempt,
-            duration_s,
-            error_type(error) if error is not None else None,
-            event.created_ns,
-            span_context.trace_id if span_context is not None else 0,
-            span_context.span_id if span_context is not None else 0,
-            error_message(error) if error is not None else None,
+        record = _new_tuple(
+            LifecycleRecord,
+            (  # LifecycleRecord(...) without its Python __new__
+                stage,
+                time.time_ns(),
+                event.event_id,
+                event.correlation_id,
+                event.causation_id,
+                event.event_type,
+                self.service,
+                event.business_key,
+                subscriber,
+                attempt,
+                duration_s,
+                error_type(error) if error is not None else None,
+                event.created_ns,
+                span_context.trace_id if span_context is not None else 0,
+                span_context.span_id if span_context is not None else 0,
+                error_message(error) if error is not None else None,
+            ),
         )
         for recorder in recorders:
             try:
@@ -387,7 +509,7 @@ class Messaging:
             count_invalid("destination", "bad_characters")
             destination = "_invalid"
         self._unrouted.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
-        self.record(Stage.UNROUTED, event, trace.get_current_span().get_span_context())
+        self.record(_STAGE_UNROUTED, event, trace.get_current_span().get_span_context())
         _log.debug("no subscriber for %s", destination)
 
     def publish_waited(self, destination: str, seconds: float) -> None:
@@ -397,7 +519,7 @@ class Messaging:
     def dropped(self, event: EventContext, destination: str, subscriber: str) -> None:
         """Count and record an event a subscriber missed because its queue stayed full."""
         self._dropped.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND, subscriber))
-        self.record(Stage.DROPPED, event, trace.get_current_span().get_span_context(), subscriber=subscriber)
+        self.record(_STAGE_DROPPED, event, trace.get_current_span().get_span_context(), subscriber=subscriber)
 
     # -- consuming ----------------------------------------------------------------------
     def extract(self, carrier: C, *, destination: str, getter: Getter[C] | None = None) -> Incoming:
@@ -450,14 +572,18 @@ class Messaging:
     def _deliver(self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS) -> None:
         """Count one delivery and record the event's age (once per message)."""
         message.delivered = True
-        attrs = self._attrs(message.destination, operation, group)
-        self._consumed.add(1, attrs, context=_NO_EXEMPLAR)
-        age = (time.time_ns() - message.event.created_ns) / 1e9
-        if age < 0:
-            self._skewed.add(1, attrs, context=_NO_EXEMPLAR)
-            age = 0.0
-        self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
-        self.record(Stage.RECEIVED, message.event, message.producer, subscriber=group or self.service)
+        if self._metering():
+            attrs = self._attrs(message.destination, operation, group)
+            self._count(self._consumed, message.destination, operation, group)
+            age = (time.time_ns() - message.event.created_ns) / 1e9
+            if age < 0:
+                self._skewed.add(1, attrs, context=_NO_EXEMPLAR)
+                age = 0.0
+            self._age.record(age, attrs, context=message.context)  # exemplar: the producer span
+            feed = self._anomaly_feed()
+            if feed is not None:
+                feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
+        self.record(_STAGE_RECEIVED, message.event, message.producer, subscriber=group or self.service)
 
     def received(
         self,
@@ -499,7 +625,7 @@ class Messaging:
         span = self._tracer.start_span(
             f"{operation_name} {destination}" if destination else operation_name,
             context,
-            kind=SpanKind.CLIENT,
+            kind=_SPANKIND_CLIENT,
             attributes=attrs,
             links=[m.link for m in messages if m.link is not None],
             start_time=start_ns,
@@ -576,7 +702,7 @@ class Messaging:
         return self._tracer.start_span(
             f"{operation_name} {destination}",
             context,
-            kind=SpanKind.CLIENT,
+            kind=_SPANKIND_CLIENT,
             attributes={
                 semconv.MESSAGING_SYSTEM: self.system,
                 semconv.MESSAGING_OPERATION_TYPE: semconv.OPERATION_TYPE_SETTLE,
@@ -626,16 +752,22 @@ class Publication(Generic[C]):
     def __enter__(self) -> Publication[C]:
         m = self._messaging
         event = self.event
-        ctx = with_event(event, self._parent)
-        attrs = m._message_attributes(event, self.destination, semconv.OPERATION_TYPE_SEND)
-        if self._attributes:
-            attrs.update(self._attributes)
-        self.span = span = m._tracer.start_span(
-            f"send {self.destination}", ctx, kind=SpanKind.PRODUCER, attributes=attrs
-        )
-        self.context = ctx = trace.set_span_in_context(span, ctx)
+        ctx = event_context(event, self._parent)
+        if m._tracing():
+            attrs = m._message_attributes(event, self.destination, semconv.OPERATION_TYPE_SEND)
+            if self._attributes:
+                attrs.update(self._attributes)
+            span = m._tracer.start_span(f"send {self.destination}", ctx, kind=_SPANKIND_PRODUCER, attributes=attrs)
+        else:
+            span = _noop_span(ctx)
+        self.span = span
+        values = dict(ctx)
+        values[SPAN_KEY] = span
+        self.context = ctx = Context(values)
         self._token = attach(ctx)
         self._started = time.perf_counter()
+        if self._carrier is None:  # an in-process hand-off: no headers (see local())
+            return self
         try:
             m._propagator().inject(self._carrier, ctx, self._setter)
             if event.metadata:
@@ -646,6 +778,29 @@ class Publication(Generic[C]):
             internal_error("publish", "injecting headers")
         return self
 
+    def local(self) -> Incoming:
+        """The message as a consumer in this process gets it, without headers: what
+        :meth:`Messaging.extract` would rebuild from the headers this publish writes when
+        :meth:`Messaging.in_process` is true (the event itself, the producer's span context
+        and the baggage). Each consumer takes its own :meth:`Incoming.again`."""
+        event = self.event
+        producer = self.span.get_span_context()
+        values: dict[str, object] = {}
+        entries = self.context.get(BAGGAGE_KEY)
+        if entries:
+            values[BAGGAGE_KEY] = entries
+        link = None
+        if producer.is_valid:
+            values[SPAN_KEY] = NonRecordingSpan(producer)
+            link_attrs: dict[str, str] = {
+                semconv.MESSAGING_MESSAGE_ID: event.event_id,
+                semconv.EDA_CORRELATION_ID: event.correlation_id,
+            }
+            if event.causation_id is not None:
+                link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
+            link = Link(producer, link_attrs)
+        return Incoming(event, Context(values), producer, link, self.destination)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         m = self._messaging
         span = self.span
@@ -654,11 +809,14 @@ class Publication(Generic[C]):
             if exc is not None:
                 attrs_key = error_type(exc)
                 record_failure(span, exc, attrs_key)
-            attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key)
-            m._sent.add(1, attrs, context=_NO_EXEMPLAR)
-            if m._time_sends:
-                m._operation_duration.record(time.perf_counter() - self._started, attrs)
-            m.record(Stage.PUBLISHED, self.event, span.get_span_context(), error=exc)
+            if m._metering():
+                m._count(m._sent, self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key)
+            if m._time_sends and m._metering_on:
+                m._operation_duration.record(
+                    time.perf_counter() - self._started,
+                    m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key),
+                )
+            m.record(_STAGE_PUBLISHED, self.event, span.get_span_context(), error=exc)
         finally:
             detach(self._token)
             span.end()
@@ -709,39 +867,40 @@ class Processing:
         self._tokens: list[tuple[Token[Context], object]] = []
         if not message.delivered:
             m._deliver(message, group)
-        ambient = trace.get_current_span(context)
-        if ambient.get_span_context().is_valid:
+        if trace.get_current_span(context).get_span_context().is_valid:
             parent = context  # an HTTP server span, say: its child, linked to the producer
-        elif m.mode is TraceMode.PARENT:
+        elif m.mode is _TRACEMODE_PARENT:
             parent = message.context
         else:
             parent = trace.set_span_in_context(trace.INVALID_SPAN, message.context)
-        attrs = m._message_attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
-        attrs[semconv.EDA_DELIVERY_ATTEMPT] = attempt
-        if group:
-            attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
-        if queued_s is not None:
-            attrs[semconv.EDA_QUEUE_DURATION] = queued_s
-        if message.link is not None:
-            producer = message.producer
-            attrs[semconv.EDA_PRODUCER_TRACE_ID] = f"{producer.trace_id:032x}"
-            attrs[semconv.EDA_PRODUCER_SPAN_ID] = f"{producer.span_id:016x}"
-        if attributes:
-            attrs.update(attributes)
         self._start_ns = time.time_ns()
-        self.span = span = m._tracer.start_span(
-            f"process {destination}",
-            parent,
-            kind=SpanKind.CONSUMER,
-            attributes=attrs,
-            links=(message.link,) if message.link is not None else None,
-            start_time=self._start_ns,
-        )
-        if m._span_events and span.is_recording():
-            span.add_event(semconv.EVENT_RECEIVED, {semconv.EDA_STAGE_SECONDS: queued_s or 0.0}, self._start_ns)
-        self.context = set_value(
-            _PROCESSING_KEY, self, with_event(event, trace.set_span_in_context(span, message.context))
-        )
+        if m._tracing():
+            attrs = m._message_attributes(event, destination, semconv.OPERATION_TYPE_PROCESS)
+            attrs[semconv.EDA_DELIVERY_ATTEMPT] = attempt
+            if group:
+                attrs[semconv.MESSAGING_CONSUMER_GROUP_NAME] = group
+            if queued_s is not None:
+                attrs[semconv.EDA_QUEUE_DURATION] = queued_s
+            if message.link is not None:
+                producer = message.producer
+                attrs[semconv.EDA_PRODUCER_TRACE_ID] = f"{producer.trace_id:032x}"
+                attrs[semconv.EDA_PRODUCER_SPAN_ID] = f"{producer.span_id:016x}"
+            if attributes:
+                attrs.update(attributes)
+            span = m._tracer.start_span(
+                f"process {destination}",
+                parent,
+                kind=_SPANKIND_CONSUMER,
+                attributes=attrs,
+                links=(message.link,) if message.link is not None else None,
+                start_time=self._start_ns,
+            )
+            if m._span_events and span.is_recording():
+                span.add_event(semconv.EVENT_RECEIVED, {semconv.EDA_STAGE_SECONDS: queued_s or 0.0}, self._start_ns)
+        else:
+            span = _noop_span(parent)
+        self.span = span
+        self.context = event_context(event, message.context, (SPAN_KEY, span), (_PROCESSING_KEY, self))
         self._started = time.perf_counter()
 
     @property
@@ -768,11 +927,11 @@ class Processing:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.detach()
         if exc is None:
-            self.settle(Outcome.COMPLETED)
+            self.settle(_COMPLETED)
         elif isinstance(exc, Rejected):
-            self.settle(Outcome.REJECTED, exc)
+            self.settle(_REJECTED, exc)
         else:
-            self.settle(Outcome.FAILED, exc)
+            self.settle(_FAILED, exc)
 
     # -- settling -----------------------------------------------------------------------
     def settle(
@@ -789,27 +948,32 @@ class Processing:
         except IndexError:
             return 0.0
         m = self._messaging
-        outcome = Outcome(outcome)
+        if type(outcome) is not Outcome:
+            outcome = Outcome(outcome)
         self.outcome = outcome
         seconds = time.perf_counter() - self._started if end_ns is None else max(0.0, (end_ns - self._start_ns) / 1e9)
         span = self.span
         try:
-            etype = error_type(exc) if exc is not None and outcome is not Outcome.COMPLETED else ""
-            attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self._group, etype)
-            exemplar = self.context  # the exemplar (where one is sampled) points at this attempt
-            m._duration.record(seconds, attrs, context=exemplar)
-            if outcome is Outcome.RETRIED:
-                m._retries.add(1, attrs, context=exemplar)
-            elif outcome is Outcome.DEAD_LETTERED:
-                m._dead_letters.add(1, attrs, context=exemplar)
+            etype = error_type(exc) if exc is not None and outcome is not _COMPLETED else ""
+            if m._metering():
+                attrs = m._attrs(self.destination, semconv.OPERATION_TYPE_PROCESS, self._group, etype)
+                exemplar = self.context  # the exemplar (where one is sampled) points at this attempt
+                m._duration.record(seconds, attrs, context=exemplar)
+                feed = m._anomaly_feed()
+                if feed is not None:
+                    feed.record(semconv.METRIC_PROCESS_DURATION, attrs, seconds, exemplar)
+                if outcome is _RETRIED:
+                    m._retries.add(1, attrs, context=exemplar)
+                elif outcome is _DEAD_LETTERED:
+                    m._dead_letters.add(1, attrs, context=exemplar)
             if span.is_recording():
-                span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
+                span.set_attribute(semconv.EDA_OUTCOME, _OUTCOME_VALUES[outcome])
                 if truncated:
                     span.set_attribute(semconv.EDA_PROCESS_TRUNCATED, True)
-                if exc is not None and outcome is not Outcome.COMPLETED:
+                if exc is not None and outcome is not _COMPLETED:
                     record_failure(span, exc, etype)
-                elif outcome is not Outcome.COMPLETED:
-                    span.set_status(Status(StatusCode.ERROR, outcome.value))
+                elif outcome is not _COMPLETED:
+                    span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
             m.record(
@@ -819,7 +983,7 @@ class Processing:
                 subscriber=self._group or m.service,
                 attempt=self.attempt,
                 duration_s=seconds,
-                error=exc if outcome is not Outcome.COMPLETED else None,
+                error=exc if outcome is not _COMPLETED else None,
             )
         except Exception:
             internal_error("messaging", "settling a message")
@@ -830,7 +994,7 @@ class Processing:
     def fail(self, exc: BaseException) -> float:
         """Settle as rejected (:class:`Rejected`) or failed: for pull loops that catch the
         handler's exception themselves."""
-        return self.settle(Outcome.REJECTED if isinstance(exc, Rejected) else Outcome.FAILED, exc)
+        return self.settle(_REJECTED if isinstance(exc, Rejected) else _FAILED, exc)
 
     def set_business_key(self, key: str) -> bool:
         """Attach a business key (an order number, say) to the event and its descendants.
@@ -861,7 +1025,7 @@ class Processing:
             # now on; a nested span of the handler, or another thread, is left alone
             self._tokens.append((attach(self.context), _owner()))
         self._messaging.record(
-            Stage.KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
+            _STAGE_KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
         )
         return True
 
@@ -918,7 +1082,7 @@ class BatchProcessing:
         self.span = m._tracer.start_span(
             f"process {self.destination}" if self.destination else "process",
             parent,
-            kind=SpanKind.CONSUMER,
+            kind=_SPANKIND_CONSUMER,
             attributes=attrs,
             links=[message.link for message in self.messages if message.link is not None],
         )
@@ -932,9 +1096,9 @@ class BatchProcessing:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         detach(self._token)
         if exc is None:
-            self.settle(Outcome.COMPLETED)
+            self.settle(_COMPLETED)
         else:
-            self.settle(Outcome.REJECTED if isinstance(exc, Rejected) else Outcome.FAILED, exc)
+            self.settle(_REJECTED if isinstance(exc, Rejected) else _FAILED, exc)
 
     def settle(self, outcome: Outcome, exc: BaseException | None = None) -> float:
         """End the batch's handling with ``outcome`` for every message (once)."""
@@ -943,25 +1107,29 @@ class BatchProcessing:
         except IndexError:
             return 0.0
         m = self._messaging
-        outcome = Outcome(outcome)
+        if type(outcome) is not Outcome:
+            outcome = Outcome(outcome)
         self.outcome = outcome
         seconds = time.perf_counter() - self._started
         span = self.span
         try:
-            failed = exc is not None and outcome is not Outcome.COMPLETED
+            failed = exc is not None and outcome is not _COMPLETED
             etype = error_type(exc) if failed and exc is not None else ""
             attrs = m._attrs(self.destination or "", semconv.OPERATION_TYPE_PROCESS, self._group, etype)
             m._duration.record(seconds, attrs, context=self.context)
-            if outcome is Outcome.RETRIED:
+            feed = m._anomaly_feed()
+            if feed is not None:
+                feed.record(semconv.METRIC_PROCESS_DURATION, attrs, seconds, self.context)
+            if outcome is _RETRIED:
                 m._retries.add(len(self.messages), attrs, context=self.context)
-            elif outcome is Outcome.DEAD_LETTERED:
+            elif outcome is _DEAD_LETTERED:
                 m._dead_letters.add(len(self.messages), attrs, context=self.context)
             if span.is_recording():
                 span.set_attribute(semconv.EDA_OUTCOME, outcome.value)
                 if failed and exc is not None:
                     record_failure(span, exc, etype)
-                elif outcome is not Outcome.COMPLETED:
-                    span.set_status(Status(StatusCode.ERROR, outcome.value))
+                elif outcome is not _COMPLETED:
+                    span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
             for message in self.messages:
                 m.record(
                     _STAGES[outcome],
@@ -977,6 +1145,17 @@ class BatchProcessing:
         finally:
             span.end()
         return seconds
+
+
+def _noop_span(context: Context | None) -> trace.Span:
+    """What the API's no-op tracer starts in ``context``: a non-recording span carrying the
+    parent's span context (invalid when there is none), so that it still propagates."""
+    parent: Any = (context if context is not None else get_current()).get(SPAN_KEY)
+    if parent is None:
+        return trace.INVALID_SPAN
+    if type(parent) is NonRecordingSpan:
+        return parent  # immutable: the same as a new one around its span context
+    return NonRecordingSpan(parent.get_span_context())
 
 
 def _owner() -> object:

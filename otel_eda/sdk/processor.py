@@ -26,13 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from opentelemetry import baggage
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
 from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
-from otel_eda.identity import current_event, flow_ids
+from otel_eda.identity import EventContext, flow_ids
+from otel_eda.identity.event import EVENT_KEY
 from otel_eda.identity.validation import type_problem
 
 __all__ = ["EventSpanProcessor"]
@@ -42,6 +43,7 @@ _CAUSATION = semconv.EDA_CAUSATION_ID
 _MESSAGE_ID = semconv.MESSAGING_MESSAGE_ID
 _PRODUCER_TRACE = semconv.EDA_PRODUCER_TRACE_ID
 _PRODUCER_SPAN = semconv.EDA_PRODUCER_SPAN_ID
+_CONSUMER_KIND = SpanKind.CONSUMER  # a module constant: on Python 3.11 SpanKind.X is a descriptor call
 
 
 class EventSpanProcessor(SpanProcessor):
@@ -58,14 +60,23 @@ class EventSpanProcessor(SpanProcessor):
         try:
             correlation: str | None = None
             causation: str | None = None
-            event = current_event(parent_context)
-            if event is not None:  # the common case: a span inside an event's handling
+            event = (parent_context if parent_context is not None else get_current()).get(EVENT_KEY)
+            if type(event) is EventContext:  # the common case: a span inside an event's handling
                 correlation, causation = event.correlation_id, event.causation_id
             elif (ids := flow_ids(parent_context)) is not None:
                 correlation, causation = ids.correlation_id, ids.causation_id
-            consumer_links = span.kind is SpanKind.CONSUMER and otel_internals.span_links(span)
+            consumer_links = span.kind is _CONSUMER_KIND and otel_internals.span_links(span)
             if correlation is None and not consumer_links and not self.baggage_keys:
                 return
+            if not consumer_links and not self.baggage_keys and correlation is not None:
+                # the common case again: two ids at most, straight into the starting span's dict
+                live = otel_internals.start_attributes(span, 2)
+                if live is not None:
+                    if _CORRELATION not in live:
+                        live[_CORRELATION] = correlation
+                    if causation is not None and _CAUSATION not in live:
+                        live[_CAUSATION] = causation
+                    return
             # the live attribute dict: BoundedAttributes' own ``in`` raises and catches a KeyError
             present = otel_internals.live_attributes(span)
             stamp = self._baggage(parent_context, present) if self.baggage_keys else {}

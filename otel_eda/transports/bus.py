@@ -41,6 +41,7 @@ import inspect
 import itertools
 import logging
 import time
+import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
@@ -55,7 +56,16 @@ from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
-from otel_eda.messaging import Messaging, Outcome, Processing, Rejected, error_message, error_type, service_name
+from otel_eda.messaging import (
+    Incoming,
+    Messaging,
+    Outcome,
+    Processing,
+    Rejected,
+    error_message,
+    error_type,
+    service_name,
+)
 from otel_eda.settings import Settings, TraceMode, sdk_disabled
 from otel_eda.version import VERSION
 
@@ -74,7 +84,14 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_Coroutine: Final = types.CoroutineType
 DEAD_LETTERS_KEPT: Final = 1000
+# Enum members as module constants (on Python 3.11 ``Outcome.X`` is a descriptor call)
+_COMPLETED: Final = Outcome.COMPLETED
+_FAILED: Final = Outcome.FAILED
+_REJECTED: Final = Outcome.REJECTED
+_RETRIED: Final = Outcome.RETRIED
+_DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
 _NO_AMBIENT_SPAN: Final = Context()
 
 
@@ -125,12 +142,21 @@ class RetryPolicy:
 
 @dataclasses.dataclass(slots=True)
 class WireMessage:
-    """A message as a transport carries it: a destination, string headers and a payload."""
+    """A message as a transport carries it: a destination, string headers and a payload.
+
+    ``local``: on a message published in this process, what its local subscribers get
+    instead of extracting the headers (see ``Publication.local``); never pickled, so a
+    message that crosses to another process is read from its headers there.
+    """
 
     destination: str
     headers: dict[str, str]
     payload: Any
     enqueued_ns: int = 0
+    local: Incoming | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[type[WireMessage], tuple[Any, ...]]:
+        return (WireMessage, (self.destination, self.headers, self.payload, self.enqueued_ns))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,29 +249,19 @@ class _Subscription:
 
 async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
     result = handler(arg)
-    if inspect.isawaitable(result):
+    if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
         await result
 
 
-async def _run_handler(handler: Handler, delivery: Delivery, processing: Processing) -> BaseException | None:
-    """Run one handler attempt with the attempt's context attached; return what it raised.
-
-    A ``CancelledError`` raised by the handler itself (it awaited a cancelled task) is a
-    failure of that attempt; one that cancels the bus's own worker is re-raised.
-    """
-    processing.attach()
-    try:
-        await _call(handler, delivery)
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return exc
-    except Exception as exc:
-        return exc
-    finally:
-        processing.detach()
-    return None
+def _put_nowait(subs: Sequence[_Subscription], message: WireMessage) -> list[_Subscription]:
+    """Enqueue for every subscriber with room; returns those whose queue was full."""
+    waiting = []
+    for sub in subs:
+        try:
+            sub.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            waiting.append(sub)
+    return waiting
 
 
 class EventBus:
@@ -379,11 +395,33 @@ class EventBus:
         if self._check_sdk:
             self._check_sdk = False
             _warn_if_uninstrumented()
-        headers: dict[str, str] = {}
-        with self.messaging.publish(
+        messaging = self.messaging
+        # In-process subscribers get the event and its context as they are (no headers to
+        # write and parse back); headers only for outlets, or a propagator of another kind.
+        local = messaging.in_process()
+        headers: dict[str, str] | None = None if local and event_type not in self._outlets else {}
+        with messaging.publish(
             event_type, headers, business_key=business_key, metadata=metadata, cause=cause, context=context
         ) as sent:
-            await self._route(sent.event, WireMessage(event_type, headers, payload, time.time_ns()))
+            message = WireMessage(
+                event_type,
+                headers if headers is not None else {},
+                payload,
+                time.time_ns(),
+                sent.local() if local else None,
+            )
+            subs = self._subscriptions.get(event_type)
+            if subs and event_type not in self._outlets and not self._unstarted:
+                # the common case, without the coroutine of _route: local subscribers only
+                waiting = _put_nowait(subs, message)
+                if waiting:
+                    missed = await self._wait_for_room(waiting, message)
+                    for name in missed:
+                        messaging.dropped(sent.event, event_type, name)
+                    if missed:
+                        raise BusFull(sent.event, missed)
+            else:
+                await self._route(sent.event, message)
         return sent.event
 
     async def _route(self, event: EventContext, message: WireMessage) -> None:
@@ -393,7 +431,8 @@ class EventBus:
         if not subs and not outlets:
             self.messaging.unrouted(event, message.destination)
             return
-        missed = await self._enqueue_all(subs, message)
+        waiting = _put_nowait(subs, message)
+        missed = await self._wait_for_room(waiting, message) if waiting else []
         for sub_name in missed:
             self.messaging.dropped(event, message.destination, sub_name)
         for outlet in outlets:
@@ -416,14 +455,12 @@ class EventBus:
 
         Returns the names of the subscribers whose queue stayed full.
         """
-        waiting = []
-        for sub in subs:
-            try:
-                sub.queue.put_nowait(message)
-            except asyncio.QueueFull:
-                waiting.append(sub)
-        if not waiting:
-            return []
+        waiting = _put_nowait(subs, message)
+        return await self._wait_for_room(waiting, message) if waiting else []
+
+    async def _wait_for_room(self, waiting: Sequence[_Subscription], message: WireMessage) -> list[str]:
+        """Enqueue for the subscribers whose queue was full, waiting up to one shared
+        ``publish_timeout_s``; returns the names of those whose queue stayed full."""
         started = time.perf_counter()
         puts = {asyncio.ensure_future(sub.queue.put(message)): sub for sub in waiting}
         done, pending = await asyncio.wait(puts, timeout=self.publish_timeout_s)
@@ -467,7 +504,10 @@ class EventBus:
 
     async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
         messaging = self.messaging
-        incoming = messaging.extract(message.headers, destination=message.destination)
+        local = message.local
+        incoming = (
+            local.again() if local is not None else messaging.extract(message.headers, destination=message.destination)
+        )
         waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
         attempt_no = 0
         while True:
@@ -476,25 +516,39 @@ class EventBus:
                 incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
             )
             delivery = Delivery(self, processing, message.payload, sub.name)
+            exc: BaseException | None = None
+            # _run_handler, inlined (one coroutine less per message): the attempt's context is
+            # current while the handler runs; what it raises is this attempt's failure
+            processing.attach()
             try:
-                exc = await _run_handler(sub.handler, delivery, processing)
-            except asyncio.CancelledError as cancelled:  # the bus is closing under the handler
-                processing.settle(Outcome.FAILED, cancelled)
-                raise
+                try:
+                    result = sub.handler(delivery)
+                    if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
+                        await result
+                finally:
+                    processing.detach()
+            except asyncio.CancelledError as cancelled:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the bus is closing under the handler
+                    processing.settle(_FAILED, cancelled)
+                    raise
+                exc = cancelled  # the handler awaited a cancelled task: a failed attempt
+            except Exception as failed:
+                exc = failed
             if exc is None:
-                processing.settle(Outcome.COMPLETED)
+                processing.settle(_COMPLETED)
                 return
             if isinstance(exc, Rejected):
-                processing.settle(Outcome.REJECTED, exc)  # logged by the lifecycle logs (INFO)
+                processing.settle(_REJECTED, exc)  # logged by the lifecycle logs (INFO)
                 return
             if attempt_no >= sub.retry.max_attempts:
-                processing.settle(Outcome.DEAD_LETTERED, exc)
+                processing.settle(_DEAD_LETTERED, exc)
                 letter = DeadLetter(
                     processing.event, message.payload, sub.name, attempt_no, error_type(exc), error_message(exc)
                 )
                 await self._dead_letter(letter)
                 return
-            processing.settle(Outcome.RETRIED, exc)
+            processing.settle(_RETRIED, exc)
             started = time.perf_counter()
             await asyncio.sleep(sub.retry.backoff(attempt_no))
             waited = time.perf_counter() - started
