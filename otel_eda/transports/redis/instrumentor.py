@@ -394,7 +394,7 @@ def dead_letter_past_limit(client: Any, entry: Any, *, max_deliveries: int, dead
     handling it. Past the limit, the entry's fields (its identity and producer context
     included, so the dead-letter consumer sees the same event) are added to the dead-letter
     stream, the entry is acknowledged in its group, and its handling is settled
-    ``dead_lettered`` (``eda.dead_letters``, the lifecycle stage). Returns whether it did; a
+    ``dead_lettered`` (``eda.bus.dead_letters``, the lifecycle stage). Returns whether it did; a
     failing command raises the client's own error (nothing is settled then)::
 
         _, claimed, _ = r.xautoclaim("orders", "billing", "worker-2", min_idle_time=60_000)
