@@ -12,7 +12,7 @@ from otel_eda.transports.aio_pika import contrib
 def test_the_distro_disables_the_contrib_entry_point_and_says_so_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(contrib, "_logged", False)
+    monkeypatch.setattr(contrib.REPLACEMENT, "logged", False)
     caplog.set_level(logging.INFO, logger=contrib.__name__)
     first: dict[str, str] = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "urllib"}
     second: dict[str, str] = {}
