@@ -32,10 +32,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psutil
 import pytest
+from processes import listening_addresses
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
@@ -73,6 +74,30 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> object: ...
+
+
+_S = TypeVar("_S", bound=_Server)
+
+
+def _started(server: _S, start_error: type[Exception]) -> Iterator[_S]:
+    """The body of a server fixture: start, yield, stop; a server that does not start fails the test."""
+    problem = None
+    try:
+        server.start()
+    except start_error as exc:
+        problem = str(exc)
+    if problem is not None:
+        server.stop()
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def unique_name(prefix: str) -> str:
@@ -186,30 +211,12 @@ class KafkaBroker:
         """Every ``(protocol, ip, port)`` the broker process listens on (TCP) or has bound (UDP)."""
         pid = self.pid
         assert pid is not None, "Kafka is not running"
-        found: set[tuple[str, str, int]] = set()
-        for conn in psutil.Process(pid).net_connections(kind="inet"):
-            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
-                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
-            elif conn.type == socket.SOCK_DGRAM:
-                found.add(("udp", conn.laddr.ip, conn.laddr.port))
-        return found
+        return listening_addresses(pid)
 
 
 def kafka_broker_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """The body of a broker fixture: start, yield, stop; a broker that does not start fails the test."""
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
-    problem = None
-    try:
-        broker.start()
-    except KafkaStartError as exc:
-        problem = str(exc)
-    if problem is not None:
-        broker.stop()
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _started(KafkaBroker(tmp_path_factory.mktemp("kafka")), KafkaStartError)
 
 
 def client_config(broker: KafkaBroker, **extra: Any) -> dict[str, Any]:
@@ -302,30 +309,12 @@ class NatsServer:
         """Every ``(protocol, ip, port)`` the server process listens on (TCP) or has bound (UDP)."""
         pid = self.pid
         assert pid is not None, "nats-server is not running"
-        found: set[tuple[str, str, int]] = set()
-        for conn in psutil.Process(pid).net_connections(kind="inet"):
-            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
-                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
-            elif conn.type == socket.SOCK_DGRAM:
-                found.add(("udp", conn.laddr.ip, conn.laddr.port))
-        return found
+        return listening_addresses(pid)
 
 
 def nats_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """The body of a NATS fixture: start, yield, stop; a server that does not start fails the test."""
-    server = NatsServer(tmp_path_factory.mktemp("nats"))
-    problem = None
-    try:
-        server.start()
-    except NatsStartError as exc:
-        problem = str(exc)
-    if problem is not None:
-        server.stop()
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _started(NatsServer(tmp_path_factory.mktemp("nats")), NatsStartError)
 
 
 # -- RabbitMQ ----------------------------------------------------------------------------------
@@ -430,31 +419,14 @@ class RabbitBroker:
         """Every ``(protocol, ip, port)`` the node and its epmd listen on (TCP) or have bound (UDP)."""
         found: set[tuple[str, str, int]] = set()
         for name, pid in self.pids().items():
-            if name == "rabbitmq":  # the wrapper script: no sockets of its own
-                continue
-            for conn in psutil.Process(pid).net_connections(kind="inet"):
-                if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
-                    found.add(("tcp", conn.laddr.ip, conn.laddr.port))
-                elif conn.type == socket.SOCK_DGRAM:
-                    found.add(("udp", conn.laddr.ip, conn.laddr.port))
+            if name != "rabbitmq":  # the wrapper script: no sockets of its own
+                found |= listening_addresses(pid)
         return found
 
 
 def rabbitmq_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitBroker]:
     """The body of a RabbitMQ fixture: start, yield, stop; a node that does not start fails the test."""
-    broker = RabbitBroker(tmp_path_factory.mktemp("rabbitmq"))
-    problem = None
-    try:
-        broker.start()
-    except RabbitStartError as exc:
-        problem = str(exc)
-    if problem is not None:
-        broker.stop()
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _started(RabbitBroker(tmp_path_factory.mktemp("rabbitmq")), RabbitStartError)
 
 
 # -- Redis (scripts/redis) ------------------------------------------------------------------
@@ -530,16 +502,4 @@ class RedisServer:
 
 def redis_server_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """The body of a Redis fixture: start, yield, stop; a server that does not start fails the test."""
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    problem = None
-    try:
-        server.start()
-    except RedisStartError as exc:
-        problem = str(exc)
-    if problem is not None:
-        server.stop()
-        pytest.fail(problem, pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _started(RedisServer(tmp_path_factory.mktemp("redis")), RedisStartError)

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import psutil
 import pytest
+from processes import listening_addresses
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "zipkin"
@@ -190,13 +191,7 @@ class ZipkinServer:
         """Every ``(protocol, ip, port)`` the server process listens on (TCP) or has bound (UDP)."""
         pid = self.pid
         assert pid is not None, "Zipkin is not running"
-        found: set[tuple[str, str, int]] = set()
-        for conn in psutil.Process(pid).net_connections(kind="inet"):
-            if conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN:
-                found.add(("tcp", conn.laddr.ip, conn.laddr.port))
-            elif conn.type == socket.SOCK_DGRAM:
-                found.add(("udp", conn.laddr.ip, conn.laddr.port))
-        return found
+        return listening_addresses(pid)
 
     # -- the HTTP API ----------------------------------------------------------------------
     def get(self, path: str, query: Mapping[str, object] | None = None, timeout_s: float = 10.0) -> bytes:
