@@ -3,6 +3,7 @@ fields, spans, context, claims, dead letters, metrics; the sync and the asyncio 
 
 from __future__ import annotations
 
+import gc
 import pickle
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -471,3 +472,31 @@ def test_reading_the_groups_history_again_takes_the_attempt_from_xpending(setup:
     assert t.command_calls(client, "xpending") - before == 1
     expected = [int(p["times_delivered"]) for p in client.xpending_range(t.stream, t.group, "-", "+", 10)]
     assert [delivery_attempt(history[i]) for i in range(3)] == expected == [2, 2, 2]
+
+
+# Closing a loop with a pending task abandons the task: asyncio itself complains when it is collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_uninstrument_after_the_clients_event_loop_closed(redis_server: RedisServer, capture: TelemetryCapture) -> None:
+    """An application that ran its asyncio client on a loop it closed (without cancelling its
+    tasks) and uninstruments at exit: the lag refresh's loop is gone by then, and
+    uninstrumenting still succeeds."""
+    import asyncio
+
+    instrumentor = RedisStreamsInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    stream, group = unique_name("orders"), unique_name("billing")
+
+    async def consume() -> None:
+        client = redis.asyncio.Redis(**redis_server.client_kwargs)
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+        await client.xreadgroup(group, "c1", {stream: ">"}, count=1)  # tracked: its refresh task starts
+        await client.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(consume())
+        loop.close()  # the refresh task is still pending on it
+    finally:
+        instrumentor.uninstrument()
+    assert not instrumentor.is_instrumented_by_opentelemetry
+    gc.collect()  # the abandoned task goes now, inside this test's warning filter

@@ -28,6 +28,7 @@ lag metric yet (semconv #792).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import weakref
@@ -75,6 +76,18 @@ def parse_groups(reply: Any) -> dict[str, tuple[int | None, int | None]]:
     except Exception:
         _log.debug("otel-eda: an XINFO GROUPS reply not understood", exc_info=True)
     return found
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` from any thread; a task whose loop is already closed is left alone
+    (it can never run again, and its loop refuses new callbacks)."""
+    if task.done():
+        return
+    loop = task.get_loop()
+    if loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(task.cancel)
 
 
 class _Client:
@@ -157,7 +170,7 @@ class GroupLag:
         unregister_fork_hook(self._fork_hook)
         for _, tracked in self._tracked(self._async):
             if tracked.task is not None:
-                tracked.task.cancel()
+                _cancel(tracked.task)
         self._sync.clear()
         self._async.clear()
 
