@@ -36,7 +36,8 @@ Both
 
 * ``basic_ack`` / ``basic_nack`` / ``basic_reject`` (``multiple`` too) settle the handlings
   of their delivery tags: ``completed``; ``retried`` (requeued); ``rejected`` (not requeued:
-  a dead-letter exchange may move it). A callback that raises ends its handling ``failed``.
+  a dead-letter exchange may move it); a nack or reject inside an ``except`` block records the
+  exception being handled on the span. A callback that raises ends its handling ``failed``.
   A handling still unsettled when its callback returns (the work was handed to a thread,
   which acknowledges through ``add_callback_threadsafe``) stays open until its message is
   settled, its channel closes (``failed``), or ``OTEL_EDA_PROCESS_SPAN_MAX_S`` (then it ends
@@ -58,6 +59,7 @@ import contextvars
 import copy
 import functools
 import logging
+import sys
 from collections.abc import Callable, Collection, Generator, Iterator, Mapping
 from typing import Any, Final
 
@@ -487,6 +489,7 @@ def _settle_wrapper(telemetry: PikaTelemetry, kind: str) -> Callable[..., Any]:
             return original(self, delivery_tag, *args, **kwargs)
         if not settled:
             return original(self, delivery_tag, *args, **kwargs)
+        handled = sys.exception() if kind != "ack" else None  # a nack inside ``except``: recorded with it
         span = None
         try:
             first = settled[0]
@@ -507,7 +510,7 @@ def _settle_wrapper(telemetry: PikaTelemetry, kind: str) -> Callable[..., Any]:
             span.end()
         outcome = Outcome.COMPLETED if kind == "ack" else Outcome.RETRIED if requeue else Outcome.REJECTED
         for processing in settled:
-            _finish(processing, outcome, None)
+            _finish(processing, outcome, handled)
         return result
 
     return settle
