@@ -37,6 +37,14 @@ publisher confirms (batches of 100, concurrent) and its handling by a ``queue.co
 acknowledging with ``message.process()``; otel-eda's ``AioPikaInstrumentor`` (the same telemetry
 as above, plus ``messaging.rabbitmq.*``, settling outcomes, the queue depth gauges) against the
 contrib ``opentelemetry-instrumentation-aio-pika`` (PRODUCER and CONSUMER spans, no metrics).
+
+pika (issue 16, ``--brokers pika``; on the same RabbitMQ node as the aio-pika line when both run):
+``pika_child.py`` on a ``BlockingConnection``: one message = one ``basic_publish`` with publisher
+confirms (batches of 100, each waiting for its confirmation) and its handling by a
+``basic_consume`` callback acknowledging with ``basic_ack``; otel-eda's ``PikaInstrumentor`` (send
+and process spans with links, event ids, the messaging metrics, event age, settling outcomes)
+against the contrib ``opentelemetry-instrumentation-pika`` (two nested PRODUCER spans per publish
+and a CONSUMER span, no metrics). Goal: otel-eda's added cost <= the contrib's.
 """
 
 from __future__ import annotations
@@ -62,11 +70,12 @@ KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
 RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
 RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
+PIKA_CHILD: Final = str(HERE / "pika_child.py")
 GOAL: Final = 1.0
 NATS_SCRIPT: Final = HERE.parent / "scripts" / "nats"
 NATS_CHILD: Final = str(HERE / "nats_child.py")
 NATS_GOAL: Final = 1.2
-BROKERS: Final = ("kafka", "nats", "rabbitmq")
+BROKERS: Final = ("kafka", "nats", "rabbitmq", "pika")
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
 
@@ -189,6 +198,31 @@ RABBITMQ_GOALS: Final = [
 ]
 
 
+def pika_cases(url: str) -> list[Case]:
+    py, env, unit = sys.executable, {"AMQP_URL": url}, "message"
+    return [
+        Case("pika_off", "pika, no instrumentation", [py, PIKA_CHILD, "off"], env, unit=unit),
+        Case("pika_eda", "pika, otel-eda instrumentation", [py, PIKA_CHILD, "eda"], env, unit=unit),
+        Case("pika_contrib", "pika, contrib instrumentation", [py, PIKA_CHILD, "contrib"], env, unit=unit),
+    ]
+
+
+PIKA_DIFFERENCES: Final = [
+    Difference("pika_eda_added", "otel-eda pika telemetry", on="pika_eda", off="pika_off"),
+    Difference("pika_contrib_added", "contrib pika telemetry", on="pika_contrib", off="pika_off"),
+]
+PIKA_GOALS: Final = [
+    Goal(
+        "pika_eda_vs_contrib",
+        "pika: otel-eda added / contrib added",
+        "pika_eda_added",
+        "pika_contrib_added",
+        GOAL,
+        profile="pika_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
@@ -237,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
         "nats": ("nats-py",),
         "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
+        "pika": ("pika", "opentelemetry-instrumentation-pika"),
     }
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
@@ -249,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
-        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ); "
+        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ: aio-pika, pika); "
         "exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
         "PeriodicExportingMetricReader + discarding metric exporter"
     )
@@ -265,10 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured += nats_cases(servers.enter_context(nats_server()))
             differences += NATS_DIFFERENCES
             goals += NATS_GOALS
+        amqp_url = servers.enter_context(rabbitmq_node()) if {"rabbitmq", "pika"} & set(brokers) else ""
         if "rabbitmq" in brokers:
-            measured += rabbitmq_cases(servers.enter_context(rabbitmq_node()))
+            measured += rabbitmq_cases(amqp_url)
             differences += RABBITMQ_DIFFERENCES
             goals += RABBITMQ_GOALS
+        if "pika" in brokers:
+            measured += pika_cases(amqp_url)
+            differences += PIKA_DIFFERENCES
+            goals += PIKA_GOALS
         measurements = run_interleaved(measured, plan)
         results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():
