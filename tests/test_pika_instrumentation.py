@@ -495,7 +495,7 @@ def test_select_connection_confirms_nacks_and_returns_are_counted_and_logged_wit
 
     app = SelectApp(rabbitmq.url, on_channel)
     app.run()
-    assert confirms == ["Ack", "Nack", "Ack"]
+    assert sorted(confirms) == ["Ack", "Ack", "Nack"]  # the broker confirms each queue's messages on its own
     sends = instrumented.spans(kind=SpanKind.PRODUCER)
     assert len(sends) == 3 and all(s.end_time is not None for s in sends)
     nacked = {semconv.MESSAGING_DESTINATION_NAME: queue}

@@ -138,8 +138,20 @@ class _Confirms:
         if not multiple:
             found = self.pending.pop(tag, None)
             return [] if found is None else [found]
-        tags = [t for t in self.pending if t <= tag] if tag else list(self.pending)
-        return [self.pending.pop(t) for t in tags]
+        return [self.pending.pop(t) for t in _up_to(self.pending, tag)]
+
+
+def _up_to(by_tag: Mapping[int, Any], tag: Any) -> list[int]:
+    """The delivery tags of ``by_tag`` up to ``tag`` (all of them for 0), as AMQP's ``multiple``
+    means; the keys are in delivery order, so the scan stops at the first later one."""
+    if not tag:
+        return list(by_tag)
+    found = []
+    for key in by_tag:
+        if key > tag:
+            break
+        found.append(key)
+    return found
 
 
 class _Channel:
@@ -480,7 +492,7 @@ def _settle_wrapper(telemetry: PikaTelemetry, kind: str) -> Callable[..., Any]:
                 multiple = bool(kwargs.get("multiple", args[0] if args else False))
                 requeue = kwargs.get("requeue", args[1] if len(args) > 1 else True)
             if multiple:
-                tags = [t for t in state.handlings if not delivery_tag or t <= delivery_tag]
+                tags = _up_to(state.handlings, delivery_tag)
             else:
                 tags = [delivery_tag] if delivery_tag in state.handlings else []
             settled = [state.handlings.pop(t)[0] for t in tags]
