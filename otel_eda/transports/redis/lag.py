@@ -227,7 +227,10 @@ class GroupLag:
                 return
 
     async def _refresh_async(self, ref: weakref.ref[Any], tracked: _Client) -> None:
-        while not self._closed:
+        me = asyncio.current_task()
+        # A cancellation the client library swallows still ends the refresh: asking the task
+        # whether it is being cancelled does not depend on the CancelledError reaching here.
+        while not self._closed and not (me is not None and me.cancelling()):
             client = ref()
             if client is None:
                 return
