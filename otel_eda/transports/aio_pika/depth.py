@@ -29,6 +29,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error
+from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_QUEUES", "REFRESH_S", "QueueDepth"]
 
@@ -98,9 +99,7 @@ class QueueDepth:
         """Stop every refresh (uninstrument); the gauges report nothing afterwards."""
         self._closed = True
         for tracked in list(self._queues.values()):
-            if tracked.task is not None:
-                with contextlib.suppress(RuntimeError):  # its event loop is closed already: nothing runs
-                    tracked.task.cancel()
+            cancel_from_anywhere(tracked.task)
         self._queues.clear()
 
     def depths(self) -> dict[str, tuple[int | None, int | None]]:

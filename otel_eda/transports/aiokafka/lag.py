@@ -36,6 +36,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error, internal_error
+from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_PARTITIONS", "REFRESH_S", "ConsumerLag", "lag_of"]
 
@@ -137,8 +138,8 @@ class ConsumerLag:
     def untrack(self, consumer: Any) -> None:
         """Stop refreshing ``consumer``'s lag and drop its series (it stopped)."""
         tracked = self._consumers.pop(consumer, None)
-        if tracked is not None and tracked.task is not None:
-            tracked.task.cancel()
+        if tracked is not None:
+            cancel_from_anywhere(tracked.task)
 
     def close(self) -> None:
         """Stop every refresh (uninstrument); the gauge reports nothing afterwards."""
