@@ -37,7 +37,9 @@ Both
 * ``basic_ack`` / ``basic_nack`` / ``basic_reject`` (``multiple`` too) settle the handlings
   of their delivery tags: ``completed``; ``retried`` (requeued); ``rejected`` (not requeued:
   a dead-letter exchange may move it); a nack or reject inside an ``except`` block records the
-  exception being handled on the span. A callback that raises ends its handling ``failed``.
+  exception being handled on the span. A callback that raises ends its handling ``failed``. On a
+  ``BlockingConnection`` a settlement is recorded once its frame is written: an ack the lost
+  connection did not let out ends ``failed`` (the broker redelivers the message).
   A handling still unsettled when its callback returns (the work was handed to a thread,
   which acknowledges through ``add_callback_threadsafe``) stays open until its message is
   settled, its channel closes (``failed``), or ``OTEL_EDA_PROCESS_SPAN_MAX_S`` (then it ends
@@ -49,8 +51,10 @@ Both
 
 Names, the delivery attempt (``x-delivery-count + 1`` on quorum queues, else 2 when
 redelivered) and dead-lettering (``x-death``) follow :mod:`otel_eda.transports.rabbitmq`, as for
-aio-pika. Nothing here raises into the application: an internal failure is logged and counted
-(``eda.internal.errors``), and the client's call goes ahead uninstrumented.
+aio-pika. The queue depth and consumer count gauges are refreshed by a thread with a connection
+of its own (:mod:`~otel_eda.transports.pika.depth`). Nothing here raises into the application: an
+internal failure is logged and counted (``eda.internal.errors``), and the client's call goes ahead
+uninstrumented.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error, count_invalid, internal_error
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
 from otel_eda.transports.pika.contrib import uninstrument_contrib
+from otel_eda.transports.pika.depth import PikaQueueDepth
 from otel_eda.transports.rabbitmq import (
     MessageReturned,
     RabbitTelemetry,
@@ -101,16 +106,22 @@ SCOPE: Final = "otel_eda.pika"
 
 
 class PikaTelemetry(RabbitTelemetry):
-    """The telemetry of one pika instrumentation: the shared RabbitMQ telemetry and the nack counter."""
+    """The telemetry of one pika instrumentation: the shared RabbitMQ telemetry, the nack counter
+    and the queue depth gauges (:mod:`~otel_eda.transports.pika.depth`)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, depth_refresh_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(SCOPE, **kwargs)
         meter = metrics.get_meter(SCOPE + ".broker", VERSION, kwargs.get("meter_provider"))
+        refresh = {} if depth_refresh_s is None else {"refresh_s": depth_refresh_s}
+        self.depth = PikaQueueDepth(kwargs.get("meter_provider"), **refresh)
         self.nacks = meter.create_counter(
             semconv.METRIC_BROKER_NACKS,
             unit="{message}",
             description="Messages the broker refused (publisher confirms) after their send span ended",
         )
+
+    def close(self) -> None:
+        self.depth.close()
 
 
 # -- per-channel state ------------------------------------------------------------------------
@@ -362,6 +373,7 @@ def _blocking_consume_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
             if state.consumer is None or state.consumer.queue != queue:
                 state.consumer = _Pull(state, queue if isinstance(queue, str) else "", bool(auto_ack))
             pull = state.consumer
+            telemetry.depth.track(self._impl, queue)
         except Exception:
             internal_error("pika", "following a consume() generator")
             return inner
@@ -417,6 +429,7 @@ def _blocking_get_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
         except Exception:
             internal_error("pika", "ending a message's process span")
         result = original(self, queue, auto_ack)
+        telemetry.depth.track(self._impl, queue)
         if pull is not None and result[0] is not None:
             pull.queue = queue if isinstance(queue, str) else ""
             pull.auto_ack = bool(auto_ack)
@@ -438,7 +451,9 @@ def _blocking_basic_consume_wrapper(telemetry: PikaTelemetry) -> Callable[..., A
                 on_message_callback = _callback_wrapper(state, name, on_message_callback, auto_ack)
         except Exception:
             internal_error("pika", "wrapping a consumer callback")
-        return original(self, queue, on_message_callback, *args, **kwargs)
+        result = original(self, queue, on_message_callback, *args, **kwargs)
+        telemetry.depth.track(self._impl, queue)
+        return result
 
     return basic_consume
 
@@ -453,6 +468,7 @@ def _select_consume_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
                 auto_ack = bool(kwargs.get("auto_ack", args[0] if args else False))
                 name = queue if isinstance(queue, str) else ""
                 on_message_callback = _callback_wrapper(state, name, on_message_callback, auto_ack)
+                telemetry.depth.track(self, queue)
         except Exception:
             internal_error("pika", "wrapping a consumer callback")
         return original(self, queue, on_message_callback, *args, **kwargs)
@@ -468,6 +484,7 @@ def _select_get_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
             state = _state(telemetry, self)
             if not state.blocking and not _wrapped(callback):
                 callback = _callback_wrapper(state, queue if isinstance(queue, str) else "", callback, bool(auto_ack))
+                telemetry.depth.track(self, queue)
         except Exception:
             internal_error("pika", "wrapping a basic_get callback")
         return original(self, queue, callback, auto_ack)
@@ -511,18 +528,71 @@ def _settle_wrapper(telemetry: PikaTelemetry, kind: str) -> Callable[..., Any]:
         try:
             result = original(self, delivery_tag, *args, **kwargs)
         except BaseException as exc:  # the channel is gone, say: the broker will redeliver them
-            for processing in settled:
-                _finish(processing, Outcome.FAILED, exc)
-            if span is not None:
-                span.set_status(Status(StatusCode.ERROR, error_type(exc)))
-                span.set_attribute(semconv.ERROR_TYPE, error_type(exc))
-                span.end()
+            _Settling(settled, span, Outcome.FAILED, exc).end(exc)
             raise
-        if span is not None:
-            span.end()
         outcome = Outcome.COMPLETED if kind == "ack" else Outcome.RETRIED if requeue else Outcome.REJECTED
-        for processing in settled:
-            _finish(processing, outcome, handled)
+        settling = _Settling(settled, span, outcome, handled)
+        deferred = _BLOCKING_SETTLE.get()
+        if deferred is not None:  # BlockingChannel's call: it ends them once its frame is written
+            deferred.append(settling)
+        else:
+            settling.end(None)
+        return result
+
+    return settle
+
+
+class _Settling:
+    """The handlings one settle call settles, its span, and their outcome if the frame goes out."""
+
+    __slots__ = ("handled", "outcome", "settled", "span")
+
+    def __init__(self, settled: list[Processing], span: Any, outcome: Outcome, handled: BaseException | None) -> None:
+        self.settled = settled
+        self.span = span
+        self.outcome = outcome
+        self.handled = handled
+
+    def end(self, failure: BaseException | None) -> None:
+        """End them: as settled, or ``failed`` with ``failure`` (the frame never went out)."""
+        for processing in self.settled:
+            if failure is None:
+                _finish(processing, self.outcome, self.handled)
+            else:
+                _finish(processing, Outcome.FAILED, failure)
+        if self.span is not None:
+            if failure is not None:
+                self.span.set_status(Status(StatusCode.ERROR, error_type(failure)))
+                self.span.set_attribute(semconv.ERROR_TYPE, error_type(failure))
+            self.span.end()
+
+
+#: Inside a ``BlockingChannel`` settle call: the settlings its ``Channel`` call made, ended by it.
+_BLOCKING_SETTLE: contextvars.ContextVar[list[_Settling] | None] = contextvars.ContextVar(
+    "otel_eda_pika_blocking_settle", default=None
+)
+
+
+def _blocking_settle_wrapper(kind: str) -> Callable[..., Any]:
+    """``BlockingChannel.basic_ack`` (``nack``, ``reject``): the ``Channel`` call only queues the
+    frame, and the write that follows (``_flush_output``) is where a lost connection shows. A
+    settlement is recorded once that write went through; when it raises, ``failed`` (the broker
+    redelivers the message), never ``completed`` for an ack that did not leave the process."""
+    original = BlockingChannel.__dict__[f"basic_{kind}"]
+
+    def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
+        deferred: list[_Settling] = []
+        token = _BLOCKING_SETTLE.set(deferred)
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            _BLOCKING_SETTLE.reset(token)
+            for settling in deferred:
+                settling.end(exc)
+            raise
+        _BLOCKING_SETTLE.reset(token)
+        for settling in deferred:
+            settling.end(None)
         return result
 
     return settle
@@ -742,6 +812,9 @@ _PATCHED: Final = (
     (BlockingChannel, "consume"),
     (BlockingChannel, "cancel"),
     (BlockingChannel, "basic_get"),
+    (BlockingChannel, "basic_ack"),
+    (BlockingChannel, "basic_nack"),
+    (BlockingChannel, "basic_reject"),
     (pika.channel.Channel, "basic_publish"),
     (pika.channel.Channel, "basic_consume"),
     (pika.channel.Channel, "basic_get"),
@@ -757,8 +830,8 @@ _PATCHED: Final = (
 class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """otel-eda's pika instrumentation (see the module docstring).
 
-    ``instrument()`` accepts ``tracer_provider``, ``meter_provider`` and ``recorders``
-    (lifecycle record sinks, e.g. an ``EventStore``).
+    ``instrument()`` accepts ``tracer_provider``, ``meter_provider``, ``recorders``
+    (lifecycle record sinks, e.g. an ``EventStore``) and ``depth_refresh_s`` (default 5).
     """
 
     _telemetry: PikaTelemetry | None = None
@@ -772,6 +845,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             recorders=kwargs.get("recorders", ()),
+            depth_refresh_s=kwargs.get("depth_refresh_s"),
         )
         self._telemetry = telemetry
         wrappers: dict[tuple[type, str], Callable[..., Any]] = {
@@ -792,6 +866,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         }
         for kind in ("ack", "nack", "reject"):
             wrappers[(pika.channel.Channel, f"basic_{kind}")] = _settle_wrapper(telemetry, kind)
+            wrappers[(BlockingChannel, f"basic_{kind}")] = _blocking_settle_wrapper(kind)
         for (cls, name), wrapper in wrappers.items():
             _patch(cls, name, wrapper)
 
