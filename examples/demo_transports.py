@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from kafka_transport import KafkaTransport
 from nats_transport import NatsTransport
+from pika_transport import PikaTransport
 from rabbitmq_transport import RabbitTransport
 from redis_transport import RedisTransport
 
@@ -68,6 +69,7 @@ TRANSPORTS: dict[str, type[Any]] = {
     "embedded": EmbeddedTransport,
     "kafka": KafkaTransport,
     "nats": NatsTransport,
+    "pika": PikaTransport,
     "rabbitmq": RabbitTransport,
     "redis": RedisTransport,
 }

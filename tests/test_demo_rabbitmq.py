@@ -1,6 +1,6 @@
-"""The order-flow demo over a real RabbitMQ (``--transport rabbitmq``): the demo starts RabbitMQ with
-``scripts/rabbitmq``, runs the four services across its exchange and queues, and stops it; the causation
-trees are those of the demo over queues."""
+"""The order-flow demo over a real RabbitMQ, with aio-pika (``--transport rabbitmq``) and with pika
+(``--transport pika``): the demo starts RabbitMQ with ``scripts/rabbitmq``, runs the four services
+across its exchange and queues, and stops it; the causation trees are those of the demo over queues."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def rabbitmq_pids() -> set[int]:
     return found
 
 
-def test_the_demo_over_rabbitmq_has_the_same_causation_trees(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["rabbitmq", "pika"])
+def test_the_demo_over_rabbitmq_has_the_same_causation_trees(tmp_path: Path, transport: str) -> None:
     before = rabbitmq_pids()
-    run = run_demo(tmp_path, "--traffic", "0", "--transport", "rabbitmq")
+    run = run_demo(tmp_path, "--traffic", "0", "--transport", transport)
     assert "RabbitMQ ready on amqp:" in run.result.stdout  # the demo started its own
     assert_flows_as_expected(run, 6)
     # every consumer span links to a producer span written in another service's process
