@@ -6,7 +6,8 @@ answer of the broker; each client's refresh (a task on the queue's event loop fo
 thread with a connection of its own for pika) writes there, and the gauges' callbacks only read
 it: never a network call inside the SDK's collection. At most :data:`MAX_QUEUES` queues are
 tracked per gauge pair; more are left out and counted once each in ``eda.internal.errors``
-(component ``queue_depth``), with a warning. Thread-safe.
+(component ``queue_depth``), with a warning. Thread-safe; a forked child gets a fresh lock
+(:mod:`otel_eda.process_hooks`) until :meth:`QueueGauges.close`.
 
 >>> gauges = QueueGauges(scope="otel_eda.doc")
 >>> tracked = gauges.add("orders")
@@ -18,6 +19,7 @@ True
 >>> gauges.remove("orders", tracked)
 >>> gauges.snapshot()
 {}
+>>> gauges.close()
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error
+from otel_eda.process_hooks import ForkHook, register_fork_hook, unregister_fork_hook
 
 __all__ = ["COMPONENT", "MAX_QUEUES", "REFRESH_S", "QueueGauges", "TrackedQueue"]
 
@@ -67,6 +70,7 @@ class QueueGauges:
         self._queues: dict[str, TrackedQueue] = {}
         self._over_limit: set[str] = set()
         self._lock = threading.Lock()
+        self._fork_hook = register_fork_hook(ForkHook(f"{scope} queue gauges", after_in_child=self._renew_lock))
         meter = metrics.get_meter(scope, meter_provider=meter_provider)
         meter.create_observable_gauge(
             semconv.METRIC_BROKER_QUEUE_DEPTH,
@@ -112,10 +116,18 @@ class QueueGauges:
         with self._lock:
             self._queues.clear()
 
+    def close(self) -> None:
+        """Forget every queue and the fork hook (uninstrument): the gauges report nothing."""
+        self.clear()
+        unregister_fork_hook(self._fork_hook)
+
+    def _renew_lock(self) -> None:
+        self._lock = threading.Lock()  # a thread of the parent may have held it at fork time
+
     def after_fork_in_child(self) -> None:
-        """Forget every queue with a fresh lock (a thread of the parent may have held it): the
-        child's application tracks the queues it consumes itself."""
-        self._lock = threading.Lock()
+        """Forget every queue, with a fresh lock: for a refresh whose child tracks the queues
+        it consumes itself (pika's)."""
+        self._renew_lock()
         self._queues.clear()
 
     def tracked(self) -> list[TrackedQueue]:

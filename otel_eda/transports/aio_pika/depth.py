@@ -63,7 +63,7 @@ class QueueDepth:
         for task in list(self._tasks.values()):
             cancel_from_anywhere(task)
         self._tasks.clear()
-        self._gauges.clear()
+        self._gauges.close()
 
     def depths(self) -> dict[str, tuple[int | None, int | None]]:
         """The last snapshot: ``{queue: (ready messages, consumers)}``."""

@@ -198,7 +198,7 @@ class PikaQueueDepth:
         with self._lock:
             self._watched.clear()
             thread = self._thread
-        self._gauges.clear()
+        self._gauges.close()
         if thread is not None and thread is not threading.current_thread():
             thread.join(_SOCKET_TIMEOUT_S)
 
