@@ -272,6 +272,8 @@ class PikaQueueDepth:
 
     def _forget(self, name: str, entry: _Watched) -> None:
         with self._lock:
+            if entry.in_use():  # a channel started consuming it meanwhile (track() adds under the lock)
+                return
             if self._watched.get(name) is entry:
                 del self._watched[name]
             if all(w.key != entry.key for w in self._watched.values()):
