@@ -16,8 +16,10 @@ import pytest
 from brokers import RabbitBroker, unique_name
 from pika.adapters.blocking_connection import BlockingChannel
 
-from otel_eda import semconv
+from otel_eda import _selfmetrics, semconv
 from otel_eda.testing import TelemetryCapture
+from otel_eda.transports import queue_gauges
+from otel_eda.transports.pika import depth as pika_depth
 from otel_eda.transports.pika.depth import PikaQueueDepth
 from otel_eda.transports.pika.instrumentor import PikaInstrumentor
 
@@ -215,3 +217,45 @@ def test_a_forked_child_forgets_the_parents_queues_and_starts_its_own_thread(
         until(lambda: depth.depths().get(queue) == (1, 0), "the parent's depth after the fork")
     finally:
         connection.channel().queue_delete(queue)
+
+
+def test_queues_and_brokers_over_the_limits_are_left_out_logged_and_counted_once(
+    capture: TelemetryCapture,
+    depth: PikaQueueDepth,
+    connection: pika.BlockingConnection,
+    rabbitmq: RabbitBroker,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors = capture.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    monkeypatch.setattr(queue_gauges, "MAX_QUEUES", 2)
+    monkeypatch.setattr(pika_depth, "MAX_BROKERS", 1)
+
+    def counted() -> int:
+        return sum(
+            p.value
+            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
+        )
+
+    channel = connection.channel()
+    queues = [declare(channel, f"limit{i}") for i in range(4)]
+    # the same node under another name is another broker to the depth thread (host, port, vhost, user)
+    other = pika.BlockingConnection(pika.URLParameters(rabbitmq.url.replace("127.0.0.1", "localhost")))
+    try:
+        for queue in queues[:3]:
+            channel.basic_get(queue)
+            channel.basic_get(queue)  # again: nothing more
+        until(lambda: set(depth.depths()) == set(queues[:2]) and None not in depth.depths()[queues[0]], "two read")
+        assert counted() == 1
+        assert sum("the depth of" in r.getMessage() and "not reported" in r.getMessage() for r in caplog.records) == 1
+        other.channel().basic_get(queues[3])
+        other.channel().basic_get(queues[3])
+        assert set(depth.depths()) == set(queues[:2])
+        assert counted() == 2
+        assert sum("more than 1 brokers" in r.getMessage() for r in caplog.records) == 1
+    finally:
+        other.close()
+        for queue in queues:
+            channel.queue_delete(queue)
