@@ -166,12 +166,14 @@ class PikaQueueDepth:
         with self._lock:
             new_broker = key not in self._brokers
             over = new_broker and len(self._brokers) >= MAX_BROKERS
-            if over:
-                first = key not in self._over_limit and len(self._over_limit) < MAX_BROKERS
+            first = over and key not in self._over_limit and len(self._over_limit) < MAX_BROKERS
+            if first:
                 self._over_limit.add(key)
         if over:
             if first:
-                _log.warning("otel-eda: more than %d brokers: the queue depths of %s are left out", MAX_BROKERS, key)
+                _log.warning(
+                    "otel-eda: more than %d brokers: the queue depths of %s:%s are left out", MAX_BROKERS, *key[:2]
+                )
                 count_internal_error(COMPONENT)
             return None
         tracked = self._gauges.add(queue)
