@@ -32,6 +32,7 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISA
 from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
 from otel_eda.transports.aio_pika.contrib import disable_contrib_before_load as disable_contrib_aio_pika
 from otel_eda.transports.aiokafka.contrib import disable_contrib_before_load
+from otel_eda.transports.confluent_kafka.contrib import disable_contrib_before_load as disable_contrib_confluent_kafka
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
 
@@ -56,6 +57,7 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
         # otel-eda's broker instrumentations replace the contrib ones: keep those from loading
         disable_contrib_aio_pika()
         disable_contrib_before_load()
+        disable_contrib_confluent_kafka()
 
 
 class EdaConfigurator:

@@ -111,12 +111,18 @@ class _Tracked:
 class ConsumerLag:
     """The ``eda.consumer.lag`` gauge of the aiokafka consumers handed to :meth:`track`."""
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None, *, refresh_s: float = REFRESH_S) -> None:
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        refresh_s: float = REFRESH_S,
+        scope: str = "otel_eda.transports.aiokafka",
+    ) -> None:
         self._refresh_s = refresh_s
         self._consumers: weakref.WeakKeyDictionary[Any, _Tracked] = weakref.WeakKeyDictionary()
         self._over_limit: set[tuple[str, int, str | None]] = set()
         self._closed = False
-        meter = metrics.get_meter("otel_eda.transports.aiokafka", meter_provider=meter_provider)
+        meter = metrics.get_meter(scope, meter_provider=meter_provider)
         meter.create_observable_gauge(
             semconv.METRIC_CONSUMER_LAG,
             callbacks=[self._observe],

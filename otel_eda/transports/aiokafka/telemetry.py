@@ -1,4 +1,4 @@
-"""What otel-eda writes for aiokafka clients: one object per instrumentation.
+"""What otel-eda writes for Kafka clients (aiokafka, confluent-kafka): one object per instrumentation.
 
 :class:`KafkaTelemetry` holds the :class:`~otel_eda.messaging.Messaging` of the
 instrumentation (spans, metrics and lifecycle records of publishing and handling events,
@@ -29,7 +29,11 @@ DUPLICATE_WINDOW: Final = 10_000
 
 
 class KafkaTelemetry:
-    """The telemetry of one aiokafka instrumentation (see the module docstring)."""
+    """The telemetry of one Kafka instrumentation (see the module docstring).
+
+    ``scope``: the instrumentation scope of its spans and metrics (default aiokafka's);
+    ``lag``: the consumer lag gauge (default: aiokafka's, refreshed every ``lag_refresh_s``).
+    """
 
     def __init__(
         self,
@@ -40,12 +44,14 @@ class KafkaTelemetry:
         capture_message_key: bool = False,
         mode: TraceMode | None = None,
         lag_refresh_s: float | None = None,
+        scope: str = SCOPE,
+        lag: ConsumerLag | None = None,
     ) -> None:
         # A send's duration runs until the broker acknowledged the record (the future
         # aiokafka's send returns), not until send() returned: recorded here, not by Messaging.
         self.messaging = Messaging(
             semconv.MESSAGING_SYSTEM_KAFKA,
-            scope=SCOPE,
+            scope=scope,
             mode=mode,
             recorders=recorders,
             tracer_provider=tracer_provider,
@@ -54,7 +60,7 @@ class KafkaTelemetry:
             operation_duration=False,
         )
         self.capture_message_key = capture_message_key
-        meter = metrics.get_meter(SCOPE + ".delivery", VERSION, meter_provider)
+        meter = metrics.get_meter(scope + ".delivery", VERSION, meter_provider)
         self.send_duration = meter.create_histogram(
             semconv.METRIC_OPERATION_DURATION,
             unit="s",
@@ -66,7 +72,7 @@ class KafkaTelemetry:
             unit="{message}",
             description="Records whose event id this process handled before in the same consumer group",
         )
-        self.lag = (
+        self.lag = lag or (
             ConsumerLag(meter_provider)
             if lag_refresh_s is None
             else ConsumerLag(meter_provider, refresh_s=lag_refresh_s)
