@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 import pytest
-from brokers import KafkaBroker, KafkaStartError, unique_name
+from brokers import KafkaBroker, send_outcomes, unique_name
 
 from otel_eda import semconv
 from otel_eda.identity import current_event
@@ -23,20 +22,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path / "kafka")
-    try:
-        broker.start()
-    except KafkaStartError as exc:
-        broker.stop()
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
 def instrumented(capture: TelemetryCapture) -> Iterator[TelemetryCapture]:
     instrumentor = ConfluentKafkaInstrumentor()
     instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
@@ -44,20 +29,6 @@ def instrumented(capture: TelemetryCapture) -> Iterator[TelemetryCapture]:
         yield capture
     finally:
         instrumentor.uninstrument()
-
-
-def failed_sends(capture: TelemetryCapture, topic: str) -> dict[str, int]:
-    """``messaging.client.operation.duration`` counts of ``send`` by ``error.type``."""
-    found: dict[str, int] = {}
-    for point in capture.points(semconv.METRIC_OPERATION_DURATION):
-        attrs = point.attributes or {}
-        if (
-            attrs.get(semconv.MESSAGING_OPERATION_NAME) == "send"
-            and attrs.get(semconv.MESSAGING_DESTINATION_NAME) == topic
-        ):
-            key = str(attrs.get(semconv.ERROR_TYPE, "ok"))
-            found[key] = found.get(key, 0) + point.count
-    return found
 
 
 def handle_one(consumer: Any, timeout_s: float = 90.0) -> tuple[Any, str]:
@@ -72,21 +43,21 @@ def handle_one(consumer: Any, timeout_s: float = 90.0) -> tuple[Any, str]:
 
 
 def test_an_outage_gives_delivery_errors_counted_and_logged_and_flows_resume(
-    broker: KafkaBroker, instrumented: TelemetryCapture, caplog: pytest.LogCaptureFixture
+    own_kafka: KafkaBroker, instrumented: TelemetryCapture, caplog: pytest.LogCaptureFixture
 ) -> None:
     capture = instrumented
     topic = unique_name("outage")
     reports: list[Any] = []
     producer = confluent_kafka.Producer(
         {
-            "bootstrap.servers": broker.bootstrap_servers,
+            "bootstrap.servers": own_kafka.bootstrap_servers,
             "message.timeout.ms": 3000,
             "on_delivery": lambda err, msg: reports.append((err, getattr(current_event(), "event_id", None))),
         }
     )
     consumer = confluent_kafka.Consumer(
         {
-            "bootstrap.servers": broker.bootstrap_servers,
+            "bootstrap.servers": own_kafka.bootstrap_servers,
             "group.id": unique_name("outage-group"),
             "auto.offset.reset": "earliest",
         }
@@ -97,7 +68,7 @@ def test_an_outage_gives_delivery_errors_counted_and_logged_and_flows_resume(
         assert producer.flush(60) == 0
         _, before_id = handle_one(consumer)
 
-        broker.stop()
+        own_kafka.stop()
         with outgoing_event() as during:
             producer.produce(topic, b"during")  # accepted into librdkafka's queue: no error here
         producer.flush(30)
@@ -107,11 +78,11 @@ def test_an_outage_gives_delivery_errors_counted_and_logged_and_flows_resume(
         for _ in range(4):  # polling during the outage raises nothing and makes no span
             msg = consumer.poll(0.25)
             assert msg is None or msg.error() is not None
-        failed = failed_sends(capture, topic)
+        failed = send_outcomes(capture, topic)
         assert failed == {"ok": 1, "_MSG_TIMED_OUT": 1}, failed
         assert any(during.events[0].event_id in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
-        broker.start()
+        own_kafka.start()
         producer.produce(topic, b"after")
         assert producer.flush(120) == 0, "the producer did not recover within 120 s"
         msg, after_id = handle_one(consumer, 120)
