@@ -6,7 +6,7 @@ import logging
 
 import confluent_kafka
 import pytest
-from confluent_kafka import cimpl
+from confluent_kafka import cimpl, deserializing_consumer, serializing_producer
 from opentelemetry.instrumentation.confluent_kafka import ConfluentKafkaInstrumentor as ContribInstrumentor
 
 from otel_eda.transports.confluent_kafka import contrib
@@ -58,3 +58,5 @@ def test_in_either_order_only_otel_edas_classes_remain(contrib_first: bool) -> N
         theirs.uninstrument()
         ours.uninstrument()
     assert confluent_kafka.Producer is cimpl.Producer and confluent_kafka.Consumer is cimpl.Consumer
+    assert confluent_kafka.SerializingProducer is serializing_producer.SerializingProducer
+    assert confluent_kafka.DeserializingConsumer is deserializing_consumer.DeserializingConsumer

@@ -486,3 +486,58 @@ def test_isinstance_and_type_hints_keep_working(instrumented: Instrumented) -> N
     ConfluentKafkaInstrumentor().instrument(
         tracer_provider=t.capture.tracer_provider, meter_provider=t.capture.meter_provider
     )
+
+
+def test_serializing_producer_and_deserializing_consumer_are_instrumented(instrumented: Instrumented) -> None:
+    from confluent_kafka.serialization import StringDeserializer, StringSerializer
+
+    t = instrumented
+    seen_by_serializer: list[list[str]] = []
+
+    def serialize(value: str, ctx: Any) -> bytes:  # a serializer sees the headers, otel-eda's included
+        seen_by_serializer.append([k for k, _ in ctx.headers or []])
+        return value.encode()
+
+    producer = confluent_kafka.SerializingProducer(
+        {
+            "bootstrap.servers": t.kafka.bootstrap_servers,
+            "key.serializer": StringSerializer(),
+            "value.serializer": serialize,
+        }
+    )
+    assert isinstance(producer, confluent_kafka.SerializingProducer) and isinstance(producer, confluent_kafka.Producer)
+    delivered: list[str | None] = []
+    producer.produce(
+        t.topic,
+        key="k",
+        value="order 1",
+        on_delivery=lambda err, msg: delivered.append(getattr(current_event(), "event_id", None)),
+    )
+    flushed(producer)
+    consumer = confluent_kafka.DeserializingConsumer(
+        {
+            "bootstrap.servers": t.kafka.bootstrap_servers,
+            "group.id": t.group,
+            "auto.offset.reset": "earliest",
+            "key.deserializer": StringDeserializer(),
+            "value.deserializer": StringDeserializer(),
+        }
+    )
+    assert isinstance(consumer, confluent_kafka.DeserializingConsumer) and isinstance(
+        consumer, confluent_kafka.Consumer
+    )
+    consumer.subscribe([t.topic])
+    try:
+        msg = poll_record(consumer)
+        event = current_event()
+    finally:
+        consumer.close()
+    assert msg.value() == "order 1" and msg.key() == "k"  # deserialized, as without otel-eda
+    (send,) = t.spans(name=f"send {t.topic}")
+    (process,) = t.spans(name=f"process {t.topic}")
+    sent_id = t.attr(send, semconv.MESSAGING_MESSAGE_ID)
+    assert HEADER_EVENT_ID in seen_by_serializer[0] and "traceparent" in seen_by_serializer[0]
+    assert delivered == [sent_id]
+    assert event is not None and event.event_id == sent_id == t.attr(process, semconv.MESSAGING_MESSAGE_ID)
+    assert [link.context.span_id for link in process.links] == [send.context.span_id]
+    assert sends_timed(t) == 1

@@ -10,15 +10,16 @@ meter_provider=...)``, before the application makes its clients.
 C extension (``confluent_kafka.cimpl``): their methods cannot be replaced in place. While
 instrumented, the module attributes ``confluent_kafka.Producer`` and
 ``confluent_kafka.Consumer`` are the subclasses :class:`Producer` and :class:`Consumer` of
-this module (as the contrib instrumentation does), so clients made through them are
-instrumented; ``uninstrument()`` puts the C classes back, and an instrumented client made
-before then passes its calls straight through. ``isinstance(client, confluent_kafka.Producer)``
-holds for every client, instrumented or not, whichever class the name held when the check was
-written (the subclasses' metaclass accepts instances of the C class), and type hints naming
-``confluent_kafka.Producer`` / ``Consumer`` keep working. Two limits: a module that ran
-``from confluent_kafka import Producer`` *before* instrumentation keeps the C class (under
-``opentelemetry-instrument`` instrumentation comes first), and ``SerializingProducer`` /
-``DeserializingConsumer`` derive from the C classes directly and are not instrumented.
+this module (as the contrib instrumentation does), and ``confluent_kafka.SerializingProducer`` /
+``DeserializingConsumer`` (Python classes deriving from the C ones) are :class:`SerializingProducer`
+and :class:`DeserializingConsumer`, so clients made through them are instrumented;
+``uninstrument()`` puts the original classes back, and an instrumented client made before then
+passes its calls straight through. ``isinstance(client, confluent_kafka.Producer)`` holds for
+every client, instrumented or not, whichever class the name held when the check was written (the
+subclasses' metaclass accepts instances of the original class), and type hints naming these
+classes keep working. One limit: a module that ran ``from confluent_kafka import Producer``
+*before* instrumentation keeps the original class (under ``opentelemetry-instrument``
+instrumentation comes first).
 
 **Producer.** ``produce()`` is asynchronous: the record's event is a child of the event
 current in the caller (inside a handling: the handled record's event) or starts a flow; a
@@ -66,6 +67,8 @@ from typing import Any, Final
 
 import confluent_kafka
 from confluent_kafka import cimpl
+from confluent_kafka.deserializing_consumer import DeserializingConsumer as _DeserializingConsumer
+from confluent_kafka.serializing_producer import SerializingProducer as _SerializingProducer
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
@@ -91,8 +94,10 @@ __all__ = [
     "SCOPE",
     "ConfluentKafkaInstrumentor",
     "Consumer",
+    "DeserializingConsumer",
     "Outgoing",
     "Producer",
+    "SerializingProducer",
     "outgoing_event",
     "processing",
 ]
@@ -104,6 +109,8 @@ _COMPONENT: Final = "confluent_kafka"
 SCOPE: Final = "otel_eda.confluent_kafka"
 #: ``Producer.produce``'s positional parameters after the topic, in librdkafka's order.
 _PRODUCE_PARAMETERS: Final = ("value", "key", "partition", "callback", "on_delivery", "timestamp", "headers")
+#: ``SerializingProducer.produce``'s positional parameters after the topic.
+_SERIALIZING_PRODUCE_PARAMETERS: Final = ("key", "value", "partition", "on_delivery", "timestamp", "headers")
 #: How a confluent-kafka ``Message`` reads.
 _ACCESS: Final = RecordAccess(
     topic=operator.methodcaller("topic"),
@@ -147,11 +154,11 @@ class _InstrumentedClient(type):
 
 
 # -- producer -------------------------------------------------------------------------------
-class Producer(cimpl.Producer, metaclass=_InstrumentedClient):
-    """``confluent_kafka.Producer`` while otel-eda's instrumentation is applied (see the module
-    docstring); it behaves as the C class in every other respect."""
+class _ProducerInstrumentation:
+    """What an instrumented producer class adds to the client's class (listed after it in the bases)."""
 
-    _otel_eda_client = cimpl.Producer
+    #: the parameters of the client class's ``produce`` after the topic, in its positional order
+    _otel_eda_parameters: tuple[str, ...] = _PRODUCE_PARAMETERS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -160,9 +167,25 @@ class Producer(cimpl.Producer, metaclass=_InstrumentedClient):
 
     def produce(self, topic: Any, *args: Any, **kwargs: Any) -> None:
         telemetry = _telemetry
+        produce = super().produce  # type: ignore[misc]
         if telemetry is None:
-            return super().produce(topic, *args, **kwargs)
-        return _produce(telemetry, self, super().produce, topic, args, kwargs)
+            return produce(topic, *args, **kwargs)  # type: ignore[no-any-return]
+        return _produce(telemetry, self, produce, topic, args, kwargs)
+
+
+class Producer(_ProducerInstrumentation, cimpl.Producer, metaclass=_InstrumentedClient):
+    """``confluent_kafka.Producer`` while otel-eda's instrumentation is applied (see the module
+    docstring); it behaves as the C class in every other respect."""
+
+    _otel_eda_client = cimpl.Producer
+
+
+class SerializingProducer(_ProducerInstrumentation, _SerializingProducer, metaclass=_InstrumentedClient):
+    """``confluent_kafka.SerializingProducer`` while otel-eda's instrumentation is applied: the
+    serializers see the record's headers with otel-eda's appended."""
+
+    _otel_eda_client = _SerializingProducer
+    _otel_eda_parameters = _SERIALIZING_PRODUCE_PARAMETERS
 
 
 class _Delivery:
@@ -223,7 +246,7 @@ def _error_name(err: Any) -> str:
 
 def _produce(
     telemetry: KafkaTelemetry,
-    producer: Producer,
+    producer: _ProducerInstrumentation,
     produce: Callable[..., None],
     topic: Any,
     args: tuple[Any, ...],
@@ -232,8 +255,9 @@ def _produce(
     try:
         params = dict(kwargs)
         if args:
-            positional = dict(zip(_PRODUCE_PARAMETERS, args, strict=False))
-            if len(args) > len(_PRODUCE_PARAMETERS) or positional.keys() & params.keys():
+            parameters = producer._otel_eda_parameters
+            positional = dict(zip(parameters, args, strict=False))
+            if len(args) > len(parameters) or positional.keys() & params.keys():
                 return produce(topic, *args, **kwargs)  # the client raises its own TypeError
             params.update(positional)
         headers = params.get("headers")
@@ -269,11 +293,8 @@ def _produce(
 
 
 # -- consumer -------------------------------------------------------------------------------
-class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
-    """``confluent_kafka.Consumer`` while otel-eda's instrumentation is applied (see the module
-    docstring); it behaves as the C class in every other respect."""
-
-    _otel_eda_client = cimpl.Consumer
+class _ConsumerInstrumentation:
+    """What an instrumented consumer class adds to the client's class (listed after it in the bases)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -284,11 +305,11 @@ class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
     def poll(self, *args: Any, **kwargs: Any) -> Any:
         telemetry = _telemetry
         if telemetry is None:
-            return super().poll(*args, **kwargs)
+            return super().poll(*args, **kwargs)  # type: ignore[misc]
         state = _state(telemetry, self)
         state.end_current()
         start_ns = time.time_ns()
-        msg = super().poll(*args, **kwargs)
+        msg = super().poll(*args, **kwargs)  # type: ignore[misc]
         if msg is None:
             return None
         try:
@@ -303,11 +324,11 @@ class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
     def consume(self, *args: Any, **kwargs: Any) -> Any:
         telemetry = _telemetry
         if telemetry is None:
-            return super().consume(*args, **kwargs)
+            return super().consume(*args, **kwargs)  # type: ignore[misc]
         state = _state(telemetry, self)
         state.end_current()
         start_ns = time.time_ns()
-        msgs = super().consume(*args, **kwargs)
+        msgs = super().consume(*args, **kwargs)  # type: ignore[misc]
         if not msgs:
             return msgs
         try:
@@ -331,19 +352,19 @@ class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
 
     def commit(self, *args: Any, **kwargs: Any) -> Any:
         self._otel_eda_end()
-        return super().commit(*args, **kwargs)
+        return super().commit(*args, **kwargs)  # type: ignore[misc]
 
     def seek(self, *args: Any, **kwargs: Any) -> Any:
         self._otel_eda_end()
-        return super().seek(*args, **kwargs)
+        return super().seek(*args, **kwargs)  # type: ignore[misc]
 
     def unassign(self, *args: Any, **kwargs: Any) -> Any:
         self._otel_eda_end()
-        return super().unassign(*args, **kwargs)
+        return super().unassign(*args, **kwargs)  # type: ignore[misc]
 
     def unsubscribe(self, *args: Any, **kwargs: Any) -> Any:
         self._otel_eda_end()
-        return super().unsubscribe(*args, **kwargs)
+        return super().unsubscribe(*args, **kwargs)  # type: ignore[misc]
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         held, self._otel_eda_state = self._otel_eda_state, None
@@ -355,7 +376,7 @@ class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
                 telemetry.lag.untrack(self)
             except Exception:
                 internal_error(_COMPONENT, "untracking a closed consumer's lag")
-        return super().close(*args, **kwargs)
+        return super().close(*args, **kwargs)  # type: ignore[misc]
 
     def _otel_eda_end(self) -> None:
         held = self._otel_eda_state
@@ -363,7 +384,21 @@ class Consumer(cimpl.Consumer, metaclass=_InstrumentedClient):
             held[1].end_current()
 
 
-def _state(telemetry: KafkaTelemetry, consumer: Consumer) -> ConsumerState:
+class Consumer(_ConsumerInstrumentation, cimpl.Consumer, metaclass=_InstrumentedClient):
+    """``confluent_kafka.Consumer`` while otel-eda's instrumentation is applied (see the module
+    docstring); it behaves as the C class in every other respect."""
+
+    _otel_eda_client = cimpl.Consumer
+
+
+class DeserializingConsumer(_ConsumerInstrumentation, _DeserializingConsumer, metaclass=_InstrumentedClient):
+    """``confluent_kafka.DeserializingConsumer`` while otel-eda's instrumentation is applied: a
+    record's handling starts once its key and value are deserialized."""
+
+    _otel_eda_client = _DeserializingConsumer
+
+
+def _state(telemetry: KafkaTelemetry, consumer: _ConsumerInstrumentation) -> ConsumerState:
     held = consumer._otel_eda_state
     if held is not None and held[0] is telemetry:
         return held[1]
@@ -372,10 +407,19 @@ def _state(telemetry: KafkaTelemetry, consumer: Consumer) -> ConsumerState:
     return state
 
 
-def _track_lag(telemetry: KafkaTelemetry, state: ConsumerState, consumer: Consumer) -> None:
+def _track_lag(telemetry: KafkaTelemetry, state: ConsumerState, consumer: _ConsumerInstrumentation) -> None:
     if not state.lag_tracked:
         state.lag_tracked = True
         telemetry.lag.track(consumer, state.group)
+
+
+#: The ``confluent_kafka`` module attributes replaced while instrumented, and by what.
+_INSTRUMENTED: Final[dict[str, Any]] = {
+    "Producer": Producer,
+    "Consumer": Consumer,
+    "SerializingProducer": SerializingProducer,
+    "DeserializingConsumer": DeserializingConsumer,
+}
 
 
 # -- instrumentor ---------------------------------------------------------------------------
@@ -396,7 +440,7 @@ class ConfluentKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     (True, True)
     """
 
-    _originals: tuple[type, type] | None = None
+    _originals: dict[str, type] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
@@ -413,19 +457,18 @@ class ConfluentKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             scope=SCOPE,
             lag=CachedConsumerLag(meter_provider),
         )
-        self._originals = (confluent_kafka.Producer, confluent_kafka.Consumer)
         # the module attributes, not the C classes (which cannot be changed): see the module docstring
-        setattr(confluent_kafka, "Producer", Producer)  # noqa: B010
-        setattr(confluent_kafka, "Consumer", Consumer)  # noqa: B010
+        self._originals = {name: getattr(confluent_kafka, name) for name in _INSTRUMENTED}
+        for name, instrumented in _INSTRUMENTED.items():
+            setattr(confluent_kafka, name, instrumented)
         _telemetry = telemetry
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _telemetry
-        producer, consumer = self._originals or (cimpl.Producer, cimpl.Consumer)
-        if confluent_kafka.Producer is Producer:
-            setattr(confluent_kafka, "Producer", producer)  # noqa: B010
-        if confluent_kafka.Consumer is Consumer:
-            setattr(confluent_kafka, "Consumer", consumer)  # noqa: B010
+        originals = self._originals or {name: cls._otel_eda_client for name, cls in _INSTRUMENTED.items()}
+        for name, instrumented in _INSTRUMENTED.items():
+            if getattr(confluent_kafka, name) is instrumented:
+                setattr(confluent_kafka, name, originals[name])
         self._originals = None
         telemetry, _telemetry = _telemetry, None
         if telemetry is not None:
