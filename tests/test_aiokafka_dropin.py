@@ -108,7 +108,7 @@ def test_otel_edas_instrumentation_wins_over_the_contrib_one(tmp_path: Path, kaf
     send, process = sorted(spans, key=lambda s: s["name"], reverse=True)
     assert send["attributes"][semconv.MESSAGING_SYSTEM] == "kafka"
     assert process["links"][0]["context"]["span_id"] == send["context"]["span_id"]
-    assert report["disabled"].split(",")[-1] == "aiokafka"  # by otel-eda's distro, before loading
+    assert "aiokafka" in report["disabled"].split(",")  # by otel-eda's distro, before loading
     assert "opentelemetry.instrumentation.aiokafka" not in report["modules"]  # so it never loaded
     assert report["headers"].count("traceparent") == 1  # injected once
 

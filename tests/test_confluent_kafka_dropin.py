@@ -1,10 +1,10 @@
 """confluent-kafka under ``opentelemetry-instrument`` with no code change, beside the contrib instrumentation.
 
 Each case runs an application in a fresh interpreter against the session's real Kafka: it
-produces one record and handles it in a ``poll`` loop (with empty polls while the group
-joins); its spans are printed by the console exporter and read back. The contrib
-confluent-kafka instrumentation is installed in the test virtualenv (the ``test`` extra), so
-every case here is "both installed".
+produces one record, handles it in a ``poll`` loop and polls three more times for nothing;
+its spans are printed by the console exporter and read back. The contrib confluent-kafka
+instrumentation is installed in the test virtualenv (the ``test`` extra), so every case here
+is "both installed".
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ APP = textwrap.dedent(
         elif msg.error() is None:
             break
     headers = [key for key, _ in msg.headers() or []]
+    for _ in range(3):  # nothing more to take: empty polls, whatever happened before
+        empty_polls += consumer.poll(0.2) is None
     consumer.close()
     report = {
         "headers": headers,
@@ -119,14 +121,14 @@ OURS = [("poll T", "SpanKind.CLIENT"), ("process T", "SpanKind.CONSUMER"), ("sen
 def test_otel_edas_instrumentation_wins_over_the_contrib_one(tmp_path: Path, kafka: KafkaBroker) -> None:
     spans, report = run_app(tmp_path, kafka)
     # exactly one producer and one process span for the record, one poll span, none for the empty polls
-    assert report["empty_polls"] >= 1
+    assert report["empty_polls"] >= 3
     assert names(spans) == OURS
     by_name = {s["name"]: s for s in spans}
     send, poll, process = by_name["send T"], by_name["poll T"], by_name["process T"]
     assert send["attributes"][semconv.MESSAGING_SYSTEM] == "kafka"
     assert process["links"][0]["context"]["span_id"] == send["context"]["span_id"]
     assert poll["links"][0]["context"]["span_id"] == send["context"]["span_id"]
-    assert report["disabled"].split(",")[-1] == "confluent_kafka"  # by otel-eda's distro, before loading
+    assert "confluent_kafka" in report["disabled"].split(",")  # by otel-eda's distro, before loading
     assert "opentelemetry.instrumentation.confluent_kafka" not in report["modules"]  # so it never loaded
     assert report["headers"].count("traceparent") == 1  # injected once
 

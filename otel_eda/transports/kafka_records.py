@@ -36,7 +36,7 @@ from otel_eda.messaging import (
     Publication,
     PullTracker,
 )
-from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
+from otel_eda.transports.kafka_telemetry import KafkaTelemetry
 
 __all__ = [
     "BatchRecords",

@@ -27,7 +27,7 @@ What it wraps, on the classes (every client, created before or after):
   also ends the consumer's lag refresh.
 
 A record handled again in the same consumer group within the last
-:data:`~otel_eda.transports.aiokafka.telemetry.DUPLICATE_WINDOW` event ids of this process is
+:data:`~otel_eda.transports.kafka_telemetry.DUPLICATE_WINDOW` event ids of this process is
 marked ``eda.delivery.duplicate=true`` and counted in ``eda.delivery.duplicates``.
 ``messaging.kafka.message.key`` is written only with ``capture_message_key=True`` (keys
 often hold personal data). Nothing here raises into the application: an internal failure
@@ -50,7 +50,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_eda._selfmetrics import internal_error
 from otel_eda.messaging import error_type
 from otel_eda.transports.aiokafka.contrib import uninstrument_contrib
-from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
+from otel_eda.transports.aiokafka.lag import ConsumerLag
 from otel_eda.transports.kafka_records import (
     BatchRecords,
     ConsumerState,
@@ -63,11 +63,14 @@ from otel_eda.transports.kafka_records import (
     receive,
     start_send,
 )
+from otel_eda.transports.kafka_telemetry import KafkaTelemetry
 
-__all__ = ["AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
+__all__ = ["SCOPE", "AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
 
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aiokafka >= 0.11, < 1",)
+#: Instrumentation scope of otel-eda's aiokafka spans and metrics.
+SCOPE: Final = "otel_eda.aiokafka"
 _MARK: Final = "__otel_eda_original__"
 #: How an aiokafka ``ConsumerRecord`` reads.
 _ACCESS: Final = RecordAccess(
@@ -94,12 +97,15 @@ class AIOKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         uninstrument_contrib()
+        meter_provider = kwargs.get("meter_provider")
+        refresh_s = kwargs.get("lag_refresh_s")
         telemetry = KafkaTelemetry(
             tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
+            meter_provider=meter_provider,
             recorders=kwargs.get("recorders", ()),
             capture_message_key=bool(kwargs.get("capture_message_key", False)),
-            lag_refresh_s=kwargs.get("lag_refresh_s"),
+            scope=SCOPE,
+            lag=ConsumerLag(meter_provider) if refresh_s is None else ConsumerLag(meter_provider, refresh_s=refresh_s),
         )
         self._telemetry = telemetry
         states: weakref.WeakKeyDictionary[Any, ConsumerState] = weakref.WeakKeyDictionary()

@@ -49,7 +49,7 @@ of the handler. Header values may be ``None`` or any bytes: what cannot be read 
 counted, never raised.
 
 A record handled again in the same consumer group within the last
-:data:`~otel_eda.transports.aiokafka.telemetry.DUPLICATE_WINDOW` event ids of this process is
+:data:`~otel_eda.transports.kafka_telemetry.DUPLICATE_WINDOW` event ids of this process is
 marked ``eda.delivery.duplicate=true`` and counted in ``eda.delivery.duplicates``;
 ``eda.consumer.lag`` comes from :mod:`~otel_eda.transports.confluent_kafka.lag`.
 ``messaging.kafka.message.key`` is written only with ``capture_message_key=True``. Nothing
@@ -75,7 +75,6 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_eda._selfmetrics import internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import error_type
-from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
 from otel_eda.transports.confluent_kafka.contrib import uninstrument_contrib
 from otel_eda.transports.confluent_kafka.lag import CachedConsumerLag
 from otel_eda.transports.kafka_records import (
@@ -89,6 +88,7 @@ from otel_eda.transports.kafka_records import (
     receive,
     start_send,
 )
+from otel_eda.transports.kafka_telemetry import KafkaTelemetry
 
 __all__ = [
     "SCOPE",

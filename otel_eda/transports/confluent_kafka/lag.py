@@ -5,9 +5,9 @@ last record handed to the application): records written to the partition and not
 handed over, prefetched ones included. librdkafka keeps both numbers itself: the position,
 and the high watermark of the last fetch response (``get_watermark_offsets(tp,
 cached=True)``), so the gauge's callback reads them at collection, without any network
-request and without touching the application's thread. The gauge is the aiokafka one
-(:class:`~otel_eda.transports.aiokafka.lag.ConsumerLag`: same attributes, same limit of
-partitions); only where the numbers come from differs.
+request and without touching the application's thread. The gauge is
+:class:`~otel_eda.transports.kafka_telemetry.PartitionLag`, as aiokafka's (same attributes,
+same limit of partitions); only where the numbers come from differs.
 
 A partition appears once the consumer handed over a record of it (before, librdkafka has no
 position) and goes when the partition is revoked or the consumer closes. librdkafka stops
@@ -25,7 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda._selfmetrics import internal_error
-from otel_eda.transports.aiokafka.lag import ConsumerLag, _Tracked
+from otel_eda.transports.kafka_telemetry import PartitionLag
 
 __all__ = ["CachedConsumerLag", "cached_lag_of"]
 
@@ -47,7 +47,7 @@ def cached_lag_of(consumer: Any) -> dict[tuple[str, int], int]:
     return found
 
 
-class CachedConsumerLag(ConsumerLag):
+class CachedConsumerLag(PartitionLag):
     """The ``eda.consumer.lag`` gauge of the confluent-kafka consumers handed to :meth:`track`,
     read from librdkafka's cache when the gauge is collected.
 
@@ -62,18 +62,12 @@ class CachedConsumerLag(ConsumerLag):
     def track(self, consumer: Any, group: str | None) -> None:
         """Report ``consumer``'s lag from now on. Idempotent; any thread."""
         with self._lock:
-            if not self._closed and consumer not in self._consumers:
-                self._consumers[consumer] = _Tracked(group)
+            super().track(consumer, group)
 
     def untrack(self, consumer: Any) -> None:
         """Stop reading ``consumer`` and drop its series (it closes)."""
         with self._lock:
-            self._consumers.pop(consumer, None)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._consumers.clear()
+            super().untrack(consumer)
 
     def refresh(self) -> None:
         """Read every tracked consumer's lag now (the gauge's callback does)."""
