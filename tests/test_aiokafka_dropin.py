@@ -61,12 +61,20 @@ APP = textwrap.dedent(
 
 
 def run_app(
-    tmp_path: Path, kafka: KafkaBroker, *, with_distro: bool = False, **env: str
+    tmp_path: Path,
+    kafka: KafkaBroker,
+    *,
+    app: str = APP,
+    also_named: tuple[str, ...] = (),
+    with_distro: bool = False,
+    **env: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``app`` under opentelemetry-instrument on a topic of its own (``TOPIC``); its spans
+    whose name holds the topic (written ``T``) or is one of ``also_named``, and its report."""
     if not INSTRUMENT.exists():
         pytest.fail("opentelemetry-instrument is missing from the virtualenv: run scripts/setup-venv")
     script, spans, report = tmp_path / "app.py", tmp_path / "spans.json", tmp_path / "report.json"
-    script.write_text(APP)
+    script.write_text(app)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"}
     if with_distro:
         clean["PYTHONPATH"] = str(DISTRO_DIR)
@@ -94,7 +102,7 @@ def run_app(
             check=False,
         )
     assert result.returncode == 0, result.stderr
-    found = [s for s in read_json_stream(spans) if topic in s["name"]]
+    found = [s for s in read_json_stream(spans) if topic in s["name"] or s["name"] in also_named]
     return [{**s, "name": s["name"].replace(topic, "T")} for s in found], json.loads(report.read_text())
 
 
@@ -190,8 +198,17 @@ SERVICE = textwrap.dedent(
 
 def test_one_correlation_id_across_three_services(tmp_path: Path, kafka: KafkaBroker) -> None:
     """order -> payment -> shipping, three processes under opentelemetry-instrument, no otel-eda code."""
+    run_three_services(tmp_path, kafka, SERVICE)
+
+
+def run_three_services(
+    tmp_path: Path, kafka: KafkaBroker, service_code: str
+) -> tuple[dict[str, list[dict[str, Any]]], str, str]:
+    """Run ``service_code`` as order -> payment -> shipping (``SOURCE`` and ``TARGET`` topics), each
+    under opentelemetry-instrument; check that one flow crosses them. Returns the spans of each
+    service and the two topics."""
     script = tmp_path / "service.py"
-    script.write_text(SERVICE)
+    script.write_text(service_code)
     placed, charged = unique_name("placed"), unique_name("charged")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"}
     spans: dict[str, list[dict[str, Any]]] = {}
@@ -238,3 +255,4 @@ def test_one_correlation_id_across_three_services(tmp_path: Path, kafka: KafkaBr
     )
     assert payment_process["links"][0]["context"]["span_id"] == order_send["context"]["span_id"]
     assert shipping_process["links"][0]["context"]["span_id"] == payment_send["context"]["span_id"]
+    return spans, placed, charged

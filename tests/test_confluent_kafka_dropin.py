@@ -18,17 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import KafkaBroker, unique_name
-from console_telemetry import read_json_stream
+import test_aiokafka_dropin as aiokafka_dropin
+from brokers import KafkaBroker
 
 from otel_eda import semconv
 from otel_eda.transports.confluent_kafka.instrumentor import ConfluentKafkaInstrumentor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-VENV_BIN = Path(sys.executable).parent
-INSTRUMENT = VENV_BIN / "opentelemetry-instrument"
-DISTRO_DIR = Path(sys.prefix) / "opt" / "opentelemetry-distro"
 
 APP = textwrap.dedent(
     """
@@ -68,47 +65,9 @@ APP = textwrap.dedent(
 )
 
 
-def clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"}
-
-
-def run_app(
-    tmp_path: Path, kafka: KafkaBroker, *, with_distro: bool = False, **env: str
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    if not INSTRUMENT.exists():
-        pytest.fail("opentelemetry-instrument is missing from the virtualenv: run scripts/setup-venv")
-    script, spans, report = tmp_path / "app.py", tmp_path / "spans.json", tmp_path / "report.json"
-    script.write_text(APP)
-    clean = clean_environ()
-    if with_distro:
-        clean["PYTHONPATH"] = str(DISTRO_DIR)
-    topic = unique_name("dropin")
-    with spans.open("w") as out:
-        result = subprocess.run(
-            [str(INSTRUMENT), sys.executable, str(script)],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-            env={
-                **clean,
-                "OTEL_SERVICE_NAME": "shop",
-                "OTEL_TRACES_EXPORTER": "console",
-                "OTEL_METRICS_EXPORTER": "none",
-                "OTEL_LOGS_EXPORTER": "none",
-                "OTEL_PROPAGATORS": "tracecontext,baggage,eda",
-                "BOOTSTRAP": kafka.bootstrap_servers,
-                "TOPIC": topic,
-                "REPORT": str(report),
-                **env,
-            },
-            check=False,
-        )
-    assert result.returncode == 0, result.stderr
-    every = read_json_stream(spans)
-    found = [s for s in every if topic in s["name"] or s["name"] == "recv"]
-    return [{**s, "name": s["name"].replace(topic, "T")} for s in found], json.loads(report.read_text())
+def run_app(tmp_path: Path, kafka: KafkaBroker, **kwargs: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The aiokafka drop-in test's runner with this application; the contrib's ``recv`` span kept too."""
+    return aiokafka_dropin.run_app(tmp_path, kafka, app=APP, also_named=("recv",), **kwargs)
 
 
 def names(spans: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -165,7 +124,7 @@ def test_an_application_without_confluent_kafka_loads_nothing(tmp_path: Path) ->
         text=True,
         timeout=60,
         env={
-            **clean_environ(),
+            **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"},
             "OTEL_TRACES_EXPORTER": "none",
             "OTEL_METRICS_EXPORTER": "none",
             "OTEL_LOGS_EXPORTER": "none",
@@ -212,53 +171,7 @@ SERVICE = textwrap.dedent(
 
 def test_one_correlation_id_across_three_services(tmp_path: Path, kafka: KafkaBroker) -> None:
     """order -> payment -> shipping, three processes under opentelemetry-instrument, no otel-eda code."""
-    script = tmp_path / "service.py"
-    script.write_text(SERVICE)
-    placed, charged = unique_name("placed"), unique_name("charged")
-    spans: dict[str, list[dict[str, Any]]] = {}
-    for service, source, target in (("order", None, placed), ("payment", placed, charged), ("shipping", charged, None)):
-        out = tmp_path / f"{service}.json"
-        env = {
-            **clean_environ(),
-            "OTEL_SERVICE_NAME": service,
-            "OTEL_TRACES_EXPORTER": "console",
-            "OTEL_METRICS_EXPORTER": "none",
-            "OTEL_LOGS_EXPORTER": "none",
-            "OTEL_PROPAGATORS": "tracecontext,baggage,eda",
-            "BOOTSTRAP": kafka.bootstrap_servers,
-            **({"SOURCE": source} if source else {}),
-            **({"TARGET": target} if target else {}),
-        }
-        with out.open("w") as stdout:
-            result = subprocess.run(
-                [str(INSTRUMENT), sys.executable, str(script)],
-                stdout=stdout,
-                stderr=subprocess.PIPE,
-                text=True,
-                timeout=120,
-                env=env,
-                check=False,
-            )
-        assert result.returncode == 0, result.stderr
-        spans[service] = read_json_stream(out)
-
-    def one(service: str, name: str) -> dict[str, Any]:
-        (span,) = [s for s in spans[service] if s["name"] == name]
-        return span
-
-    order_send = one("order", f"send {placed}")
-    payment_process, payment_send = one("payment", f"process {placed}"), one("payment", f"send {charged}")
-    shipping_process = one("shipping", f"process {charged}")
-    flow = [order_send, payment_process, payment_send, shipping_process]
-    correlation = order_send["attributes"][semconv.EDA_CORRELATION_ID]
-    assert [s["attributes"][semconv.EDA_CORRELATION_ID] for s in flow] == [correlation] * 4
-    assert correlation == order_send["attributes"][semconv.MESSAGING_MESSAGE_ID]  # the root event's own id
-    assert (
-        payment_send["attributes"][semconv.EDA_CAUSATION_ID]
-        == payment_process["attributes"][semconv.MESSAGING_MESSAGE_ID]
-    )
-    assert payment_process["links"][0]["context"]["span_id"] == order_send["context"]["span_id"]
-    assert shipping_process["links"][0]["context"]["span_id"] == payment_send["context"]["span_id"]
+    spans, placed, charged = aiokafka_dropin.run_three_services(tmp_path, kafka, SERVICE)
     # no span per empty poll in the consuming services: one poll span each
     assert len([s for s in spans["payment"] if s["name"] == f"poll {placed}"]) == 1
     assert len([s for s in spans["shipping"] if s["name"] == f"poll {charged}"]) == 1
