@@ -135,15 +135,25 @@ def test_disabling_otel_edas_instrumentation_leaves_the_contrib_one(tmp_path: Pa
     assert names(spans) == [("T receive", "SpanKind.CONSUMER"), ("T send", "SpanKind.PRODUCER")]  # contrib's
 
 
-def test_an_application_without_aiokafka_loads_nothing(tmp_path: Path) -> None:
+def test_an_application_without_aiokafka_loads_nothing() -> None:
     """opentelemetry-instrument's start-up, in an interpreter where ``import aiokafka`` fails."""
+    # only the distro's helper that decides about the contrib instrumentation (it imports no client)
+    assert modules_loaded_without("aiokafka") == [
+        "otel_eda.transports.aiokafka",
+        "otel_eda.transports.aiokafka.contrib",
+    ]
+
+
+def modules_loaded_without(client: str) -> list[str]:
+    """The modules named after ``client`` that opentelemetry-instrument's start-up loads in an
+    interpreter where ``import {client}`` fails (as if it were not installed)."""
     code = textwrap.dedent(
-        """
+        f"""
         import json, sys
-        sys.modules["aiokafka"] = None  # as if aiokafka were not installed
+        sys.modules[{client!r}] = None  # as if {client} were not installed
         from opentelemetry.instrumentation.auto_instrumentation import initialize
         initialize()
-        print(json.dumps(sorted(m for m in sys.modules if "aiokafka" in m and sys.modules[m] is not None)))
+        print(json.dumps(sorted(m for m in sys.modules if {client!r} in m and sys.modules[m] is not None)))
         """
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "PYTHONPATH"}
@@ -156,9 +166,8 @@ def test_an_application_without_aiokafka_loads_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    # only the distro's helper that decides about the contrib instrumentation (it imports no client)
-    assert loaded == ["otel_eda.transports.aiokafka", "otel_eda.transports.aiokafka.contrib"]
+    loaded: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return loaded
 
 
 def test_instrumentation_dependencies_name_the_client() -> None:
