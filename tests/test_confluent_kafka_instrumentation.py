@@ -541,3 +541,29 @@ def test_serializing_producer_and_deserializing_consumer_are_instrumented(instru
     assert event is not None and event.event_id == sent_id == t.attr(process, semconv.MESSAGING_MESSAGE_ID)
     assert [link.context.span_id for link in process.links] == [send.context.span_id]
     assert sends_timed(t) == 1
+
+
+def test_a_handling_nothing_ends_ends_at_the_maximum(
+    kafka: KafkaBroker, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EDA_PROCESS_SPAN_MAX_S", "0.2")
+    instrumentor = ConfluentKafkaInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    t = Instrumented(kafka, capture, EventStore())
+    try:
+        producer = t.producer()
+        producer.produce(t.topic, b"order")
+        flushed(producer)
+        consumer = t.consumer()
+        try:
+            poll_record(consumer)
+            deadline = time.monotonic() + WAIT_S
+            while not t.spans(name=f"process {t.topic}") and time.monotonic() < deadline:
+                time.sleep(0.05)  # the handler "hangs": no next poll, no commit
+            (process,) = t.spans(name=f"process {t.topic}")
+            assert t.attr(process, semconv.EDA_PROCESS_TRUNCATED) is True
+        finally:
+            consumer.close()
+    finally:
+        instrumentor.uninstrument()
+    assert len(t.spans(name=f"process {t.topic}")) == 1  # close() did not end it twice
