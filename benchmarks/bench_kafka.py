@@ -20,6 +20,13 @@ number of records after a warm-up; the cases run interleaved, ``--reps`` times e
 * the contrib ``opentelemetry-instrumentation-aiokafka`` (PRODUCER and CONSUMER spans, no
   metrics, no identity) minus aiokafka alone.
 
+confluent-kafka (issue 14; ``confluent_kafka_child.py``, against the same Kafka): one record = one
+``produce`` (in batches of 100, then ``flush``, which runs the delivery reports) and one ``poll``;
+otel-eda's ``ConfluentKafkaInstrumentor`` (send, poll and process spans with links, event ids, the
+messaging metrics with the send-until-acknowledged duration, event age, lag) against the contrib
+``opentelemetry-instrumentation-confluent-kafka`` (a PRODUCER span, a ``recv`` and a ``process``
+span per record, no metrics, no identity), each minus confluent-kafka alone.
+
 Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
 added cost <= the contrib's. The other broker issues add their client's three cases here.
 
@@ -68,6 +75,7 @@ from method import Case, Difference, Goal, Plan, describe_machine, report, run_i
 HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
+CONFLUENT_CHILD: Final = str(HERE / "confluent_kafka_child.py")
 RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
 RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
 PIKA_CHILD: Final = str(HERE / "pika_child.py")
@@ -229,12 +237,31 @@ def cases(bootstrap: str) -> list[Case]:
         Case("aiokafka_off", "aiokafka, no instrumentation", [py, CHILD, "off"], env, unit="record"),
         Case("aiokafka_eda", "aiokafka, otel-eda instrumentation", [py, CHILD, "eda"], env, unit="record"),
         Case("aiokafka_contrib", "aiokafka, contrib instrumentation", [py, CHILD, "contrib"], env, unit="record"),
+        Case("confluent_off", "confluent-kafka, no instrumentation", [py, CONFLUENT_CHILD, "off"], env, unit="record"),
+        Case(
+            "confluent_eda",
+            "confluent-kafka, otel-eda instrumentation",
+            [py, CONFLUENT_CHILD, "eda"],
+            env,
+            unit="record",
+        ),
+        Case(
+            "confluent_contrib",
+            "confluent-kafka, contrib instrumentation",
+            [py, CONFLUENT_CHILD, "contrib"],
+            env,
+            unit="record",
+        ),
     ]
 
 
 DIFFERENCES: Final = [
     Difference("aiokafka_eda_added", "otel-eda aiokafka telemetry", on="aiokafka_eda", off="aiokafka_off"),
     Difference("aiokafka_contrib_added", "contrib aiokafka telemetry", on="aiokafka_contrib", off="aiokafka_off"),
+    Difference("confluent_eda_added", "otel-eda confluent-kafka telemetry", on="confluent_eda", off="confluent_off"),
+    Difference(
+        "confluent_contrib_added", "contrib confluent-kafka telemetry", on="confluent_contrib", off="confluent_off"
+    ),
 ]
 GOALS: Final = [
     Goal(
@@ -244,6 +271,14 @@ GOALS: Final = [
         "aiokafka_contrib_added",
         GOAL,
         profile="aiokafka_eda",
+    ),
+    Goal(
+        "confluent_eda_vs_contrib",
+        "confluent-kafka: otel-eda added / contrib added",
+        "confluent_eda_added",
+        "confluent_contrib_added",
+        GOAL,
+        profile="confluent_eda",
     ),
 ]
 
@@ -268,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
     clients = {
-        "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
+        "kafka": (
+            "aiokafka",
+            "opentelemetry-instrumentation-aiokafka",
+            "confluent-kafka",
+            "opentelemetry-instrumentation-confluent-kafka",
+        ),
         "nats": ("nats-py",),
         "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
         "pika": ("pika", "opentelemetry-instrumentation-pika"),
@@ -283,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
     )
     print(
-        "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
+        "  one record = send (batches of 100, then flush) + getone (aiokafka), produce (batches of 100, then "
+        "flush) + poll (confluent-kafka), js.publish (batches of 100) + fetch "
         "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ: aio-pika, pika); "
         "exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
         "PeriodicExportingMetricReader + discarding metric exporter"

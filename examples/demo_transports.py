@@ -12,6 +12,7 @@ import asyncio
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
+from confluent_kafka_transport import ConfluentKafkaTransport
 from kafka_transport import KafkaTransport
 from nats_transport import NatsTransport
 from pika_transport import PikaTransport
@@ -68,6 +69,7 @@ class EmbeddedTransport:
 TRANSPORTS: dict[str, type[Any]] = {
     "embedded": EmbeddedTransport,
     "kafka": KafkaTransport,
+    "confluent-kafka": ConfluentKafkaTransport,
     "nats": NatsTransport,
     "pika": PikaTransport,
     "rabbitmq": RabbitTransport,
