@@ -99,7 +99,7 @@ def _brute_force_train(art: Any, f: Sequence[float], learning: bool = True) -> t
         else:
             break
     for j in commits:
-        art._commit(j, ems[j], sum(ems[j]))
+        art._commit(j, ems[j][:16], ems[j][16:], sum(ems[j]))
     if mismatch and learning:
         art.clusters += 1
         art._add(x)

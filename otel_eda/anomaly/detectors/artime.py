@@ -189,6 +189,28 @@ def _minmax_scale(v: list[float]) -> list[float]:
     return w
 
 
+# Blocks of the 16 features whose sums bound a category's match (:class:`_Art`): the Haar
+# features in two halves, the older levels in two; the newest level (the energy) is exact.
+_BLOCKS = ((0, 4), (4, 8), (8, 12), (12, _NEWEST))
+
+
+def _block_sums(wa: Sequence[float], wb: Sequence[float]) -> tuple[float, ...]:
+    """Per block of ``_BLOCKS``: the sum of the box's lower corner ``wa`` and of its upper corner ``1 - wb``.
+
+    Only bounds use them (with a margin far above rounding), so the order of the sums does not matter.
+    """
+    return (
+        wa[0] + wa[1] + wa[2] + wa[3],
+        4 - (wb[0] + wb[1] + wb[2] + wb[3]),
+        wa[4] + wa[5] + wa[6] + wa[7],
+        4 - (wb[4] + wb[5] + wb[6] + wb[7]),
+        wa[8] + wa[9] + wa[10] + wa[11],
+        4 - (wb[8] + wb[9] + wb[10] + wb[11]),
+        wa[12] + wa[13] + wa[14],
+        3 - (wb[12] + wb[13] + wb[14]),
+    )
+
+
 def _similarity(t1: Sequence[float], t2: Sequence[float]) -> float:
     """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors)."""
     n1 = math.sqrt(_seq_sum([v * v for v in t1]))
@@ -224,6 +246,7 @@ class _Art:
     """
 
     __slots__ = (
+        "bb",
         "clusters",
         "full",
         "groups",
@@ -246,6 +269,8 @@ class _Art:
         self.w_sum: list[float] = []  # |w|_1, cached (0.001 when 0, as the reference)
         self.wa_sum: list[float] = []  # |wa|_1
         self.key: list[tuple[float, float]] = []  # (w[newest], w[newest complement])
+        # per block of features (_BLOCKS): the sum of the box's lower corner (wa) and of its upper one (1 - wb)
+        self.bb: list[tuple[float, ...]] = []
         # key -> [member category indices, largest |w|_1 a member has had]
         self.groups: dict[tuple[float, float], list[Any]] = {}
         self.clusters = 0
@@ -276,23 +301,24 @@ class _Art:
         self.w_sum.append(ws)
         key = (x[_NEWEST], x[-1])
         self.key.append(key)
+        self.bb.append(_block_sums(wa, x[half:]))
         self._group(j, key, ws)
 
     def weights(self, j: int) -> list[float]:
         """Category ``j``'s 32 weights."""
         return [*self.wa[j], *self.wb[j]]
 
-    def _commit(self, j: int, x: list[float], s: float) -> None:
-        """Fast commit: category ``j`` learns ``min(x, w)`` (``s``: the sum of that)."""
-        half = len(x) >> 1
+    def _commit(self, j: int, xa: list[float], xb: list[float], s: float) -> None:
+        """Fast commit: category ``j`` learns ``min(x, w)`` (``x = xa + xb``; ``s``: the sum of that)."""
         wa, wb = self.wa[j], self.wb[j]
-        if s == self.w_sum[j] and all(map(le, wa, x[:half])) and all(map(le, wb, x[half:])):
+        if s == self.w_sum[j] and all(map(le, wa, xa)) and all(map(le, wb, xb)):
             return  # x within the category's box: nothing changes
-        self.wa[j] = wa = list(map(min, x[:half], wa))
-        self.wb[j] = list(map(min, x[half:], wb))
+        self.wa[j] = wa = list(map(min, xa, wa))
+        self.wb[j] = wb = list(map(min, xb, wb))
         self.wa_sum[j] = sum(wa)
+        self.bb[j] = _block_sums(wa, wb)
         ws = self.w_sum[j] = s if s != 0 else 0.001
-        key = (wa[-1], self.wb[j][-1])
+        key = (wa[-1], wb[-1])
         old = self.key[j]
         if key != old:
             members = self.groups[old][0]
@@ -347,6 +373,11 @@ class _Art:
         best_m = 0.0
         best_e = 0.0
         resonant: list[tuple[int, float]] = []
+        x1 = xa[0] + xa[1] + xa[2] + xa[3]
+        x2 = xa[4] + xa[5] + xa[6] + xa[7]
+        x3 = xa[8] + xa[9] + xa[10] + xa[11]
+        x4 = xa[12] + xa[13] + xa[14]
+        bb = self.bb
         for bound, es, short, key_b, members in ranked:
             cut = best_m if best_m < rho_ub or not learning else rho_ub
             if bound + 1e-9 < cut:
@@ -355,8 +386,24 @@ class _Art:
             top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
             for j in members:
                 ws = w_sum[j]
-                fsb = 1 - short / ws
-                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
+                # the shortfall per block: x's block sum below the box's lower corner's (in wa),
+                # or above its upper corner's (in wb); each a lower bound of that half's shortfall
+                l1, u1, l2, u2, l3, u3, l4, u4 = bb[j]
+                up = (
+                    (x1 - u1 if x1 > u1 else 0.0)
+                    + (x2 - u2 if x2 > u2 else 0.0)
+                    + (x3 - u3 if x3 > u3 else 0.0)
+                    + (x4 - u4 if x4 > u4 else 0.0)
+                )
+                fsb = 1 - (
+                    short
+                    + up
+                    + (l1 - x1 if l1 > x1 else 0.0)
+                    + (l2 - x2 if l2 > x2 else 0.0)
+                    + (l3 - x3 if l3 > x3 else 0.0)
+                    + (l4 - x4 if l4 > x4 else 0.0)
+                ) / ws
+                if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
                     continue
                 wj = wa[j]
                 if all(map(le, wj, xa)) and all(map(le, wb[j], xb)) and (ws != 0.001 or wa_sum[j] != 0):
@@ -368,8 +415,8 @@ class _Art:
                     continue
                 # the features' half first: its shortfall (plus the complement energy's) bounds fs
                 num_a = sum(map(min, xa, wj))
-                fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top)) / ws
-                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
+                fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top) + up) / ws
+                if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
                     continue
                 num = sum(map(min, xb, wb[j]), num_a)  # the sequential sum over all 32
                 fs = num / ws
@@ -386,7 +433,7 @@ class _Art:
         mismatch = False
         if best_m >= rho_ub:
             for j, num in resonant:
-                self._commit(j, x, num)
+                self._commit(j, xa, xb, num)
         elif best_m >= self.rho_lb:
             self._add(x)
         else:
