@@ -162,22 +162,26 @@ def _seq_sum(xs: Sequence[float]) -> float:
 
 
 def _haar(x: Sequence[float]) -> list[float]:
-    """Three-level periodic Haar DWT of 8 values, laid out as ``Wavelets.dwt``: [a3, d3, d2, d2, d1 x 4]."""
+    """Three-level periodic Haar DWT of 8 values, laid out as ``Wavelets.dwt``: [a3, d3, d2, d2, d1 x 4].
+
+    Each level maps pairs ``(a, b)`` to the approximation ``c*a + c*b`` and the detail
+    ``(-c*a) + c*b`` (unrolled).
+    """
     c = _C
-    out = [0.0] * 8
-    s = list(x)
-    n = 8
-    while n > 1:
-        half = n >> 1
-        approx = [0.0] * half
-        for k in range(half):
-            a, b = s[2 * k], s[2 * k + 1]
-            approx[k] = c * a + c * b
-            out[half + k] = (-c * a) + c * b
-        s = approx
-        n = half
-    out[0] = s[0]
-    return out
+    m = -c
+    x0, x1, x2, x3, x4, x5, x6, x7 = x
+    a0, a1, a2, a3 = c * x0 + c * x1, c * x2 + c * x3, c * x4 + c * x5, c * x6 + c * x7
+    b0, b1 = c * a0 + c * a1, c * a2 + c * a3
+    return [
+        c * b0 + c * b1,
+        (m * b0) + c * b1,
+        (m * a0) + c * a1,
+        (m * a2) + c * a3,
+        (m * x0) + c * x1,
+        (m * x2) + c * x3,
+        (m * x4) + c * x5,
+        (m * x6) + c * x7,
+    ]
 
 
 def _minmax_scale(v: list[float]) -> list[float]:
@@ -349,8 +353,12 @@ class _Art:
         xe0 = x[_NEWEST]
         xe1 = x[-1]
         ranked = []
-        for key, g in groups.items():
-            a, b = key
+        for (a, b), g in groups.items():
+            if xe0 >= a and xe1 >= b:
+                # the newest value within the group's interval: es = 1 exactly, no energy shortfall
+                if a + b != 0:  # (0/0, a NaN activation, when not learning: never the best)
+                    ranked.append((1.0, 1.0, 0.0, b, g[0]))
+                continue
             we = a + b
             if we == 0:  # NaN activations (not learning): never the best
                 continue
@@ -395,18 +403,25 @@ class _Art:
                     + (x3 - u3 if x3 > u3 else 0.0)
                     + (x4 - u4 if x4 > u4 else 0.0)
                 )
-                fsb = 1 - (
+                sh = (
                     short
                     + up
                     + (l1 - x1 if l1 > x1 else 0.0)
                     + (l2 - x2 if l2 > x2 else 0.0)
                     + (l3 - x3 if l3 > x3 else 0.0)
                     + (l4 - x4 if l4 > x4 else 0.0)
-                ) / ws
+                )
+                fsb = 1 - sh / ws
                 if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
                     continue
                 wj = wa[j]
-                if all(map(le, wj, xa)) and all(map(le, wb[j], xb)) and (ws != 0.001 or wa_sum[j] != 0):
+                # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
+                if (
+                    sh == 0.0
+                    and all(map(le, wj, xa))
+                    and all(map(le, wb[j], xb))
+                    and (ws != 0.001 or wa_sum[j] != 0)
+                ):
                     # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
                     # (the cached |w| is the same sequential sum) and learning changes nothing
                     if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
