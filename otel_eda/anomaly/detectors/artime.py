@@ -55,8 +55,8 @@ of fewer than 16 numbers are sequential, as Julia's; longer ``sum``/``mean`` cal
 warm-up's similarity sums, the vigilance updates) follow Julia's blocked order
 (:func:`julia_sum`). The 32-element L1 norms of the activation come from OpenBLAS's
 ``dasum`` in Julia, whose order depends on the CPU's kernel; here they are summed
-sequentially (Python's ``sum``, which from Python 3.12 compensates rounding: a last-bit
-difference at most). On NAB's 18 subset files the rows are the same to every printed digit
+sequentially, left to right, on every Python version (written out, not Python's ``sum``,
+which compensates rounding from Python 3.12). On NAB's 18 subset files the rows are the same to every printed digit
 with sequential sums everywhere too: these orders only move last bits. NAB also reads its
 CSVs with pandas' pre-1.3 float parser, which the benchmark reproduces
 (``benchmarks/nab_score.py``); on ARTime's rows it makes no difference either.
@@ -76,7 +76,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from operator import itemgetter, le
+from operator import itemgetter
 from typing import Any
 
 from otel_eda.anomaly.detectors.base import _Base, _check_window, _real
@@ -193,6 +193,91 @@ def _minmax_scale(v: list[float]) -> list[float]:
     return w
 
 
+# The 16-number halves of ART's inner loop, written out: ``sum(map(min, x, w))`` costs about
+# six times as much in CPython. Sums are sequential (left to right, from ``s``) on every Python
+# version (``sum`` of floats compensates rounding from Python 3.12); ``(w if w < x else x)``
+# is ``min(x, w)``.
+
+
+def _min_sum(x: Sequence[float], w: Sequence[float], s: float = 0.0) -> float:
+    """``s + min(x[0], w[0]) + ... + min(x[15], w[15])``, summed left to right."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return (
+        s
+        + (w0 if w0 < x0 else x0)
+        + (w1 if w1 < x1 else x1)
+        + (w2 if w2 < x2 else x2)
+        + (w3 if w3 < x3 else x3)
+        + (w4 if w4 < x4 else x4)
+        + (w5 if w5 < x5 else x5)
+        + (w6 if w6 < x6 else x6)
+        + (w7 if w7 < x7 else x7)
+        + (w8 if w8 < x8 else x8)
+        + (w9 if w9 < x9 else x9)
+        + (w10 if w10 < x10 else x10)
+        + (w11 if w11 < x11 else x11)
+        + (w12 if w12 < x12 else x12)
+        + (w13 if w13 < x13 else x13)
+        + (w14 if w14 < x14 else x14)
+        + (w15 if w15 < x15 else x15)
+    )
+
+
+def _min_list(x: Sequence[float], w: Sequence[float]) -> list[float]:
+    """``[min(x[0], w[0]), ..., min(x[15], w[15])]``."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return [
+        (w0 if w0 < x0 else x0),
+        (w1 if w1 < x1 else x1),
+        (w2 if w2 < x2 else x2),
+        (w3 if w3 < x3 else x3),
+        (w4 if w4 < x4 else x4),
+        (w5 if w5 < x5 else x5),
+        (w6 if w6 < x6 else x6),
+        (w7 if w7 < x7 else x7),
+        (w8 if w8 < x8 else x8),
+        (w9 if w9 < x9 else x9),
+        (w10 if w10 < x10 else x10),
+        (w11 if w11 < x11 else x11),
+        (w12 if w12 < x12 else x12),
+        (w13 if w13 < x13 else x13),
+        (w14 if w14 < x14 else x14),
+        (w15 if w15 < x15 else x15),
+    ]
+
+
+def _sum16(w: Sequence[float], s: float = 0.0) -> float:
+    """``s + w[0] + ... + w[15]``, summed left to right."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return s + w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7 + w8 + w9 + w10 + w11 + w12 + w13 + w14 + w15
+
+
+def _within(w: Sequence[float], x: Sequence[float]) -> bool:
+    """``w[k] <= x[k]`` for all 16 ``k``."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return (
+        w0 <= x0
+        and w1 <= x1
+        and w2 <= x2
+        and w3 <= x3
+        and w4 <= x4
+        and w5 <= x5
+        and w6 <= x6
+        and w7 <= x7
+        and w8 <= x8
+        and w9 <= x9
+        and w10 <= x10
+        and w11 <= x11
+        and w12 <= x12
+        and w13 <= x13
+        and w14 <= x14
+        and w15 <= x15
+    )
+
+
 # Blocks of the 16 features whose sums bound a category's match (:class:`_Art`): the Haar
 # features in two halves, the older levels in two; the newest level (the energy) is exact.
 _BLOCKS = ((0, 4), (4, 8), (8, 12), (12, _NEWEST))
@@ -296,11 +381,11 @@ class _Art:
         j = len(self.wa)
         half = len(x) >> 1
         wa = x[:half]
-        sa = sum(wa)
+        sa = _sum16(wa)
         self.wa.append(wa)
         self.wb.append(x[half:])
         self.wa_sum.append(sa)
-        s = sum(x[half:], sa)  # the sequential sum of all 32
+        s = _sum16(x[half:], sa)  # the sequential sum of all 32
         ws = s if s != 0 else 0.001
         self.w_sum.append(ws)
         key = (x[_NEWEST], x[-1])
@@ -315,11 +400,11 @@ class _Art:
     def _commit(self, j: int, xa: list[float], xb: list[float], s: float) -> None:
         """Fast commit: category ``j`` learns ``min(x, w)`` (``x = xa + xb``; ``s``: the sum of that)."""
         wa, wb = self.wa[j], self.wb[j]
-        if s == self.w_sum[j] and all(map(le, wa, xa)) and all(map(le, wb, xb)):
+        if s == self.w_sum[j] and _within(wa, xa) and _within(wb, xb):
             return  # x within the category's box: nothing changes
-        self.wa[j] = wa = list(map(min, xa, wa))
-        self.wb[j] = wb = list(map(min, xb, wb))
-        self.wa_sum[j] = sum(wa)
+        self.wa[j] = wa = _min_list(xa, wa)
+        self.wb[j] = wb = _min_list(xb, wb)
+        self.wa_sum[j] = _sum16(wa)
         self.bb[j] = _block_sums(wa, wb)
         ws = self.w_sum[j] = s if s != 0 else 0.001
         key = (wa[-1], wb[-1])
@@ -416,12 +501,7 @@ class _Art:
                     continue
                 wj = wa[j]
                 # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
-                if (
-                    sh == 0.0
-                    and all(map(le, wj, xa))
-                    and all(map(le, wb[j], xb))
-                    and (ws != 0.001 or wa_sum[j] != 0)
-                ):
+                if sh == 0.0 and _within(wj, xa) and _within(wb[j], xb) and (ws != 0.001 or wa_sum[j] != 0):
                     # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
                     # (the cached |w| is the same sequential sum) and learning changes nothing
                     if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
@@ -429,11 +509,11 @@ class _Art:
                     cut = best_m if best_m < rho_ub or not learning else rho_ub
                     continue
                 # the features' half first: its shortfall (plus the complement energy's) bounds fs
-                num_a = sum(map(min, xa, wj))
+                num_a = _min_sum(xa, wj)
                 fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top) + up) / ws
                 if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
                     continue
-                num = sum(map(min, xb, wb[j]), num_a)  # the sequential sum over all 32
+                num = _min_sum(xb, wb[j], num_a)  # the sequential sum over all 32
                 fs = num / ws
                 m = fs * fs * fs * es2
                 if m > best_m or (m == best_m and m > 0 and j < best):
