@@ -300,15 +300,37 @@ def _block_sums(wa: Sequence[float], wb: Sequence[float]) -> tuple[float, ...]:
     )
 
 
-def _similarity(t1: Sequence[float], t2: Sequence[float]) -> float:
-    """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors)."""
-    n1 = math.sqrt(_seq_sum([v * v for v in t1]))
-    n2 = math.sqrt(_seq_sum([v * v for v in t2]))
+def _dot16(a: Sequence[float], b: Sequence[float]) -> float:
+    """``a[0]*b[0] + ... + a[15]*b[15]`` left to right (Julia's ``sum`` of 16 products: sequential)."""
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = a
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15 = b
+    return (
+        a0 * b0
+        + a1 * b1
+        + a2 * b2
+        + a3 * b3
+        + a4 * b4
+        + a5 * b5
+        + a6 * b6
+        + a7 * b7
+        + a8 * b8
+        + a9 * b9
+        + a10 * b10
+        + a11 * b11
+        + a12 * b12
+        + a13 * b13
+        + a14 * b14
+        + a15 * b15
+    )
+
+
+def _similarity(t1: Sequence[float], t2: Sequence[float], n1: float, n2: float) -> float:
+    """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors; ``n1``, ``n2``: their norms)."""
     if n1 == 0.0:
         return 1 - n2
     if n2 == 0.0:
         return 1 - n1
-    return julia_sum([a * b for a, b in zip(t1, t2, strict=True)]) / (n1 * n2)
+    return _dot16(t1, t2) / (n1 * n2)
 
 
 class _Art:
@@ -682,11 +704,13 @@ class ArtimeModel:
     def _initial_rho(self, xs: list[list[float]]) -> float:
         n = len(xs)
         sim = [[1.0] * n for _ in range(n)]
+        norms = [math.sqrt(_dot16(x, x)) for x in xs]  # the sequential sum of squares
         for i in range(n):
             row = sim[i]
             xi = xs[i]
+            ni = norms[i]
             for j in range(i):
-                s = _similarity(xi, xs[j])
+                s = _similarity(xi, xs[j], ni, norms[j])
                 row[j] = s
                 sim[j][i] = s
         sums = [julia_sum(col) for col in sim]  # symmetric: row k is column k
