@@ -75,11 +75,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from otel_eda.anomaly.detectors.base import _Base, _check_window, _real
+from otel_eda.anomaly.detectors.base import Detector, _Base, _check_window, _real
 
 __all__ = ["ArtimeDetector", "ArtimeModel", "julia_sum", "nab_probationary_period"]
 
@@ -819,6 +819,14 @@ class ArtimeDetector(_Base):
     ``for`` counts consecutive anomalous evaluations. ``threshold`` (default ``1e-6``):
     any anomaly ARTime reports, its own decision; ``score`` is the reference's.
 
+    ``confirm`` (a detector as a rules file writes it, for example ``{"kind": "zscore",
+    "window": 120, "direction": "up", "threshold": 0.9973}``) gates the verdict, not the
+    score: ``is_anomaly`` is true only while ARTime's ``hold`` lasts *and* the confirming
+    detector, fed every value too, calls the value anomalous. ARTime flags what is new in a
+    series' shape, also on steady noise (about ten times a day on Gaussian noise at one
+    value every 5 s); the gate asks that the value also be far from its recent level before
+    a rule may alert. ``score`` stays ARTime's own.
+
     Memory: at most ``max_categories`` ART categories (32 floats each; ``None``, as in NAB's
     run, means unbounded), plus the ``probation`` values and feature vectors kept during
     the warm-up. Defaults: the reference's hyperparameters (window 8, 80 levels, 13 windows
@@ -848,8 +856,11 @@ class ArtimeDetector(_Base):
         threshold: float = 1e-6,
         max_categories: int | None = 1000,
         hold: int | None = None,
+        confirm: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(threshold)
+        if confirm is not None and (not isinstance(confirm, Mapping) or not isinstance(confirm.get("kind"), str)):
+            raise ValueError(f"confirm must be a mapping with a 'kind', got {confirm!r}")
         lo = None if min_value is None else _real(min_value)
         hi = None if max_value is None else _real(max_value)
         if (min_value is not None and lo is None) or (max_value is not None and hi is None):
@@ -862,6 +873,11 @@ class ArtimeDetector(_Base):
         self.max_categories = None if max_categories is None else _check_window(max_categories, "max_categories", 2)
         sstep = max(1, (self.probation - self.probation % 2) // (_WINDOW * _WINDOWS_PER_PB))
         self.hold = _MASK * sstep if hold is None else _check_window(hold, "hold", 1)
+        self.confirm: Detector | None = None
+        if confirm is not None:
+            from otel_eda.anomaly.detectors.factory import make_detector  # (the factory imports this module)
+
+            self.confirm = make_detector(**confirm)
         self._held = 0
         self._reset()
 
@@ -881,8 +897,8 @@ class ArtimeDetector(_Base):
 
     @property
     def is_anomaly(self) -> bool:
-        """True from a value scoring ``>= threshold`` for ``hold`` values (the score itself rests at 0)."""
-        return self._held > 0
+        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0), if ``confirm`` agrees."""
+        return self._held > 0 and (self.confirm is None or self.confirm.is_anomaly)
 
     @property
     def learning(self) -> bool:
@@ -900,6 +916,8 @@ class ArtimeDetector(_Base):
         return 0 if self._model is None else self._model.categories
 
     def _step(self, t: float, x: float) -> float:
+        if self.confirm is not None:
+            self.confirm.update(t, x)
         model = self._model
         if model is not None:
             score = model.process(x)
