@@ -459,23 +459,19 @@ class _Art:
             return True, 0.0, 0.0
         xe0 = x[_NEWEST]
         xe1 = x[-1]
-        ranked = []
-        for (a, b), g in groups.items():
+        # Two passes: first the groups whose interval holds the newest value (es = 1 exactly, no
+        # energy shortfall, bound 1), then the others, ranked by bound, among those that the
+        # cut reached in the first pass leaves in play. (The outcome does not depend on the
+        # order in which categories are visited: ties go to the lower index either way.)
+        ranked: list[tuple[float, float, float, float, list[int]]] = []
+        outside = []
+        for key, g in groups.items():
+            a, b = key
             if xe0 >= a and xe1 >= b:
-                # the newest value within the group's interval: es = 1 exactly, no energy shortfall
                 if a + b != 0:  # (0/0, a NaN activation, when not learning: never the best)
                     ranked.append((1.0, 1.0, 0.0, b, g[0]))
-                continue
-            we = a + b
-            if we == 0:  # NaN activations (not learning): never the best
-                continue
-            ne = (xe0 if xe0 < a else a) + (xe1 if xe1 < b else b)
-            es = ne / we
-            short = we - ne
-            fsb = 1 - short / g[1]
-            bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
-            ranked.append((bound, es, short, b, g[0]))
-        ranked.sort(key=_first, reverse=True)
+            elif a + b != 0:  # (as above)
+                outside.append((a, b, g))
         rho_ub = self.rho_ub
         wa = self.wa
         wb = self.wb
@@ -493,56 +489,70 @@ class _Art:
         x3 = xa[8] + xa[9] + xa[10] + xa[11]
         x4 = xa[12] + xa[13] + xa[14]
         bb = self.bb
-        for bound, es, short, key_b, members in ranked:
-            cut = best_m if best_m < rho_ub or not learning else rho_ub
-            if bound + 1e-9 < cut:
-                break
-            es2 = es * es
-            top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
-            for j in members:
-                ws = w_sum[j]
-                # the shortfall per block: x's block sum below the box's lower corner's (in wa),
-                # or above its upper corner's (in wb); each a lower bound of that half's shortfall
-                l1, u1, l2, u2, l3, u3, l4, u4 = bb[j]
-                up = (
-                    (x1 - u1 if x1 > u1 else 0.0)
-                    + (x2 - u2 if x2 > u2 else 0.0)
-                    + (x3 - u3 if x3 > u3 else 0.0)
-                    + (x4 - u4 if x4 > u4 else 0.0)
-                )
-                sh = (
-                    short
-                    + up
-                    + (l1 - x1 if l1 > x1 else 0.0)
-                    + (l2 - x2 if l2 > x2 else 0.0)
-                    + (l3 - x3 if l3 > x3 else 0.0)
-                    + (l4 - x4 if l4 > x4 else 0.0)
-                )
-                fsb = 1 - sh / ws
-                if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
-                    continue
-                wj = wa[j]
-                # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
-                if sh == 0.0 and _within(wj, xa) and _within(wb[j], xb) and (ws != 0.001 or wa_sum[j] != 0):
-                    # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
-                    # (the cached |w| is the same sequential sum) and learning changes nothing
-                    if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
-                        best_m, best, best_e = es2, j, es
-                    cut = best_m if best_m < rho_ub or not learning else rho_ub
-                    continue
-                # the features' half first: its shortfall (plus the complement energy's) bounds fs
-                num_a = _min_sum(xa, wj)
-                fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top) + up) / ws
-                if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
-                    continue
-                num = _min_sum(xb, wb[j], num_a)  # the sequential sum over all 32
-                fs = num / ws
-                m = fs * fs * fs * es2
-                if m > best_m or (m == best_m and m > 0 and j < best):
-                    best_m, best, best_e = m, j, es
-                if learning and m >= rho_ub:
-                    resonant.append((j, num))
+        for second in (False, True):
+            if second:
                 cut = best_m if best_m < rho_ub or not learning else rho_ub
+                ranked = []
+                for a, b, g in outside:
+                    we = a + b
+                    ne = (xe0 if xe0 < a else a) + (xe1 if xe1 < b else b)
+                    es = ne / we
+                    short = we - ne
+                    fsb = 1 - short / g[1]
+                    bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
+                    if bound + 1e-9 >= cut:
+                        ranked.append((bound, es, short, b, g[0]))
+                ranked.sort(key=_first, reverse=True)
+            for bound, es, short, key_b, members in ranked:
+                cut = best_m if best_m < rho_ub or not learning else rho_ub
+                if bound + 1e-9 < cut:
+                    break
+                es2 = es * es
+                top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
+                for j in members:
+                    ws = w_sum[j]
+                    # the shortfall per block: x's block sum below the box's lower corner's (in wa),
+                    # or above its upper corner's (in wb); each a lower bound of that half's shortfall
+                    l1, u1, l2, u2, l3, u3, l4, u4 = bb[j]
+                    up = (
+                        (x1 - u1 if x1 > u1 else 0.0)
+                        + (x2 - u2 if x2 > u2 else 0.0)
+                        + (x3 - u3 if x3 > u3 else 0.0)
+                        + (x4 - u4 if x4 > u4 else 0.0)
+                    )
+                    sh = (
+                        short
+                        + up
+                        + (l1 - x1 if l1 > x1 else 0.0)
+                        + (l2 - x2 if l2 > x2 else 0.0)
+                        + (l3 - x3 if l3 > x3 else 0.0)
+                        + (l4 - x4 if l4 > x4 else 0.0)
+                    )
+                    fsb = 1 - sh / ws
+                    if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
+                        continue
+                    wj = wa[j]
+                    # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
+                    if sh == 0.0 and _within(wj, xa) and _within(wb[j], xb) and (ws != 0.001 or wa_sum[j] != 0):
+                        # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
+                        # (the cached |w| is the same sequential sum) and learning changes nothing
+                        if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
+                            best_m, best, best_e = es2, j, es
+                        cut = best_m if best_m < rho_ub or not learning else rho_ub
+                        continue
+                    # the features' half first: its shortfall (plus the complement energy's) bounds fs
+                    num_a = _min_sum(xa, wj)
+                    fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top) + up) / ws
+                    if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
+                        continue
+                    num = _min_sum(xb, wb[j], num_a)  # the sequential sum over all 32
+                    fs = num / ws
+                    m = fs * fs * fs * es2
+                    if m > best_m or (m == best_m and m > 0 and j < best):
+                        best_m, best, best_e = m, j, es
+                    if learning and m >= rho_ub:
+                        resonant.append((j, num))
+                    cut = best_m if best_m < rho_ub or not learning else rho_ub
         if not learning:
             return True, best_m, best_e
         # The reference decides on the first category in its order: the best one (category 1,
