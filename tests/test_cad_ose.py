@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import itertools
 import random
 import sys
 from pathlib import Path
@@ -175,8 +176,10 @@ def test_fallback_budget_bounds_the_series_carrying_the_detector() -> None:
     def make() -> Any:
         return make_detector("fallback", detector={"kind": "cad_ose"}, budget=base + 2, warmup=0)
 
+    refused = fallback_module.over_budget("cad_ose")
     a, b, c = (make() for _ in range(3))
     assert [x.detector is not None for x in (a, b, c)] == [True, True, False]
+    assert fallback_module.over_budget("cad_ose") == refused + 1
     c.update(0.0, 1.0)
     assert isinstance(c.active, ZScoreDetector)
     del a
@@ -220,3 +223,30 @@ def test_a_quiet_series_raises_at_most_one_alert_per_simulated_day() -> None:
         assert len(artime_states) == 3
         assert all(isinstance(st.detector.active, ArtimeDetector) for st in artime_states)
         assert all(st.detector.active.warm for st in artime_states)
+
+
+def test_fallback_stagger_delays_the_slow_detector_by_its_turn() -> None:
+    fallback_module._started = itertools.count()
+    dets = [make_detector("fallback", detector={"kind": "zscore", "window": 10}, warmup=5, stagger=2) for _ in range(4)]
+    assert [d.offset for d in dets] == [0, 1, 2, 0]
+    for i in range(7):
+        for d in dets:
+            d.update(float(i), float(i % 3))
+    # the slow detector is fed from the point after its offset, and takes over `warmup` points later
+    assert [d.detector.count for d in dets] == [7, 6, 5, 7]
+    seen = [d.active is d.detector for d in dets]
+    assert seen == [True, True, True, True]
+    late = make_detector("fallback", detector={"kind": "zscore", "window": 10}, warmup=5, stagger=2)
+    assert late.offset == 1
+    for i in range(5):
+        late.update(float(i), 1.0)
+    assert late.active is late.fallback  # 5 points: 4 fed to the slow one, which needs 5
+
+
+def test_fallback_none_is_silent_until_warm() -> None:
+    det = make_detector("fallback", detector={"kind": "threshold", "op": "gt", "value": 1.0}, fallback=None, warmup=3)
+    for i in range(2):
+        det.update(float(i), 100.0)
+        assert not det.is_anomaly and det.score == 0.0
+    det.update(2.0, 100.0)  # the third point: the slow detector has seen `warmup` points
+    assert det.is_anomaly

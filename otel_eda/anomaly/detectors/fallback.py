@@ -23,6 +23,7 @@ _carrying: dict[str, int] = {}
 _carrying_lock = threading.Lock()
 fresh_lock_in_child(__name__, "_carrying_lock")
 _warned: set[str] = set()
+_refused: dict[str, int] = {}  # fallback detectors created over the budget, per primary kind
 _started = itertools.count()  # fallback detectors created with a stagger (their offsets, in turn)
 
 
@@ -43,6 +44,12 @@ def carrying(kind: str) -> int:
     """How many live fallback detectors in this process carry a ``kind`` primary detector."""
     with _carrying_lock:
         return _carrying.get(kind, 0)
+
+
+def over_budget(kind: str) -> int:
+    """How many fallback detectors in this process were created past the budget for ``kind`` (kept the fallback)."""
+    with _carrying_lock:
+        return _refused.get(kind, 0)
 
 
 class _Silent(_Base):
@@ -115,6 +122,8 @@ class FallbackDetector(_Base):
             over = _carrying.get(kind, 0) >= self.budget
             if not over:
                 _carrying[kind] = _carrying.get(kind, 0) + 1
+            else:
+                _refused[kind] = _refused.get(kind, 0) + 1
         if over:
             if kind not in _warned:
                 _warned.add(kind)
