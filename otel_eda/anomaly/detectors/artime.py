@@ -68,7 +68,7 @@ is 32 floats, its L1 norm and its group key (about 1.2 kB in CPython, measured b
 ``benchmarks/anomaly_speed.py``). Cost per value: O(1) for values inside a downsampling
 block, O(categories) at worst for the value that closes one (in practice the categories
 that survive the bound of :class:`_Art`), and one O(trend_window**2) burst (about 100 x 100
-cosine similarities and a replay, 10-30 ms) when the warm-up ends.
+cosine similarities and a replay, 5-10 ms) when the warm-up ends.
 """
 
 from __future__ import annotations
@@ -344,8 +344,14 @@ class _Art:
     - categories are grouped by their two *energy* weights (those of the newest value and of
       its complement, which take few distinct values: levels over 80); ``es`` is exact per
       group and ``fs <= 1 - (we - ne) / |w|_1`` (the energy terms' shortfall alone), so a
-      group whose bound, at its largest ``|w|_1``, is below the cut is skipped whole (groups
-      are visited by decreasing bound), then each member by its own ``|w|_1``;
+      group whose bound, at its largest ``|w|_1``, is below the cut is skipped whole (the
+      groups whose interval holds the newest value first, then the others by decreasing
+      bound);
+    - each member then by its own ``|w|_1`` and its box: the shortfall ``|w|_1 - |min(x, w)|_1``
+      is ``sum(max(0, w_k - x_k) + max(0, x_k - (1 - w'_k)))`` over the features (``w'``: the
+      complements' weights), at least ``max(0, L - X) + max(0, X - U)`` over any block of them
+      (``L``, ``U``: the sums of the box's lower and upper corners there, ``X`` of ``x``);
+      four blocks (``_BLOCKS``) add to the energy term;
     - a member whose box holds ``x`` (``w <= x`` on all 32 numbers) has ``min(x, w) = w``:
       ``fs`` is exactly 1 (the cached ``|w|_1`` is the same sequential sum) and it learns
       nothing, so no sum is needed;
