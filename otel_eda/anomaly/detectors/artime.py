@@ -324,6 +324,20 @@ def _dot16(a: Sequence[float], b: Sequence[float]) -> float:
     )
 
 
+def _shortfall_limit(cut: float, es2: float) -> float:
+    """The shortfall share above which a category's activation bound is below ``cut`` (with a margin).
+
+    ``(1 - sh / ws) ** 3 * es2 < cut - 2e-9`` when ``sh > ws * limit``: a skip test with one
+    multiplication. Infinite (skip nothing) when the cut is 0.
+    """
+    c = cut - 2e-9
+    if c <= 0:
+        return math.inf
+    if es2 <= 0:
+        return -math.inf
+    return 1 - math.pow(c / es2, 1 / 3)
+
+
 def _similarity(t1: Sequence[float], t2: Sequence[float], n1: float, n2: float) -> float:
     """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors; ``n1``, ``n2``: their norms)."""
     if n1 == 0.0:
@@ -515,6 +529,7 @@ class _Art:
                     break
                 es2 = es * es
                 top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
+                lim = _shortfall_limit(cut, es2)
                 for j in members:
                     ws = w_sum[j]
                     # the shortfall per block: x's block sum below the box's lower corner's (in wa),
@@ -534,8 +549,7 @@ class _Art:
                         + (l3 - x3 if l3 > x3 else 0.0)
                         + (l4 - x4 if l4 > x4 else 0.0)
                     )
-                    fsb = 1 - sh / ws
-                    if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
+                    if sh > ws * lim:
                         continue
                     wj = wa[j]
                     # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
@@ -544,21 +558,22 @@ class _Art:
                         # (the cached |w| is the same sequential sum) and learning changes nothing
                         if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
                             best_m, best, best_e = es2, j, es
-                        cut = best_m if best_m < rho_ub or not learning else rho_ub
+                            cut = best_m if best_m < rho_ub or not learning else rho_ub
+                            lim = _shortfall_limit(cut, es2)
                         continue
                     # the features' half first: its shortfall (plus the complement energy's) bounds fs
                     num_a = _min_sum(xa, wj)
-                    fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top) + up) / ws
-                    if (fsb * fsb * fsb * es2 if fsb > 0 else 0.0) + 1e-9 < cut:
+                    if (wa_sum[j] - num_a) + (key_b - top) + up > ws * lim:
                         continue
                     num = _min_sum(xb, wb[j], num_a)  # the sequential sum over all 32
                     fs = num / ws
                     m = fs * fs * fs * es2
                     if m > best_m or (m == best_m and m > 0 and j < best):
                         best_m, best, best_e = m, j, es
+                        cut = best_m if best_m < rho_ub or not learning else rho_ub
+                        lim = _shortfall_limit(cut, es2)
                     if learning and m >= rho_ub:
                         resonant.append((j, num))
-                    cut = best_m if best_m < rho_ub or not learning else rho_ub
         if not learning:
             return True, best_m, best_e
         # The reference decides on the first category in its order: the best one (category 1,
