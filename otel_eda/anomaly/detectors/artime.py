@@ -372,7 +372,7 @@ class _Art:
     - otherwise the features' half of ``sum(min(x, w))`` comes first: its shortfall bounds
       ``fs`` again before the complements' half completes the same sequential sum.
 
-    Skipping uses a margin of 1e-9, far above rounding. ``tests/test_artime.py`` checks the
+    Skipping uses a margin of 1e-9 or more, far above rounding. ``tests/test_artime.py`` checks the
     outcome against a literal transcription of the reference's loop.
     """
 
