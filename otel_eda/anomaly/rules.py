@@ -249,9 +249,11 @@ def condition_rule(
 
 
 # The default rules' ARTime (the latency, error-ratio and lag signals): at most this many series
-# per process carry it (the rest keep their fallback; ``benchmarks/anomaly_speed.py`` section
-# "artime" measures what fits the 0.5 s budget of one collection and the memory it takes).
-ARTIME_BUDGET = 1000
+# per process carry it (the rest keep their fallback). ``benchmarks/anomaly_speed.py`` section
+# "artime" measures what fits the 0.5 s budget of one collection (about 20,000 series at its
+# mean cost, on an idle enough machine) and the memory: at most about 1.5 MB per series at the
+# 1000-category cap, so memory sets the cap: 200 series, at most about 0.3 GB.
+ARTIME_BUDGET = 200
 _LATENCY_ZSCORE: Mapping[str, Any] = MappingProxyType({"kind": "zscore", "window": 120, "direction": "up", "hold": 120})
 
 
@@ -270,7 +272,7 @@ def artime_rule_detector(fallback: Mapping[str, Any] | None) -> dict[str, Any]:
 
     >>> spec = artime_rule_detector(None)
     >>> spec["detector"]["kind"], spec["detector"]["confirm"]["window"], spec["warmup"], spec["budget"]
-    ('artime', 120, 750, 1000)
+    ('artime', 120, 750, 200)
     """
     confirm = {**_LATENCY_ZSCORE, "threshold": z_to_score(3.0)}
     return {
