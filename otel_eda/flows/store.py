@@ -26,7 +26,10 @@ import weakref
 from collections import OrderedDict
 from typing import Final
 
+from opentelemetry.trace import SpanContext
+
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.identity.event import EventContext
 from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.settings import DEFAULT_MAX_EVENTS
 
@@ -38,7 +41,6 @@ MAX_DELIVERIES: Final = 64
 _PUBLISHED: Final = Stage.PUBLISHED
 _UNROUTED: Final = Stage.UNROUTED
 _KEYED: Final = Stage.KEYED
-_RECEIVED: Final = Stage.RECEIVED
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,13 +96,13 @@ class _Entry:
         "trace_id",
     )
 
-    def __init__(self, record: LifecycleRecord) -> None:
-        self.event_id = record.event_id
-        self.correlation_id = record.correlation_id
-        self.causation_id = record.causation_id
-        self.event_type = record.event_type
+    def __init__(self, event_id: str, correlation_id: str, causation_id: str | None, event_type: str, created_ns: int):
+        self.event_id = event_id
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.event_type = event_type
         self.business_key: str | None = None
-        self.created_ns = record.created_ns
+        self.created_ns = created_ns
         self.publisher: str | None = None
         self.publish_stage: Stage | None = None
         self.trace_id = 0
@@ -168,50 +170,133 @@ class EventStore:
 
     # -- Recorder -----------------------------------------------------------------------
     def record(self, record: LifecycleRecord) -> None:
-        stage, subscriber = record.stage, record.subscriber
+        # one unpacking of the tuple instead of an attribute read per field
+        (
+            stage,
+            _,
+            event_id,
+            correlation_id,
+            causation_id,
+            event_type,
+            service,
+            business_key,
+            subscriber,
+            attempt,
+            duration_s,
+            etype,
+            created_ns,
+            trace_id,
+            span_id,
+            _,
+        ) = record
         with self._lock:
-            entry = self._events.get(record.event_id)
+            entry = self._events.get(event_id)
             if entry is None:
-                entry = self._add(record)
+                entry = self._add(event_id, correlation_id, causation_id, event_type, created_ns, business_key)
             if subscriber is None:
-                if stage is _PUBLISHED or stage is _UNROUTED:
-                    entry.publisher = record.service
-                    if entry.publish_stage is None or stage is not _PUBLISHED:
-                        entry.publish_stage = stage
-                    entry.trace_id, entry.span_id = record.trace_id, record.span_id
-                elif stage is _KEYED:
-                    self._set_key(entry, record.business_key)
-                return
-            if stage is _KEYED:
-                self._set_key(entry, record.business_key)
-                return
-            delivery = entry.deliveries.get(subscriber)
-            if delivery is None:
-                if len(entry.deliveries) >= MAX_DELIVERIES:
-                    return
-                delivery = entry.deliveries[subscriber] = _Delivery(record.service)
-            delivery.attempts = max(delivery.attempts, record.attempt)
-            final = stage in FINAL_STAGES
-            if delivery.status not in FINAL_STAGES:
-                delivery.status = stage
-            if final and record.duration_s is not None:
-                delivery.duration_s = record.duration_s
-            if record.error_type is not None:
-                delivery.error_type = record.error_type
+                self._publish_step(entry, stage, service, business_key, trace_id, span_id)
+            else:
+                self._delivery_step(entry, stage, service, business_key, subscriber, attempt, duration_s, etype)
 
-    def _add(self, record: LifecycleRecord) -> _Entry:
-        entry = _Entry(record)
+    def note(
+        self,
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+        span_context: SpanContext | None = None,
+    ) -> None:
+        """Take one lifecycle step without building its :class:`LifecycleRecord`: the same as
+        ``record(LifecycleRecord(stage, ..., event's fields, service, ...))`` (the messaging
+        API's hot path; the store keeps no record times)."""
+        event_id = event.event_id
+        with self._lock:
+            entry = self._events.get(event_id)
+            if entry is None:
+                entry = self._add(
+                    event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    event.created_ns,
+                    event.business_key,
+                )
+            if subscriber is None:
+                if span_context is None:
+                    trace_id = span_id = 0
+                else:
+                    trace_id, span_id = span_context.trace_id, span_context.span_id
+                self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
+            else:
+                self._delivery_step(
+                    entry, stage, service, event.business_key, subscriber, attempt, duration_s, error_type
+                )
+
+    def _publish_step(
+        self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int
+    ) -> None:
+        if stage is _PUBLISHED or stage is _UNROUTED:
+            entry.publisher = service
+            if entry.publish_stage is None or stage is not _PUBLISHED:
+                entry.publish_stage = stage
+            entry.trace_id = trace_id
+            entry.span_id = span_id
+        elif stage is _KEYED:
+            self._set_key(entry, business_key)
+
+    def _delivery_step(
+        self,
+        entry: _Entry,
+        stage: Stage,
+        service: str,
+        business_key: str | None,
+        subscriber: str,
+        attempt: int,
+        duration_s: float | None,
+        etype: str | None,
+    ) -> None:
+        if stage is _KEYED:
+            self._set_key(entry, business_key)
+            return
+        deliveries = entry.deliveries
+        delivery = deliveries.get(subscriber)
+        if delivery is None:
+            if len(deliveries) >= MAX_DELIVERIES:
+                return
+            delivery = deliveries[subscriber] = _Delivery(service)
+        delivery.attempts = max(delivery.attempts, attempt)
+        if delivery.status not in FINAL_STAGES:
+            delivery.status = stage
+        if duration_s is not None and stage in FINAL_STAGES:
+            delivery.duration_s = duration_s
+        if etype is not None:
+            delivery.error_type = etype
+
+    def _add(
+        self,
+        event_id: str,
+        correlation_id: str,
+        causation_id: str | None,
+        event_type: str,
+        created_ns: int,
+        business_key: str | None,
+    ) -> _Entry:
+        entry = _Entry(event_id, correlation_id, causation_id, event_type, created_ns)
         events = self._events
-        events[entry.event_id] = entry
-        ids = self._by_correlation.get(entry.correlation_id)
+        events[event_id] = entry
+        ids = self._by_correlation.get(correlation_id)
         if ids is None:
-            self._by_correlation[entry.correlation_id] = {entry.event_id: None}
+            self._by_correlation[correlation_id] = {event_id: None}
         else:
-            ids[entry.event_id] = None
-        if record.business_key is not None:
-            self._set_key(entry, record.business_key)
-        while len(events) > self.max_events:
-            self._evict_oldest()
+            ids[event_id] = None
+        if business_key is not None:
+            self._set_key(entry, business_key)
+        if len(events) > self.max_events:
+            while len(events) > self.max_events:
+                self._evict_oldest()
         return entry
 
     def _set_key(self, entry: _Entry, key: str | None) -> None:

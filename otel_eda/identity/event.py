@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -181,7 +181,6 @@ class EventContext:
 _VALID_NAMES: Final[dict[str, None]] = {}
 _MAX_VALID_NAMES: Final = 4096
 _new_object = object.__new__
-_set_field = object.__setattr__
 
 
 def _valid_name(value: object) -> bool:
@@ -210,14 +209,30 @@ def _made(
     if business_key is not None and not _valid_name(business_key):
         raise ValueError(f"invalid business_key: {type_problem(business_key)}")
     event = _new_object(cls)
-    _set_field(event, "event_id", event_id)
-    _set_field(event, "correlation_id", correlation_id)
-    _set_field(event, "causation_id", causation_id)
-    _set_field(event, "event_type", event_type)
-    _set_field(event, "created_ns", time.time_ns())
-    _set_field(event, "business_key", business_key)
-    _set_field(event, "metadata", _EMPTY)
+    _set_event_id(event, event_id)
+    _set_correlation_id(event, correlation_id)
+    _set_causation_id(event, causation_id)
+    _set_event_type(event, event_type)
+    _set_created_ns(event, time.time_ns())
+    _set_business_key(event, business_key)
+    _set_metadata(event, _EMPTY)
     return event
+
+
+def _slot_setter(name: str) -> Callable[[EventContext, object], None]:
+    """The setter of one of :class:`EventContext`'s slots: what ``object.__setattr__`` finds
+    by name, without the look-up (a new event sets all seven)."""
+    setter: Callable[[EventContext, object], None] = vars(EventContext)[name].__set__
+    return setter
+
+
+_set_event_id: Final = _slot_setter("event_id")
+_set_correlation_id: Final = _slot_setter("correlation_id")
+_set_causation_id: Final = _slot_setter("causation_id")
+_set_event_type: Final = _slot_setter("event_type")
+_set_created_ns: Final = _slot_setter("created_ns")
+_set_business_key: Final = _slot_setter("business_key")
+_set_metadata: Final = _slot_setter("metadata")
 
 
 def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
@@ -405,13 +420,13 @@ def incoming_event(context: Context, metadata: Mapping[str, str] | None = None) 
         )
     # every value was validated above or by the propagator's extract: not a second time
     event = _new_object(EventContext)
-    _set_field(event, "event_id", incoming.event_id)
-    _set_field(event, "correlation_id", correlation_id)
-    _set_field(event, "causation_id", causation_id)
-    _set_field(event, "event_type", incoming.event_type)
-    _set_field(event, "created_ns", created_ns)
-    _set_field(event, "business_key", incoming.business_key)
-    _set_field(event, "metadata", _EMPTY)
+    _set_event_id(event, incoming.event_id)
+    _set_correlation_id(event, correlation_id)
+    _set_causation_id(event, causation_id)
+    _set_event_type(event, incoming.event_type)
+    _set_created_ns(event, created_ns)
+    _set_business_key(event, incoming.business_key)
+    _set_metadata(event, _EMPTY)
     return event
 
 

@@ -30,14 +30,11 @@ _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
 
 
 class _Generator:
-    __slots__ = ("_counter", "_last_ms", "_lock", "_prefix", "_random")
+    __slots__ = ("_counter", "_head", "_head_of", "_last_ms", "_lock", "_prefix", "_random")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._random = random.Random(os.urandom(16))
-        self._last_ms = 0
-        self._counter = 0
-        self._prefix = ""
+        self.reseed_after_fork()
 
     def reseed_after_fork(self) -> None:
         # The child's copy of the lock may be held by a thread that no longer exists.
@@ -46,31 +43,37 @@ class _Generator:
         self._last_ms = 0
         self._counter = 0
         self._prefix = ""
+        # the id up to the counter's last 16 bits, for the counter's upper 26 bits in _head_of
+        # (they change once per 65,536 ids within a millisecond): only the last 48 bits of an
+        # id are formatted per id
+        self._head = ""
+        self._head_of = -1
 
     def next(self) -> str:
         with self._lock:
             now_ms = time.time_ns() // 1_000_000
             if now_ms > self._last_ms:
                 self._last_ms = now_ms
-                self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
+                counter = self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
                 self._prefix = _prefix(now_ms)
+                self._head_of = -1
             else:  # same millisecond, or the wall clock stepped back: keep counting
-                self._counter += 1
-                if self._counter > _COUNTER_MAX:
+                counter = self._counter = self._counter + 1
+                if counter > _COUNTER_MAX:
                     self._last_ms += 1
-                    self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
+                    counter = self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
                     self._prefix = _prefix(self._last_ms)
-            prefix, counter = self._prefix, self._counter
+                    self._head_of = -1
+            high = counter >> 16
+            if high != self._head_of:
+                # the groups after the millisecond: version 7 and the counter's top 12 bits;
+                # the variant and the counter's next 14 bits
+                self._head = "%s7%03x-%04x-" % (self._prefix, counter >> 30, 0x8000 | high & 0x3FFF)  # noqa: UP031
+                self._head_of = high
+            head = self._head
             tail = self._random.getrandbits(32)
-        # the groups after the millisecond: version 7 and the counter's top 12 bits; the
-        # variant and the counter's next 14 bits; its last 16 bits and 32 random bits
-        return "%s7%03x-%04x-%04x%08x" % (  # noqa: UP031  (one format call: the hot path)
-            prefix,
-            counter >> 30,
-            0x8000 | (counter >> 16) & 0x3FFF,
-            counter & 0xFFFF,
-            tail,
-        )
+        # the last group: the counter's last 16 bits and 32 random bits
+        return head + "%012x" % ((counter & 0xFFFF) << 32 | tail)
 
 
 def _prefix(ms: int) -> str:

@@ -29,6 +29,7 @@ from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
+from otel_eda.flows.store import EventStore
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
     SPAN_KEY,
@@ -90,6 +91,12 @@ def _standard_propagation(textmap: object) -> bool:
         return True
 
     return walk(textmap) and TraceContextTextMapPropagator in seen and W3CBaggagePropagator in seen
+
+
+def _takes_notes(recorder: Recorder) -> bool:
+    """Whether ``recorder`` is an :class:`EventStore` whose ``record`` is the store's own, so
+    that :meth:`EventStore.note` takes the same step."""
+    return isinstance(recorder, EventStore) and type(recorder).record is EventStore.record
 
 
 class Outcome(enum.StrEnum):
@@ -244,7 +251,7 @@ class Messaging:
         self.system = system
         self.service = service or service_name(tracer_provider)
         self.mode = TraceMode(mode) if mode is not None else settings.trace_mode
-        self.recorders = tuple(recorders)
+        self.recorders = recorders
         self.binding = binding
         self._ce_read = binding is not None and settings.cloudevents is not CloudEventsMode.OFF
         self._ce_write = binding is not None and settings.cloudevents is CloudEventsMode.WRITE
@@ -317,6 +324,21 @@ class Messaging:
         self._seen_textmap: TextMapPropagator | None = None
         self._textmap: TextMapPropagator = self._eda
         self._attribute_sets: dict[tuple[str, ...], Mapping[str, str]] = {}
+
+    @property
+    def recorders(self) -> tuple[Recorder, ...]:
+        """Where this client's lifecycle records go (besides the process-wide ones of
+        :mod:`otel_eda.flows.default_recorders`)."""
+        return self._recorders
+
+    @recorders.setter
+    def recorders(self, recorders: Sequence[Recorder]) -> None:
+        self._recorders = tuple(recorders)
+        # an EventStore (its own record method) takes each step without a record built for it
+        self._stores: tuple[EventStore, ...] = tuple(
+            r for r in self._recorders if isinstance(r, EventStore) and _takes_notes(r)
+        )
+        self._others = tuple(r for r in self._recorders if not _takes_notes(r))
 
     # -- helpers ------------------------------------------------------------------------
     def _propagator(self) -> TextMapPropagator:
@@ -410,35 +432,41 @@ class Messaging:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
         installed = default_recorders.installed()  # configure()'s, e.g. lifecycle logs
-        recorders = self.recorders + installed if installed else self.recorders
-        if not recorders:
-            return
-        record = _new_tuple(
-            LifecycleRecord,
-            (  # LifecycleRecord(...) without its Python __new__
-                stage,
-                time.time_ns(),
-                event.event_id,
-                event.correlation_id,
-                event.causation_id,
-                event.event_type,
-                self.service,
-                event.business_key,
-                subscriber,
-                attempt,
-                duration_s,
-                error_type(error) if error is not None else None,
-                event.created_ns,
-                span_context.trace_id if span_context is not None else 0,
-                span_context.span_id if span_context is not None else 0,
-                error_message(error) if error is not None else None,
-            ),
-        )
-        for recorder in recorders:
-            try:
-                recorder.record(record)
-            except Exception:
-                internal_error("recorder", "recording a lifecycle record")
+        others = self._others + installed if installed else self._others
+        if others:
+            record = _new_tuple(
+                LifecycleRecord,
+                (  # LifecycleRecord(...) without its Python __new__
+                    stage,
+                    time.time_ns(),
+                    event.event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    self.service,
+                    event.business_key,
+                    subscriber,
+                    attempt,
+                    duration_s,
+                    error_type(error) if error is not None else None,
+                    event.created_ns,
+                    span_context.trace_id if span_context is not None else 0,
+                    span_context.span_id if span_context is not None else 0,
+                    error_message(error) if error is not None else None,
+                ),
+            )
+            for recorder in others:
+                try:
+                    recorder.record(record)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
+        if self._stores:
+            etype = error_type(error) if error is not None else None
+            for store in self._stores:  # the same step without building the record
+                try:
+                    store.note(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
 
     def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
         attrs: dict[str, Any] = {
