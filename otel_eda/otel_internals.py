@@ -30,6 +30,7 @@ __all__ = [
     "add_start_attributes",
     "batch_worker",
     "configure_sdk",
+    "context_variable",
     "current_context_getter",
     "drop_metrics",
     "encode_zipkin_v2_span",
@@ -481,6 +482,24 @@ def current_context_getter() -> Callable[[], Any] | None:
 
     variable = getattr(getattr(api, "_RUNTIME_CONTEXT", None), "_current_context", None)
     return variable.get if isinstance(variable, contextvars.ContextVar) else None
+
+
+def context_variable() -> Any:
+    """The ``ContextVar`` holding the current context, or None.
+
+    ``opentelemetry.context._RUNTIME_CONTEXT._current_context`` (api 1.45.0, 1.45.1; the
+    default ``contextvars_context`` runtime): ``attach(ctx)`` is its ``set(ctx)`` and
+    ``detach(token)`` its ``reset(token)`` (the API's wrappers add three Python calls to
+    each, and log a token reset in another task or thread instead of raising ``ValueError``).
+    None for any other runtime context (an ``OTEL_PYTHON_CONTEXT`` plug-in): use the API's
+    ``attach`` and ``detach`` then.
+    """
+    import contextvars
+
+    from opentelemetry import context as api
+
+    variable = getattr(getattr(api, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    return variable if isinstance(variable, contextvars.ContextVar) else None
 
 
 def suppress_instrumentation(context: Any = None) -> Any:

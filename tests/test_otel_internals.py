@@ -432,6 +432,27 @@ def test_prepend_log_record_processor() -> None:
     )
 
 
+def test_context_variable() -> None:
+    from opentelemetry import context
+
+    variable = otel_internals.context_variable()
+    assert variable is not None, _changed(
+        "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not a ContextVar"
+    )
+    probe = context.set_value("probe", 2)
+    token = variable.set(probe)  # what context.attach does
+    try:
+        assert context.get_current() is probe, _changed(
+            "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not the current context"
+        )
+    finally:
+        variable.reset(token)  # what context.detach does
+    assert context.get_current() is not probe
+    token = context.attach(probe)  # and the two are interchangeable
+    variable.reset(token)
+    assert context.get_current() is not probe
+
+
 def test_current_context_getter() -> None:
     from opentelemetry import context
 

@@ -20,13 +20,14 @@ True
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
 from typing import Final
 
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
 
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
 from otel_eda.identity.event import EventContext
@@ -35,12 +36,20 @@ from otel_eda.settings import DEFAULT_MAX_EVENTS
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
 
+# a step noted by EventStore.note: (stage, event, service, subscriber, attempt, duration_s,
+# error_type, span_context)
+_Step = tuple[Stage, EventContext, str, str | None, int, float | None, str | None, SpanContext | None]
+
 MAX_DELIVERIES: Final = 64
+#: steps noted through EventStore.note are applied when this many wait (or on any read)
+STEPS_PER_BATCH: Final = 256
 # Enum members as module constants: on Python 3.11 each ``Stage.X`` is a descriptor call
 # (about 0.2 µs), and ``record`` runs several times per event.
 _PUBLISHED: Final = Stage.PUBLISHED
 _UNROUTED: Final = Stage.UNROUTED
 _KEYED: Final = Stage.KEYED
+# a tuple: ``in`` compares by identity first (no hashing)
+_FINAL: Final = tuple(FINAL_STAGES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,13 +79,19 @@ class EventSummary:
     span_id: str | None
 
 
-@dataclasses.dataclass(slots=True)
 class _Delivery:
-    service: str
-    status: Stage = Stage.RECEIVED
-    attempts: int = 0
-    duration_s: float | None = None
-    error_type: str | None = None
+    """One subscriber's handling of one event, as the store keeps it (mutable)."""
+
+    __slots__ = ("attempts", "duration_s", "error_type", "service", "status")
+
+    def __init__(
+        self, service: str, status: Stage, attempts: int, duration_s: float | None, error_type: str | None
+    ) -> None:
+        self.service = service
+        self.status = status
+        self.attempts = attempts
+        self.duration_s = duration_s
+        self.error_type = error_type
 
 
 class _Entry:
@@ -152,21 +167,37 @@ register_fork_hook(ForkHook("event stores", after_in_child=_fresh_locks_in_child
 
 
 class EventStore:
-    """A bounded, thread-safe index of lifecycle records. See the module documentation."""
+    """A bounded, thread-safe index of lifecycle records. See the module documentation.
+
+    Steps taken through :meth:`note` (the messaging API's hot path) are queued and applied
+    in batches, in order, before anything reads the index (and whenever a batch is full):
+    applied together, they cost a fraction of one lock and one look-up each.
+    """
 
     def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
         self.max_events = max_events
-        self.evicted = 0
+        self._evicted = 0
         self._lock = threading.Lock()
         _stores.add(self)
         self._events: OrderedDict[str, _Entry] = OrderedDict()
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
+        # steps noted but not yet applied (appended by any thread, applied under the lock)
+        self._steps: collections.deque[_Step] = collections.deque()
 
     def __len__(self) -> int:
-        return len(self._events)
+        with self._lock:
+            self._apply_steps()
+            return len(self._events)
+
+    @property
+    def evicted(self) -> int:
+        """Events evicted so far to keep within ``max_events``."""
+        with self._lock:
+            self._apply_steps()
+            return self._evicted
 
     # -- Recorder -----------------------------------------------------------------------
     def record(self, record: LifecycleRecord) -> None:
@@ -190,6 +221,7 @@ class EventStore:
             _,
         ) = record
         with self._lock:
+            self._apply_steps()  # in order: what was noted before this record first
             entry = self._events.get(event_id)
             if entry is None:
                 entry = self._add(event_id, correlation_id, causation_id, event_type, created_ns, business_key)
@@ -211,13 +243,26 @@ class EventStore:
     ) -> None:
         """Take one lifecycle step without building its :class:`LifecycleRecord`: the same as
         ``record(LifecycleRecord(stage, ..., event's fields, service, ...))`` (the messaging
-        API's hot path; the store keeps no record times)."""
-        event_id = event.event_id
-        with self._lock:
-            entry = self._events.get(event_id)
+        API's hot path; the store keeps no record times). Thread-safe; applied in order."""
+        steps = self._steps
+        steps.append((stage, event, service, subscriber, attempt, duration_s, error_type, span_context))
+        if len(steps) >= STEPS_PER_BATCH:
+            with self._lock:
+                self._apply_steps()
+
+    def _apply_steps(self) -> None:
+        """Apply the noted steps, oldest first (the caller holds the lock)."""
+        steps = self._steps
+        if not steps:
+            return
+        events = self._events
+        popleft = steps.popleft
+        while steps:
+            stage, event, service, subscriber, attempt, duration_s, etype, span_context = popleft()
+            entry = events.get(event.event_id)
             if entry is None:
                 entry = self._add(
-                    event_id,
+                    event.event_id,
                     event.correlation_id,
                     event.causation_id,
                     event.event_type,
@@ -225,15 +270,25 @@ class EventStore:
                     event.business_key,
                 )
             if subscriber is None:
-                if span_context is None:
-                    trace_id = span_id = 0
+                if span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                    self._publish_step(entry, stage, service, event.business_key, 0, 0)
                 else:
                     trace_id, span_id = span_context.trace_id, span_context.span_id
-                self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
-            else:
-                self._delivery_step(
-                    entry, stage, service, event.business_key, subscriber, attempt, duration_s, error_type
-                )
+                    self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
+                continue
+            delivery = entry.deliveries.get(subscriber)
+            if delivery is None or stage is _KEYED:
+                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
+                continue
+            # _delivery_step for a subscriber seen before, inlined (the step that settles it)
+            delivery.attempts = max(delivery.attempts, attempt)
+            final = stage in _FINAL
+            if delivery.status not in _FINAL:
+                delivery.status = stage
+            if final and duration_s is not None:
+                delivery.duration_s = duration_s
+            if etype is not None:
+                delivery.error_type = etype
 
     def _publish_step(
         self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int
@@ -264,13 +319,16 @@ class EventStore:
         deliveries = entry.deliveries
         delivery = deliveries.get(subscriber)
         if delivery is None:
-            if len(deliveries) >= MAX_DELIVERIES:
-                return
-            delivery = deliveries[subscriber] = _Delivery(service)
+            if len(deliveries) < MAX_DELIVERIES:  # a new delivery: its first step, in one go
+                final = stage in _FINAL
+                deliveries[subscriber] = _Delivery(
+                    service, stage, max(0, attempt), duration_s if final else None, etype
+                )
+            return
         delivery.attempts = max(delivery.attempts, attempt)
-        if delivery.status not in FINAL_STAGES:
+        if delivery.status not in _FINAL:
             delivery.status = stage
-        if duration_s is not None and stage in FINAL_STAGES:
+        if duration_s is not None and stage in _FINAL:
             delivery.duration_s = duration_s
         if etype is not None:
             delivery.error_type = etype
@@ -325,7 +383,7 @@ class EventStore:
 
     def _evict_oldest(self) -> None:
         event_id, entry = self._events.popitem(last=False)
-        self.evicted += 1
+        self._evicted += 1
         ids = self._by_correlation.get(entry.correlation_id)
         if ids is not None:
             ids.pop(event_id, None)
@@ -337,12 +395,14 @@ class EventStore:
     # -- queries ------------------------------------------------------------------------
     def get(self, event_id: str) -> EventSummary | None:
         with self._lock:
+            self._apply_steps()
             entry = self._events.get(event_id)
             return entry.summary() if entry else None
 
     def flow(self, correlation_id: str) -> list[EventSummary]:
         """The events of one flow, oldest first, with their status and deliveries."""
         with self._lock:
+            self._apply_steps()
             entries = [self._events[i] for i in self._by_correlation.get(correlation_id, ())]
             return [e.summary() for e in sorted(entries, key=lambda e: (e.created_ns, e.event_id))]
 
@@ -352,6 +412,7 @@ class EventStore:
         The chain stops early where a cause has been evicted or was never recorded here.
         """
         with self._lock:
+            self._apply_steps()
             chain: list[_Entry] = []
             seen: set[str] = set()
             current = self._events.get(event_id)
@@ -364,6 +425,7 @@ class EventStore:
     def descendants(self, event_id: str) -> list[EventSummary]:
         """Every event caused, directly or not, by ``event_id``, breadth first."""
         with self._lock:
+            self._apply_steps()
             root = self._events.get(event_id)
             if root is None:
                 return []
@@ -388,11 +450,13 @@ class EventStore:
     def find(self, business_key: str) -> list[str]:
         """The correlation ids of the flows in which ``business_key`` appears."""
         with self._lock:
+            self._apply_steps()
             return list(self._by_key.get(business_key, {}))
 
     def correlation_ids(self) -> list[str]:
         """Every flow held, in the order its first event arrived."""
         with self._lock:
+            self._apply_steps()
             return list(self._by_correlation)
 
     def render_flow(self, correlation_id: str) -> str:

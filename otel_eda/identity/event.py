@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, create_key, get_current, get_value, set_value
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid
 from otel_eda.identity.ids import new_event_id
 from otel_eda.identity.validation import (
@@ -84,6 +84,8 @@ def _baggage_is_a_dict() -> bool:
 
 
 _DIRECT_BAGGAGE: Final = _baggage_is_a_dict()
+#: the current context: the ContextVar's own get where the runtime context is the default one
+_current: Final[Callable[[], Context]] = otel_internals.current_context_getter() or get_current
 _EMPTY_DICT: Final[Mapping[str, str]] = {}
 
 
@@ -279,7 +281,7 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
 
 def event_context(event: EventContext, context: Context | None = None, *extra: tuple[str, object]) -> Context:
     """:func:`with_event`, plus ``extra`` (key, value) entries, in one new ``Context``."""
-    base = context if context is not None else get_current()
+    base = context if context is not None else _current()
     if not _DIRECT_BAGGAGE:
         ctx = _with_event_slow(event, base)
         for key, value in extra:
@@ -337,7 +339,7 @@ def _with_event_slow(event: EventContext, context: Context) -> Context:
 
 def current_event(context: Context | None = None) -> EventContext | None:
     """The event being published or handled in ``context`` (default: the current one)."""
-    event = get_value(_EVENT_KEY, context)
+    event = (context if context is not None else _current()).get(_EVENT_KEY)
     return event if isinstance(event, EventContext) else None
 
 

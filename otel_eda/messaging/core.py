@@ -12,8 +12,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from contextvars import Token
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics, propagate, trace
@@ -72,6 +71,10 @@ _NO_EXEMPLAR: Final = Context()
 C = TypeVar("C")
 
 _tracer_is_noop, _meter_is_noop = otel_internals.noop_checks()
+#: the current context's ContextVar (attach = its set, detach = its reset: three Python calls
+#: fewer each), or None under a runtime-context plug-in (then the API's attach and detach)
+_CONTEXT: Final = otel_internals.context_variable()
+_current: Final[Callable[[], Context]] = otel_internals.current_context_getter() or get_current
 _new_tuple = tuple.__new__
 _HANDOFF_PROPAGATORS: Final = (TraceContextTextMapPropagator, W3CBaggagePropagator, EdaPropagator)
 
@@ -780,19 +783,22 @@ class Publication(Generic[C]):
     def __enter__(self) -> Publication[C]:
         m = self._messaging
         event = self.event
-        ctx = event_context(event, self._parent)
         if m._tracing():
+            ctx = event_context(event, self._parent)
             attrs = m._message_attributes(event, self.destination, semconv.OPERATION_TYPE_SEND)
             if self._attributes:
                 attrs.update(self._attributes)
             span = m._tracer.start_span(f"send {self.destination}", ctx, kind=_SPANKIND_PRODUCER, attributes=attrs)
-        else:
-            span = _noop_span(ctx)
+            values = dict(ctx)
+            values[SPAN_KEY] = span
+            ctx = Context(values)
+        else:  # the API's no-op span around the parent's span context: one new context
+            parent = self._parent if self._parent is not None else _current()
+            span = _noop_span(parent)
+            ctx = event_context(event, parent, (SPAN_KEY, span))
         self.span = span
-        values = dict(ctx)
-        values[SPAN_KEY] = span
-        self.context = ctx = Context(values)
-        self._token = attach(ctx)
+        self.context = ctx
+        self._token = attach(ctx) if _CONTEXT is None else _CONTEXT.set(ctx)
         self._started = time.perf_counter()
         if self._carrier is None:  # an in-process hand-off: no headers (see local())
             return self
@@ -846,7 +852,7 @@ class Publication(Generic[C]):
                 )
             m.record(_STAGE_PUBLISHED, self.event, span.get_span_context(), error=exc)
         finally:
-            detach(self._token)
+            _detach(self._token)
             span.end()
 
 
@@ -892,10 +898,11 @@ class Processing:
         self.attempt = attempt
         self.outcome: Outcome | None = None
         self._open = [True]  # popped exactly once, by whichever thread settles first
-        self._tokens: list[tuple[Token[Context], object]] = []
+        self._tokens: list[Any] = []  # ContextVar tokens, or (token, owner) pairs (see attach)
         if not message.delivered:
             m._deliver(message, group)
-        if trace.get_current_span(context).get_span_context().is_valid:
+        ambient: Any = (context if context is not None else _current()).get(SPAN_KEY)
+        if ambient is not None and ambient.get_span_context().is_valid:
             parent = context  # an HTTP server span, say: its child, linked to the producer
         elif m.mode is _TRACEMODE_PARENT:
             parent = message.context
@@ -938,15 +945,24 @@ class Processing:
     # -- context ------------------------------------------------------------------------
     def attach(self) -> None:
         """Make this attempt's context current (``__enter__`` does it)."""
-        self._tokens.append((attach(self.context), _owner()))
+        if _CONTEXT is not None:
+            self._tokens.append(_CONTEXT.set(self.context))
+        else:
+            self._tokens.append((attach(self.context), _owner()))
 
     def detach(self) -> None:
         """Undo :meth:`attach`. Only the thread or task that attached can: called from
         another one (an async generator closed by the event loop, say) it does nothing."""
-        while self._tokens:
-            token, owner = self._tokens.pop()
-            if owner == _owner():
-                detach(token)
+        tokens = self._tokens
+        while tokens:
+            token = tokens.pop()
+            if _CONTEXT is not None:
+                try:  # noqa: SIM105  (contextlib.suppress costs a context manager per message)
+                    _CONTEXT.reset(token)
+                except (ValueError, RuntimeError):
+                    pass  # attached in another task or thread (its context, not this one)
+            elif token[1] == _owner():
+                detach(token[0])
 
     def __enter__(self) -> Processing:
         self.attach()
@@ -1051,7 +1067,7 @@ class Processing:
         if self._tokens and get_current() is previous:
             # the handler's own code (in the thread or task that attached) sees the new key from
             # now on; a nested span of the handler, or another thread, is left alone
-            self._tokens.append((attach(self.context), _owner()))
+            self.attach()
         self._messaging.record(
             _STAGE_KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
         )
@@ -1173,6 +1189,17 @@ class BatchProcessing:
         finally:
             span.end()
         return seconds
+
+
+def _detach(token: Any) -> None:
+    """``detach(token)`` of a token from ``attach`` or ``_CONTEXT.set``."""
+    if _CONTEXT is not None:
+        try:
+            _CONTEXT.reset(token)
+            return
+        except (ValueError, RuntimeError):
+            pass  # the API's detach logs it, as it always did
+    detach(token)
 
 
 def _noop_span(context: Context | None) -> trace.Span:
