@@ -35,6 +35,7 @@ __all__ = [
     "drop_metrics",
     "encode_zipkin_v2_span",
     "exporter_names",
+    "global_provider_getters",
     "initialize_components",
     "is_proxy_logger_provider",
     "is_proxy_meter_provider",
@@ -113,6 +114,32 @@ def is_proxy_logger_provider(provider: object) -> bool:
     from opentelemetry._logs._internal import ProxyLoggerProvider
 
     return isinstance(provider, ProxyLoggerProvider)
+
+
+def global_provider_getters() -> tuple[Callable[[], Any], Callable[[], Any], Callable[[object], bool]]:
+    """``(tracer_provider, meter_provider, is_proxy_meter)``: two calls without a Python frame
+    returning the global tracer and meter provider set so far, or None, and a test of a meter
+    the API's proxy handed out (the hot path's cheapest "is anything installed yet?").
+
+    ``opentelemetry.trace._TRACER_PROVIDER``, ``opentelemetry.metrics._internal._METER_PROVIDER``
+    and ``_ProxyMeter`` (api 1.45.0, 1.45.1): while the global provider is unset, a proxy
+    tracer or meter is a no-op (see :func:`noop_checks`).
+    """
+    import functools
+
+    from opentelemetry import trace
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    proxy_meter = metrics_internal._ProxyMeter
+
+    def is_proxy_meter(meter: object) -> bool:
+        return type(meter) is proxy_meter
+
+    return (
+        functools.partial(getattr, trace, "_TRACER_PROVIDER", None),
+        functools.partial(getattr, metrics_internal, "_METER_PROVIDER", None),
+        is_proxy_meter,
+    )
 
 
 def noop_checks() -> tuple[Any, Any]:

@@ -504,6 +504,24 @@ def test_noop_checks_follow_the_global_providers(tracer_provider: TracerProvider
     )
 
 
+def test_global_provider_getters_follow_the_global_providers() -> None:
+    tracer_provider, meter_provider, is_proxy_meter = otel_internals.global_provider_getters()
+    installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert (tracer_provider() is not None) is installed, _changed(
+        "opentelemetry-api", "trace._TRACER_PROVIDER", f"installed={installed}"
+    )
+    if installed:
+        assert tracer_provider() is trace.get_tracer_provider()
+    installed = not otel_internals.is_proxy_meter_provider(metrics.get_meter_provider())
+    assert (meter_provider() is not None) is installed, _changed(
+        "opentelemetry-api", "metrics._internal._METER_PROVIDER", f"installed={installed}"
+    )
+    assert is_proxy_meter(metrics.get_meter_provider().get_meter("probe")) is not installed, _changed(
+        "opentelemetry-api", "metrics._internal._ProxyMeter", f"installed={installed}"
+    )
+    assert not is_proxy_meter(MeterProvider().get_meter("probe"))
+
+
 def test_measurement_consumer_is_what_a_reader_collect_callback_is_bound_to() -> None:
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])

@@ -257,9 +257,13 @@ class EventStore:
             return
         events = self._events
         popleft = steps.popleft
+        last_event: EventContext | None = None
+        entry: _Entry | None = None
         while steps:
             stage, event, service, subscriber, attempt, duration_s, etype, span_context = popleft()
-            entry = events.get(event.event_id)
+            if event is not last_event:  # an event's steps mostly follow each other
+                entry = events.get(event.event_id)
+                last_event = event
             if entry is None:
                 entry = self._add(
                     event.event_id,
@@ -270,25 +274,36 @@ class EventStore:
                     event.business_key,
                 )
             if subscriber is None:
-                if span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
+                    entry.publisher = service
+                    entry.publish_stage = stage
+                    if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
+                        entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
+                elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
                     self._publish_step(entry, stage, service, event.business_key, 0, 0)
                 else:
                     trace_id, span_id = span_context.trace_id, span_context.span_id
                     self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
                 continue
-            delivery = entry.deliveries.get(subscriber)
-            if delivery is None or stage is _KEYED:
+            deliveries = entry.deliveries
+            delivery = deliveries.get(subscriber)
+            if stage is _KEYED:
                 self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
-                continue
-            # _delivery_step for a subscriber seen before, inlined (the step that settles it)
-            delivery.attempts = max(delivery.attempts, attempt)
-            final = stage in _FINAL
-            if delivery.status not in _FINAL:
-                delivery.status = stage
-            if final and duration_s is not None:
-                delivery.duration_s = duration_s
-            if etype is not None:
-                delivery.error_type = etype
+            elif delivery is None:  # a new delivery: its first step, in one go
+                if len(deliveries) < MAX_DELIVERIES:
+                    final = stage in _FINAL
+                    deliveries[subscriber] = _Delivery(
+                        service, stage, max(0, attempt), duration_s if final else None, etype
+                    )
+            else:
+                delivery.attempts = max(delivery.attempts, attempt)
+                final = stage in _FINAL
+                if delivery.status not in _FINAL:
+                    delivery.status = stage
+                if final and duration_s is not None:
+                    delivery.duration_s = duration_s
+                if etype is not None:
+                    delivery.error_type = etype
 
     def _publish_step(
         self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int

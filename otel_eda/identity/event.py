@@ -300,13 +300,13 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
             else {BAGGAGE_CORRELATION_ID: correlation, BAGGAGE_CAUSATION_ID: causation}
         )
         return Context(values)
-    first = iter(entries.items())
-    if next(first, None) == (BAGGAGE_CORRELATION_ID, correlation) and (
-        next(first, None) == (BAGGAGE_CAUSATION_ID, causation)
-        if causation is not None
-        else BAGGAGE_CAUSATION_ID not in entries
+    if entries.get(BAGGAGE_CORRELATION_ID) == correlation and (
+        # the baggage already says so, otel-eda's entries first
+        (BAGGAGE_CAUSATION_ID not in entries and next(iter(entries)) == BAGGAGE_CORRELATION_ID)
+        if causation is None
+        else entries.get(BAGGAGE_CAUSATION_ID) == causation and _leads(entries)
     ):
-        return Context(values)  # the baggage already says so
+        return Context(values)
     # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
     # 8192 bytes), the baggage propagator drops the *last* entries on inject.
     bag: dict[str, object] = {BAGGAGE_CORRELATION_ID: correlation}
@@ -317,6 +317,12 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
             bag[key] = value
     values[_BAGGAGE_KEY] = bag
     return Context(values)
+
+
+def _leads(entries: Mapping[str, object]) -> bool:
+    """Whether the correlation and causation entries are the first two of ``entries``."""
+    first = iter(entries)
+    return next(first) == BAGGAGE_CORRELATION_ID and next(first, None) == BAGGAGE_CAUSATION_ID
 
 
 def _with_event_slow(event: EventContext, context: Context) -> Context:

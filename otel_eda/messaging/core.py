@@ -71,6 +71,7 @@ _NO_EXEMPLAR: Final = Context()
 C = TypeVar("C")
 
 _tracer_is_noop, _meter_is_noop = otel_internals.noop_checks()
+_global_tracer_provider, _global_meter_provider, _is_proxy_meter = otel_internals.global_provider_getters()
 #: the current context's ContextVar (attach = its set, detach = its reset: three Python calls
 #: fewer each), or None under a runtime-context plug-in (then the API's attach and detach)
 _CONTEXT: Final = otel_internals.context_variable()
@@ -272,6 +273,8 @@ class Messaging:
         self._handoff_textmap: object = None
         self._handoff = False
         self._meter = meter = metrics.get_meter(scope, VERSION, meter_provider)
+        self._proxy_tracer = type(self._tracer) is trace.ProxyTracer
+        self._proxy_meter = _is_proxy_meter(meter)
         # counted in process, reported when a reader collects (see otel_eda.messaging.counting)
         self._sent = tally(meter_provider, scope, semconv.METRIC_SENT_MESSAGES, "{message}", "Messages published")
         self._consumed = tally(
@@ -359,6 +362,8 @@ class Messaging:
         TracerProvider installed yet), when describing a span would be wasted work."""
         if self._tracing_on:
             return True
+        if self._proxy_tracer and _global_tracer_provider() is None:
+            return False  # the proxy is a no-op (the quick test; asked again next time)
         if _tracer_is_noop(self._tracer):
             return False  # asked again next time: configure() may install a provider later
         self._tracing_on = True  # a global provider is set once; an explicit one never changes
@@ -368,6 +373,8 @@ class Messaging:
         """Whether measurements go anywhere: false while the meter is the API's no-op."""
         if self._metering_on:
             return True
+        if self._proxy_meter and _global_meter_provider() is None:
+            return False
         if _meter_is_noop(self._meter):
             return False
         self._metering_on = True
@@ -435,6 +442,14 @@ class Messaging:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
         installed = default_recorders.installed()  # configure()'s, e.g. lifecycle logs
+        if not installed and not self._others:  # only stores (the bus's default)
+            etype = error_type(error) if error is not None else None
+            for store in self._stores:  # the same step without building the record
+                try:
+                    store.note(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
+            return
         others = self._others + installed if installed else self._others
         if others:
             record = _new_tuple(
