@@ -206,7 +206,11 @@ def _made(
 ) -> EventContext:
     """A new event whose ids otel-eda made or already holds as valid: only the event type,
     business key and metadata are checked (the checks ``__post_init__`` makes for them)."""
-    if metadata or cls is not EventContext or not _valid_name(event_type):
+    if (
+        metadata
+        or cls is not EventContext
+        or not ((type(event_type) is str and event_type in _VALID_NAMES) or _valid_name(event_type))
+    ):
         return cls(event_id, correlation_id, causation_id, event_type, time.time_ns(), business_key, metadata or _EMPTY)
     if business_key is not None and not _valid_name(business_key):
         raise ValueError(f"invalid business_key: {type_problem(business_key)}")

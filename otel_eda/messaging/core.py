@@ -441,6 +441,19 @@ class Messaging:
     ) -> None:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
+        self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+
+    def _step(
+        self,
+        stage: Stage,
+        event: EventContext,
+        span_context: trace.SpanContext | None,
+        subscriber: str | None,
+        attempt: int,
+        duration_s: float | None,
+        error: BaseException | None,
+    ) -> None:
+        """:meth:`record` with positional arguments (the hot path's three steps per event)."""
         installed = default_recorders.installed()  # configure()'s, e.g. lifecycle logs
         if not installed and not self._others:  # only stores (the bus's default)
             etype = error_type(error) if error is not None else None
@@ -629,7 +642,7 @@ class Messaging:
             feed = self._anomaly_feed()
             if feed is not None:
                 feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
-        self.record(_STAGE_RECEIVED, message.event, message.producer, subscriber=group or self.service)
+        self._step(_STAGE_RECEIVED, message.event, message.producer, group or self.service, 0, None, None)
 
     def received(
         self,
@@ -865,7 +878,7 @@ class Publication(Generic[C]):
                     time.perf_counter() - self._started,
                     m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key),
                 )
-            m.record(_STAGE_PUBLISHED, self.event, span.get_span_context(), error=exc)
+            m._step(_STAGE_PUBLISHED, self.event, span.get_span_context(), None, 0, None, exc)
         finally:
             _detach(self._token)
             span.end()
@@ -1035,14 +1048,14 @@ class Processing:
                     span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
-            m.record(
+            m._step(
                 _STAGES[outcome],
                 self.event,
                 span.get_span_context(),
-                subscriber=self._group or m.service,
-                attempt=self.attempt,
-                duration_s=seconds,
-                error=exc if outcome is not _COMPLETED else None,
+                self._group or m.service,
+                self.attempt,
+                seconds,
+                exc if outcome is not _COMPLETED else None,
             )
         except Exception:
             internal_error("messaging", "settling a message")
