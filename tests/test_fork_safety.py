@@ -271,3 +271,42 @@ def test_a_module_lock_held_by_another_thread_at_fork_is_free_in_the_child(modul
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "0", f"the child found {module}.{attribute} held"
+
+
+CONFLUENT_LAG_AT_FORK = """
+import os, threading
+from otel_eda.transports.confluent_kafka.lag import CachedConsumerLag
+class Consumer:  # what the gauge reads of a consumer: librdkafka's would not survive the fork
+    def assignment(self):
+        return []
+lag = CachedConsumerLag()
+consumer = Consumer()
+lag.track(consumer, "billing")
+held, release = threading.Event(), threading.Event()
+def hold():
+    with lag._lock:
+        held.set()
+        release.wait(10)
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if lag._lock.acquire(timeout=5) and not lag._consumers else 1)
+release.set()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), len(lag._consumers))
+"""
+
+
+def test_the_confluent_kafka_lag_gauge_in_a_forked_child_has_a_free_lock_and_no_parent_consumer() -> None:
+    pytest.importorskip("confluent_kafka")
+    result = subprocess.run(
+        [sys.executable, "-c", CONFLUENT_LAG_AT_FORK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["0", "1"], "the child found the lock held or the parent's consumer"

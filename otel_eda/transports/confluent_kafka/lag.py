@@ -25,6 +25,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda._selfmetrics import internal_error
+from otel_eda.process_hooks import ForkHook, register_fork_hook, unregister_fork_hook
 from otel_eda.transports.kafka_telemetry import PartitionLag
 
 __all__ = ["CachedConsumerLag", "cached_lag_of"]
@@ -52,12 +53,25 @@ class CachedConsumerLag(PartitionLag):
     read from librdkafka's cache when the gauge is collected.
 
     A lock keeps a collection and a consumer's ``close()`` apart (the instrumentation calls
-    :meth:`untrack` before the client closes: a closing client must not be read).
+    :meth:`untrack` before the client closes: a closing client must not be read). A forked
+    child gets a fresh lock and reads none of its parent's consumers: librdkafka's clients do
+    not survive a fork.
     """
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         self._lock = threading.Lock()
         super().__init__(meter_provider, scope="otel_eda.transports.confluent_kafka")
+        self._fork_hook = register_fork_hook(
+            ForkHook("confluent-kafka consumer lag", after_in_child=self._after_fork_in_child)
+        )
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._consumers.clear()
+
+    def close(self) -> None:
+        unregister_fork_hook(self._fork_hook)
+        super().close()
 
     def track(self, consumer: Any, group: str | None) -> None:
         """Report ``consumer``'s lag from now on. Idempotent; any thread."""
