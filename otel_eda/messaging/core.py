@@ -43,6 +43,7 @@ from otel_eda.identity.validation import type_problem, valid_type
 from otel_eda.messaging.carriers import TEXT_GETTER, TEXT_SETTER, SafeGetter
 from otel_eda.messaging.counting import Tally, tally
 from otel_eda.messaging.headers import Binding, read_cloudevent, read_metadata, write_cloudevent, write_metadata
+from otel_eda.messaging.standard import StandardPropagation, leaves
 from otel_eda.settings import CloudEventsMode, Settings, TraceMode
 from otel_eda.version import VERSION
 
@@ -324,9 +325,18 @@ class Messaging:
         current = propagate.get_global_textmap()
         if current is not self._seen_textmap:
             self._seen_textmap = current
-            self._textmap = (
-                current if contains_propagator(current, EdaPropagator) else CompositePropagator([current, self._eda])
-            )
+            if _standard_propagation(current):
+                # the same propagators, in order, with the faster baggage codec (see .standard)
+                members: list[Any] = list(leaves(current, otel_internals.propagators_of))
+                if not any(type(p) is EdaPropagator for p in members):
+                    members.append(self._eda)
+                self._textmap = StandardPropagation(members)
+            else:
+                self._textmap = (
+                    current
+                    if contains_propagator(current, EdaPropagator)
+                    else CompositePropagator([current, self._eda])
+                )
         return self._textmap
 
     def _tracing(self) -> bool:
