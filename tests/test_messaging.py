@@ -581,3 +581,27 @@ def test_a_published_and_extracted_message_round_trips_through_the_standard_code
         assert incoming.event.event_id == pub.event.event_id
         assert baggage.get_all(incoming.context) == {"eda.correlation_id": pub.event.correlation_id}
         assert incoming.producer.span_id == pub.span.get_span_context().span_id
+
+
+def test_a_handling_attempt_is_freed_without_the_cyclic_garbage_collector(capture: TelemetryCapture) -> None:
+    import gc
+    import weakref
+
+    messaging = capture.messaging("kafka", getter=HEADER_LIST_GETTER)
+    headers, _ = kafka_record(messaging, "order_placed")
+    gc.disable()
+    try:
+        with messaging.process(headers, destination="orders") as handling:
+            assert current_processing() is handling
+        gone = weakref.ref(handling)
+        del handling
+        assert gone() is None, "the attempt and its context form no reference cycle"
+        # attached and referred to by nothing else: still the current attempt until detached
+        messaging.process(headers, destination="orders").attach()
+        attached = current_processing()
+        assert attached is not None and not attached.settled
+        attached.detach()
+        attached.settle(Outcome.COMPLETED)
+        assert current_processing() is None
+    finally:
+        gc.enable()
