@@ -504,6 +504,8 @@ def _original(cls: type, name: str) -> Callable[..., Any]:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:  # decode_responses=True, and every name the application passes as str
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
