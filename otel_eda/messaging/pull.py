@@ -82,7 +82,7 @@ class PullTracker(Generic[M]):
         self.current: Processing | None = None
         #: ``(deadline, attempt)`` of the open attempt, for the reaper (one attribute write per
         #: message: the reaper reads the pair whole, without a lock)
-        self.watched: tuple[float, Processing] | None = None
+        self._watch: tuple[float, Processing] | None = None
 
     def start(self, message: M) -> Processing:
         """End the open attempt, then start (and make current) the one of ``message``."""
@@ -156,7 +156,7 @@ class _Reaper:
 
     It watches trackers, not messages: each tracker has at most one open span, so what it
     holds is bounded by the number of live trackers (weakly referenced). A tracker's
-    deadline and attempt are its ``watched`` pair, replaced whole per message; the lock
+    deadline and attempt are its ``_watch`` pair, replaced whole per message; the lock
     is taken only when a tracker starts being watched.
     """
 
@@ -166,8 +166,8 @@ class _Reaper:
         self._thread: threading.Thread | None = None
 
     def watch(self, tracker: PullTracker[Any], processing: Processing, max_s: float) -> None:
-        known = tracker.watched is not None
-        tracker.watched = (time.monotonic() + max_s, processing)
+        known = tracker._watch is not None
+        tracker._watch = (time.monotonic() + max_s, processing)
         if known and self._thread is not None:
             return  # a tracker's deadlines only move later: the thread needs no wake-up
         with self._cond:
@@ -186,7 +186,7 @@ class _Reaper:
                 now = time.monotonic()
                 earliest = None
                 for tracker in list(self._watched):
-                    entry = tracker.watched
+                    entry = tracker._watch
                     if entry is None:
                         continue
                     deadline, processing = entry
