@@ -168,7 +168,8 @@ class _Reaper:
     def watch(self, tracker: PullTracker[Any], processing: Processing, max_s: float) -> None:
         known = tracker._watch is not None
         tracker._watch = (time.monotonic() + max_s, processing)
-        if known and self._thread is not None:
+        thread = self._thread
+        if known and thread is not None and thread.is_alive():
             return  # a tracker's deadlines only move later: the thread needs no wake-up
         with self._cond:
             self._watched.add(tracker)
