@@ -20,6 +20,13 @@ number of records after a warm-up; the cases run interleaved, ``--reps`` times e
 * the contrib ``opentelemetry-instrumentation-aiokafka`` (PRODUCER and CONSUMER spans, no
   metrics, no identity) minus aiokafka alone.
 
+confluent-kafka (issue 14; ``confluent_kafka_child.py``, against the same Kafka): one record = one
+``produce`` (in batches of 100, then ``flush``, which runs the delivery reports) and one ``poll``;
+otel-eda's ``ConfluentKafkaInstrumentor`` (send, poll and process spans with links, event ids, the
+messaging metrics with the send-until-acknowledged duration, event age, lag) against the contrib
+``opentelemetry-instrumentation-confluent-kafka`` (a PRODUCER span, a ``recv`` and a ``process``
+span per record, no metrics, no identity), each minus confluent-kafka alone.
+
 Goal, printed as met or MISSED (a missed goal prints a profile of otel-eda's case): otel-eda's
 added cost <= the contrib's. The other broker issues add their client's three cases here.
 
@@ -37,6 +44,14 @@ publisher confirms (batches of 100, concurrent) and its handling by a ``queue.co
 acknowledging with ``message.process()``; otel-eda's ``AioPikaInstrumentor`` (the same telemetry
 as above, plus ``messaging.rabbitmq.*``, settling outcomes, the queue depth gauges) against the
 contrib ``opentelemetry-instrumentation-aio-pika`` (PRODUCER and CONSUMER spans, no metrics).
+
+pika (issue 16, ``--brokers pika``; on the same RabbitMQ node as the aio-pika line when both run):
+``pika_child.py`` on a ``BlockingConnection``: one message = one ``basic_publish`` with publisher
+confirms (batches of 100, each waiting for its confirmation) and its handling by a
+``basic_consume`` callback acknowledging with ``basic_ack``; otel-eda's ``PikaInstrumentor`` (send
+and process spans with links, event ids, the messaging metrics, event age, settling outcomes)
+against the contrib ``opentelemetry-instrumentation-pika`` (two nested PRODUCER spans per publish
+and a CONSUMER span, no metrics). Goal: otel-eda's added cost <= the contrib's.
 """
 
 from __future__ import annotations
@@ -60,13 +75,15 @@ from method import Case, Difference, Goal, Plan, describe_machine, report, run_i
 HERE: Final = Path(__file__).resolve().parent
 KAFKA_SCRIPT: Final = HERE.parent / "scripts" / "kafka"
 CHILD: Final = str(HERE / "kafka_child.py")
+CONFLUENT_CHILD: Final = str(HERE / "confluent_kafka_child.py")
 RABBITMQ_SCRIPT: Final = HERE.parent / "scripts" / "rabbitmq"
 RABBITMQ_CHILD: Final = str(HERE / "rabbitmq_child.py")
+PIKA_CHILD: Final = str(HERE / "pika_child.py")
 GOAL: Final = 1.0
 NATS_SCRIPT: Final = HERE.parent / "scripts" / "nats"
 NATS_CHILD: Final = str(HERE / "nats_child.py")
 NATS_GOAL: Final = 1.2
-BROKERS: Final = ("kafka", "nats", "rabbitmq")
+BROKERS: Final = ("kafka", "nats", "rabbitmq", "pika")
 FULL: Final = Plan(reps=7, ops=5_000, warmup=1_000)
 QUICK: Final = Plan(reps=2, ops=500, warmup=200)
 
@@ -189,18 +206,62 @@ RABBITMQ_GOALS: Final = [
 ]
 
 
+def pika_cases(url: str) -> list[Case]:
+    py, env, unit = sys.executable, {"AMQP_URL": url}, "message"
+    return [
+        Case("pika_off", "pika, no instrumentation", [py, PIKA_CHILD, "off"], env, unit=unit),
+        Case("pika_eda", "pika, otel-eda instrumentation", [py, PIKA_CHILD, "eda"], env, unit=unit),
+        Case("pika_contrib", "pika, contrib instrumentation", [py, PIKA_CHILD, "contrib"], env, unit=unit),
+    ]
+
+
+PIKA_DIFFERENCES: Final = [
+    Difference("pika_eda_added", "otel-eda pika telemetry", on="pika_eda", off="pika_off"),
+    Difference("pika_contrib_added", "contrib pika telemetry", on="pika_contrib", off="pika_off"),
+]
+PIKA_GOALS: Final = [
+    Goal(
+        "pika_eda_vs_contrib",
+        "pika: otel-eda added / contrib added",
+        "pika_eda_added",
+        "pika_contrib_added",
+        GOAL,
+        profile="pika_eda",
+    ),
+]
+
+
 def cases(bootstrap: str) -> list[Case]:
     py, env = sys.executable, {"KAFKA_BOOTSTRAP": bootstrap}
     return [
         Case("aiokafka_off", "aiokafka, no instrumentation", [py, CHILD, "off"], env, unit="record"),
         Case("aiokafka_eda", "aiokafka, otel-eda instrumentation", [py, CHILD, "eda"], env, unit="record"),
         Case("aiokafka_contrib", "aiokafka, contrib instrumentation", [py, CHILD, "contrib"], env, unit="record"),
+        Case("confluent_off", "confluent-kafka, no instrumentation", [py, CONFLUENT_CHILD, "off"], env, unit="record"),
+        Case(
+            "confluent_eda",
+            "confluent-kafka, otel-eda instrumentation",
+            [py, CONFLUENT_CHILD, "eda"],
+            env,
+            unit="record",
+        ),
+        Case(
+            "confluent_contrib",
+            "confluent-kafka, contrib instrumentation",
+            [py, CONFLUENT_CHILD, "contrib"],
+            env,
+            unit="record",
+        ),
     ]
 
 
 DIFFERENCES: Final = [
     Difference("aiokafka_eda_added", "otel-eda aiokafka telemetry", on="aiokafka_eda", off="aiokafka_off"),
     Difference("aiokafka_contrib_added", "contrib aiokafka telemetry", on="aiokafka_contrib", off="aiokafka_off"),
+    Difference("confluent_eda_added", "otel-eda confluent-kafka telemetry", on="confluent_eda", off="confluent_off"),
+    Difference(
+        "confluent_contrib_added", "contrib confluent-kafka telemetry", on="confluent_contrib", off="confluent_off"
+    ),
 ]
 GOALS: Final = [
     Goal(
@@ -210,6 +271,14 @@ GOALS: Final = [
         "aiokafka_contrib_added",
         GOAL,
         profile="aiokafka_eda",
+    ),
+    Goal(
+        "confluent_eda_vs_contrib",
+        "confluent-kafka: otel-eda added / contrib added",
+        "confluent_eda_added",
+        "confluent_contrib_added",
+        GOAL,
+        profile="confluent_eda",
     ),
 ]
 
@@ -234,9 +303,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ops is not None:
         plan = Plan(plan.reps, max(1, args.ops), plan.warmup, plan.timeout_s)
     clients = {
-        "kafka": ("aiokafka", "opentelemetry-instrumentation-aiokafka"),
+        "kafka": (
+            "aiokafka",
+            "opentelemetry-instrumentation-aiokafka",
+            "confluent-kafka",
+            "opentelemetry-instrumentation-confluent-kafka",
+        ),
         "nats": ("nats-py",),
         "rabbitmq": ("aio-pika", "opentelemetry-instrumentation-aio-pika"),
+        "pika": ("pika", "opentelemetry-instrumentation-pika"),
     }
     versions = ", ".join(
         f"{name} {importlib.metadata.version(name)}"
@@ -248,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         + (" (QUICK smoke run: numbers are indicative only)" if args.quick else "")
     )
     print(
-        "  one record = send (batches of 100, then flush) + getone (Kafka), js.publish (batches of 100) + fetch "
-        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ); "
+        "  one record = send (batches of 100, then flush) + getone (aiokafka), produce (batches of 100, then "
+        "flush) + poll (confluent-kafka), js.publish (batches of 100) + fetch "
+        "+ ack (NATS), publish with confirms (batches of 100) + a consume callback's ack (RabbitMQ: aio-pika, pika); "
         "exporters: BatchSpanProcessor + discarding span exporter, MeterProvider + "
         "PeriodicExportingMetricReader + discarding metric exporter"
     )
@@ -265,10 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured += nats_cases(servers.enter_context(nats_server()))
             differences += NATS_DIFFERENCES
             goals += NATS_GOALS
+        amqp_url = servers.enter_context(rabbitmq_node()) if {"rabbitmq", "pika"} & set(brokers) else ""
         if "rabbitmq" in brokers:
-            measured += rabbitmq_cases(servers.enter_context(rabbitmq_node()))
+            measured += rabbitmq_cases(amqp_url)
             differences += RABBITMQ_DIFFERENCES
             goals += RABBITMQ_GOALS
+        if "pika" in brokers:
+            measured += pika_cases(amqp_url)
+            differences += PIKA_DIFFERENCES
+            goals += PIKA_GOALS
         measurements = run_interleaved(measured, plan)
         results = report(measurements, differences, goals, profile_always=args.profile, profile_ops=plan.ops)
     for key, case in results["cases"].items():

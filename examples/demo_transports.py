@@ -12,8 +12,10 @@ import asyncio
 from multiprocessing.context import BaseContext
 from typing import Any, Protocol
 
+from confluent_kafka_transport import ConfluentKafkaTransport
 from kafka_transport import KafkaTransport
 from nats_transport import NatsTransport
+from pika_transport import PikaTransport
 from rabbitmq_transport import RabbitTransport
 from redis_transport import RedisTransport
 
@@ -67,7 +69,9 @@ class EmbeddedTransport:
 TRANSPORTS: dict[str, type[Any]] = {
     "embedded": EmbeddedTransport,
     "kafka": KafkaTransport,
+    "confluent-kafka": ConfluentKafkaTransport,
     "nats": NatsTransport,
+    "pika": PikaTransport,
     "rabbitmq": RabbitTransport,
     "redis": RedisTransport,
 }

@@ -141,9 +141,12 @@ class KafkaTransport:
         atexit.register(stop_kafka, self._directory)  # the launcher's exit stops the broker
         self.bootstrap = start_kafka(self._directory)
         topics = {event_type for types in SUBSCRIPTIONS.values() for event_type in types}
-        asyncio.run(_create_topics(self.bootstrap, sorted(topics)))
+        self._create_topics(sorted(topics))
         self._stops = {service: ctx.Event() for service in services}
         self._producer: _Producer | None = None  # per service process, made there
+
+    def _create_topics(self, topics: list[str]) -> None:
+        asyncio.run(_create_topics(self.bootstrap, topics))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

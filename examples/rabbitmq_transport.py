@@ -11,6 +11,12 @@ every message to the bus, which runs the handlers with their retries and dead le
 over the queues, then acknowledges it. The exchange fans each message out to every subscribing
 service's queue, so a message is published once per event, not once per subscriber. aio-pika is
 imported only when this transport is used.
+
+The node, the topology, the outlets and turning a message into the bus's ``WireMessage`` are the
+same for every AMQP client: ``pika_transport.PikaTransport`` (``--transport pika``) is this class
+with pika's blocking client in place of aio-pika's (:meth:`RabbitTransport.declare`,
+:meth:`~RabbitTransport.publisher`, :meth:`~RabbitTransport.receive`,
+:meth:`~RabbitTransport.first_inbound`).
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import tempfile
 import time
 from multiprocessing.context import BaseContext
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from order_services import SUBSCRIPTIONS
 
 from otel_eda import EventBus
 from otel_eda.transports.bus import BusFull, Outlet, WireMessage
 
-__all__ = ["RabbitTransport"]
+__all__ = ["EXCHANGE", "Publisher", "RabbitTransport", "deliver", "queue_name", "subscribed_queues", "wire_message"]
 
 _log = logging.getLogger("order_flow")
 RABBITMQ_SCRIPT: Final = Path(__file__).resolve().parent.parent / "scripts" / "rabbitmq"
@@ -90,6 +96,25 @@ def queue_name(service: str, event_type: str) -> str:
     return f"{service}.{event_type}"
 
 
+def subscribed_queues() -> list[tuple[str, str]]:
+    """``(queue, event type)`` of every subscription: the queues to declare and bind."""
+    return [(queue_name(service, t), t) for service, event_types in SUBSCRIPTIONS.items() for t in event_types]
+
+
+def wire_message(routing_key: str, headers: Any, body: bytes) -> WireMessage:
+    """What the bus delivers for an AMQP message (the bus's own headers are strings)."""
+    strings = {k: v for k, v in (headers or {}).items() if isinstance(v, str)}
+    return WireMessage(routing_key, strings, json.loads(body), time.time_ns())
+
+
+async def deliver(bus: EventBus, message: WireMessage) -> None:
+    """Hand ``message`` to the bus (which runs its handlers with their retries); a full queue is logged."""
+    try:
+        await bus.deliver(message)
+    except BusFull:
+        _log.warning("a %s message was dropped: queue full", message.destination)
+
+
 async def _declare(url: str) -> None:
     import aio_pika
 
@@ -97,14 +122,23 @@ async def _declare(url: str) -> None:
     async with connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-        for service, event_types in SUBSCRIPTIONS.items():
-            for event_type in event_types:
-                queue = await channel.declare_queue(queue_name(service, event_type), durable=True)
-                await queue.bind(exchange, event_type)
+        for name, event_type in subscribed_queues():
+            queue = await channel.declare_queue(name, durable=True)
+            await queue.bind(exchange, event_type)
+
+
+class Publisher(Protocol):
+    """A service's publisher: sends a message to the exchange, remembers the last one sent."""
+
+    last_sent: WireMessage | None
+
+    async def send(self, message: WireMessage) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class _Publisher:
-    """The service's one channel, opened on first use; remembers the last message it sent."""
+    """The service's one aio-pika channel, opened on first use; remembers the last message it sent."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -135,7 +169,7 @@ class _ExchangeOutlet:
     """The outlet of one (event type, subscriber): the bus calls each subscriber's outlet with
     the same message, and the first call publishes it to the exchange."""
 
-    def __init__(self, publisher: _Publisher, subscriber: str) -> None:
+    def __init__(self, publisher: Publisher, subscriber: str) -> None:
         self._publisher = publisher
         self.name = subscriber
 
@@ -155,18 +189,26 @@ class RabbitTransport:
         self._ports = _free_ports(4)
         atexit.register(stop_rabbitmq, self._directory, self._ports)  # the launcher's exit stops the node
         self.url = start_rabbitmq(self._directory, self._ports)
-        asyncio.run(_declare(self.url))
+        self.declare()
         self._stops = {service: ctx.Event() for service in services}
-        self._publisher: _Publisher | None = None  # per service process, made there
+        self._publisher: Publisher | None = None  # per service process, made there
+
+    def declare(self) -> None:
+        """Declare the exchange and the services' queues (in the launcher)."""
+        asyncio.run(_declare(self.url))
+
+    def publisher(self) -> Publisher:
+        """A new publisher (one per service process)."""
+        return _Publisher(self.url)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_publisher"] = None
         return state
 
-    def _shared_publisher(self) -> _Publisher:
+    def _shared_publisher(self) -> Publisher:
         if self._publisher is None:
-            self._publisher = _Publisher(self.url)
+            self._publisher = self.publisher()
         return self._publisher
 
     def outlet(self, event_type: str, subscriber: str) -> Outlet:
@@ -190,11 +232,7 @@ class RabbitTransport:
 
     @staticmethod
     async def _deliver(message: Any, bus: EventBus) -> None:
-        headers = {k: v for k, v in (message.headers or {}).items() if isinstance(v, str)}
-        try:
-            await bus.deliver(WireMessage(message.routing_key, headers, json.loads(message.body), time.time_ns()))
-        except BusFull:
-            _log.warning("a %s message was dropped: queue full", message.routing_key)
+        await deliver(bus, wire_message(message.routing_key, message.headers, message.body))
         with contextlib.suppress(Exception):  # the channel is gone: the broker redelivers it
             await message.ack()
 

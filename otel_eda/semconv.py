@@ -194,7 +194,7 @@ EDA_NATS_IN_PROGRESS: Final = "eda.nats.in_progress"
 #: ``messaging.consumer.group.name`` (the consumer). No convention exists yet.
 METRIC_CONSUMER_ACK_PENDING: Final = "eda.consumer.ack_pending"
 
-# --- RabbitMQ (aio-pika instrumentation) -------------------------------------------------
+# --- RabbitMQ (aio-pika and pika instrumentations) -------------------------------------------------
 MESSAGING_SYSTEM_RABBITMQ: Final = "rabbitmq"
 MESSAGING_RABBITMQ_ROUTING_KEY: Final = "messaging.rabbitmq.destination.routing_key"
 MESSAGING_RABBITMQ_DELIVERY_TAG: Final = "messaging.rabbitmq.message.delivery_tag"
@@ -210,6 +210,10 @@ METRIC_BROKER_QUEUE_CONSUMERS: Final = "eda.broker.queue.consumers"
 #: dead-letter queue (attributes ``messaging.system``, ``messaging.destination.name``: the queue
 #: that dead-lettered them, ``eda.dead_letter.reason``).
 METRIC_BROKER_DEAD_LETTERS: Final = "eda.broker.dead_letters"
+#: Messages the broker refused with a publisher-confirms nack after their send span had ended
+#: (pika's ``SelectConnection``: confirms arrive later, on a callback), attributes
+#: ``messaging.system``, ``messaging.destination.name``.
+METRIC_BROKER_NACKS: Final = "eda.broker.nacks"
 
 # --- Redis Streams (redis-py instrumentation) ---------------------------------------------
 #: ``messaging.system`` of Redis Streams: the conventions have no well-known value for Redis

@@ -38,6 +38,9 @@ import psutil
 import pytest
 from processes import listening_addresses
 
+from otel_eda import semconv
+from otel_eda.testing import TelemetryCapture
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = ROOT / "scripts" / "kafka"
 #: ``KAFKA_READY_TIMEOUT_S`` of ``scripts/kafka start``: seconds to wait for the broker to answer.
@@ -58,6 +61,7 @@ __all__ = [
     "nats_server_fixture_body",
     "rabbitmq_fixture_body",
     "redis_server_fixture_body",
+    "send_outcomes",
     "unique_name",
 ]
 
@@ -217,6 +221,20 @@ class KafkaBroker:
 def kafka_broker_fixture_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """The body of a broker fixture: start, yield, stop; a broker that does not start fails the test."""
     yield from _started(KafkaBroker(tmp_path_factory.mktemp("kafka")), KafkaStartError)
+
+
+def send_outcomes(capture: TelemetryCapture, topic: str) -> dict[str, int]:
+    """``messaging.client.operation.duration`` counts of ``send`` to ``topic`` by ``error.type`` (``ok``: none)."""
+    found: dict[str, int] = {}
+    for point in capture.points(semconv.METRIC_OPERATION_DURATION):
+        attrs = point.attributes or {}
+        if (
+            attrs.get(semconv.MESSAGING_OPERATION_NAME) == "send"
+            and attrs.get(semconv.MESSAGING_DESTINATION_NAME) == topic
+        ):
+            key = str(attrs.get(semconv.ERROR_TYPE, "ok"))
+            found[key] = found.get(key, 0) + point.count
+    return found
 
 
 def client_config(broker: KafkaBroker, **extra: Any) -> dict[str, Any]:

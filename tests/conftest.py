@@ -78,6 +78,12 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     yield from kafka_broker_fixture_body(tmp_path_factory)
 
 
+@pytest.fixture
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Kafka broker of the test's own, for a test that stops and restarts it (an outage)."""
+    yield from kafka_broker_fixture_body(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One real nats-server with JetStream (``scripts/nats``) for the whole test session, started on first use.

@@ -244,7 +244,7 @@ async def test_a_returned_unroutable_message_is_recorded_on_the_send_span(
     sends = instrumented.spans(kind=SpanKind.PRODUCER)
     assert len(sends) == 2
     assert all(s.status.status_code is StatusCode.ERROR for s in sends)
-    assert attr(sends[0], semconv.ERROR_TYPE) == "otel_eda.transports.aio_pika.MessageReturned"
+    assert attr(sends[0], semconv.ERROR_TYPE) == "otel_eda.transports.rabbitmq.MessageReturned"
     assert attr(sends[1], semconv.ERROR_TYPE) == "aiormq.exceptions.PublishError"
     assert instrumented.counter_total(semconv.METRIC_UNROUTED) == 1
     assert (

@@ -1,17 +1,16 @@
 """aiokafka with otel-eda through a Kafka outage: the client's own errors only, failed sends counted,
-and flows that continue with intact ids once the broker is back. A broker of its own (it is stopped)."""
+and flows that continue with intact ids once the broker is back. A broker of its own (``own_kafka``: it is stopped)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from brokers import KafkaBroker, KafkaStartError, client_config, unique_name
+from brokers import KafkaBroker, client_config, send_outcomes, unique_name
 
 from otel_eda import semconv
 from otel_eda.identity import current_event
@@ -22,20 +21,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path / "kafka")
-    try:
-        broker.start()
-    except KafkaStartError as exc:
-        broker.stop()
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
-
-
-@pytest.fixture
 def instrumented(capture: TelemetryCapture) -> Iterator[TelemetryCapture]:
     instrumentor = AIOKafkaInstrumentor()
     instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
@@ -43,20 +28,6 @@ def instrumented(capture: TelemetryCapture) -> Iterator[TelemetryCapture]:
         yield capture
     finally:
         instrumentor.uninstrument()
-
-
-def failed_sends(capture: TelemetryCapture, topic: str) -> dict[str, int]:
-    """``messaging.client.operation.duration`` counts of ``send`` by ``error.type``."""
-    found: dict[str, int] = {}
-    for point in capture.points(semconv.METRIC_OPERATION_DURATION):
-        attrs = point.attributes or {}
-        if (
-            attrs.get(semconv.MESSAGING_OPERATION_NAME) == "send"
-            and attrs.get(semconv.MESSAGING_DESTINATION_NAME) == topic
-        ):
-            key = str(attrs.get(semconv.ERROR_TYPE, "ok"))
-            found[key] = found.get(key, 0) + point.count
-    return found
 
 
 async def handle_one(consumer: AIOKafkaConsumer, timeout_s: float = 90.0) -> tuple[Any, str]:
@@ -72,14 +43,14 @@ async def handle_one(consumer: AIOKafkaConsumer, timeout_s: float = 90.0) -> tup
 
 
 async def test_an_outage_gives_the_clients_errors_counts_failed_sends_and_flows_resume(
-    broker: KafkaBroker, instrumented: TelemetryCapture
+    own_kafka: KafkaBroker, instrumented: TelemetryCapture
 ) -> None:
     capture = instrumented
     topic = unique_name("outage")
-    producer = AIOKafkaProducer(**client_config(broker, request_timeout_ms=3000, retry_backoff_ms=200))
+    producer = AIOKafkaProducer(**client_config(own_kafka, request_timeout_ms=3000, retry_backoff_ms=200))
     consumer = AIOKafkaConsumer(
         topic,
-        **client_config(broker, group_id=unique_name("outage-group"), auto_offset_reset="earliest"),
+        **client_config(own_kafka, group_id=unique_name("outage-group"), auto_offset_reset="earliest"),
     )
     await producer.start()
     await consumer.start()
@@ -87,15 +58,15 @@ async def test_an_outage_gives_the_clients_errors_counts_failed_sends_and_flows_
         await producer.send_and_wait(topic, b"before")
         _, before_id = await handle_one(consumer)
 
-        broker.stop()
+        own_kafka.stop()
         with pytest.raises(Exception) as raised:  # the client's own error, whichever it is
             await producer.send_and_wait(topic, b"during")
         assert type(raised.value).__module__.startswith("aiokafka"), repr(raised.value)
         assert await consumer.getmany(timeout_ms=1000) == {}  # polling during the outage raises nothing
-        failed = failed_sends(capture, topic)
+        failed = send_outcomes(capture, topic)
         assert sum(n for error, n in failed.items() if error != "ok") == 1, failed
 
-        broker.start()
+        own_kafka.start()
         deadline = time.monotonic() + 120
         while True:
             try:

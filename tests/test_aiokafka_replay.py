@@ -72,9 +72,12 @@ CONSUMER = textwrap.dedent(
 )
 
 
-def start_consumer(tmp_path: Path, name: str, stop_after: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_consumer(
+    tmp_path: Path, name: str, stop_after: int, env: dict[str, str], code: str = CONSUMER
+) -> subprocess.Popen[str]:
+    """Run the consumer ``code`` (argv: name, records to handle) in ``tmp_path``."""
     script = tmp_path / "consumer.py"
-    script.write_text(CONSUMER)
+    script.write_text(code)
     return subprocess.Popen(
         [sys.executable, str(script), name, str(stop_after)],
         cwd=tmp_path,
@@ -114,16 +117,25 @@ async def test_a_consumer_killed_mid_batch_shows_the_replay_as_a_second_handling
         await producer.stop()
         instrumentor.uninstrument()
     sent = [(s.attributes or {})[semconv.MESSAGING_MESSAGE_ID] for s in capture.spans(name=f"send {topic}")]
+    assert_replay_across_processes(tmp_path, kafka, topic, group, sent, CONSUMER)
+
+
+def assert_replay_across_processes(
+    tmp_path: Path, kafka: KafkaBroker, topic: str, group: str, sent: list[str], code: str
+) -> None:
+    """Run the consumer ``code`` twice in ``group``: the first killed while handling its second
+    record (nothing committed), the second taking the partition over and handling all five; the
+    first two records show as a second handling of the same event ids."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env = {**clean, "TOPIC": topic, "GROUP": group, "BOOTSTRAP": kafka.bootstrap_servers}
 
-    first = start_consumer(tmp_path, "first", 2, env)
+    first = start_consumer(tmp_path, "first", 2, env, code)
     try:
         wait_for_line(first, "handling 1", 120)  # record 0 handled, record 1 being handled
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
-    second = start_consumer(tmp_path, "second", 5, env)
+    second = start_consumer(tmp_path, "second", 5, env, code)
     try:
         out, err = second.communicate(timeout=180)
     except subprocess.TimeoutExpired:

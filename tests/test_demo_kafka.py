@@ -1,6 +1,6 @@
-"""The order-flow demo over a real Kafka (``--transport kafka``): the demo starts Kafka with
-``scripts/kafka``, runs the four services across its topics, and stops it; the causation
-trees are those of the demo over queues."""
+"""The order-flow demo over a real Kafka (``--transport kafka``: aiokafka; ``--transport
+confluent-kafka``: confluent-kafka): the demo starts Kafka with ``scripts/kafka``, runs the four
+services across its topics, and stops it; the causation trees are those of the demo over queues."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ def kafka_pids() -> set[int]:
     return found
 
 
-def test_the_demo_over_kafka_has_the_same_causation_trees(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["kafka", "confluent-kafka"])
+def test_the_demo_over_kafka_has_the_same_causation_trees(tmp_path: Path, transport: str) -> None:
     before = kafka_pids()
-    run = run_demo(tmp_path, "--traffic", "0", "--transport", "kafka")
+    run = run_demo(tmp_path, "--traffic", "0", "--transport", transport)
     assert "Kafka ready on 127.0.0.1:" in run.result.stdout  # the demo started its own
     assert_flows_as_expected(run, 6)
     # every consumer span links to a producer span written in another service's process

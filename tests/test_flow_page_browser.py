@@ -281,9 +281,12 @@ def test_a_flow_of_500_events_is_grouped_and_a_click_opens_a_group(open_page: An
 def test_a_deep_chain_and_a_cycle_of_causes_show_every_event(open_page: Any, tmp_path: Path) -> None:
     """Damaged or unusual data: a causation chain 2,000 events deep, and two events that name
     each other as their cause (no root leads to them). The chain opens as its first and last
-    20 events around one group node; a click on it draws every event, once."""
+    20 events around one group node, coloured by the worst status inside it (one handling
+    failed in the middle); a click on it draws every event, once."""
     chain = [_otlp_span("r0", kind=4, attrs=_event("e0", "e0", None, "tick"))]
     chain += [_otlp_span(f"r{i}", kind=4, attrs=_event(f"e{i}", "e0", f"e{i - 1}", "tick")) for i in range(1, 2000)]
+    failed = {**_event("e1000", "e0", "e999", "tick"), "eda.outcome": "failed"}
+    chain.append(_otlp_span("h1000", kind=5, attrs=failed, parent="r1000"))
     cycle = [
         _otlp_span("x1", kind=4, attrs=_event("x1", "e0", "x2", "loop")),
         _otlp_span("x2", kind=4, attrs=_event("x2", "e0", "x1", "loop")),
@@ -297,6 +300,7 @@ def test_a_deep_chain_and_a_cycle_of_causes_show_every_event(open_page: Any, tmp
     ids: list[str] = opened.page.eval_on_selector_all(drawn, "nodes => nodes.map(n => n.dataset.eventId)")
     assert sorted(ids) == sorted([f"e{i}" for i in (*range(20), *range(1980, 2000))] + ["x1", "x2"])
     assert (opened.page.text_content("#causation .node.group") or "").startswith("⋯ a chain of 1960")
+    assert opened.page.get_attribute("#causation .node.group rect", "fill") == "#d93025"  # failed
     opened.page.dispatch_event("#causation .node.group", "click")  # far right of the view: no scrolling
     ids = opened.page.eval_on_selector_all(drawn, "nodes => nodes.map(n => n.dataset.eventId)")
     assert sorted(ids) == sorted([f"e{i}" for i in range(2000)] + ["x1", "x2"])

@@ -3,6 +3,7 @@ fields, spans, context, claims, dead letters, metrics; the sync and the asyncio 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import pickle
 import time
@@ -500,3 +501,34 @@ def test_uninstrument_after_the_clients_event_loop_closed(redis_server: RedisSer
         instrumentor.uninstrument()
     assert not instrumentor.is_instrumented_by_opentelemetry
     gc.collect()  # the abandoned task goes now, inside this test's warning filter
+
+
+async def test_the_lag_refresh_ends_when_cancelled_even_if_the_client_swallows_it(capture: TelemetryCapture) -> None:
+    """Cancelling the refresh task ends it although the client library catches the
+    cancellation inside its own call and returns normally."""
+    import asyncio
+
+    from otel_eda.transports.redis.lag import GroupLag
+
+    class Swallowing:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def xinfo_groups(self, stream: str) -> list[Any]:
+            self.calls += 1
+            with contextlib.suppress(asyncio.CancelledError):  # what a careless client does
+                await asyncio.sleep(3600)
+            return []
+
+    lag = GroupLag(capture.meter_provider, refresh_s=0.01, scope="test")
+    client = Swallowing()
+    try:
+        lag.track(client, "orders", "billing", is_async=True)
+        await asyncio.sleep(0.05)
+        (tracked,) = [t for _, t in lag._tracked(lag._async)]
+        assert tracked.task is not None
+        tracked.task.cancel()
+        await asyncio.wait_for(asyncio.shield(tracked.task), timeout=30)
+        assert client.calls == 1
+    finally:
+        lag.close()

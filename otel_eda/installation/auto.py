@@ -32,6 +32,8 @@ from opentelemetry.instrumentation.environment_variables import OTEL_PYTHON_DISA
 from otel_eda.installation.configuration import ConfigurationError, complete_installed, configure, default_otlp_protocol
 from otel_eda.transports.aio_pika.contrib import disable_contrib_before_load as disable_contrib_aio_pika
 from otel_eda.transports.aiokafka.contrib import disable_contrib_before_load
+from otel_eda.transports.confluent_kafka.contrib import disable_contrib_before_load as disable_contrib_confluent_kafka
+from otel_eda.transports.pika.contrib import disable_contrib_before_load as disable_contrib_pika
 
 __all__ = ["EdaConfigurator", "EdaDistro", "post_instrument"]
 
@@ -55,7 +57,9 @@ class EdaDistro(BaseDistro):  # type: ignore[misc]
             os.environ[OTEL_PYTHON_DISABLED_INSTRUMENTATIONS] = ",".join([*disabled, "system_metrics"])
         # otel-eda's broker instrumentations replace the contrib ones: keep those from loading
         disable_contrib_aio_pika()
+        disable_contrib_pika()
         disable_contrib_before_load()
+        disable_contrib_confluent_kafka()
 
 
 class EdaConfigurator:

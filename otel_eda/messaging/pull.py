@@ -101,6 +101,14 @@ class PullTracker(Generic[M]):
         _reaper.watch(self, processing, self.max_s)
         return processing
 
+    def adopt(self, processing: Processing) -> None:
+        """Follow an attempt started elsewhere (a consumer callback that returned before its
+        message was settled, say): it ends at :meth:`end_current`, when settled, or ``max_s``
+        seconds from now (truncated). Its context is not made current."""
+        self.end_current()
+        self.current = processing
+        _reaper.watch(self, processing, self.max_s)
+
     def end_current(self) -> None:
         """End the open attempt (completed unless already settled) and restore the context.
 

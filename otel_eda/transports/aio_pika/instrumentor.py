@@ -47,10 +47,7 @@ import inspect
 import logging
 import sys
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
 import aio_pika
@@ -63,13 +60,21 @@ from opentelemetry.trace import Status, StatusCode
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
-from otel_eda.flows.records import Stage
-from otel_eda.identity import EventContext
-from otel_eda.identity.validation import type_problem, valid_type
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
-from otel_eda.messaging.carriers import as_text
 from otel_eda.transports.aio_pika.contrib import uninstrument_contrib
-from otel_eda.transports.aio_pika.telemetry import RabbitTelemetry
+from otel_eda.transports.aio_pika.telemetry import AioPikaTelemetry
+from otel_eda.transports.rabbitmq import (
+    DeadLettering,
+    MessageReturned,
+    Outgoing,
+    consumer_destination,
+    current_outgoing,
+    dead_lettering,
+    event_type,
+    outgoing_event,
+    producer_destination,
+)
+from otel_eda.transports.rabbitmq import delivery_attempt as _attempt
 
 __all__ = [
     "AioPikaInstrumentor",
@@ -87,157 +92,17 @@ _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aio-pika >= 9.4, < 11",)
 _MARK: Final = "__otel_eda_original__"
 _WRAPPED: Final = "__otel_eda_wrapped__"
-_DEFAULT_EXCHANGE: Final = "amq.default"
-_CE_TYPE: Final = ("cloudEvents:type", "cloudEvents_type")
-_MAX_DELIVERY_COUNT: Final = 2**31
 
 
-class MessageReturned(Exception):
-    """Recorded on a send span when the broker returned the message as unroutable (``mandatory``)."""
-
-    __module__ = "otel_eda.transports.aio_pika"
-
-
-# -- names -------------------------------------------------------------------------------
-def producer_destination(exchange: str, routing_key: str) -> str:
-    """``messaging.destination.name`` of a publish (conventions v1.44).
-
-    >>> producer_destination("shop", "orders.created"), producer_destination("", "orders")
-    ('shop:orders.created', 'orders')
-    >>> producer_destination("", ""), producer_destination("events", "")
-    ('amq.default', 'events')
-    """
-    if not exchange:
-        return routing_key or _DEFAULT_EXCHANGE
-    return f"{exchange}:{routing_key}" if routing_key else exchange
-
-
-def consumer_destination(exchange: str, routing_key: str, queue: str) -> str:
-    """``messaging.destination.name`` of a consumed message: ``{exchange}:{routing key}:{queue}``,
-    empty parts left out, one of routing key and queue when they are equal.
-
-    >>> consumer_destination("shop", "orders.created", "billing")
-    'shop:orders.created:billing'
-    >>> consumer_destination("", "orders", "orders"), consumer_destination("dlx", "", "dead")
-    ('orders', 'dlx:dead')
-    """
-    parts = [exchange, routing_key] if routing_key != queue else [exchange]
-    return ":".join(part for part in (*parts, queue) if part) or _DEFAULT_EXCHANGE
-
-
-# -- outgoing event options -----------------------------------------------------------------
-class Outgoing:
-    """The event options of the publishes inside :func:`outgoing_event`, and the events they published."""
-
-    __slots__ = ("business_key", "event_type", "events", "metadata")
-
-    def __init__(self, event_type: str | None, business_key: str | None, metadata: Mapping[str, str] | None) -> None:
-        self.event_type = event_type
-        self.business_key = business_key
-        self.metadata = metadata
-        #: the event of each message published inside the block, in order
-        self.events: list[EventContext] = []
-
-
-_OUTGOING: ContextVar[Outgoing | None] = ContextVar("otel_eda_aio_pika_outgoing", default=None)
-
-
-@contextmanager
-def outgoing_event(
-    *, event_type: str | None = None, business_key: str | None = None, metadata: Mapping[str, str] | None = None
-) -> Iterator[Outgoing]:
-    """Give the messages published inside the block an event type (default: the message's
-    ``type`` property, else its ``cloudEvents:type`` header, else the routing key, else the
-    exchange), a business key and metadata; ``.events`` has their events::
-
-        with outgoing_event(event_type="order_placed", business_key="order-7") as out:
-            await exchange.publish(aio_pika.Message(payload), routing_key="orders")
-        out.events[0].event_id
-
-    An invalid value is not used (the message is still published, as a ``rabbitmq`` event when
-    the type is the invalid one), logged and counted like any invalid input.
-    """
-    outgoing = Outgoing(event_type, business_key, metadata)
-    token = _OUTGOING.set(outgoing)
-    try:
-        yield outgoing
-    finally:
-        _OUTGOING.reset(token)
+def delivery_attempt(message: Any) -> int:
+    """The delivery attempt of a consumed aio-pika message: ``x-delivery-count + 1`` (quorum
+    queues), else 2 if the broker redelivered it, else 1 (see
+    :func:`otel_eda.transports.rabbitmq.delivery_attempt`)."""
+    return _attempt(message.headers, message.redelivered)
 
 
 def _event_type(message: Any, routing_key: str, exchange: str) -> str:
-    kind = getattr(message, "type", None)
-    if isinstance(kind, str) and kind and valid_type(kind):
-        return kind
-    headers = getattr(message, "headers", None)
-    if headers:
-        for name in _CE_TYPE:
-            found = TEXT_GETTER.get(headers, name)
-            if found and valid_type(found[0]):
-                return found[0]
-    for candidate in (routing_key, exchange):
-        if candidate and valid_type(candidate):
-            return candidate
-    return semconv.MESSAGING_SYSTEM_RABBITMQ
-
-
-# -- delivery attempt and dead letters ------------------------------------------------------
-def delivery_attempt(message: Any) -> int:
-    """The delivery attempt of a consumed message: ``x-delivery-count + 1`` (quorum queues),
-    else 2 if the broker redelivered it, else 1. An invalid count is ignored and counted."""
-    headers = message.headers
-    count = headers.get("x-delivery-count") if isinstance(headers, Mapping) else None
-    if count is not None:
-        if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < _MAX_DELIVERY_COUNT:
-            return count + 1
-        count_invalid("x-delivery-count", "not_a_count")
-    return 2 if message.redelivered else 1
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLettering:
-    """The latest entry of a message's ``x-death`` header."""
-
-    reason: str
-    queue: str
-    count: int
-
-
-def _death_text(entry: Mapping[Any, Any], name: str) -> str:
-    value = entry.get(name)
-    text = as_text(value, "x-death") if value is not None else None
-    if text is None or type_problem(text) is not None:
-        count_invalid("x-death", "bad_" + name)
-        return "unknown"
-    return text
-
-
-def dead_lettering(headers: Any) -> DeadLettering | None:
-    """The latest dead-lettering of a message (the first entry of its ``x-death`` header), or
-    ``None``. Never raises: a malformed header is counted and ignored (or its bad fields
-    reported as ``unknown``).
-
-    >>> dead_lettering({"x-death": [{"count": 3, "reason": "rejected", "queue": "orders"}]})
-    DeadLettering(reason='rejected', queue='orders', count=3)
-    >>> dead_lettering({}) is None, dead_lettering({"x-death": "nonsense"}) is None
-    (True, True)
-    """
-    try:
-        deaths = headers.get("x-death") if isinstance(headers, Mapping) else None
-        if deaths is None:
-            return None
-        if not isinstance(deaths, list | tuple) or not deaths or not isinstance(deaths[0], Mapping):
-            count_invalid("x-death", "not_a_table_list")
-            return None
-        entry = deaths[0]
-        count = entry.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count < _MAX_DELIVERY_COUNT:
-            count_invalid("x-death", "bad_count")
-            count = 1
-        return DeadLettering(_death_text(entry, "reason"), _death_text(entry, "queue"), count)
-    except Exception:
-        count_invalid("x-death", "unreadable")
-        return None
+    return event_type(getattr(message, "type", None), getattr(message, "headers", None), routing_key, exchange)
 
 
 # -- consuming ----------------------------------------------------------------------------
@@ -262,27 +127,11 @@ def _attributes(message: Any) -> dict[str, Any]:
     return attrs
 
 
-def _started(telemetry: RabbitTelemetry, message: Any, processing: Processing, no_ack: bool) -> None:
+def _started(telemetry: AioPikaTelemetry, message: Any, processing: Processing, no_ack: bool) -> None:
     """After a message's process span started: register it for settling; record a dead letter."""
     if not no_ack:
         _handlings[id(message)] = (message, processing)
-    if "x-death" in _headers(message):
-        death = dead_lettering(message.headers)
-        if death is None:
-            return
-        span = processing.span
-        span.set_attribute(semconv.EDA_DEAD_LETTER_REASON, death.reason)
-        span.set_attribute(semconv.EDA_DEAD_LETTER_QUEUE, death.queue)
-        span.set_attribute(semconv.EDA_DEAD_LETTER_COUNT, death.count)
-        if telemetry.first_dead_letter(processing.event.event_id, death.count, death.queue):
-            telemetry.dead_letters.add(1, telemetry.dead_letter_attributes(death.queue, death.reason))
-            telemetry.messaging.record(
-                Stage.DEAD_LETTERED,
-                processing.event,
-                processing.span.get_span_context(),
-                subscriber=death.queue,
-                attempt=death.count,
-            )
+    telemetry.note_dead_letter(message.headers, processing)
 
 
 def _forget(message: Any) -> None:
@@ -296,7 +145,7 @@ def _queue_name(queue: Any) -> str:
     return name if isinstance(name, str) else ""
 
 
-def _callback_wrapper(telemetry: RabbitTelemetry, queue: Any, callback: Any, no_ack: bool) -> Callable[..., Any]:
+def _callback_wrapper(telemetry: AioPikaTelemetry, queue: Any, callback: Any, no_ack: bool) -> Callable[..., Any]:
     messaging = telemetry.messaging
     queue_name = _queue_name(queue)
 
@@ -338,7 +187,7 @@ def _callback_wrapper(telemetry: RabbitTelemetry, queue: Any, callback: Any, no_
     return on_message
 
 
-def _consume_wrapper(telemetry: RabbitTelemetry) -> Callable[..., Any]:
+def _consume_wrapper(telemetry: AioPikaTelemetry) -> Callable[..., Any]:
     original = aio_pika.Queue.consume
 
     async def consume(self: Any, callback: Any, *args: Any, **kwargs: Any) -> Any:
@@ -363,7 +212,7 @@ class _PullState:
 
     __slots__ = ("__weakref__", "current", "no_ack", "telemetry", "tracker")
 
-    def __init__(self, telemetry: RabbitTelemetry, queue_name: str, no_ack: bool) -> None:
+    def __init__(self, telemetry: AioPikaTelemetry, queue_name: str, no_ack: bool) -> None:
         self.telemetry = telemetry
         self.no_ack = no_ack
         self.current: Any = None
@@ -396,7 +245,7 @@ class _PullState:
 
 
 def _iterator_state(
-    telemetry: RabbitTelemetry, states: weakref.WeakKeyDictionary[Any, _PullState], iterator: Any
+    telemetry: AioPikaTelemetry, states: weakref.WeakKeyDictionary[Any, _PullState], iterator: Any
 ) -> _PullState:
     state = states.get(iterator)
     if state is None:
@@ -408,7 +257,7 @@ def _iterator_state(
 
 
 def _anext_wrapper(
-    telemetry: RabbitTelemetry, states: weakref.WeakKeyDictionary[Any, _PullState], original: Callable[..., Any]
+    telemetry: AioPikaTelemetry, states: weakref.WeakKeyDictionary[Any, _PullState], original: Callable[..., Any]
 ) -> Callable[..., Any]:
     async def anext(self: Any) -> Any:
         state = None
@@ -437,7 +286,9 @@ def _close_wrapper(
     return close
 
 
-def _get_wrapper(telemetry: RabbitTelemetry, getters: weakref.WeakKeyDictionary[Any, _PullState]) -> Callable[..., Any]:
+def _get_wrapper(
+    telemetry: AioPikaTelemetry, getters: weakref.WeakKeyDictionary[Any, _PullState]
+) -> Callable[..., Any]:
     original = aio_pika.Queue.get
 
     async def get(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -460,7 +311,7 @@ def _get_wrapper(telemetry: RabbitTelemetry, getters: weakref.WeakKeyDictionary[
 
 
 # -- settling -----------------------------------------------------------------------------
-def _settle_wrapper(telemetry: RabbitTelemetry, original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+def _settle_wrapper(telemetry: AioPikaTelemetry, original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     messaging = telemetry.messaging
 
     async def settle(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -521,7 +372,7 @@ class _Sent:
         self.properties = properties
 
 
-def _publish_wrapper(telemetry: RabbitTelemetry) -> Callable[..., Any]:
+def _publish_wrapper(telemetry: AioPikaTelemetry) -> Callable[..., Any]:
     original: Callable[..., Any] = aio_pika.Exchange.publish
     messaging = telemetry.messaging
 
@@ -533,7 +384,7 @@ def _publish_wrapper(telemetry: RabbitTelemetry) -> Callable[..., Any]:
             headers = message.headers
             carrier: dict[str, Any] = dict(headers) if headers else {}
             attributes = {semconv.MESSAGING_RABBITMQ_ROUTING_KEY: key} if key else None
-            outgoing = _OUTGOING.get()
+            outgoing = current_outgoing()
             try:
                 if outgoing is None:
                     publication = messaging.publish(
@@ -596,14 +447,14 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     record sinks, e.g. an ``EventStore``) and ``depth_refresh_s`` (default 5).
     """
 
-    _telemetry: RabbitTelemetry | None = None
+    _telemetry: AioPikaTelemetry | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _INSTRUMENTS
 
     def _instrument(self, **kwargs: Any) -> None:
         uninstrument_contrib()
-        telemetry = RabbitTelemetry(
+        telemetry = AioPikaTelemetry(
             tracer_provider=kwargs.get("tracer_provider"),
             meter_provider=kwargs.get("meter_provider"),
             recorders=kwargs.get("recorders", ()),

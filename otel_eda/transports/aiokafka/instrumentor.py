@@ -27,7 +27,7 @@ What it wraps, on the classes (every client, created before or after):
   also ends the consumer's lag refresh.
 
 A record handled again in the same consumer group within the last
-:data:`~otel_eda.transports.aiokafka.telemetry.DUPLICATE_WINDOW` event ids of this process is
+:data:`~otel_eda.transports.kafka_telemetry.DUPLICATE_WINDOW` event ids of this process is
 marked ``eda.delivery.duplicate=true`` and counted in ``eda.delivery.duplicates``.
 ``messaging.kafka.message.key`` is written only with ``capture_message_key=True`` (keys
 often hold personal data). Nothing here raises into the application: an internal failure
@@ -38,222 +38,49 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import aiokafka  # type: ignore[import-untyped]
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from otel_eda import semconv
-from otel_eda._selfmetrics import count_invalid, internal_error
-from otel_eda.identity import EventContext
-from otel_eda.messaging import (
-    HEADER_LIST_GETTER,
-    HEADER_LIST_SETTER,
-    TEXT_GETTER,
-    Incoming,
-    Outcome,
-    Processing,
-    PullTracker,
-    error_type,
-)
+from otel_eda._selfmetrics import internal_error
+from otel_eda.messaging import error_type
 from otel_eda.transports.aiokafka.contrib import uninstrument_contrib
-from otel_eda.transports.aiokafka.telemetry import KafkaTelemetry
+from otel_eda.transports.aiokafka.lag import ConsumerLag
+from otel_eda.transports.kafka_records import (
+    BatchRecords,
+    ConsumerState,
+    Outgoing,
+    RecordAccess,
+    guarded_hand_over,
+    hand_over,
+    outgoing_event,
+    processing,
+    receive,
+    start_send,
+)
+from otel_eda.transports.kafka_telemetry import KafkaTelemetry
 
-__all__ = ["AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
+__all__ = ["SCOPE", "AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
 
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aiokafka >= 0.11, < 1",)
+#: Instrumentation scope of otel-eda's aiokafka spans and metrics.
+SCOPE: Final = "otel_eda.aiokafka"
 _MARK: Final = "__otel_eda_original__"
-_CE_TYPE: Final = "ce_type"
-
-
-class Outgoing:
-    """The event options of the sends inside :func:`outgoing_event`, and the events they published."""
-
-    __slots__ = ("business_key", "event_type", "events", "metadata")
-
-    def __init__(self, event_type: str | None, business_key: str | None, metadata: Mapping[str, str] | None) -> None:
-        self.event_type = event_type
-        self.business_key = business_key
-        self.metadata = metadata
-        #: the event of each record sent inside the block, in order
-        self.events: list[EventContext] = []
-
-
-_OUTGOING: ContextVar[Outgoing | None] = ContextVar("otel_eda_aiokafka_outgoing", default=None)
-
-
-@contextmanager
-def outgoing_event(
-    *, event_type: str | None = None, business_key: str | None = None, metadata: Mapping[str, str] | None = None
-) -> Iterator[Outgoing]:
-    """Give the records sent inside the block an event type (default: the topic, or the
-    record's ``ce_type`` header), a business key and metadata; ``.events`` has their events::
-
-        with outgoing_event(event_type="order_placed", business_key="order-7") as out:
-            await producer.send_and_wait("orders", payload)
-        out.events[0].event_id
-
-    An invalid value is not used (the record is still sent, as a ``kafka`` event when the
-    type is the invalid one), logged and counted like any invalid input.
-    """
-    outgoing = Outgoing(event_type, business_key, metadata)
-    token = _OUTGOING.set(outgoing)
-    try:
-        yield outgoing
-    finally:
-        _OUTGOING.reset(token)
-
-
-#: The handling of each record currently handed out, by ``id(record)`` (one per consumer).
-_handlings: dict[int, tuple[Any, Processing]] = {}
-
-
-class _ConsumerState:
-    """One consumer's pull tracker, its current record and the records of its last poll."""
-
-    __slots__ = ("__weakref__", "current", "group", "lag_tracked", "polled", "tracker")
-
-    def __init__(self, telemetry: KafkaTelemetry, group: str | None) -> None:
-        self.group = group
-        self.current: Any = None
-        self.lag_tracked = False
-        #: the Incoming of each record of the last getmany, by id(record): extracted once for the
-        #: poll span's links, handed to the record's process span
-        self.polled: dict[int, Incoming] = {}
-        capture_key = telemetry.capture_message_key
-
-        def attributes(record: Any) -> dict[str, Any]:
-            attrs: dict[str, Any] = {
-                semconv.MESSAGING_DESTINATION_PARTITION_ID: str(record.partition),
-                semconv.MESSAGING_KAFKA_OFFSET: record.offset,
-            }
-            if capture_key and record.key is not None:
-                attrs[semconv.MESSAGING_KAFKA_MESSAGE_KEY] = _key_text(record.key)
-            if record.value is None:
-                attrs[semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE] = True
-            return attrs
-
-        polled = self.polled
-        self.tracker: PullTracker[Any] = PullTracker(
-            telemetry.messaging,
-            destination=lambda record: record.topic,
-            carrier=lambda record: polled.pop(id(record), None) or header_map(record.headers),
-            getter=TEXT_GETTER,
-            consumer_group=group,
-            attributes=attributes,
-        )
-
-    def end_current(self) -> None:
-        """End the handed-out record's process span (next fetch, commit, seek, stop)."""
-        self._forget()
-        try:
-            self.tracker.end_current()
-        except Exception:
-            internal_error("aiokafka", "ending a record's process span")
-
-    def _forget(self) -> None:
-        current, self.current = self.current, None
-        if current is not None:
-            entry = _handlings.get(id(current))
-            if entry is not None and entry[0] is current:
-                del _handlings[id(current)]
-
-
-def header_map(headers: Any) -> dict[Any, Any]:
-    """A record's headers as a dict for the safe ``TEXT_GETTER``: the last value of a key wins
-    (Kafka's ``lastHeader``), as with the list getter, but each lookup costs one dict access
-    instead of a scan of the list. Items that are not ``(name, value)`` pairs are skipped and
-    counted.
-
-    >>> header_map([("k", b"1"), ("a", b"x"), ("k", b"2")])
-    {'k': b'2', 'a': b'x'}
-    >>> header_map([("k", b"1"), ("broken",)])
-    {'k': b'1'}
-    """
-    if not headers:
-        return {}
-    try:
-        return dict(headers)
-    except (TypeError, ValueError):
-        count_invalid("carrier", "not_pairs")
-        return {item[0]: item[1] for item in headers if isinstance(item, tuple) and len(item) == 2}
-
-
-def _hand_over(telemetry: KafkaTelemetry, state: _ConsumerState, record: Any) -> None:
-    """Start the process span of ``record`` and make it current in the caller."""
-    state._forget()
-    handling = state.tracker.start(record)  # ends the previous one first
-    state.current = record
-    _handlings[id(record)] = (record, handling)
-    group = state.group or ""
-    if telemetry.seen_before(group, handling.event.event_id):
-        handling.span.set_attribute(semconv.EDA_DELIVERY_DUPLICATE, True)
-        telemetry.duplicates.add(1, telemetry.operation_attributes("process", record.topic, state.group))
-
-
-@contextmanager
-def processing(record: Any) -> Iterator[None]:
-    """Exact bounds for the handling of ``record`` (from ``getone``, ``getmany`` or ``async for``).
-
-    Its process span ends when the block ends, failed with the exception if one escapes
-    (and the exception is re-raised). Outside otel-eda's instrumentation it does nothing::
-
-        async for msg in consumer:
-            with processing(msg):
-                await handle(msg)
-    """
-    entry = _handlings.get(id(record))
-    if entry is None or entry[0] is not record:
-        yield
-        return
-    handling = entry[1]
-    try:
-        yield
-    except BaseException as exc:
-        _settle(record, handling, exc)
-        raise
-    _settle(record, handling, None)
-
-
-def _settle(record: Any, handling: Processing, exc: BaseException | None) -> None:
-    entry = _handlings.get(id(record))
-    if entry is not None and entry[0] is record:
-        del _handlings[id(record)]
-    handling.detach()
-    if exc is None:
-        handling.settle(Outcome.COMPLETED)
-    else:
-        handling.fail(exc)
-
-
-class _BatchRecords(list):  # type: ignore[type-arg]
-    """A ``getmany`` list whose iteration makes each record current while its body runs."""
-
-    __slots__ = ("_hand_over", "_state")
-
-    def __init__(self, records: list[Any], state: _ConsumerState, hand_over: Callable[[Any], None]) -> None:
-        super().__init__(records)
-        self._state = state
-        self._hand_over = hand_over
-
-    def __reduce__(self) -> tuple[Any, ...]:  # pickled or copied: a plain list of the records
-        return (list, (list(list.__iter__(self)),))
-
-    def __iter__(self) -> Iterator[Any]:
-        state = self._state
-        try:
-            for record in list.__iter__(self):
-                self._hand_over(record)
-                yield record
-        finally:
-            if state.current is not None:
-                state.end_current()
+#: How an aiokafka ``ConsumerRecord`` reads.
+_ACCESS: Final = RecordAccess(
+    topic=operator.attrgetter("topic"),
+    partition=operator.attrgetter("partition"),
+    offset=operator.attrgetter("offset"),
+    key=operator.attrgetter("key"),
+    value=operator.attrgetter("value"),
+    headers=operator.attrgetter("headers"),
+)
 
 
 class AIOKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -270,15 +97,18 @@ class AIOKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         uninstrument_contrib()
+        meter_provider = kwargs.get("meter_provider")
+        refresh_s = kwargs.get("lag_refresh_s")
         telemetry = KafkaTelemetry(
             tracer_provider=kwargs.get("tracer_provider"),
-            meter_provider=kwargs.get("meter_provider"),
+            meter_provider=meter_provider,
             recorders=kwargs.get("recorders", ()),
             capture_message_key=bool(kwargs.get("capture_message_key", False)),
-            lag_refresh_s=kwargs.get("lag_refresh_s"),
+            scope=SCOPE,
+            lag=ConsumerLag(meter_provider) if refresh_s is None else ConsumerLag(meter_provider, refresh_s=refresh_s),
         )
         self._telemetry = telemetry
-        states: weakref.WeakKeyDictionary[Any, _ConsumerState] = weakref.WeakKeyDictionary()
+        states: weakref.WeakKeyDictionary[Any, ConsumerState] = weakref.WeakKeyDictionary()
         producer, consumer = aiokafka.AIOKafkaProducer, aiokafka.AIOKafkaConsumer
         _patch(producer, "send", _send_wrapper(telemetry))
         _patch(consumer, "getone", _getone_wrapper(telemetry, states))
@@ -327,29 +157,20 @@ def _unpatch(cls: type, name: str) -> None:
 
 
 def _state(
-    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState], consumer: Any
-) -> _ConsumerState:
+    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, ConsumerState], consumer: Any
+) -> ConsumerState:
     state = states.get(consumer)
     if state is None:
         group = getattr(consumer, "_group_id", None)  # not OpenTelemetry: aiokafka has no public accessor
-        state = states[consumer] = _ConsumerState(telemetry, group if isinstance(group, str) else None)
+        state = states[consumer] = ConsumerState(
+            telemetry, group if isinstance(group, str) else None, _ACCESS, "aiokafka"
+        )
     return state
 
 
 # -- producer -----------------------------------------------------------------------------
-def _event_type(topic: str, headers: Any) -> str:
-    """The event type of a produced record: a CloudEvents ``ce_type`` header of the
-    application, else the topic."""
-    if headers:
-        found = HEADER_LIST_GETTER.get(headers, _CE_TYPE)
-        if found:
-            return found[0]
-    return topic
-
-
 def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaProducer.send
-    messaging = telemetry.messaging
 
     async def send(
         self: Any,
@@ -362,40 +183,7 @@ def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
     ) -> Any:
         try:
             carrier = list(headers) if headers else []  # the application's own list stays untouched
-            attributes: dict[str, Any] | None = None
-            if value is None:
-                attributes = {semconv.MESSAGING_KAFKA_MESSAGE_TOMBSTONE: True}
-            if telemetry.capture_message_key and key is not None:
-                attributes = {**(attributes or {}), semconv.MESSAGING_KAFKA_MESSAGE_KEY: _key_text(key)}
-            outgoing = _OUTGOING.get()
-            try:
-                if outgoing is None:
-                    publication = messaging.publish(
-                        _event_type(topic, headers),
-                        carrier,
-                        setter=HEADER_LIST_SETTER,
-                        destination=topic,
-                        attributes=attributes,
-                    )
-                else:
-                    publication = messaging.publish(
-                        outgoing.event_type or _event_type(topic, headers),
-                        carrier,
-                        setter=HEADER_LIST_SETTER,
-                        destination=topic,
-                        attributes=attributes,
-                        business_key=outgoing.business_key,
-                        metadata=outgoing.metadata,
-                    )
-            except ValueError as invalid:  # an event type, business key or metadata that is not valid
-                count_invalid("send", "invalid_event")
-                _log.warning("otel-eda: a Kafka record to %s is sent as a plain kafka event: %s", topic, invalid)
-                publication = messaging.publish(
-                    "kafka", carrier, setter=HEADER_LIST_SETTER, destination=topic, attributes=attributes
-                )
-            publication.__enter__()
-            if outgoing is not None:
-                outgoing.events.append(publication.event)
+            publication = start_send(telemetry, topic, headers, carrier, key, value)
         except Exception:
             internal_error("aiokafka", "starting a send span")
             return await original(self, topic, value, key, partition, timestamp_ms, headers)
@@ -429,21 +217,15 @@ def _delivered(telemetry: KafkaTelemetry, topic: str, started: float, future: An
         internal_error("aiokafka", "recording a delivery")
 
 
-def _key_text(key: Any) -> str:
-    if isinstance(key, bytes | bytearray):
-        return bytes(key).decode(errors="replace")
-    return str(key)
-
-
 # -- consumer -----------------------------------------------------------------------------
-def _track_lag(telemetry: KafkaTelemetry, state: _ConsumerState, consumer: Any) -> None:
+def _track_lag(telemetry: KafkaTelemetry, state: ConsumerState, consumer: Any) -> None:
     if not state.lag_tracked:
         state.lag_tracked = True
         telemetry.lag.track(consumer, state.group)
 
 
 def _getone_wrapper(
-    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState]
+    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, ConsumerState]
 ) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaConsumer.getone
 
@@ -453,7 +235,7 @@ def _getone_wrapper(
         record = await original(self, *partitions)
         try:
             _track_lag(telemetry, state, self)
-            _hand_over(telemetry, state, record)
+            hand_over(telemetry, state, record)
         except Exception:
             internal_error("aiokafka", "starting a record's process span")
         return record
@@ -462,10 +244,9 @@ def _getone_wrapper(
 
 
 def _getmany_wrapper(
-    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState]
+    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, ConsumerState]
 ) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaConsumer.getmany
-    messaging = telemetry.messaging
 
     async def getmany(self: Any, *partitions: Any, timeout_ms: int = 0, max_records: int | None = None) -> Any:
         state = _state(telemetry, states, self)
@@ -476,32 +257,9 @@ def _getmany_wrapper(
             return records
         try:
             _track_lag(telemetry, state, self)
-            polled = state.polled
-            polled.clear()  # records of an earlier poll never iterated
-            incoming = []
-            for batch in records.values():
-                for record in batch:
-                    message = messaging.extract(
-                        header_map(record.headers), destination=record.topic, getter=TEXT_GETTER
-                    )
-                    polled[id(record)] = message
-                    incoming.append(message)
-            topics = {tp.topic for tp in records}
-            messaging.received(
-                incoming,
-                start_ns=start_ns,
-                destination=next(iter(topics)) if len(topics) == 1 else None,
-                operation_name="poll",
-                consumer_group=state.group,
-            )
-
-            def hand_over(record: Any) -> None:
-                try:
-                    _hand_over(telemetry, state, record)
-                except Exception:
-                    internal_error("aiokafka", "starting a record's process span")
-
-            return {tp: _BatchRecords(batch, state, hand_over) for tp, batch in records.items()}
+            receive(telemetry, state, (record for batch in records.values() for record in batch), start_ns)
+            hand = guarded_hand_over(telemetry, state)
+            return {tp: BatchRecords(batch, state, hand) for tp, batch in records.items()}
         except Exception:
             internal_error("aiokafka", "instrumenting a getmany result")
             return records
@@ -510,7 +268,7 @@ def _getmany_wrapper(
 
 
 def _ending_wrapper(
-    original: Callable[..., Any], states: weakref.WeakKeyDictionary[Any, _ConsumerState]
+    original: Callable[..., Any], states: weakref.WeakKeyDictionary[Any, ConsumerState]
 ) -> Callable[..., Any]:
     async def ending(self: Any, *args: Any, **kwargs: Any) -> Any:
         state = states.get(self)
@@ -522,7 +280,7 @@ def _ending_wrapper(
 
 
 def _ending_sync_wrapper(
-    original: Callable[..., Any], states: weakref.WeakKeyDictionary[Any, _ConsumerState]
+    original: Callable[..., Any], states: weakref.WeakKeyDictionary[Any, ConsumerState]
 ) -> Callable[..., Any]:
     def ending(self: Any, *args: Any, **kwargs: Any) -> Any:
         state = states.get(self)
@@ -534,7 +292,7 @@ def _ending_sync_wrapper(
 
 
 def _stop_wrapper(
-    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, _ConsumerState]
+    telemetry: KafkaTelemetry, states: weakref.WeakKeyDictionary[Any, ConsumerState]
 ) -> Callable[..., Any]:
     original = aiokafka.AIOKafkaConsumer.stop
 

@@ -13,13 +13,11 @@ records would show a frozen lag. When a partition's last fetch response is older
 :data:`STALE_S`, the refresh task (not the collection) asks the broker for its end offset
 with ``consumer.end_offsets``, at most once every 5 s per consumer.
 
-The gauge (unit ``{message}``) carries ``messaging.system=kafka``,
-``messaging.destination.name``, ``messaging.destination.partition.id`` and
-``messaging.consumer.group.name`` (when the consumer has a group). The conventions have no
-lag metric yet (semconv #792 proposes ``messaging.consumer.lag``). A partition appears after
-the consumer's first fetch from it; its series goes when the partition is revoked or the
-consumer stops. At most :data:`MAX_PARTITIONS` partitions are tracked per process; more are
-left out and counted once each in ``eda.internal.errors`` (component ``consumer_lag``).
+The gauge is :class:`~otel_eda.transports.kafka_telemetry.PartitionLag` (its attributes,
+its limit of :data:`MAX_PARTITIONS` partitions per process). The conventions have no lag
+metric yet (semconv #792 proposes ``messaging.consumer.lag``). A partition appears after the
+consumer's first fetch from it; its series goes when the partition is revoked or the
+consumer stops.
 """
 
 from __future__ import annotations
@@ -28,14 +26,13 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 
-from otel_eda import semconv
-from otel_eda._selfmetrics import count_internal_error, internal_error
+from otel_eda._selfmetrics import internal_error
+from otel_eda.transports.kafka_telemetry import MAX_PARTITIONS, PartitionLag, Tracked
+from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_PARTITIONS", "REFRESH_S", "ConsumerLag", "lag_of"]
 
@@ -43,8 +40,6 @@ _log = logging.getLogger(__name__)
 
 #: Seconds between two reads of a consumer's high watermarks and positions.
 REFRESH_S: Final = 1.0
-#: Partitions (over all consumers of the process) whose lag is reported at most.
-MAX_PARTITIONS: Final = 10_000
 #: How long a refresh waits for ``consumer.position(tp)``: it answers at once when the position
 #: is known, and otherwise would wait for a reset that needs the network.
 _POSITION_WAIT_S: Final = 0.05
@@ -97,38 +92,24 @@ async def lag_of(consumer: Any, *, ask_broker_when_stale: bool = False) -> dict[
     return found
 
 
-class _Tracked:
-    __slots__ = ("attributes", "group", "lags", "listed_at", "task")
-
-    def __init__(self, group: str | None) -> None:
-        self.group = group
-        self.lags: Mapping[tuple[str, int], int] = {}
-        self.attributes: dict[tuple[str, int], dict[str, str]] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.listed_at = 0.0
-
-
-class ConsumerLag:
+class ConsumerLag(PartitionLag):
     """The ``eda.consumer.lag`` gauge of the aiokafka consumers handed to :meth:`track`."""
 
-    def __init__(self, meter_provider: metrics.MeterProvider | None = None, *, refresh_s: float = REFRESH_S) -> None:
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        refresh_s: float = REFRESH_S,
+        scope: str = "otel_eda.transports.aiokafka",
+    ) -> None:
+        super().__init__(meter_provider, scope=scope)
         self._refresh_s = refresh_s
-        self._consumers: weakref.WeakKeyDictionary[Any, _Tracked] = weakref.WeakKeyDictionary()
-        self._over_limit: set[tuple[str, int, str | None]] = set()
-        self._closed = False
-        meter = metrics.get_meter("otel_eda.transports.aiokafka", meter_provider=meter_provider)
-        meter.create_observable_gauge(
-            semconv.METRIC_CONSUMER_LAG,
-            callbacks=[self._observe],
-            unit="{message}",
-            description="Records behind the partition's high watermark (not yet handed to the application)",
-        )
 
     def track(self, consumer: Any, group: str | None) -> None:
         """Start refreshing ``consumer``'s lag; call from its event loop. Idempotent."""
         if self._closed or consumer in self._consumers:
             return
-        tracked = _Tracked(group)
+        tracked = Tracked(group)
         self._consumers[consumer] = tracked
         tracked.task = asyncio.get_running_loop().create_task(
             self._refresh(weakref.ref(consumer), tracked), name="otel-eda consumer lag"
@@ -137,24 +118,10 @@ class ConsumerLag:
     def untrack(self, consumer: Any) -> None:
         """Stop refreshing ``consumer``'s lag and drop its series (it stopped)."""
         tracked = self._consumers.pop(consumer, None)
-        if tracked is not None and tracked.task is not None:
-            tracked.task.cancel()
+        if tracked is not None:
+            cancel_from_anywhere(tracked.task)
 
-    def close(self) -> None:
-        """Stop every refresh (uninstrument); the gauge reports nothing afterwards."""
-        self._closed = True
-        for consumer in list(self._consumers):
-            self.untrack(consumer)
-
-    def lags(self) -> dict[tuple[str, int, str | None], int]:
-        """The last snapshot: ``{(topic, partition, group): lag}`` over every tracked consumer."""
-        return {
-            (topic, partition, tracked.group): lag
-            for tracked in list(self._consumers.values())
-            for (topic, partition), lag in tracked.lags.items()
-        }
-
-    async def _refresh(self, ref: weakref.ref[Any], tracked: _Tracked) -> None:
+    async def _refresh(self, ref: weakref.ref[Any], tracked: Tracked) -> None:
         while True:
             consumer = ref()
             if consumer is None:
@@ -172,38 +139,3 @@ class ConsumerLag:
                 await asyncio.sleep(self._refresh_s)
             except asyncio.CancelledError:  # untrack(): the consumer stopped
                 return
-
-    def _bounded(self, lags: dict[tuple[str, int], int], tracked: _Tracked) -> dict[tuple[str, int], int]:
-        known = sum(len(t.lags) for t in list(self._consumers.values()) if t is not tracked)
-        kept: dict[tuple[str, int], int] = {}
-        for key, lag in lags.items():
-            if known + len(kept) >= MAX_PARTITIONS:
-                full_key = (*key, tracked.group)
-                if full_key not in self._over_limit and len(self._over_limit) < MAX_PARTITIONS:
-                    self._over_limit.add(full_key)
-                    _log.warning(
-                        "otel-eda: more than %d partitions: the lag of %s is not reported", MAX_PARTITIONS, key
-                    )
-                    count_internal_error("consumer_lag")
-                continue
-            kept[key] = lag
-        return kept
-
-    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        observations = []
-        for tracked in list(self._consumers.values()):
-            for (topic, partition), lag in tracked.lags.items():
-                attributes = tracked.attributes.get((topic, partition))
-                if attributes is None:
-                    attributes = {
-                        semconv.MESSAGING_SYSTEM: semconv.MESSAGING_SYSTEM_KAFKA,
-                        semconv.MESSAGING_DESTINATION_NAME: topic,
-                        semconv.MESSAGING_DESTINATION_PARTITION_ID: str(partition),
-                    }
-                    if tracked.group is not None:
-                        attributes[semconv.MESSAGING_CONSUMER_GROUP_NAME] = tracked.group
-                    tracked.attributes[(topic, partition)] = attributes
-                observations.append(Observation(lag, attributes))
-            if len(tracked.attributes) > len(tracked.lags):  # partitions revoked: forget their attributes
-                tracked.attributes = {key: tracked.attributes[key] for key in tracked.lags if key in tracked.attributes}
-        return observations

@@ -32,6 +32,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error
+from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_CONSUMERS", "REFRESH_S", "ConsumerPending", "Snapshot"]
 
@@ -136,8 +137,8 @@ class ConsumerPending:
 
     def _drop(self, key: tuple[str, str]) -> None:
         snapshot = self._consumers.pop(key, None)
-        if snapshot is not None and snapshot.task is not None:
-            snapshot.task.cancel()
+        if snapshot is not None:
+            cancel_from_anywhere(snapshot.task)
 
     async def _refresh(self, key: tuple[str, str], snapshot: Snapshot) -> None:
         failures = 0

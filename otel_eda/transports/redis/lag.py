@@ -28,7 +28,6 @@ lag metric yet (semconv #792).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import weakref
@@ -42,6 +41,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error, internal_error
 from otel_eda.process_hooks import ForkHook, register_fork_hook, unregister_fork_hook
+from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_GROUPS", "REFRESH_S", "GroupLag", "parse_groups"]
 
@@ -76,18 +76,6 @@ def parse_groups(reply: Any) -> dict[str, tuple[int | None, int | None]]:
     except Exception:
         _log.debug("otel-eda: an XINFO GROUPS reply not understood", exc_info=True)
     return found
-
-
-def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` from any thread; a task whose loop is already closed is left alone
-    (it can never run again, and its loop refuses new callbacks)."""
-    if task.done():
-        return
-    loop = task.get_loop()
-    if loop.is_closed():
-        return
-    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-        loop.call_soon_threadsafe(task.cancel)
 
 
 class _Client:
@@ -169,8 +157,7 @@ class GroupLag:
         self._wake.set()
         unregister_fork_hook(self._fork_hook)
         for _, tracked in self._tracked(self._async):
-            if tracked.task is not None:
-                _cancel(tracked.task)
+            cancel_from_anywhere(tracked.task)
         self._sync.clear()
         self._async.clear()
 
@@ -227,7 +214,10 @@ class GroupLag:
                 return
 
     async def _refresh_async(self, ref: weakref.ref[Any], tracked: _Client) -> None:
-        while not self._closed:
+        me = asyncio.current_task()
+        # A cancellation the client library swallows still ends the refresh: asking the task
+        # whether it is being cancelled does not depend on the CancelledError reaching here.
+        while not self._closed and not (me is not None and me.cancelling()):
             client = ref()
             if client is None:
                 return
