@@ -30,10 +30,12 @@ __all__ = [
     "add_start_attributes",
     "batch_worker",
     "configure_sdk",
+    "context_variable",
     "current_context_getter",
     "drop_metrics",
     "encode_zipkin_v2_span",
     "exporter_names",
+    "global_provider_getters",
     "initialize_components",
     "is_proxy_logger_provider",
     "is_proxy_meter_provider",
@@ -112,6 +114,32 @@ def is_proxy_logger_provider(provider: object) -> bool:
     from opentelemetry._logs._internal import ProxyLoggerProvider
 
     return isinstance(provider, ProxyLoggerProvider)
+
+
+def global_provider_getters() -> tuple[Callable[[], Any], Callable[[], Any], Callable[[object], bool]]:
+    """``(tracer_provider, meter_provider, is_proxy_meter)``: two calls without a Python frame
+    returning the global tracer and meter provider set so far, or None, and a test of a meter
+    the API's proxy handed out (the hot path's cheapest "is anything installed yet?").
+
+    ``opentelemetry.trace._TRACER_PROVIDER``, ``opentelemetry.metrics._internal._METER_PROVIDER``
+    and ``_ProxyMeter`` (api 1.45.0, 1.45.1): while the global provider is unset, a proxy
+    tracer or meter is a no-op (see :func:`noop_checks`).
+    """
+    import functools
+
+    from opentelemetry import trace
+    from opentelemetry.metrics import _internal as metrics_internal
+
+    proxy_meter = metrics_internal._ProxyMeter
+
+    def is_proxy_meter(meter: object) -> bool:
+        return type(meter) is proxy_meter
+
+    return (
+        functools.partial(getattr, trace, "_TRACER_PROVIDER", None),
+        functools.partial(getattr, metrics_internal, "_METER_PROVIDER", None),
+        is_proxy_meter,
+    )
 
 
 def noop_checks() -> tuple[Any, Any]:
@@ -481,6 +509,24 @@ def current_context_getter() -> Callable[[], Any] | None:
 
     variable = getattr(getattr(api, "_RUNTIME_CONTEXT", None), "_current_context", None)
     return variable.get if isinstance(variable, contextvars.ContextVar) else None
+
+
+def context_variable() -> Any:
+    """The ``ContextVar`` holding the current context, or None.
+
+    ``opentelemetry.context._RUNTIME_CONTEXT._current_context`` (api 1.45.0, 1.45.1; the
+    default ``contextvars_context`` runtime): ``attach(ctx)`` is its ``set(ctx)`` and
+    ``detach(token)`` its ``reset(token)`` (the API's wrappers add three Python calls to
+    each, and log a token reset in another task or thread instead of raising ``ValueError``).
+    None for any other runtime context (an ``OTEL_PYTHON_CONTEXT`` plug-in): use the API's
+    ``attach`` and ``detach`` then.
+    """
+    import contextvars
+
+    from opentelemetry import context as api
+
+    variable = getattr(getattr(api, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    return variable if isinstance(variable, contextvars.ContextVar) else None
 
 
 def suppress_instrumentation(context: Any = None) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import random
@@ -99,7 +100,7 @@ def _brute_force_train(art: Any, f: Sequence[float], learning: bool = True) -> t
         else:
             break
     for j in commits:
-        art._commit(j, ems[j], sum(ems[j]))
+        art._commit(j, ems[j][:16], ems[j][16:], sum(ems[j]))
     if mismatch and learning:
         art.clusters += 1
         art._add(x)
@@ -255,3 +256,43 @@ def test_fidelity_report_for_artime(capsys: pytest.CaptureFixture[str]) -> None:
     ns.print_fidelity(report)
     out = capsys.readouterr().out
     assert "fidelity to NAB's ARTime rows" in out and "threshold 1e-06" in out
+
+
+def test_the_default_latency_rule_alerts_on_a_slowdown_once_artime_is_in_charge() -> None:
+    # The shipped processing-latency rule: ARTime confirmed by a z >= 3 z-score, after its
+    # fallback. Past the warm-up (750 points plus a stagger of at most 750), a tripled p95
+    # raises the alert, with ARTime in charge; the quiet day before it raised none.
+    from otel_eda.anomaly.engine import AnomalyEngine
+    from otel_eda.anomaly.rules import default_rules
+    from otel_eda.anomaly.series import SeriesPoint
+
+    rule = next(r for r in default_rules() if r.name == "processing-latency")
+    gc.collect()  # (other tests' engines free their ARTime slots: at most ARTIME_BUDGET per process)
+    attrs = (("messaging.destination.name", "orders"), ("messaging.consumer.group.name", "billing"))
+    engine = AnomalyEngine([rule])
+    rng = random.Random(4)
+    fired_at = []
+    for i in range(4000):
+        t = 5.0 * i
+        p95 = rng.gauss(0.05, 0.005) * (3.0 if i >= 3000 else 1.0)
+        for a in engine.evaluate([SeriesPoint("messaging.process.duration", "p95", attrs, t, p95)], now=t):
+            if a.state.value == "firing" and a.started_at == t:
+                fired_at.append(i)
+    state = next(iter(engine._states[rule.name].values()))
+    assert isinstance(state.detector.active, ArtimeDetector)
+    assert len(fired_at) == 1 and 3000 <= fired_at[0] < 3020, fired_at
+
+
+def test_confirm_gates_the_verdict_not_the_score() -> None:
+    rng = random.Random(1)
+    values = [max(0.0, rng.gauss(0.05, 0.005)) for _ in range(17_280)]
+    plain = ArtimeDetector()
+    gated = ArtimeDetector(confirm={"kind": "zscore", "window": 120, "direction": "up", "threshold": 0.9973})
+    held = confirmed = 0
+    for i, v in enumerate(values):
+        assert plain.update(5.0 * i, v).score == gated.update(5.0 * i, v).score
+        held += plain.is_anomaly
+        confirmed += gated.is_anomaly
+    assert held > 500 and confirmed < held / 20
+    with pytest.raises(ValueError, match="confirm"):
+        ArtimeDetector(confirm="zscore")  # type: ignore[arg-type]

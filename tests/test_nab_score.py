@@ -163,13 +163,18 @@ def test_json_output_shape(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     assert ns.main(["--data", str(root), "--json", str(out), "--only", "null", "--only", "zscore"]) == 0
     data = json.loads(out.read_text())
-    # "zscore" also selects the default rule set's z-score rule, scored through the engine, and
-    # the same rule with CAD OSE after 600 points and with ARTime after 750 (z-score before),
-    # scored for comparison
+    # "zscore" also selects the default rules whose detector names it (ARTime confirmed by a
+    # z-score), scored through the engine, and the latency rule with its z-score alone, with
+    # CAD OSE after 600 points and with ARTime unconfirmed after 750 (z-score before), scored
+    # for comparison
+    shipped = "artime confirmed by zscore after 750 (+0-750)"
     assert set(data) == {
         "null (never alerts)",
         "zscore w=1000",
-        "default rule processing-latency (zscore)",
+        f"default rule processing-latency ({shipped}, zscore before)",
+        f"default rule processing-errors-unusual ({shipped}, silent before)",
+        f"default rule consumer-lag-unusual ({shipped}, silent before)",
+        "rule processing-latency with zscore alone (not shipped)",
         "rule processing-latency with cad_ose after 600, zscore before (not shipped)",
         "rule processing-latency with artime after 750, zscore before (not shipped)",
     }

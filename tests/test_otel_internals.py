@@ -432,6 +432,27 @@ def test_prepend_log_record_processor() -> None:
     )
 
 
+def test_context_variable() -> None:
+    from opentelemetry import context
+
+    variable = otel_internals.context_variable()
+    assert variable is not None, _changed(
+        "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not a ContextVar"
+    )
+    probe = context.set_value("probe", 2)
+    token = variable.set(probe)  # what context.attach does
+    try:
+        assert context.get_current() is probe, _changed(
+            "opentelemetry-api", "context._RUNTIME_CONTEXT._current_context", "not the current context"
+        )
+    finally:
+        variable.reset(token)  # what context.detach does
+    assert context.get_current() is not probe
+    token = context.attach(probe)  # and the two are interchangeable
+    variable.reset(token)
+    assert context.get_current() is not probe
+
+
 def test_current_context_getter() -> None:
     from opentelemetry import context
 
@@ -481,6 +502,24 @@ def test_noop_checks_follow_the_global_providers(tracer_provider: TracerProvider
     assert meter_is_noop(proxy_meter) is not installed, _changed(
         "opentelemetry-api", "_ProxyMeter._real_meter / metrics._internal._METER_PROVIDER", f"installed={installed}"
     )
+
+
+def test_global_provider_getters_follow_the_global_providers() -> None:
+    tracer_provider, meter_provider, is_proxy_meter = otel_internals.global_provider_getters()
+    installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert (tracer_provider() is not None) is installed, _changed(
+        "opentelemetry-api", "trace._TRACER_PROVIDER", f"installed={installed}"
+    )
+    if installed:
+        assert tracer_provider() is trace.get_tracer_provider()
+    installed = not otel_internals.is_proxy_meter_provider(metrics.get_meter_provider())
+    assert (meter_provider() is not None) is installed, _changed(
+        "opentelemetry-api", "metrics._internal._METER_PROVIDER", f"installed={installed}"
+    )
+    assert is_proxy_meter(metrics.get_meter_provider().get_meter("probe")) is not installed, _changed(
+        "opentelemetry-api", "metrics._internal._ProxyMeter", f"installed={installed}"
+    )
+    assert not is_proxy_meter(MeterProvider().get_meter("probe"))
 
 
 def test_measurement_consumer_is_what_a_reader_collect_callback_is_bound_to() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import tracemalloc
 
 from otel_eda.flows.records import LifecycleRecord, Stage
-from otel_eda.flows.store import EventStore
+from otel_eda.flows.store import STEPS_PER_BATCH, EventStore
+from otel_eda.identity import EventContext
 from otel_eda.testing import record_flow
 
 
@@ -74,3 +76,94 @@ def test_an_endless_stream_keeps_memory_bounded() -> None:
     assert store.find("k-0") == []
     assert store.find("k-59999") == ["c-49"]
     assert sum(len(store.flow(c)) for c in store.correlation_ids()) == 1000
+
+
+# -- steps noted on the hot path (EventStore.note) ----------------------------------------
+
+
+def _note_flow(store: EventStore, event: EventContext, subscriber: str = "billing") -> None:
+    store.note(Stage.PUBLISHED, event, "shop")
+    store.note(Stage.RECEIVED, event, "shop", subscriber, 1)
+    store.note(Stage.COMPLETED, event, "shop", subscriber, 1, 0.002)
+
+
+def test_noted_steps_give_what_the_records_give() -> None:
+    noted, recorded = EventStore(), EventStore()
+    root = EventContext.root("order_placed", business_key="order-1")
+    child = root.child("payment_authorized")
+    for event in (root, child):
+        _note_flow(noted, event)
+        for stage, subscriber, attempt, duration in (
+            (Stage.PUBLISHED, None, 0, None),
+            (Stage.RECEIVED, "billing", 1, None),
+            (Stage.COMPLETED, "billing", 1, 0.002),
+        ):
+            recorded.record(
+                LifecycleRecord(
+                    stage,
+                    0,
+                    event.event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    "shop",
+                    event.business_key,
+                    subscriber,
+                    attempt,
+                    duration,
+                    created_ns=event.created_ns,
+                )
+            )
+    # read at once: a read applies what was noted before it
+    assert noted.flow(root.correlation_id) == recorded.flow(root.correlation_id)
+    assert [e.status for e in noted.flow(root.correlation_id)] == ["completed", "completed"]
+    assert noted.find("order-1") == [root.correlation_id]
+    assert len(noted) == 2
+
+
+def test_a_record_after_noted_steps_applies_after_them() -> None:
+    store = EventStore()
+    event = EventContext.root("order_placed")
+    store.note(Stage.PUBLISHED, event, "shop")
+    store.note(Stage.RECEIVED, event, "shop", "billing", 1)
+    record = LifecycleRecord(
+        Stage.FAILED, 0, event.event_id, event.correlation_id, None, "order_placed", "shop", None, "billing", 1, 0.5
+    )
+    store.record(record)
+    (summary,) = store.flow(event.correlation_id)
+    assert summary.status == "failed" and summary.deliveries[0].duration_s == 0.5
+
+
+def test_steps_noted_by_many_threads_are_all_applied() -> None:
+    per_thread, threads = 3 * STEPS_PER_BATCH + 7, 4
+    store = EventStore(max_events=per_thread * threads)
+    events = [[EventContext.root("tick") for _ in range(per_thread)] for _ in range(threads)]
+    reads: list[int] = []
+
+    def work(mine: list[EventContext]) -> None:
+        for i, event in enumerate(mine):
+            _note_flow(store, event)
+            if i % 97 == 0:
+                reads.append(len(store.flow(event.correlation_id)))  # reads while others note
+
+    workers = [threading.Thread(target=work, args=(mine,)) for mine in events]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert reads and all(n == 1 for n in reads)
+    assert len(store) == per_thread * threads and store.evicted == 0
+    held = [e for flow in map(store.flow, store.correlation_ids()) for e in flow]
+    assert len(held) == per_thread * threads
+    assert all(e.status == "completed" and e.publisher == "shop" and e.deliveries[0].attempts == 1 for e in held)
+
+
+def test_noted_steps_keep_the_store_bounded() -> None:
+    store = EventStore(max_events=500)
+    events = [EventContext.root("tick") for _ in range(2_000)]
+    for event in events:
+        _note_flow(store, event)
+    assert len(store) == 500 and store.evicted == 1_500
+    assert store.get(events[0].event_id) is None
+    newest = store.get(events[-1].event_id)
+    assert newest is not None and newest.status == "completed"

@@ -20,25 +20,36 @@ True
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
 from typing import Final
 
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
+
 from otel_eda.flows.records import FINAL_STAGES, LifecycleRecord, Stage
+from otel_eda.identity.event import EventContext
 from otel_eda.process_hooks import ForkHook, register_fork_hook
 from otel_eda.settings import DEFAULT_MAX_EVENTS
 
 __all__ = ["DeliverySummary", "EventStore", "EventSummary"]
 
+# a step noted by EventStore.note: (stage, event, service, subscriber, attempt, duration_s,
+# error_type, span_context)
+_Step = tuple[Stage, EventContext, str, str | None, int, float | None, str | None, SpanContext | None]
+
 MAX_DELIVERIES: Final = 64
+#: steps noted through EventStore.note are applied when this many wait (or on any read)
+STEPS_PER_BATCH: Final = 256
 # Enum members as module constants: on Python 3.11 each ``Stage.X`` is a descriptor call
 # (about 0.2 µs), and ``record`` runs several times per event.
 _PUBLISHED: Final = Stage.PUBLISHED
 _UNROUTED: Final = Stage.UNROUTED
 _KEYED: Final = Stage.KEYED
-_RECEIVED: Final = Stage.RECEIVED
+# a tuple: ``in`` compares by identity first (no hashing)
+_FINAL: Final = tuple(FINAL_STAGES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -68,13 +79,19 @@ class EventSummary:
     span_id: str | None
 
 
-@dataclasses.dataclass(slots=True)
 class _Delivery:
-    service: str
-    status: Stage = Stage.RECEIVED
-    attempts: int = 0
-    duration_s: float | None = None
-    error_type: str | None = None
+    """One subscriber's handling of one event, as the store keeps it (mutable)."""
+
+    __slots__ = ("attempts", "duration_s", "error_type", "service", "status")
+
+    def __init__(
+        self, service: str, status: Stage, attempts: int, duration_s: float | None, error_type: str | None
+    ) -> None:
+        self.service = service
+        self.status = status
+        self.attempts = attempts
+        self.duration_s = duration_s
+        self.error_type = error_type
 
 
 class _Entry:
@@ -94,13 +111,13 @@ class _Entry:
         "trace_id",
     )
 
-    def __init__(self, record: LifecycleRecord) -> None:
-        self.event_id = record.event_id
-        self.correlation_id = record.correlation_id
-        self.causation_id = record.causation_id
-        self.event_type = record.event_type
+    def __init__(self, event_id: str, correlation_id: str, causation_id: str | None, event_type: str, created_ns: int):
+        self.event_id = event_id
+        self.correlation_id = correlation_id
+        self.causation_id = causation_id
+        self.event_type = event_type
         self.business_key: str | None = None
-        self.created_ns = record.created_ns
+        self.created_ns = created_ns
         self.publisher: str | None = None
         self.publish_stage: Stage | None = None
         self.trace_id = 0
@@ -150,68 +167,209 @@ register_fork_hook(ForkHook("event stores", after_in_child=_fresh_locks_in_child
 
 
 class EventStore:
-    """A bounded, thread-safe index of lifecycle records. See the module documentation."""
+    """A bounded, thread-safe index of lifecycle records. See the module documentation.
+
+    Steps taken through :meth:`note` (the messaging API's hot path) are queued and applied
+    in batches, in order, before anything reads the index (and whenever a batch is full):
+    applied together, they cost a fraction of one lock and one look-up each.
+    """
 
     def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
         self.max_events = max_events
-        self.evicted = 0
+        self._evicted = 0
         self._lock = threading.Lock()
         _stores.add(self)
         self._events: OrderedDict[str, _Entry] = OrderedDict()
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
+        # steps noted but not yet applied (appended by any thread, applied under the lock)
+        self._steps: collections.deque[_Step] = collections.deque()
 
     def __len__(self) -> int:
-        return len(self._events)
+        with self._lock:
+            self._apply_steps()
+            return len(self._events)
+
+    @property
+    def evicted(self) -> int:
+        """Events evicted so far to keep within ``max_events``."""
+        with self._lock:
+            self._apply_steps()
+            return self._evicted
 
     # -- Recorder -----------------------------------------------------------------------
     def record(self, record: LifecycleRecord) -> None:
-        stage, subscriber = record.stage, record.subscriber
+        # one unpacking of the tuple instead of an attribute read per field
+        (
+            stage,
+            _,
+            event_id,
+            correlation_id,
+            causation_id,
+            event_type,
+            service,
+            business_key,
+            subscriber,
+            attempt,
+            duration_s,
+            etype,
+            created_ns,
+            trace_id,
+            span_id,
+            _,
+        ) = record
         with self._lock:
-            entry = self._events.get(record.event_id)
+            self._apply_steps()  # in order: what was noted before this record first
+            entry = self._events.get(event_id)
             if entry is None:
-                entry = self._add(record)
+                entry = self._add(event_id, correlation_id, causation_id, event_type, created_ns, business_key)
             if subscriber is None:
-                if stage is _PUBLISHED or stage is _UNROUTED:
-                    entry.publisher = record.service
-                    if entry.publish_stage is None or stage is not _PUBLISHED:
-                        entry.publish_stage = stage
-                    entry.trace_id, entry.span_id = record.trace_id, record.span_id
-                elif stage is _KEYED:
-                    self._set_key(entry, record.business_key)
-                return
-            if stage is _KEYED:
-                self._set_key(entry, record.business_key)
-                return
-            delivery = entry.deliveries.get(subscriber)
-            if delivery is None:
-                if len(entry.deliveries) >= MAX_DELIVERIES:
-                    return
-                delivery = entry.deliveries[subscriber] = _Delivery(record.service)
-            delivery.attempts = max(delivery.attempts, record.attempt)
-            final = stage in FINAL_STAGES
-            if delivery.status not in FINAL_STAGES:
-                delivery.status = stage
-            if final and record.duration_s is not None:
-                delivery.duration_s = record.duration_s
-            if record.error_type is not None:
-                delivery.error_type = record.error_type
+                self._publish_step(entry, stage, service, business_key, trace_id, span_id)
+            else:
+                self._delivery_step(entry, stage, service, business_key, subscriber, attempt, duration_s, etype)
 
-    def _add(self, record: LifecycleRecord) -> _Entry:
-        entry = _Entry(record)
+    def note(
+        self,
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+        span_context: SpanContext | None = None,
+    ) -> None:
+        """Take one lifecycle step without building its :class:`LifecycleRecord`: the same as
+        ``record(LifecycleRecord(stage, ..., event's fields, service, ...))`` (the messaging
+        API's hot path; the store keeps no record times). Thread-safe; applied in order."""
+        steps = self._steps
+        steps.append((stage, event, service, subscriber, attempt, duration_s, error_type, span_context))
+        if len(steps) >= STEPS_PER_BATCH:
+            with self._lock:
+                self._apply_steps()
+
+    def _apply_steps(self) -> None:
+        """Apply the noted steps, oldest first (the caller holds the lock)."""
+        steps = self._steps
+        if not steps:
+            return
         events = self._events
-        events[entry.event_id] = entry
-        ids = self._by_correlation.get(entry.correlation_id)
+        popleft = steps.popleft
+        last_event: EventContext | None = None
+        entry: _Entry | None = None
+        while steps:
+            stage, event, service, subscriber, attempt, duration_s, etype, span_context = popleft()
+            if event is not last_event:  # an event's steps mostly follow each other
+                entry = events.get(event.event_id)
+                last_event = event
+            if entry is None:
+                entry = self._add(
+                    event.event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    event.created_ns,
+                    event.business_key,
+                )
+            if subscriber is None:
+                if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
+                    entry.publisher = service
+                    entry.publish_stage = stage
+                    if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
+                        entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
+                elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                    self._publish_step(entry, stage, service, event.business_key, 0, 0)
+                else:
+                    trace_id, span_id = span_context.trace_id, span_context.span_id
+                    self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
+                continue
+            deliveries = entry.deliveries
+            delivery = deliveries.get(subscriber)
+            if stage is _KEYED:
+                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
+            elif delivery is None:  # a new delivery: its first step, in one go
+                if len(deliveries) < MAX_DELIVERIES:
+                    final = stage in _FINAL
+                    deliveries[subscriber] = _Delivery(
+                        service, stage, max(0, attempt), duration_s if final else None, etype
+                    )
+            else:
+                delivery.attempts = max(delivery.attempts, attempt)
+                final = stage in _FINAL
+                if delivery.status not in _FINAL:
+                    delivery.status = stage
+                if final and duration_s is not None:
+                    delivery.duration_s = duration_s
+                if etype is not None:
+                    delivery.error_type = etype
+
+    def _publish_step(
+        self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int
+    ) -> None:
+        if stage is _PUBLISHED or stage is _UNROUTED:
+            entry.publisher = service
+            if entry.publish_stage is None or stage is not _PUBLISHED:
+                entry.publish_stage = stage
+            entry.trace_id = trace_id
+            entry.span_id = span_id
+        elif stage is _KEYED:
+            self._set_key(entry, business_key)
+
+    def _delivery_step(
+        self,
+        entry: _Entry,
+        stage: Stage,
+        service: str,
+        business_key: str | None,
+        subscriber: str,
+        attempt: int,
+        duration_s: float | None,
+        etype: str | None,
+    ) -> None:
+        if stage is _KEYED:
+            self._set_key(entry, business_key)
+            return
+        deliveries = entry.deliveries
+        delivery = deliveries.get(subscriber)
+        if delivery is None:
+            if len(deliveries) < MAX_DELIVERIES:  # a new delivery: its first step, in one go
+                final = stage in _FINAL
+                deliveries[subscriber] = _Delivery(
+                    service, stage, max(0, attempt), duration_s if final else None, etype
+                )
+            return
+        delivery.attempts = max(delivery.attempts, attempt)
+        if delivery.status not in _FINAL:
+            delivery.status = stage
+        if duration_s is not None and stage in _FINAL:
+            delivery.duration_s = duration_s
+        if etype is not None:
+            delivery.error_type = etype
+
+    def _add(
+        self,
+        event_id: str,
+        correlation_id: str,
+        causation_id: str | None,
+        event_type: str,
+        created_ns: int,
+        business_key: str | None,
+    ) -> _Entry:
+        entry = _Entry(event_id, correlation_id, causation_id, event_type, created_ns)
+        events = self._events
+        events[event_id] = entry
+        ids = self._by_correlation.get(correlation_id)
         if ids is None:
-            self._by_correlation[entry.correlation_id] = {entry.event_id: None}
+            self._by_correlation[correlation_id] = {event_id: None}
         else:
-            ids[entry.event_id] = None
-        if record.business_key is not None:
-            self._set_key(entry, record.business_key)
-        while len(events) > self.max_events:
-            self._evict_oldest()
+            ids[event_id] = None
+        if business_key is not None:
+            self._set_key(entry, business_key)
+        if len(events) > self.max_events:
+            while len(events) > self.max_events:
+                self._evict_oldest()
         return entry
 
     def _set_key(self, entry: _Entry, key: str | None) -> None:
@@ -240,7 +398,7 @@ class EventStore:
 
     def _evict_oldest(self) -> None:
         event_id, entry = self._events.popitem(last=False)
-        self.evicted += 1
+        self._evicted += 1
         ids = self._by_correlation.get(entry.correlation_id)
         if ids is not None:
             ids.pop(event_id, None)
@@ -252,12 +410,14 @@ class EventStore:
     # -- queries ------------------------------------------------------------------------
     def get(self, event_id: str) -> EventSummary | None:
         with self._lock:
+            self._apply_steps()
             entry = self._events.get(event_id)
             return entry.summary() if entry else None
 
     def flow(self, correlation_id: str) -> list[EventSummary]:
         """The events of one flow, oldest first, with their status and deliveries."""
         with self._lock:
+            self._apply_steps()
             entries = [self._events[i] for i in self._by_correlation.get(correlation_id, ())]
             return [e.summary() for e in sorted(entries, key=lambda e: (e.created_ns, e.event_id))]
 
@@ -267,6 +427,7 @@ class EventStore:
         The chain stops early where a cause has been evicted or was never recorded here.
         """
         with self._lock:
+            self._apply_steps()
             chain: list[_Entry] = []
             seen: set[str] = set()
             current = self._events.get(event_id)
@@ -279,6 +440,7 @@ class EventStore:
     def descendants(self, event_id: str) -> list[EventSummary]:
         """Every event caused, directly or not, by ``event_id``, breadth first."""
         with self._lock:
+            self._apply_steps()
             root = self._events.get(event_id)
             if root is None:
                 return []
@@ -303,11 +465,13 @@ class EventStore:
     def find(self, business_key: str) -> list[str]:
         """The correlation ids of the flows in which ``business_key`` appears."""
         with self._lock:
+            self._apply_steps()
             return list(self._by_key.get(business_key, {}))
 
     def correlation_ids(self) -> list[str]:
         """Every flow held, in the order its first event arrived."""
         with self._lock:
+            self._apply_steps()
             return list(self._by_correlation)
 
     def render_flow(self, correlation_id: str) -> str:

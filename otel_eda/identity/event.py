@@ -22,14 +22,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
 from opentelemetry import baggage, trace
 from opentelemetry.context import Context, create_key, get_current, get_value, set_value
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid
 from otel_eda.identity.ids import new_event_id
 from otel_eda.identity.validation import (
@@ -84,6 +84,8 @@ def _baggage_is_a_dict() -> bool:
 
 
 _DIRECT_BAGGAGE: Final = _baggage_is_a_dict()
+#: the current context: the ContextVar's own get where the runtime context is the default one
+_current: Final[Callable[[], Context]] = otel_internals.current_context_getter() or get_current
 _EMPTY_DICT: Final[Mapping[str, str]] = {}
 
 
@@ -181,7 +183,6 @@ class EventContext:
 _VALID_NAMES: Final[dict[str, None]] = {}
 _MAX_VALID_NAMES: Final = 4096
 _new_object = object.__new__
-_set_field = object.__setattr__
 
 
 def _valid_name(value: object) -> bool:
@@ -205,19 +206,39 @@ def _made(
 ) -> EventContext:
     """A new event whose ids otel-eda made or already holds as valid: only the event type,
     business key and metadata are checked (the checks ``__post_init__`` makes for them)."""
-    if metadata or cls is not EventContext or not _valid_name(event_type):
+    if (
+        metadata
+        or cls is not EventContext
+        or not ((type(event_type) is str and event_type in _VALID_NAMES) or _valid_name(event_type))
+    ):
         return cls(event_id, correlation_id, causation_id, event_type, time.time_ns(), business_key, metadata or _EMPTY)
     if business_key is not None and not _valid_name(business_key):
         raise ValueError(f"invalid business_key: {type_problem(business_key)}")
     event = _new_object(cls)
-    _set_field(event, "event_id", event_id)
-    _set_field(event, "correlation_id", correlation_id)
-    _set_field(event, "causation_id", causation_id)
-    _set_field(event, "event_type", event_type)
-    _set_field(event, "created_ns", time.time_ns())
-    _set_field(event, "business_key", business_key)
-    _set_field(event, "metadata", _EMPTY)
+    _set_event_id(event, event_id)
+    _set_correlation_id(event, correlation_id)
+    _set_causation_id(event, causation_id)
+    _set_event_type(event, event_type)
+    _set_created_ns(event, time.time_ns())
+    _set_business_key(event, business_key)
+    _set_metadata(event, _EMPTY)
     return event
+
+
+def _slot_setter(name: str) -> Callable[[EventContext, object], None]:
+    """The setter of one of :class:`EventContext`'s slots: what ``object.__setattr__`` finds
+    by name, without the look-up (a new event sets all seven)."""
+    setter: Callable[[EventContext, object], None] = vars(EventContext)[name].__set__
+    return setter
+
+
+_set_event_id: Final = _slot_setter("event_id")
+_set_correlation_id: Final = _slot_setter("correlation_id")
+_set_causation_id: Final = _slot_setter("causation_id")
+_set_event_type: Final = _slot_setter("event_type")
+_set_created_ns: Final = _slot_setter("created_ns")
+_set_business_key: Final = _slot_setter("business_key")
+_set_metadata: Final = _slot_setter("metadata")
 
 
 def _freeze_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
@@ -264,7 +285,7 @@ def with_event(event: EventContext, context: Context | None = None) -> Context:
 
 def event_context(event: EventContext, context: Context | None = None, *extra: tuple[str, object]) -> Context:
     """:func:`with_event`, plus ``extra`` (key, value) entries, in one new ``Context``."""
-    base = context if context is not None else get_current()
+    base = context if context is not None else _current()
     if not _DIRECT_BAGGAGE:
         ctx = _with_event_slow(event, base)
         for key, value in extra:
@@ -283,13 +304,13 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
             else {BAGGAGE_CORRELATION_ID: correlation, BAGGAGE_CAUSATION_ID: causation}
         )
         return Context(values)
-    first = iter(entries.items())
-    if next(first, None) == (BAGGAGE_CORRELATION_ID, correlation) and (
-        next(first, None) == (BAGGAGE_CAUSATION_ID, causation)
-        if causation is not None
-        else BAGGAGE_CAUSATION_ID not in entries
+    if entries.get(BAGGAGE_CORRELATION_ID) == correlation and (
+        # the baggage already says so, otel-eda's entries first
+        (BAGGAGE_CAUSATION_ID not in entries and next(iter(entries)) == BAGGAGE_CORRELATION_ID)
+        if causation is None
+        else entries.get(BAGGAGE_CAUSATION_ID) == causation and _leads(entries)
     ):
-        return Context(values)  # the baggage already says so
+        return Context(values)
     # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
     # 8192 bytes), the baggage propagator drops the *last* entries on inject.
     bag: dict[str, object] = {BAGGAGE_CORRELATION_ID: correlation}
@@ -300,6 +321,12 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
             bag[key] = value
     values[_BAGGAGE_KEY] = bag
     return Context(values)
+
+
+def _leads(entries: Mapping[str, object]) -> bool:
+    """Whether the correlation and causation entries are the first two of ``entries``."""
+    first = iter(entries)
+    return next(first) == BAGGAGE_CORRELATION_ID and next(first, None) == BAGGAGE_CAUSATION_ID
 
 
 def _with_event_slow(event: EventContext, context: Context) -> Context:
@@ -322,7 +349,7 @@ def _with_event_slow(event: EventContext, context: Context) -> Context:
 
 def current_event(context: Context | None = None) -> EventContext | None:
     """The event being published or handled in ``context`` (default: the current one)."""
-    event = get_value(_EVENT_KEY, context)
+    event = (context if context is not None else _current()).get(_EVENT_KEY)
     return event if isinstance(event, EventContext) else None
 
 
@@ -405,13 +432,13 @@ def incoming_event(context: Context, metadata: Mapping[str, str] | None = None) 
         )
     # every value was validated above or by the propagator's extract: not a second time
     event = _new_object(EventContext)
-    _set_field(event, "event_id", incoming.event_id)
-    _set_field(event, "correlation_id", correlation_id)
-    _set_field(event, "causation_id", causation_id)
-    _set_field(event, "event_type", incoming.event_type)
-    _set_field(event, "created_ns", created_ns)
-    _set_field(event, "business_key", incoming.business_key)
-    _set_field(event, "metadata", _EMPTY)
+    _set_event_id(event, incoming.event_id)
+    _set_correlation_id(event, correlation_id)
+    _set_causation_id(event, causation_id)
+    _set_event_type(event, incoming.event_type)
+    _set_created_ns(event, created_ns)
+    _set_business_key(event, incoming.business_key)
+    _set_metadata(event, _EMPTY)
     return event
 
 

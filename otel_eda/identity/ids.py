@@ -30,14 +30,11 @@ _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
 
 
 class _Generator:
-    __slots__ = ("_counter", "_last_ms", "_lock", "_prefix", "_random")
+    __slots__ = ("_counter", "_head", "_last_ms", "_lock", "_prefix", "_random")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._random = random.Random(os.urandom(16))
-        self._last_ms = 0
-        self._counter = 0
-        self._prefix = ""
+        self.reseed_after_fork()
 
     def reseed_after_fork(self) -> None:
         # The child's copy of the lock may be held by a thread that no longer exists.
@@ -46,31 +43,38 @@ class _Generator:
         self._last_ms = 0
         self._counter = 0
         self._prefix = ""
+        # the id up to the counter's last 16 bits (its upper 26 bits change once per 65,536
+        # ids within a millisecond): only the last 48 bits of an id are formatted per id
+        self._head = ""
 
     def next(self) -> str:
         with self._lock:
             now_ms = time.time_ns() // 1_000_000
-            if now_ms > self._last_ms:
-                self._last_ms = now_ms
-                self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
-                self._prefix = _prefix(now_ms)
-            else:  # same millisecond, or the wall clock stepped back: keep counting
-                self._counter += 1
-                if self._counter > _COUNTER_MAX:
-                    self._last_ms += 1
-                    self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
-                    self._prefix = _prefix(self._last_ms)
-            prefix, counter = self._prefix, self._counter
-            tail = self._random.getrandbits(32)
+            if now_ms <= self._last_ms:  # same millisecond, or the wall clock stepped back: count
+                counter = self._counter + 1
+                if counter & 0xFFFF and counter <= _COUNTER_MAX:  # the common case: same head
+                    self._counter = counter
+                    return self._head + "%012x" % ((counter & 0xFFFF) << 32 | self._random.getrandbits(32))
+            return self._next_head(now_ms)
+
+    def _next_head(self, now_ms: int) -> str:
+        """``next()`` when the millisecond or the counter's upper bits change (lock held)."""
+        if now_ms > self._last_ms:
+            self._last_ms = now_ms
+            counter = self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
+            self._prefix = _prefix(now_ms)
+        else:
+            counter = self._counter = self._counter + 1
+            if counter > _COUNTER_MAX:  # the timestamp borrows the next millisecond
+                self._last_ms += 1
+                counter = self._counter = self._random.getrandbits(_COUNTER_BITS - 1)
+                self._prefix = _prefix(self._last_ms)
+        high = counter >> 16
         # the groups after the millisecond: version 7 and the counter's top 12 bits; the
-        # variant and the counter's next 14 bits; its last 16 bits and 32 random bits
-        return "%s7%03x-%04x-%04x%08x" % (  # noqa: UP031  (one format call: the hot path)
-            prefix,
-            counter >> 30,
-            0x8000 | (counter >> 16) & 0x3FFF,
-            counter & 0xFFFF,
-            tail,
-        )
+        # variant and the counter's next 14 bits (they change once per 65,536 ids)
+        self._head = "%s7%03x-%04x-" % (self._prefix, counter >> 30, 0x8000 | high & 0x3FFF)  # noqa: UP031
+        # the last group: the counter's last 16 bits and 32 random bits
+        return self._head + "%012x" % ((counter & 0xFFFF) << 32 | self._random.getrandbits(32))
 
 
 def _prefix(ms: int) -> str:

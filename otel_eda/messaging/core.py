@@ -13,8 +13,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from contextvars import Token
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import metrics, propagate, trace
@@ -30,6 +29,7 @@ from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.anomaly import feed as anomaly_feed
 from otel_eda.flows import default_recorders
 from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
+from otel_eda.flows.store import EventStore
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
     SPAN_KEY,
@@ -73,6 +73,11 @@ _NO_EXEMPLAR: Final = Context()
 C = TypeVar("C")
 
 _tracer_is_noop, _meter_is_noop = otel_internals.noop_checks()
+_global_tracer_provider, _global_meter_provider, _is_proxy_meter = otel_internals.global_provider_getters()
+#: the current context's ContextVar (attach = its set, detach = its reset: three Python calls
+#: fewer each), or None under a runtime-context plug-in (then the API's attach and detach)
+_CONTEXT: Final = otel_internals.context_variable()
+_current: Final[Callable[[], Context]] = otel_internals.current_context_getter() or get_current
 _new_tuple = tuple.__new__
 _HANDOFF_PROPAGATORS: Final = (TraceContextTextMapPropagator, W3CBaggagePropagator, EdaPropagator)
 
@@ -92,6 +97,12 @@ def _standard_propagation(textmap: object) -> bool:
         return True
 
     return walk(textmap) and TraceContextTextMapPropagator in seen and W3CBaggagePropagator in seen
+
+
+def _takes_notes(recorder: Recorder) -> bool:
+    """Whether ``recorder`` is an :class:`EventStore` whose ``record`` is the store's own, so
+    that :meth:`EventStore.note` takes the same step."""
+    return isinstance(recorder, EventStore) and type(recorder).record is EventStore.record
 
 
 class Outcome(enum.StrEnum):
@@ -246,7 +257,7 @@ class Messaging:
         self.system = system
         self.service = service or service_name(tracer_provider)
         self.mode = TraceMode(mode) if mode is not None else settings.trace_mode
-        self.recorders = tuple(recorders)
+        self.recorders = recorders
         self.binding = binding
         self._ce_read = binding is not None and settings.cloudevents is not CloudEventsMode.OFF
         self._ce_write = binding is not None and settings.cloudevents is CloudEventsMode.WRITE
@@ -264,6 +275,8 @@ class Messaging:
         self._handoff_textmap: object = None
         self._handoff = False
         self._meter = meter = metrics.get_meter(scope, VERSION, meter_provider)
+        self._proxy_tracer = type(self._tracer) is trace.ProxyTracer
+        self._proxy_meter = _is_proxy_meter(meter)
         # counted in process, reported when a reader collects (see otel_eda.messaging.counting)
         self._sent = tally(meter_provider, scope, semconv.METRIC_SENT_MESSAGES, "{message}", "Messages published")
         self._consumed = tally(
@@ -320,6 +333,21 @@ class Messaging:
         self._textmap: TextMapPropagator = self._eda
         self._attribute_sets: dict[tuple[str, ...], Mapping[str, str]] = {}
 
+    @property
+    def recorders(self) -> tuple[Recorder, ...]:
+        """Where this client's lifecycle records go (besides the process-wide ones of
+        :mod:`otel_eda.flows.default_recorders`)."""
+        return self._recorders
+
+    @recorders.setter
+    def recorders(self, recorders: Sequence[Recorder]) -> None:
+        self._recorders = tuple(recorders)
+        # an EventStore (its own record method) takes each step without a record built for it
+        self._stores: tuple[EventStore, ...] = tuple(
+            r for r in self._recorders if isinstance(r, EventStore) and _takes_notes(r)
+        )
+        self._others = tuple(r for r in self._recorders if not _takes_notes(r))
+
     # -- helpers ------------------------------------------------------------------------
     def _propagator(self) -> TextMapPropagator:
         """The global propagator, plus otel-eda's if the global one does not include it."""
@@ -345,6 +373,8 @@ class Messaging:
         TracerProvider installed yet), when describing a span would be wasted work."""
         if self._tracing_on:
             return True
+        if self._proxy_tracer and _global_tracer_provider() is None:
+            return False  # the proxy is a no-op (the quick test; asked again next time)
         if _tracer_is_noop(self._tracer):
             return False  # asked again next time: configure() may install a provider later
         self._tracing_on = True  # a global provider is set once; an explicit one never changes
@@ -354,6 +384,8 @@ class Messaging:
         """Whether measurements go anywhere: false while the meter is the API's no-op."""
         if self._metering_on:
             return True
+        if self._proxy_meter and _global_meter_provider() is None:
+            return False
         if _meter_is_noop(self._meter):
             return False
         self._metering_on = True
@@ -420,36 +452,63 @@ class Messaging:
     ) -> None:
         """Write one lifecycle record to every recorder (a transport's own stages, e.g. a
         drop it detected itself, go through here too)."""
+        self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+
+    def _step(
+        self,
+        stage: Stage,
+        event: EventContext,
+        span_context: trace.SpanContext | None,
+        subscriber: str | None,
+        attempt: int,
+        duration_s: float | None,
+        error: BaseException | None,
+    ) -> None:
+        """:meth:`record` with positional arguments (the hot path's three steps per event)."""
         installed = default_recorders.installed()  # configure()'s, e.g. lifecycle logs
-        recorders = self.recorders + installed if installed else self.recorders
-        if not recorders:
+        if not installed and not self._others:  # only stores (the bus's default)
+            etype = error_type(error) if error is not None else None
+            for store in self._stores:  # the same step without building the record
+                try:
+                    store.note(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
             return
-        record = _new_tuple(
-            LifecycleRecord,
-            (  # LifecycleRecord(...) without its Python __new__
-                stage,
-                time.time_ns(),
-                event.event_id,
-                event.correlation_id,
-                event.causation_id,
-                event.event_type,
-                self.service,
-                event.business_key,
-                subscriber,
-                attempt,
-                duration_s,
-                error_type(error) if error is not None else None,
-                event.created_ns,
-                span_context.trace_id if span_context is not None else 0,
-                span_context.span_id if span_context is not None else 0,
-                error_message(error) if error is not None else None,
-            ),
-        )
-        for recorder in recorders:
-            try:
-                recorder.record(record)
-            except Exception:
-                internal_error("recorder", "recording a lifecycle record")
+        others = self._others + installed if installed else self._others
+        if others:
+            record = _new_tuple(
+                LifecycleRecord,
+                (  # LifecycleRecord(...) without its Python __new__
+                    stage,
+                    time.time_ns(),
+                    event.event_id,
+                    event.correlation_id,
+                    event.causation_id,
+                    event.event_type,
+                    self.service,
+                    event.business_key,
+                    subscriber,
+                    attempt,
+                    duration_s,
+                    error_type(error) if error is not None else None,
+                    event.created_ns,
+                    span_context.trace_id if span_context is not None else 0,
+                    span_context.span_id if span_context is not None else 0,
+                    error_message(error) if error is not None else None,
+                ),
+            )
+            for recorder in others:
+                try:
+                    recorder.record(record)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
+        if self._stores:
+            etype = error_type(error) if error is not None else None
+            for store in self._stores:  # the same step without building the record
+                try:
+                    store.note(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
+                except Exception:
+                    internal_error("recorder", "recording a lifecycle record")
 
     def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -594,7 +653,7 @@ class Messaging:
             feed = self._anomaly_feed()
             if feed is not None:
                 feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
-        self.record(_STAGE_RECEIVED, message.event, message.producer, subscriber=group or self.service)
+        self._step(_STAGE_RECEIVED, message.event, message.producer, group or self.service, 0, None, None)
 
     def received(
         self,
@@ -763,19 +822,22 @@ class Publication(Generic[C]):
     def __enter__(self) -> Publication[C]:
         m = self._messaging
         event = self.event
-        ctx = event_context(event, self._parent)
         if m._tracing():
+            ctx = event_context(event, self._parent)
             attrs = m._message_attributes(event, self.destination, semconv.OPERATION_TYPE_SEND)
             if self._attributes:
                 attrs.update(self._attributes)
             span = m._tracer.start_span(f"send {self.destination}", ctx, kind=_SPANKIND_PRODUCER, attributes=attrs)
-        else:
-            span = _noop_span(ctx)
+            values = dict(ctx)
+            values[SPAN_KEY] = span
+            ctx = Context(values)
+        else:  # the API's no-op span around the parent's span context: one new context
+            parent = self._parent if self._parent is not None else _current()
+            span = _noop_span(parent)
+            ctx = event_context(event, parent, (SPAN_KEY, span))
         self.span = span
-        values = dict(ctx)
-        values[SPAN_KEY] = span
-        self.context = ctx = Context(values)
-        self._token = attach(ctx)
+        self.context = ctx
+        self._token = attach(ctx) if _CONTEXT is None else _CONTEXT.set(ctx)
         self._started = time.perf_counter()
         if self._carrier is None:  # an in-process hand-off: no headers (see local())
             return self
@@ -827,9 +889,9 @@ class Publication(Generic[C]):
                     time.perf_counter() - self._started,
                     m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key),
                 )
-            m.record(_STAGE_PUBLISHED, self.event, span.get_span_context(), error=exc)
+            m._step(_STAGE_PUBLISHED, self.event, span.get_span_context(), None, 0, None, exc)
         finally:
-            detach(self._token)
+            _detach(self._token)
             span.end()
 
 
@@ -877,11 +939,12 @@ class Processing:
         self.attempt = attempt
         self.outcome: Outcome | None = None
         self._open = [True]  # popped exactly once, by whichever thread settles first
-        self._tokens: list[tuple[Token[Context], object]] = []
+        self._tokens: list[Any] = []  # ContextVar tokens, or (token, owner) pairs (see attach)
         self._keep: Processing | None = None
         if not message.delivered:
             m._deliver(message, group)
-        if trace.get_current_span(context).get_span_context().is_valid:
+        ambient: Any = (context if context is not None else _current()).get(SPAN_KEY)
+        if ambient is not None and ambient.get_span_context().is_valid:
             parent = context  # an HTTP server span, say: its child, linked to the producer
         elif m.mode is _TRACEMODE_PARENT:
             parent = message.context
@@ -931,16 +994,25 @@ class Processing:
     # -- context ------------------------------------------------------------------------
     def attach(self) -> None:
         """Make this attempt's context current (``__enter__`` does it)."""
-        self._tokens.append((attach(self.context), _owner()))
+        if _CONTEXT is not None:
+            self._tokens.append(_CONTEXT.set(self.context))
+        else:
+            self._tokens.append((attach(self.context), _owner()))
         self._keep = self  # alive while current, even when only its context refers to it
 
     def detach(self) -> None:
         """Undo :meth:`attach`. Only the thread or task that attached can: called from
         another one (an async generator closed by the event loop, say) it does nothing."""
-        while self._tokens:
-            token, owner = self._tokens.pop()
-            if owner == _owner():
-                detach(token)
+        tokens = self._tokens
+        while tokens:
+            token = tokens.pop()
+            if _CONTEXT is not None:
+                try:  # noqa: SIM105  (contextlib.suppress costs a context manager per message)
+                    _CONTEXT.reset(token)
+                except (ValueError, RuntimeError):
+                    pass  # attached in another task or thread (its context, not this one)
+            elif token[1] == _owner():
+                detach(token[0])
         self._keep = None
 
     def __enter__(self) -> Processing:
@@ -999,14 +1071,14 @@ class Processing:
                     span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
-            m.record(
+            m._step(
                 _STAGES[outcome],
                 self.event,
                 span.get_span_context(),
-                subscriber=self._group or m.service,
-                attempt=self.attempt,
-                duration_s=seconds,
-                error=exc if outcome is not _COMPLETED else None,
+                self._group or m.service,
+                self.attempt,
+                seconds,
+                exc if outcome is not _COMPLETED else None,
             )
         except Exception:
             internal_error("messaging", "settling a message")
@@ -1046,7 +1118,7 @@ class Processing:
         if self._tokens and get_current() is previous:
             # the handler's own code (in the thread or task that attached) sees the new key from
             # now on; a nested span of the handler, or another thread, is left alone
-            self._tokens.append((attach(self.context), _owner()))
+            self.attach()
         self._messaging.record(
             _STAGE_KEYED, self.event, self.span.get_span_context(), subscriber=self._group or None, attempt=self.attempt
         )
@@ -1168,6 +1240,17 @@ class BatchProcessing:
         finally:
             span.end()
         return seconds
+
+
+def _detach(token: Any) -> None:
+    """``detach(token)`` of a token from ``attach`` or ``_CONTEXT.set``."""
+    if _CONTEXT is not None:
+        try:
+            _CONTEXT.reset(token)
+            return
+        except (ValueError, RuntimeError):
+            pass  # the API's detach logs it, as it always did
+    detach(token)
 
 
 def _noop_span(context: Context | None) -> trace.Span:

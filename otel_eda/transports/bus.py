@@ -568,7 +568,8 @@ class EventBus:
 
     async def join(self) -> None:
         """Wait until every queued message has been handled (retries included)."""
-        self._start_all()
+        if self._unstarted:
+            self._start_all()
         for subs in list(self._subscriptions.values()):
             for sub in subs:
                 await sub.queue.join()

@@ -55,8 +55,8 @@ of fewer than 16 numbers are sequential, as Julia's; longer ``sum``/``mean`` cal
 warm-up's similarity sums, the vigilance updates) follow Julia's blocked order
 (:func:`julia_sum`). The 32-element L1 norms of the activation come from OpenBLAS's
 ``dasum`` in Julia, whose order depends on the CPU's kernel; here they are summed
-sequentially (Python's ``sum``, which from Python 3.12 compensates rounding: a last-bit
-difference at most). On NAB's 18 subset files the rows are the same to every printed digit
+sequentially, left to right, on every Python version (written out, not Python's ``sum``,
+which compensates rounding from Python 3.12). On NAB's 18 subset files the rows are the same to every printed digit
 with sequential sums everywhere too: these orders only move last bits. NAB also reads its
 CSVs with pandas' pre-1.3 float parser, which the benchmark reproduces
 (``benchmarks/nab_score.py``); on ARTime's rows it makes no difference either.
@@ -68,18 +68,18 @@ is 32 floats, its L1 norm and its group key (about 1.2 kB in CPython, measured b
 ``benchmarks/anomaly_speed.py``). Cost per value: O(1) for values inside a downsampling
 block, O(categories) at worst for the value that closes one (in practice the categories
 that survive the bound of :class:`_Art`), and one O(trend_window**2) burst (about 100 x 100
-cosine similarities and a replay, 10-30 ms) when the warm-up ends.
+cosine similarities and a replay, 5-10 ms) when the warm-up ends.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
-from operator import itemgetter, le
+from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
-from otel_eda.anomaly.detectors.base import _Base, _check_window, _real
+from otel_eda.anomaly.detectors.base import Detector, _Base, _check_window, _real
 
 __all__ = ["ArtimeDetector", "ArtimeModel", "julia_sum", "nab_probationary_period"]
 
@@ -162,22 +162,26 @@ def _seq_sum(xs: Sequence[float]) -> float:
 
 
 def _haar(x: Sequence[float]) -> list[float]:
-    """Three-level periodic Haar DWT of 8 values, laid out as ``Wavelets.dwt``: [a3, d3, d2, d2, d1 x 4]."""
+    """Three-level periodic Haar DWT of 8 values, laid out as ``Wavelets.dwt``: [a3, d3, d2, d2, d1 x 4].
+
+    Each level maps pairs ``(a, b)`` to the approximation ``c*a + c*b`` and the detail
+    ``(-c*a) + c*b`` (unrolled).
+    """
     c = _C
-    out = [0.0] * 8
-    s = list(x)
-    n = 8
-    while n > 1:
-        half = n >> 1
-        approx = [0.0] * half
-        for k in range(half):
-            a, b = s[2 * k], s[2 * k + 1]
-            approx[k] = c * a + c * b
-            out[half + k] = (-c * a) + c * b
-        s = approx
-        n = half
-    out[0] = s[0]
-    return out
+    m = -c
+    x0, x1, x2, x3, x4, x5, x6, x7 = x
+    a0, a1, a2, a3 = c * x0 + c * x1, c * x2 + c * x3, c * x4 + c * x5, c * x6 + c * x7
+    b0, b1 = c * a0 + c * a1, c * a2 + c * a3
+    return [
+        c * b0 + c * b1,
+        (m * b0) + c * b1,
+        (m * a0) + c * a1,
+        (m * a2) + c * a3,
+        (m * x0) + c * x1,
+        (m * x2) + c * x3,
+        (m * x4) + c * x5,
+        (m * x6) + c * x7,
+    ]
 
 
 def _minmax_scale(v: list[float]) -> list[float]:
@@ -189,15 +193,158 @@ def _minmax_scale(v: list[float]) -> list[float]:
     return w
 
 
-def _similarity(t1: Sequence[float], t2: Sequence[float]) -> float:
-    """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors)."""
-    n1 = math.sqrt(_seq_sum([v * v for v in t1]))
-    n2 = math.sqrt(_seq_sum([v * v for v in t2]))
+# The 16-number halves of ART's inner loop, written out: ``sum(map(min, x, w))`` costs about
+# six times as much in CPython. Sums are sequential (left to right, from ``s``) on every Python
+# version (``sum`` of floats compensates rounding from Python 3.12); ``(w if w < x else x)``
+# is ``min(x, w)``.
+
+
+def _min_sum(x: Sequence[float], w: Sequence[float], s: float = 0.0) -> float:
+    """``s + min(x[0], w[0]) + ... + min(x[15], w[15])``, summed left to right."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return (
+        s
+        + (w0 if w0 < x0 else x0)
+        + (w1 if w1 < x1 else x1)
+        + (w2 if w2 < x2 else x2)
+        + (w3 if w3 < x3 else x3)
+        + (w4 if w4 < x4 else x4)
+        + (w5 if w5 < x5 else x5)
+        + (w6 if w6 < x6 else x6)
+        + (w7 if w7 < x7 else x7)
+        + (w8 if w8 < x8 else x8)
+        + (w9 if w9 < x9 else x9)
+        + (w10 if w10 < x10 else x10)
+        + (w11 if w11 < x11 else x11)
+        + (w12 if w12 < x12 else x12)
+        + (w13 if w13 < x13 else x13)
+        + (w14 if w14 < x14 else x14)
+        + (w15 if w15 < x15 else x15)
+    )
+
+
+def _min_list(x: Sequence[float], w: Sequence[float]) -> list[float]:
+    """``[min(x[0], w[0]), ..., min(x[15], w[15])]``."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return [
+        (w0 if w0 < x0 else x0),
+        (w1 if w1 < x1 else x1),
+        (w2 if w2 < x2 else x2),
+        (w3 if w3 < x3 else x3),
+        (w4 if w4 < x4 else x4),
+        (w5 if w5 < x5 else x5),
+        (w6 if w6 < x6 else x6),
+        (w7 if w7 < x7 else x7),
+        (w8 if w8 < x8 else x8),
+        (w9 if w9 < x9 else x9),
+        (w10 if w10 < x10 else x10),
+        (w11 if w11 < x11 else x11),
+        (w12 if w12 < x12 else x12),
+        (w13 if w13 < x13 else x13),
+        (w14 if w14 < x14 else x14),
+        (w15 if w15 < x15 else x15),
+    ]
+
+
+def _sum16(w: Sequence[float], s: float = 0.0) -> float:
+    """``s + w[0] + ... + w[15]``, summed left to right."""
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return s + w0 + w1 + w2 + w3 + w4 + w5 + w6 + w7 + w8 + w9 + w10 + w11 + w12 + w13 + w14 + w15
+
+
+def _within(w: Sequence[float], x: Sequence[float]) -> bool:
+    """``w[k] <= x[k]`` for all 16 ``k``."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15 = x
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13, w14, w15 = w
+    return (
+        w0 <= x0
+        and w1 <= x1
+        and w2 <= x2
+        and w3 <= x3
+        and w4 <= x4
+        and w5 <= x5
+        and w6 <= x6
+        and w7 <= x7
+        and w8 <= x8
+        and w9 <= x9
+        and w10 <= x10
+        and w11 <= x11
+        and w12 <= x12
+        and w13 <= x13
+        and w14 <= x14
+        and w15 <= x15
+    )
+
+
+# Blocks of the 16 features whose sums bound a category's match (:class:`_Art`): the Haar
+# features in two halves, the older levels in two; the newest level (the energy) is exact.
+_BLOCKS = ((0, 4), (4, 8), (8, 12), (12, _NEWEST))
+
+
+def _block_sums(wa: Sequence[float], wb: Sequence[float]) -> tuple[float, ...]:
+    """Per block of ``_BLOCKS``: the sum of the box's lower corner ``wa`` and of its upper corner ``1 - wb``.
+
+    Only bounds use them (with a margin far above rounding), so the order of the sums does not matter.
+    """
+    return (
+        wa[0] + wa[1] + wa[2] + wa[3],
+        4 - (wb[0] + wb[1] + wb[2] + wb[3]),
+        wa[4] + wa[5] + wa[6] + wa[7],
+        4 - (wb[4] + wb[5] + wb[6] + wb[7]),
+        wa[8] + wa[9] + wa[10] + wa[11],
+        4 - (wb[8] + wb[9] + wb[10] + wb[11]),
+        wa[12] + wa[13] + wa[14],
+        3 - (wb[12] + wb[13] + wb[14]),
+    )
+
+
+def _dot16(a: Sequence[float], b: Sequence[float]) -> float:
+    """``a[0]*b[0] + ... + a[15]*b[15]`` left to right (Julia's ``sum`` of 16 products: sequential)."""
+    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15 = a
+    b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15 = b
+    return (
+        a0 * b0
+        + a1 * b1
+        + a2 * b2
+        + a3 * b3
+        + a4 * b4
+        + a5 * b5
+        + a6 * b6
+        + a7 * b7
+        + a8 * b8
+        + a9 * b9
+        + a10 * b10
+        + a11 * b11
+        + a12 * b12
+        + a13 * b13
+        + a14 * b14
+        + a15 * b15
+    )
+
+
+def _shortfall_limit(cut: float, es2: float) -> float:
+    """The shortfall share above which a category's activation bound is below ``cut`` (with a margin).
+
+    ``(1 - sh / ws) ** 3 * es2 < cut - 2e-9`` when ``sh > ws * limit``: a skip test with one
+    multiplication. Infinite (skip nothing) when the cut is 0.
+    """
+    c = cut - 2e-9
+    if c <= 0:
+        return math.inf
+    if es2 <= 0:
+        return -math.inf
+    return 1 - math.pow(c / es2, 1 / 3)
+
+
+def _similarity(t1: Sequence[float], t2: Sequence[float], n1: float, n2: float) -> float:
+    """Close to cosine similarity, as ARTime's ``similarity`` (16-element vectors; ``n1``, ``n2``: their norms)."""
     if n1 == 0.0:
         return 1 - n2
     if n2 == 0.0:
         return 1 - n1
-    return julia_sum([a * b for a, b in zip(t1, t2, strict=True)]) / (n1 * n2)
+    return _dot16(t1, t2) / (n1 * n2)
 
 
 class _Art:
@@ -211,19 +358,26 @@ class _Art:
     - categories are grouped by their two *energy* weights (those of the newest value and of
       its complement, which take few distinct values: levels over 80); ``es`` is exact per
       group and ``fs <= 1 - (we - ne) / |w|_1`` (the energy terms' shortfall alone), so a
-      group whose bound, at its largest ``|w|_1``, is below the cut is skipped whole (groups
-      are visited by decreasing bound), then each member by its own ``|w|_1``;
+      group whose bound, at its largest ``|w|_1``, is below the cut is skipped whole (the
+      groups whose interval holds the newest value first, then the others by decreasing
+      bound);
+    - each member then by its own ``|w|_1`` and its box: the shortfall ``|w|_1 - |min(x, w)|_1``
+      is ``sum(max(0, w_k - x_k) + max(0, x_k - (1 - w'_k)))`` over the features (``w'``: the
+      complements' weights), at least ``max(0, L - X) + max(0, X - U)`` over any block of them
+      (``L``, ``U``: the sums of the box's lower and upper corners there, ``X`` of ``x``);
+      four blocks (``_BLOCKS``) add to the energy term;
     - a member whose box holds ``x`` (``w <= x`` on all 32 numbers) has ``min(x, w) = w``:
       ``fs`` is exactly 1 (the cached ``|w|_1`` is the same sequential sum) and it learns
       nothing, so no sum is needed;
     - otherwise the features' half of ``sum(min(x, w))`` comes first: its shortfall bounds
       ``fs`` again before the complements' half completes the same sequential sum.
 
-    Skipping uses a margin of 1e-9, far above rounding. ``tests/test_artime.py`` checks the
+    Skipping uses a margin of 1e-9 or more, far above rounding. ``tests/test_artime.py`` checks the
     outcome against a literal transcription of the reference's loop.
     """
 
     __slots__ = (
+        "bb",
         "clusters",
         "full",
         "groups",
@@ -246,6 +400,8 @@ class _Art:
         self.w_sum: list[float] = []  # |w|_1, cached (0.001 when 0, as the reference)
         self.wa_sum: list[float] = []  # |wa|_1
         self.key: list[tuple[float, float]] = []  # (w[newest], w[newest complement])
+        # per block of features (_BLOCKS): the sum of the box's lower corner (wa) and of its upper one (1 - wb)
+        self.bb: list[tuple[float, ...]] = []
         # key -> [member category indices, largest |w|_1 a member has had]
         self.groups: dict[tuple[float, float], list[Any]] = {}
         self.clusters = 0
@@ -267,32 +423,33 @@ class _Art:
         j = len(self.wa)
         half = len(x) >> 1
         wa = x[:half]
-        sa = sum(wa)
+        sa = _sum16(wa)
         self.wa.append(wa)
         self.wb.append(x[half:])
         self.wa_sum.append(sa)
-        s = sum(x[half:], sa)  # the sequential sum of all 32
+        s = _sum16(x[half:], sa)  # the sequential sum of all 32
         ws = s if s != 0 else 0.001
         self.w_sum.append(ws)
         key = (x[_NEWEST], x[-1])
         self.key.append(key)
+        self.bb.append(_block_sums(wa, x[half:]))
         self._group(j, key, ws)
 
     def weights(self, j: int) -> list[float]:
         """Category ``j``'s 32 weights."""
         return [*self.wa[j], *self.wb[j]]
 
-    def _commit(self, j: int, x: list[float], s: float) -> None:
-        """Fast commit: category ``j`` learns ``min(x, w)`` (``s``: the sum of that)."""
-        half = len(x) >> 1
+    def _commit(self, j: int, xa: list[float], xb: list[float], s: float) -> None:
+        """Fast commit: category ``j`` learns ``min(x, w)`` (``x = xa + xb``; ``s``: the sum of that)."""
         wa, wb = self.wa[j], self.wb[j]
-        if s == self.w_sum[j] and all(map(le, wa, x[:half])) and all(map(le, wb, x[half:])):
+        if s == self.w_sum[j] and _within(wa, xa) and _within(wb, xb):
             return  # x within the category's box: nothing changes
-        self.wa[j] = wa = list(map(min, x[:half], wa))
-        self.wb[j] = list(map(min, x[half:], wb))
-        self.wa_sum[j] = sum(wa)
+        self.wa[j] = wa = _min_list(xa, wa)
+        self.wb[j] = wb = _min_list(xb, wb)
+        self.wa_sum[j] = _sum16(wa)
+        self.bb[j] = _block_sums(wa, wb)
         ws = self.w_sum[j] = s if s != 0 else 0.001
-        key = (wa[-1], self.wb[j][-1])
+        key = (wa[-1], wb[-1])
         old = self.key[j]
         if key != old:
             members = self.groups[old][0]
@@ -322,19 +479,19 @@ class _Art:
             return True, 0.0, 0.0
         xe0 = x[_NEWEST]
         xe1 = x[-1]
-        ranked = []
+        # Two passes: first the groups whose interval holds the newest value (es = 1 exactly, no
+        # energy shortfall, bound 1), then the others, ranked by bound, among those that the
+        # cut reached in the first pass leaves in play. (The outcome does not depend on the
+        # order in which categories are visited: ties go to the lower index either way.)
+        ranked: list[tuple[float, float, float, float, list[int]]] = []
+        outside = []
         for key, g in groups.items():
             a, b = key
-            we = a + b
-            if we == 0:  # NaN activations (not learning): never the best
-                continue
-            ne = (xe0 if xe0 < a else a) + (xe1 if xe1 < b else b)
-            es = ne / we
-            short = we - ne
-            fsb = 1 - short / g[1]
-            bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
-            ranked.append((bound, es, short, b, g[0]))
-        ranked.sort(key=_first, reverse=True)
+            if xe0 >= a and xe1 >= b:
+                if a + b != 0:  # (0/0, a NaN activation, when not learning: never the best)
+                    ranked.append((1.0, 1.0, 0.0, b, g[0]))
+            elif a + b != 0:  # (as above)
+                outside.append((a, b, g))
         rho_ub = self.rho_ub
         wa = self.wa
         wb = self.wb
@@ -347,38 +504,76 @@ class _Art:
         best_m = 0.0
         best_e = 0.0
         resonant: list[tuple[int, float]] = []
-        for bound, es, short, key_b, members in ranked:
-            cut = best_m if best_m < rho_ub or not learning else rho_ub
-            if bound + 1e-9 < cut:
-                break
-            es2 = es * es
-            top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
-            for j in members:
-                ws = w_sum[j]
-                fsb = 1 - short / ws
-                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
-                    continue
-                wj = wa[j]
-                if all(map(le, wj, xa)) and all(map(le, wb[j], xb)) and (ws != 0.001 or wa_sum[j] != 0):
-                    # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
-                    # (the cached |w| is the same sequential sum) and learning changes nothing
-                    if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
-                        best_m, best, best_e = es2, j, es
-                    cut = best_m if best_m < rho_ub or not learning else rho_ub
-                    continue
-                # the features' half first: its shortfall (plus the complement energy's) bounds fs
-                num_a = sum(map(min, xa, wj))
-                fsb = 1 - ((wa_sum[j] - num_a) + (key_b - top)) / ws
-                if fsb > 0 and fsb * fsb * fsb * es2 + 1e-9 < cut:
-                    continue
-                num = sum(map(min, xb, wb[j]), num_a)  # the sequential sum over all 32
-                fs = num / ws
-                m = fs * fs * fs * es2
-                if m > best_m or (m == best_m and m > 0 and j < best):
-                    best_m, best, best_e = m, j, es
-                if learning and m >= rho_ub:
-                    resonant.append((j, num))
+        x1 = xa[0] + xa[1] + xa[2] + xa[3]
+        x2 = xa[4] + xa[5] + xa[6] + xa[7]
+        x3 = xa[8] + xa[9] + xa[10] + xa[11]
+        x4 = xa[12] + xa[13] + xa[14]
+        bb = self.bb
+        for second in (False, True):
+            if second:
                 cut = best_m if best_m < rho_ub or not learning else rho_ub
+                ranked = []
+                for a, b, g in outside:
+                    we = a + b
+                    ne = (xe0 if xe0 < a else a) + (xe1 if xe1 < b else b)
+                    es = ne / we
+                    short = we - ne
+                    fsb = 1 - short / g[1]
+                    bound = fsb * fsb * fsb * (es * es) if fsb > 0 else 0.0
+                    if bound + 1e-9 >= cut:
+                        ranked.append((bound, es, short, b, g[0]))
+                ranked.sort(key=_first, reverse=True)
+            for bound, es, short, key_b, members in ranked:
+                cut = best_m if best_m < rho_ub or not learning else rho_ub
+                if bound + 1e-9 < cut:
+                    break
+                es2 = es * es
+                top = xe1 if xe1 < key_b else key_b  # the complement's energy term (in wb)
+                lim = _shortfall_limit(cut, es2)
+                for j in members:
+                    ws = w_sum[j]
+                    # the shortfall per block: x's block sum below the box's lower corner's (in wa),
+                    # or above its upper corner's (in wb); each a lower bound of that half's shortfall
+                    l1, u1, l2, u2, l3, u3, l4, u4 = bb[j]
+                    up = (
+                        (x1 - u1 if x1 > u1 else 0.0)
+                        + (x2 - u2 if x2 > u2 else 0.0)
+                        + (x3 - u3 if x3 > u3 else 0.0)
+                        + (x4 - u4 if x4 > u4 else 0.0)
+                    )
+                    sh = (
+                        short
+                        + up
+                        + (l1 - x1 if l1 > x1 else 0.0)
+                        + (l2 - x2 if l2 > x2 else 0.0)
+                        + (l3 - x3 if l3 > x3 else 0.0)
+                        + (l4 - x4 if l4 > x4 else 0.0)
+                    )
+                    if sh > ws * lim:
+                        continue
+                    wj = wa[j]
+                    # (a shortfall in some block rules the box out; the sums below give the same outcome anyway)
+                    if sh == 0.0 and _within(wj, xa) and _within(wb[j], xb) and (ws != 0.001 or wa_sum[j] != 0):
+                        # x within the category's box: min(x, w) = w, so fs = |w| / |w| = 1 exactly
+                        # (the cached |w| is the same sequential sum) and learning changes nothing
+                        if es2 > best_m or (es2 == best_m and es2 > 0 and j < best):
+                            best_m, best, best_e = es2, j, es
+                            cut = best_m if best_m < rho_ub or not learning else rho_ub
+                            lim = _shortfall_limit(cut, es2)
+                        continue
+                    # the features' half first: its shortfall (plus the complement energy's) bounds fs
+                    num_a = _min_sum(xa, wj)
+                    if (wa_sum[j] - num_a) + (key_b - top) + up > ws * lim:
+                        continue
+                    num = _min_sum(xb, wb[j], num_a)  # the sequential sum over all 32
+                    fs = num / ws
+                    m = fs * fs * fs * es2
+                    if m > best_m or (m == best_m and m > 0 and j < best):
+                        best_m, best, best_e = m, j, es
+                        cut = best_m if best_m < rho_ub or not learning else rho_ub
+                        lim = _shortfall_limit(cut, es2)
+                    if learning and m >= rho_ub:
+                        resonant.append((j, num))
         if not learning:
             return True, best_m, best_e
         # The reference decides on the first category in its order: the best one (category 1,
@@ -386,7 +581,7 @@ class _Art:
         mismatch = False
         if best_m >= rho_ub:
             for j, num in resonant:
-                self._commit(j, x, num)
+                self._commit(j, xa, xb, num)
         elif best_m >= self.rho_lb:
             self._add(x)
         else:
@@ -540,11 +735,13 @@ class ArtimeModel:
     def _initial_rho(self, xs: list[list[float]]) -> float:
         n = len(xs)
         sim = [[1.0] * n for _ in range(n)]
+        norms = [math.sqrt(_dot16(x, x)) for x in xs]  # the sequential sum of squares
         for i in range(n):
             row = sim[i]
             xi = xs[i]
+            ni = norms[i]
             for j in range(i):
-                s = _similarity(xi, xs[j])
+                s = _similarity(xi, xs[j], ni, norms[j])
                 row[j] = s
                 sim[j][i] = s
         sums = [julia_sum(col) for col in sim]  # symmetric: row k is column k
@@ -653,6 +850,14 @@ class ArtimeDetector(_Base):
     ``for`` counts consecutive anomalous evaluations. ``threshold`` (default ``1e-6``):
     any anomaly ARTime reports, its own decision; ``score`` is the reference's.
 
+    ``confirm`` (a detector as a rules file writes it, for example ``{"kind": "zscore",
+    "window": 120, "direction": "up", "threshold": 0.9973}``) gates the verdict, not the
+    score: ``is_anomaly`` is true only while ARTime's ``hold`` lasts *and* the confirming
+    detector, fed every value too, calls the value anomalous. ARTime flags what is new in a
+    series' shape, also on steady noise (about ten times a day on Gaussian noise at one
+    value every 5 s); the gate asks that the value also be far from its recent level before
+    a rule may alert. ``score`` stays ARTime's own.
+
     Memory: at most ``max_categories`` ART categories (32 floats each; ``None``, as in NAB's
     run, means unbounded), plus the ``probation`` values and feature vectors kept during
     the warm-up. Defaults: the reference's hyperparameters (window 8, 80 levels, 13 windows
@@ -682,8 +887,11 @@ class ArtimeDetector(_Base):
         threshold: float = 1e-6,
         max_categories: int | None = 1000,
         hold: int | None = None,
+        confirm: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(threshold)
+        if confirm is not None and (not isinstance(confirm, Mapping) or not isinstance(confirm.get("kind"), str)):
+            raise ValueError(f"confirm must be a mapping with a 'kind', got {confirm!r}")
         lo = None if min_value is None else _real(min_value)
         hi = None if max_value is None else _real(max_value)
         if (min_value is not None and lo is None) or (max_value is not None and hi is None):
@@ -696,6 +904,11 @@ class ArtimeDetector(_Base):
         self.max_categories = None if max_categories is None else _check_window(max_categories, "max_categories", 2)
         sstep = max(1, (self.probation - self.probation % 2) // (_WINDOW * _WINDOWS_PER_PB))
         self.hold = _MASK * sstep if hold is None else _check_window(hold, "hold", 1)
+        self.confirm: Detector | None = None
+        if confirm is not None:
+            from otel_eda.anomaly.detectors.factory import make_detector  # (the factory imports this module)
+
+            self.confirm = make_detector(**confirm)
         self._held = 0
         self._reset()
 
@@ -715,8 +928,8 @@ class ArtimeDetector(_Base):
 
     @property
     def is_anomaly(self) -> bool:
-        """True from a value scoring ``>= threshold`` for ``hold`` values (the score itself rests at 0)."""
-        return self._held > 0
+        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0), if ``confirm`` agrees."""
+        return self._held > 0 and (self.confirm is None or self.confirm.is_anomaly)
 
     @property
     def learning(self) -> bool:
@@ -734,6 +947,8 @@ class ArtimeDetector(_Base):
         return 0 if self._model is None else self._model.categories
 
     def _step(self, t: float, x: float) -> float:
+        if self.confirm is not None:
+            self.confirm.update(t, x)
         model = self._model
         if model is not None:
             score = model.process(x)

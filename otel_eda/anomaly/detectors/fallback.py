@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import weakref
@@ -22,6 +23,8 @@ _carrying: dict[str, int] = {}
 _carrying_lock = threading.Lock()
 fresh_lock_in_child(__name__, "_carrying_lock")
 _warned: set[str] = set()
+_refused: dict[str, int] = {}  # fallback detectors created over the budget, per primary kind
+_started = itertools.count()  # fallback detectors created with a stagger (their offsets, in turn)
 
 
 def _spec(value: object, name: str) -> dict[str, Any]:
@@ -43,6 +46,22 @@ def carrying(kind: str) -> int:
         return _carrying.get(kind, 0)
 
 
+def over_budget(kind: str) -> int:
+    """How many fallback detectors in this process were created past the budget for ``kind`` (kept the fallback)."""
+    with _carrying_lock:
+        return _refused.get(kind, 0)
+
+
+class _Silent(_Base):
+    """No verdict: scores 0 (the fallback ``None``: a rule stays quiet until the slow detector is warm)."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+    def _step(self, t: float, x: float) -> float:
+        return 0.0
+
+
 class FallbackDetector(_Base):
     """``detector`` once it has seen ``warmup`` points; ``fallback`` (z-score) before that.
 
@@ -61,6 +80,16 @@ class FallbackDetector(_Base):
     about 1 ms per point (``benchmarks/anomaly_speed.py``). Memory and cost: the two
     detectors' (the fallback's only during the warm-up).
 
+    ``fallback=None`` gives no verdict before the warm-up ends (for a rule that another rule
+    covers meanwhile).
+
+    ``stagger`` (default 0) spreads the slow detector's start: the k-th fallback detector
+    created with a stagger feeds its slow detector from its ``k mod (stagger + 1)``-th point
+    on (and hands over ``warmup`` points later). Series created together (a service's
+    first collection) would otherwise do their periodic heavy work at the same collection:
+    ARTime's warm-up ends in one batch of milliseconds, and its downsampling steps fall on
+    every 7th value.
+
     >>> d = FallbackDetector(detector={"kind": "cad_ose"}, fallback={"kind": "zscore", "window": 60}, warmup=300)
     >>> [type(d.update(60.0 * i, float(i % 7)).active).__name__ for i in (0, 1)]
     ['ZScoreDetector', 'ZScoreDetector']
@@ -74,22 +103,27 @@ class FallbackDetector(_Base):
         self,
         *,
         detector: Mapping[str, Any],
-        fallback: Mapping[str, Any] = _DEFAULT_FALLBACK,
+        fallback: Mapping[str, Any] | None = _DEFAULT_FALLBACK,
         warmup: int = 600,
         budget: int = 200,
+        stagger: int = 0,
     ) -> None:
         from otel_eda.anomaly.detectors.factory import make_detector
 
         spec = _spec(detector, "detector")
         self.warmup = _check_window(warmup, "warmup", 0)
         self.budget = _check_window(budget, "budget", 0)
-        self.fallback: Detector = make_detector(**_spec(fallback, "fallback"))
+        self.stagger = _check_window(stagger, "stagger", 0)
+        self.offset = next(_started) % (self.stagger + 1) if self.stagger else 0
+        self.fallback: Detector = _Silent() if fallback is None else make_detector(**_spec(fallback, "fallback"))
         kind = spec["kind"]
         primary = make_detector(**spec)  # also validates the spec when over budget
         with _carrying_lock:
             over = _carrying.get(kind, 0) >= self.budget
             if not over:
                 _carrying[kind] = _carrying.get(kind, 0) + 1
+            else:
+                _refused[kind] = _refused.get(kind, 0) + 1
         if over:
             if kind not in _warned:
                 _warned.add(kind)
@@ -109,7 +143,7 @@ class FallbackDetector(_Base):
     @property
     def active(self) -> Detector:
         """The detector whose score counts now."""
-        if self.detector is not None and self._seen >= self.warmup:
+        if self.detector is not None and self._seen >= self.warmup + self.offset:
             return self.detector
         return self.fallback
 
@@ -126,8 +160,8 @@ class FallbackDetector(_Base):
 
     def _step(self, t: float, x: float) -> float:
         self._seen += 1
-        if self.detector is not None:
+        if self.detector is not None and self._seen > self.offset:
             self.detector.update(t, x)
-        if self._seen <= self.warmup or self.detector is None:
+        if self._seen <= self.warmup + self.offset or self.detector is None:
             self.fallback.update(t, x)
         return self.active.score

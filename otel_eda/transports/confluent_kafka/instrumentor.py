@@ -465,7 +465,7 @@ class ConfluentKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         global _telemetry
-        originals = self._originals or {name: cls._otel_eda_client for name, cls in _INSTRUMENTED.items()}
+        originals = self._originals or {name: client._otel_eda_client for name, client in _INSTRUMENTED.items()}
         for name, instrumented in _INSTRUMENTED.items():
             if getattr(confluent_kafka, name) is instrumented:
                 setattr(confluent_kafka, name, originals[name])
