@@ -103,6 +103,12 @@ def as_text(value: object, name: str = "header") -> str | None:  # noqa: PLR0911
 def _texts(value: object, name: str) -> list[str] | None:
     """One header's value as the list a propagator reads: of a multi-valued header
     (a list or tuple) only the first value counts, as with the SDK's default getter."""
+    # the usual values first: what as_text returns for them, without its ABC checks
+    if type(value) is bytes:
+        if value and len(value) <= MAX_HEADER_VALUE and value.isascii():
+            return [value.decode("ascii")]
+    elif type(value) is str and len(value) <= MAX_HEADER_VALUE and value.isascii():
+        return [value]
     if isinstance(value, list | tuple):
         if not value:
             return None

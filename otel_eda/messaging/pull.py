@@ -80,6 +80,9 @@ class PullTracker(Generic[M]):
         self._attempt = attempt
         self.max_s = max_s if max_s is not None else messaging.settings.process_span_max_s
         self.current: Processing | None = None
+        #: ``(deadline, attempt)`` of the open attempt, for the reaper (one attribute write per
+        #: message: the reaper reads the pair whole, without a lock)
+        self._watch: tuple[float, Processing] | None = None
 
     def start(self, message: M) -> Processing:
         """End the open attempt, then start (and make current) the one of ``message``."""
@@ -160,25 +163,28 @@ class _Reaper:
     """One daemon thread ending process spans left open past their maximum.
 
     It watches trackers, not messages: each tracker has at most one open span, so what it
-    holds is bounded by the number of live trackers (weakly referenced).
+    holds is bounded by the number of live trackers (weakly referenced). A tracker's
+    deadline and attempt are its ``_watch`` pair, replaced whole per message; the lock
+    is taken only when a tracker starts being watched.
     """
 
     def __init__(self) -> None:
-        self._watched: weakref.WeakKeyDictionary[PullTracker[Any], tuple[float, Processing]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._watched: weakref.WeakSet[PullTracker[Any]] = weakref.WeakSet()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def watch(self, tracker: PullTracker[Any], processing: Processing, max_s: float) -> None:
-        deadline = time.monotonic() + max_s
+        known = tracker._watch is not None
+        tracker._watch = (time.monotonic() + max_s, processing)
+        thread = self._thread
+        if known and thread is not None and thread.is_alive():
+            return  # a tracker's deadlines only move later: the thread needs no wake-up
         with self._cond:
-            new = tracker not in self._watched
-            self._watched[tracker] = (deadline, processing)
+            self._watched.add(tracker)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="otel-eda-process-span-reaper", daemon=True)
                 self._thread.start()
-            elif new:  # a tracker's deadlines only move later: wake the thread for new ones only
+            else:
                 self._cond.notify()
 
     def _run(self) -> None:
@@ -188,12 +194,15 @@ class _Reaper:
             with cond:
                 now = time.monotonic()
                 earliest = None
-                for tracker, (deadline, processing) in list(self._watched.items()):
+                for tracker in list(self._watched):
+                    entry = tracker._watch
+                    if entry is None:
+                        continue
+                    deadline, processing = entry
                     if processing.settled:
                         continue
                     if deadline <= now:
-                        overdue.append((deadline, processing))
-                        del self._watched[tracker]
+                        overdue.append(entry)  # settled by _expire: skipped from then on
                     elif earliest is None or deadline < earliest:
                         earliest = deadline
                 if not overdue:
@@ -217,7 +226,7 @@ class _Reaper:
             internal_error("pull", "ending an overdue process span")
 
     def after_fork_in_child(self) -> None:
-        self._watched = weakref.WeakKeyDictionary()
+        self._watched = weakref.WeakSet()
         self._cond = threading.Condition()
         self._thread = None
 

@@ -56,7 +56,7 @@ from typing import Any, Final
 import redis
 import redis.asyncio
 from opentelemetry import trace
-from opentelemetry.context import attach, detach
+from opentelemetry.context import attach, detach, get_current
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
@@ -504,6 +504,8 @@ def _original(cls: type, name: str) -> Callable[..., Any]:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:  # decode_responses=True, and every name the application passes as str
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
@@ -919,10 +921,11 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         try:
             handling = deliveries[0].handling if len(deliveries) == 1 else None
             context = handling.context if handling is not None and not handling.settled else None
-            span = messaging.settle_span(_text(stream), "ack", context=context)
-            if span is not None:
-                context = trace.set_span_in_context(span, context)
-            if context is not None:
+            if messaging.settings.settle_spans:
+                span = messaging.settle_span(_text(stream), "ack", context=context)
+                if span is not None:
+                    context = trace.set_span_in_context(span, context)
+            if context is not None and context is not get_current():  # in its handling's loop: current already
                 token = attach(context)
         except Exception:
             internal_error("redis", "starting an acknowledgement")
