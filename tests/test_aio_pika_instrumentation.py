@@ -253,7 +253,8 @@ async def test_a_returned_unroutable_message_is_recorded_on_the_send_span(
         )
         == 1
     )  # type: ignore[index]
-    assert any(r.stage is Stage.UNROUTED for r in records.records)
+    (unrouted,) = [r for r in records.records if r.stage is Stage.UNROUTED]
+    assert unrouted.span_id == sends[0].context.span_id  # the send span's, for the flow page
 
 
 async def test_quorum_queue_delivery_limit_and_dead_letter_exchange(

@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 from opentelemetry import baggage, trace
-from opentelemetry.context import attach, detach
+from opentelemetry.context import attach, detach, get_current
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_eda import DeadLetter, EventContext, EventStore, LifecycleRecord, Stage, _selfmetrics, current_event, flow_ids
@@ -502,6 +502,29 @@ def test_the_standard_baggage_codec_extracts_what_opentelemetry_extracts(header:
         assert dict(got).keys() == dict(expected).keys()
 
 
+def test_the_standard_baggage_codec_reads_a_getters_one_shot_iterator_as_opentelemetry_does() -> None:
+    """A getter may answer with any iterable, an iterator too: the codec reads the same first
+    header as OpenTelemetry's propagator, whichever path decodes it."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.context import Context
+    from opentelemetry.propagators.textmap import Getter
+
+    from otel_eda.messaging.standard import StandardBaggage
+
+    class IteratingGetter(Getter[list[str]]):
+        def get(self, carrier: list[str], key: str) -> Any:
+            return iter(carrier) if key == "baggage" else None
+
+        def keys(self, carrier: list[str]) -> list[str]:
+            return ["baggage"]
+
+    sdk = W3CBaggagePropagator()
+    for headers in (["a=%20x", "b=2"], ["a=1", "b=2"]):  # the first one decoded by each path
+        expected = sdk.extract(headers, Context(), getter=IteratingGetter())
+        got = StandardBaggage(sdk).extract(headers, Context(), getter=IteratingGetter())
+        assert _baggage_of(got) == _baggage_of(expected)
+
+
 _BAGGAGE_ENTRIES: list[dict[str, Any]] = [
     {"eda.correlation_id": "0190f0c2-7a3e-7d51-9b1c-2f0e8a6d4c11", "eda.causation_id": "x"},
     {"a": ""},
@@ -605,3 +628,21 @@ def test_a_handling_attempt_is_freed_without_the_cyclic_garbage_collector(captur
         assert current_processing() is None
     finally:
         gc.enable()
+
+
+def test_a_detach_from_another_thread_leaves_the_owners_context_for_the_owner(capture: TelemetryCapture) -> None:
+    """A consumer's thread hands a record out (attaches its handling); a worker settles it
+    (``processing(msg)`` detaches from the worker). The consumer's thread still finds its own
+    attachment to undo: its context afterwards is what it was before the record."""
+    messaging = capture.messaging("kafka", getter=HEADER_LIST_GETTER)
+    headers, _ = kafka_record(messaging, "order_placed")
+    before = get_current()
+    handling = messaging.process(headers, destination="orders")
+    handling.attach()  # the consumer's thread
+    worker = threading.Thread(target=lambda: (handling.detach(), handling.settle(Outcome.COMPLETED)))
+    worker.start()
+    worker.join()
+    assert current_processing() is handling  # the worker could not undo the consumer's attachment
+    handling.detach()  # the consumer's next poll
+    assert get_current() is before
+    assert current_event() is None

@@ -569,17 +569,21 @@ class Messaging:
             self, event, destination or event.event_type, carrier, setter or self.setter, context, attributes
         )
 
-    def unrouted(self, event: EventContext, destination: str) -> None:
+    def unrouted(self, event: EventContext, destination: str, span_context: trace.SpanContext | None = None) -> None:
         """Count and record an event that no subscriber received.
 
         ``destination`` may come from another process: an invalid one is neither logged
-        nor used as a metric attribute (it becomes ``_invalid``).
+        nor used as a metric attribute (it becomes ``_invalid``). ``span_context`` is the
+        send span's, for a transport that learns it after the publication ended (a broker's
+        return); by default the current span's.
         """
         if not valid_type(destination):
             count_invalid("destination", "bad_characters")
             destination = "_invalid"
         self._unrouted.add(1, self._attrs(destination, semconv.OPERATION_TYPE_SEND))
-        self.record(_STAGE_UNROUTED, event, trace.get_current_span().get_span_context())
+        if span_context is None:
+            span_context = trace.get_current_span().get_span_context()
+        self.record(_STAGE_UNROUTED, event, span_context)
         _log.debug("no subscriber for %s", destination)
 
     def publish_waited(self, destination: str, seconds: float) -> None:
@@ -1002,18 +1006,27 @@ class Processing:
 
     def detach(self) -> None:
         """Undo :meth:`attach`. Only the thread or task that attached can: called from
-        another one (an async generator closed by the event loop, say) it does nothing."""
+        another one (a worker settling a record the consumer's thread handed out, an async
+        generator closed by the event loop) it leaves that attachment for its owner to undo."""
         tokens = self._tokens
+        foreign = None
         while tokens:
             token = tokens.pop()
             if _CONTEXT is not None:
-                try:  # noqa: SIM105  (contextlib.suppress costs a context manager per message)
+                try:
                     _CONTEXT.reset(token)
-                except (ValueError, RuntimeError):
-                    pass  # attached in another task or thread (its context, not this one)
+                except ValueError:  # attached in another task or thread: its context, not this one
+                    foreign = [token] if foreign is None else [token, *foreign]
+                except RuntimeError:
+                    pass  # undone already
             elif token[1] == _owner():
                 detach(token[0])
-        self._keep = None
+            else:
+                foreign = [token] if foreign is None else [token, *foreign]
+        if foreign is None:
+            self._keep = None
+        else:
+            tokens.extend(foreign)
 
     def __enter__(self) -> Processing:
         self.attach()

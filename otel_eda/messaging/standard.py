@@ -89,6 +89,8 @@ class StandardBaggage(TextMapPropagator):
         getter: Getter[CarrierT] = default_getter,
     ) -> Context:
         values = getter.get(carrier, _HEADER)
+        if values is not None and not isinstance(values, list | tuple | str):
+            values = list(values)  # a one-shot iterator: the general path below reads it again
         header = next(iter(values), None) if values is not None else None
         if not header:
             return context if context is not None else get_current()

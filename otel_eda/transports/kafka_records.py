@@ -252,8 +252,8 @@ class ConsumerState:
 
     def end_current(self) -> None:
         """End the handed-out record's process span (next fetch, commit, seek, close)."""
-        self.forget()
         try:
+            self.forget()
             self.tracker.end_current()
         except Exception:
             internal_error(self.component, "ending a record's process span")
@@ -262,9 +262,7 @@ class ConsumerState:
         """Drop the handed-out record (its handling is ending or ended elsewhere)."""
         current, self.current = self.current, None
         if current is not None:
-            entry = _handlings.get(id(current))
-            if entry is not None and entry[0] is current:
-                del _handlings[id(current)]
+            _drop_handling(current)
 
 
 def receive(telemetry: KafkaTelemetry, state: ConsumerState, records: Iterable[Any], start_ns: int) -> None:
@@ -344,10 +342,17 @@ def processing(record: Any) -> Iterator[None]:
     _settle(record, handling, None)
 
 
+def _drop_handling(record: Any) -> None:
+    """Forget ``record``'s handling. The consumer's thread (the next poll) and a worker's
+    (the end of ``processing(record)``) may both do it at once: the removal is one atomic
+    ``pop``, and an entry of another record under a reused ``id`` is put back."""
+    entry = _handlings.pop(id(record), None)
+    if entry is not None and entry[0] is not record:
+        _handlings.setdefault(id(entry[0]), entry)
+
+
 def _settle(record: Any, handling: Processing, exc: BaseException | None) -> None:
-    entry = _handlings.get(id(record))
-    if entry is not None and entry[0] is record:
-        del _handlings[id(record)]
+    _drop_handling(record)
     handling.detach()
     if exc is None:
         handling.settle(Outcome.COMPLETED)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -24,6 +23,7 @@ from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error
 from otel_eda.flows.records import Recorder
 from otel_eda.messaging import Binding, Messaging, TraceMode
+from otel_eda.transports.recent import RecentKeys
 from otel_eda.version import VERSION
 
 __all__ = ["DUPLICATE_WINDOW", "MAX_PARTITIONS", "KafkaTelemetry", "PartitionLag"]
@@ -77,7 +77,7 @@ class KafkaTelemetry:
             description="Records whose event id this process handled before in the same consumer group",
         )
         self.lag = lag
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._seen = RecentKeys(DUPLICATE_WINDOW)
         self._attribute_sets: dict[tuple[str, str, str | None, str | None], Mapping[str, str]] = {}
 
     def close(self) -> None:
@@ -85,15 +85,7 @@ class KafkaTelemetry:
 
     def seen_before(self, group: str, event_id: str) -> bool:
         """Whether ``event_id`` was handled in ``group`` within the last :data:`DUPLICATE_WINDOW` ids."""
-        key = (group, event_id)
-        seen = self._seen
-        if key in seen:
-            seen.move_to_end(key)
-            return True
-        seen[key] = None
-        if len(seen) > DUPLICATE_WINDOW:
-            seen.popitem(last=False)
-        return False
+        return self._seen.seen_before((group, event_id))
 
     def operation_attributes(
         self, operation: str, destination: str | None, group: str | None, error: str | None = None

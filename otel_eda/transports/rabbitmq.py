@@ -8,7 +8,6 @@ and hands plain values (headers, flags, names) to these functions.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -24,6 +23,7 @@ from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem, valid_type
 from otel_eda.messaging import TEXT_GETTER, Binding, Messaging, Processing, TraceMode
 from otel_eda.messaging.carriers import as_text
+from otel_eda.transports.recent import RecentKeys
 from otel_eda.version import VERSION
 
 __all__ = [
@@ -245,7 +245,7 @@ class RabbitTelemetry:
             unit="{message}",
             description="Messages the broker dead-lettered, read from a dead-letter queue",
         )
-        self._dead_lettered: OrderedDict[tuple[str, int, str], None] = OrderedDict()
+        self._dead_lettered = RecentKeys(DEAD_LETTER_WINDOW)
         self._attribute_sets: dict[tuple[str, str], Mapping[str, str]] = {}
 
     def close(self) -> None:
@@ -253,15 +253,7 @@ class RabbitTelemetry:
 
     def first_dead_letter(self, event_id: str, count: int, queue: str) -> bool:
         """Whether this (event, x-death count, queue) is seen for the first time in the window."""
-        key = (event_id, count, queue)
-        seen = self._dead_lettered
-        if key in seen:
-            seen.move_to_end(key)
-            return False
-        seen[key] = None
-        if len(seen) > DEAD_LETTER_WINDOW:
-            seen.popitem(last=False)
-        return True
+        return not self._dead_lettered.seen_before((event_id, count, queue))
 
     def dead_letter_attributes(self, queue: str, reason: str) -> Mapping[str, str]:
         key = (queue, reason)

@@ -431,7 +431,10 @@ def _publish_wrapper(telemetry: AioPikaTelemetry) -> Callable[..., Any]:
         if isinstance(result, aiormq.abc.DeliveredMessage):  # returned: unroutable under mandatory
             returned = MessageReturned(f"the broker returned the message to {destination} as unroutable")
             publication.__exit__(MessageReturned, returned, None)
-            messaging.unrouted(publication.event, destination)
+            try:
+                messaging.unrouted(publication.event, destination, publication.span.get_span_context())
+            except Exception:
+                internal_error("aio_pika", "recording a returned message")
         else:
             publication.__exit__(None, None, None)
         return result
