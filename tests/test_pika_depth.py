@@ -5,11 +5,13 @@ broker no longer has reports nothing. (A broker outage: ``tests/test_pika_faults
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pika
 import pytest
@@ -259,3 +261,42 @@ def test_queues_and_brokers_over_the_limits_are_left_out_logged_and_counted_once
         other.close()
         for queue in queues:
             channel.queue_delete(queue)
+
+
+class WatchedParameters(pika.URLParameters):
+    """The application's parameters, noting every write of ``ssl_options`` (by object id)."""
+
+    __slots__ = ()
+    writes: ClassVar[list[int]] = []
+
+    @property
+    def ssl_options(self) -> Any:
+        return pika.URLParameters.ssl_options.fget(self)  # type: ignore[attr-defined]
+
+    @ssl_options.setter
+    def ssl_options(self, value: Any) -> None:
+        WatchedParameters.writes.append(id(self))
+        pika.URLParameters.ssl_options.fset(self, value)  # type: ignore[attr-defined]
+
+
+def test_the_depth_connection_copies_the_applications_parameters_without_changing_them(
+    rabbitmq: RabbitBroker, instrumentor: PikaInstrumentor, depth: PikaQueueDepth
+) -> None:
+    connection = pika.BlockingConnection(WatchedParameters(rabbitmq.url))
+    try:
+        params = connection._impl.params  # the application connection's own parameters object
+        before = copy.deepcopy(params)
+        WatchedParameters.writes.clear()
+        channel = connection.channel()
+        queue = declare(channel, "params")
+        channel.basic_get(queue)  # tracked: the depth thread's parameters are copied from the application's
+        until(lambda: None not in depth.depths().get(queue, (None,)), "the depth read")
+        assert id(params) not in WatchedParameters.writes
+        assert params == before and params.ssl_options is None
+        channel.queue_delete(queue)
+    finally:
+        connection.close()
+    tls = pika.ConnectionParameters(ssl_options=pika.SSLOptions(ssl.create_default_context(), "broker"), retry_delay=3)
+    own = pika_depth._own_parameters(tls)
+    assert own is not tls and own.ssl_options is tls.ssl_options  # the SSLContext stays shared
+    assert own.retry_delay == 0 and tls.retry_delay == 3

@@ -9,6 +9,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -26,7 +27,9 @@ from otel_eda import _selfmetrics, semconv
 from otel_eda.flows.records import LifecycleRecord, Stage
 from otel_eda.identity import current_event
 from otel_eda.identity.propagation import HEADER_EVENT_ID
+from otel_eda.messaging import Messaging
 from otel_eda.testing import TelemetryCapture
+from otel_eda.transports.pika import instrumentor as pika_instrumentor
 from otel_eda.transports.pika.instrumentor import PikaInstrumentor
 from otel_eda.transports.rabbitmq import outgoing_event
 
@@ -542,3 +545,130 @@ def test_select_ioloop_add_callback_threadsafe_carries_the_context(
     assert in_callback[0] is not None and in_callback[0].event_id == handled
     (reply_span,) = instrumented.spans(name=f"send {replies}")
     assert attr(reply_span, semconv.EDA_CAUSATION_ID) == handled
+
+
+@pytest.mark.parametrize("pull", ["consume", "basic_get"])
+def test_an_unacked_pulled_message_ends_failed_when_its_channel_closes(
+    instrumented: TelemetryCapture, connection: pika.BlockingConnection, pull: str
+) -> None:
+    channel = connection.channel()
+    queue = declare(channel, "orders", auto_delete=False)
+    try:
+        channel.basic_publish("", queue, b"x")
+        messages = channel.consume(queue, inactivity_timeout=WAIT_S) if pull == "consume" else None
+        if messages is not None:
+            method, _, _ = next(messages)
+        else:
+            method, _, _ = channel.basic_get(queue)
+        assert method is not None
+        channel.close()  # never acked: the broker redelivers it
+        (process,) = instrumented.spans(kind=SpanKind.CONSUMER)
+        assert attr(process, semconv.EDA_OUTCOME) == "failed"
+    finally:
+        connection.channel().queue_delete(queue)
+
+
+def test_ack_multiple_settles_every_lower_tag_when_consume_and_callbacks_are_mixed(
+    instrumented: TelemetryCapture, connection: pika.BlockingConnection, channel: BlockingChannel
+) -> None:
+    pulled, pushed = declare(channel, "pulled"), declare(channel, "pushed")
+    messages = channel.consume(pulled, inactivity_timeout=0.2)
+    assert next(messages) == (None, None, None)  # the generator's consumer is registered
+    handled: list[int] = []
+    channel.basic_consume(pushed, lambda ch, method, props, body: handled.append(method.delivery_tag))
+    channel.basic_publish("", pulled, b"pulled")
+    connection.process_data_events(time_limit=0.5)  # delivered, buffered by the generator
+    channel.basic_publish("", pushed, b"pushed")
+    while not handled:
+        connection.process_data_events(time_limit=0.1)  # the callback's handling is followed first
+    method, _, _ = next(messages)
+    assert method is not None and method.delivery_tag < handled[0]
+    channel.basic_nack(method.delivery_tag, multiple=True, requeue=False)
+    (process,) = instrumented.spans(name=f"process {pulled}")
+    assert attr(process, semconv.EDA_OUTCOME) == "rejected"
+    channel.basic_ack(handled[0])
+    (other,) = instrumented.spans(name=f"process {pushed}")
+    assert attr(other, semconv.EDA_OUTCOME) == "completed"
+    channel.cancel()
+
+
+def internal_errors(capture: TelemetryCapture, component: str) -> int:
+    return sum(
+        p.value
+        for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+        if p.attributes.get(semconv.EDA_COMPONENT) == component
+    )
+
+
+def test_unacked_handlings_are_capped_per_channel_the_oldest_ending_failed(
+    instrumented: TelemetryCapture,
+    connection: pika.BlockingConnection,
+    channel: BlockingChannel,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    errors = instrumented.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    monkeypatch.setattr(pika_instrumentor, "MAX_OPEN_HANDLINGS", 3)
+    monkeypatch.setattr(pika_instrumentor, "_over_cap_logged", False)
+    queue = declare(channel, "never_acked")
+    for i in range(5):
+        channel.basic_publish("", queue, str(i).encode())
+    handled: list[int] = []
+    channel.basic_consume(queue, lambda ch, method, props, body: handled.append(method.delivery_tag))
+    while len(handled) < 5:
+        connection.process_data_events(time_limit=0.1)
+    ended = instrumented.spans(kind=SpanKind.CONSUMER)
+    assert [attr(s, semconv.EDA_OUTCOME) for s in ended] == ["failed", "failed"]
+    assert all(attr(s, semconv.EDA_PROCESS_TRUNCATED) for s in ended)
+    assert internal_errors(instrumented, "pika_handlings") == 2
+    assert sum("unacknowledged messages on a pika channel" in r.getMessage() for r in caplog.records) == 1
+    channel.basic_ack(0, multiple=True)
+    assert [attr(s, semconv.EDA_OUTCOME) for s in instrumented.spans(kind=SpanKind.CONSUMER)][2:] == ["completed"] * 3
+
+
+def test_handlings_ended_at_the_maximum_duration_are_dropped(
+    capture: TelemetryCapture, rabbitmq: RabbitBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EDA_PROCESS_SPAN_MAX_S", "0.2")
+    instrumentor = PikaInstrumentor()
+    instrumentor.instrument(tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    try:
+        channel = connection.channel()
+        queue = declare(channel, "slow")
+        handled: list[int] = []
+        channel.basic_consume(queue, lambda ch, method, props, body: handled.append(method.delivery_tag))
+        for i in range(3):
+            channel.basic_publish("", queue, str(i).encode())
+            while len(handled) <= i:
+                connection.process_data_events(time_limit=0.1)
+            deadline = time.monotonic() + WAIT_S
+            while len(capture.spans(kind=SpanKind.CONSUMER)) <= i:  # ended by the reaper, truncated
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        channel.basic_publish("", queue, b"last")
+        while len(handled) < 4:
+            connection.process_data_events(time_limit=0.1)
+        state = channel._impl.__dict__["_otel_eda_state"]
+        assert list(state.handlings) == [handled[-1]]  # the three ended ones are not kept
+        channel.basic_ack(0, multiple=True)
+    finally:
+        connection.close()
+        instrumentor.uninstrument()
+
+
+def test_an_internal_failure_recording_an_unroutable_message_leaves_the_clients_error(
+    instrumented: TelemetryCapture, channel: BlockingChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors = instrumented.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    exchange = unique_name("nowhere")
+    channel.exchange_declare(exchange, auto_delete=True)
+    channel.confirm_delivery()
+    with (
+        mock.patch.object(Messaging, "unrouted", side_effect=RuntimeError("recorder down")),
+        pytest.raises(pika.exceptions.UnroutableError),
+    ):
+        channel.basic_publish(exchange, "nobody", b"x", mandatory=True)
+    assert internal_errors(instrumented, "pika") == 1

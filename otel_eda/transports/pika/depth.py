@@ -65,13 +65,8 @@ def _broker_key(params: Any) -> tuple[Any, ...]:
 
 def _own_parameters(params: Any) -> Any:
     """The application connection's parameters, for a connection of our own that gives up fast."""
-    ssl_options = params.ssl_options  # pika's own copy keeps the SSLContext shared, as here
-    params.ssl_options = None
-    try:
-        own = copy.deepcopy(params)
-    finally:
-        params.ssl_options = ssl_options
-    own.ssl_options = ssl_options
+    ssl_options = params.ssl_options  # shared, not copied (an SSLContext cannot be), as pika's own copy does
+    own = copy.deepcopy(params, {id(ssl_options): ssl_options})  # the application's object is never changed
     own.connection_attempts = 1
     own.retry_delay = 0
     own.socket_timeout = _SOCKET_TIMEOUT_S

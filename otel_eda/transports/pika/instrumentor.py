@@ -101,6 +101,10 @@ _MARK: Final = "__otel_eda_original__"
 _STATE: Final = "_otel_eda_state"
 #: Confirmations remembered per channel at most (a broker that never confirms does not grow memory).
 MAX_UNCONFIRMED: Final = 100_000
+#: Open handlings (unacknowledged messages) followed per channel at most: past it the oldest one
+#: ends ``failed`` (truncated), logged once and counted in ``eda.internal.errors``.
+MAX_OPEN_HANDLINGS: Final = 10_000
+_over_cap_logged = False
 #: Instrumentation scope of otel-eda's pika spans and metrics.
 SCOPE: Final = "otel_eda.pika"
 
@@ -149,14 +153,18 @@ class _Confirms:
         if not multiple:
             found = self.pending.pop(tag, None)
             return [] if found is None else [found]
-        return [self.pending.pop(t) for t in _up_to(self.pending, tag)]
+        return [self.pending.pop(t) for t in _up_to(self.pending, tag, ordered=True)]
 
 
-def _up_to(by_tag: Mapping[int, Any], tag: Any) -> list[int]:
+def _up_to(by_tag: Mapping[int, Any], tag: Any, *, ordered: bool = False) -> list[int]:
     """The delivery tags of ``by_tag`` up to ``tag`` (all of them for 0), as AMQP's ``multiple``
-    means; the keys are in delivery order, so the scan stops at the first later one."""
+    means. Handlings are not in tag order (a ``consume()`` message buffered before a callback's
+    is handed over after it), so every key is looked at; ``ordered`` keys (publisher confirms,
+    numbered as sent) stop the scan at the first later one."""
     if not tag:
         return list(by_tag)
+    if not ordered:
+        return [key for key in by_tag if key <= tag]
     found = []
     for key in by_tag:
         if key > tag:
@@ -172,6 +180,7 @@ class _Channel:
     __slots__ = (
         "blocking",
         "blocking_confirms",
+        "closing",
         "confirms",
         "consumer",
         "getter",
@@ -185,6 +194,8 @@ class _Channel:
         #: owned by a BlockingChannel: publishing, consuming and confirms are handled at that level
         self.blocking = False
         self.blocking_confirms = False
+        #: inside ``BlockingChannel.close``: its ``cancel()`` of ``consume()`` does not end the message
+        self.closing = False
         self.confirms: _Confirms | None = None
         self.handlings: dict[int, tuple[Processing, PullTracker[Any] | None]] = {}
         self.consumer: _Pull | None = None
@@ -195,16 +206,17 @@ class _Channel:
         self.handlings.pop(tag, None)
 
     def close(self, reason: BaseException | None) -> None:
-        """The channel closed: unsettled handlings failed (the broker redelivers their messages)."""
-        for pull in (self.consumer, self.getter):
-            if pull is not None:
-                pull.end_current()
+        """The channel closed: unsettled handlings failed (the broker redelivers their messages),
+        the ``consume()`` and ``basic_get`` messages among them; then the pulls' spans end."""
         handlings, self.handlings = self.handlings, {}
         for processing, _ in handlings.values():
             try:
                 processing.settle(Outcome.FAILED, reason)
             except Exception:
                 internal_error("pika", "settling a message of a closed channel")
+        for pull in (self.consumer, self.getter):
+            if pull is not None:
+                pull.end_current()
 
 
 def _state(telemetry: PikaTelemetry, channel: Any) -> _Channel:
@@ -317,6 +329,32 @@ def _leave_open(state: _Channel, tag: Any, processing: Processing, auto_ack: boo
     )
     tracker.adopt(processing)
     state.handlings[tag] = (processing, tracker)
+    _trim(state)
+
+
+def _trim(state: _Channel) -> None:
+    """Drop the oldest handlings already ended (``OTEL_EDA_PROCESS_SPAN_MAX_S``), then, past
+    :data:`MAX_OPEN_HANDLINGS`, end the oldest ones ``failed`` (a consumer that never acks)."""
+    global _over_cap_logged
+    handlings = state.handlings
+    while handlings:
+        oldest = next(iter(handlings))
+        processing = handlings[oldest][0]
+        if processing.settled:
+            del handlings[oldest]
+        elif len(handlings) > MAX_OPEN_HANDLINGS:
+            del handlings[oldest]
+            count_internal_error("pika_handlings")
+            if not _over_cap_logged:
+                _over_cap_logged = True
+                _log.warning(
+                    "otel-eda: more than %d unacknowledged messages on a pika channel; "
+                    "the oldest handlings end failed (truncated)",
+                    MAX_OPEN_HANDLINGS,
+                )
+            processing.settle(Outcome.FAILED, truncated=True)
+        else:
+            return
 
 
 def _wrapped(callback: Any) -> bool:
@@ -406,13 +444,32 @@ def _blocking_cancel_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
     def cancel(self: Any) -> Any:
         try:
             state = _blocking_state(telemetry, self)
-            if state.consumer is not None:
+            if state.consumer is not None and not state.closing:  # closing: it ends ``failed``
                 state.consumer.end_current()
         except Exception:
             internal_error("pika", "ending a message's process span")
         return original(self)
 
     return cancel
+
+
+def _blocking_close_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
+    original = BlockingChannel.close
+
+    def close(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = None
+        try:
+            state = _blocking_state(telemetry, self)
+            state.closing = True
+        except Exception:
+            internal_error("pika", "following a channel's close")
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if state is not None:
+                state.closing = False
+
+    return close
 
 
 def _blocking_get_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
@@ -673,7 +730,10 @@ def _blocking_publish_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
             result = original(self, exchange, routing_key, body, sent, mandatory)
         except pika.exceptions.UnroutableError as exc:
             publication.__exit__(type(exc), exc, exc.__traceback__)
-            messaging.unrouted(publication.event, destination)
+            try:
+                messaging.unrouted(publication.event, destination)
+            except Exception:
+                internal_error("pika", "recording an unroutable message")
             raise
         except BaseException as exc:
             publication.__exit__(type(exc), exc, exc.__traceback__)
@@ -811,6 +871,7 @@ _PATCHED: Final = (
     (BlockingChannel, "basic_consume"),
     (BlockingChannel, "consume"),
     (BlockingChannel, "cancel"),
+    (BlockingChannel, "close"),
     (BlockingChannel, "basic_get"),
     (BlockingChannel, "basic_ack"),
     (BlockingChannel, "basic_nack"),
@@ -854,6 +915,7 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             (BlockingChannel, "basic_consume"): _blocking_basic_consume_wrapper(telemetry),
             (BlockingChannel, "consume"): _blocking_consume_wrapper(telemetry),
             (BlockingChannel, "cancel"): _blocking_cancel_wrapper(telemetry),
+            (BlockingChannel, "close"): _blocking_close_wrapper(telemetry),
             (BlockingChannel, "basic_get"): _blocking_get_wrapper(telemetry),
             (pika.channel.Channel, "basic_publish"): _select_publish_wrapper(telemetry),
             (pika.channel.Channel, "basic_consume"): _select_consume_wrapper(telemetry),
