@@ -253,7 +253,9 @@ def test_an_unroutable_message_under_confirms_is_recorded_and_counted(
     assert send.status.status_code is StatusCode.ERROR
     assert attr(send, semconv.ERROR_TYPE) == "pika.exceptions.UnroutableError"
     assert instrumented.counter_total(semconv.METRIC_UNROUTED) == 1
-    assert Stage.UNROUTED in [stage for stage, _ in records.of(out.events[0].event_id)]
+    (unrouted,) = [r for r in records.records if r.stage is Stage.UNROUTED]
+    assert unrouted.event_id == out.events[0].event_id
+    assert unrouted.span_id == send.context.span_id  # the send span's, for the flow page
 
 
 def test_requeued_message_is_attempt_two_and_a_dead_letter_keeps_its_event(
@@ -504,7 +506,9 @@ def test_select_connection_confirms_nacks_and_returns_are_counted_and_logged_wit
     nacked = {semconv.MESSAGING_DESTINATION_NAME: queue}
     assert instrumented.counter_total(semconv.METRIC_BROKER_NACKS, nacked) == 1
     assert instrumented.counter_total(semconv.METRIC_UNROUTED) == 1
-    assert Stage.UNROUTED in [stage for stage, _ in records.of(events[2].event_id)]
+    (unrouted,) = [r for r in records.records if r.stage is Stage.UNROUTED]
+    assert unrouted.event_id == events[2].event_id
+    assert unrouted.span_id == sends[2].context.span_id  # returned later: still the send span's
     messages = [r.getMessage() for r in caplog.records]
     assert any(events[1].event_id in m and "nack" in m for m in messages), messages
     assert any(events[2].event_id in m and "unroutable" in m for m in messages), messages

@@ -731,7 +731,7 @@ def _blocking_publish_wrapper(telemetry: PikaTelemetry) -> Callable[..., Any]:
         except pika.exceptions.UnroutableError as exc:
             publication.__exit__(type(exc), exc, exc.__traceback__)
             try:
-                messaging.unrouted(publication.event, destination)
+                messaging.unrouted(publication.event, destination, publication.span.get_span_context())
             except Exception:
                 internal_error("pika", "recording an unroutable message")
             raise
@@ -834,7 +834,7 @@ def _hook_returns(state: _Channel, channel: Any) -> None:
             _log.warning(
                 "otel-eda: the broker returned event %s sent to %s as unroutable", incoming.event.event_id, destination
             )
-            messaging.unrouted(incoming.event, destination)
+            messaging.unrouted(incoming.event, destination, incoming.producer)  # the send span's
         except Exception:
             internal_error("pika", "reading a returned message")
 
