@@ -52,7 +52,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.flows.records import Recorder
+from otel_eda.flows.records import Recorder, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
@@ -93,6 +93,7 @@ _REJECTED: Final = Outcome.REJECTED
 _RETRIED: Final = Outcome.RETRIED
 _DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
 _NO_AMBIENT_SPAN: Final = Context()
+_PUBLISHED: Final = Stage.PUBLISHED
 
 
 class Unsendable(TypeError):
@@ -399,6 +400,26 @@ class EventBus:
         # In-process subscribers get the event and its context as they are (no headers to
         # write and parse back); headers only for outlets, or a propagator of another kind.
         local = messaging.in_process()
+        subs = self._subscriptions.get(event_type)
+        if subs and local and not self._unstarted and event_type not in self._outlets:
+            # telemetry off: the event and what its consumers get, without a producer span
+            handed = messaging.hand_off(event_type, business_key, metadata, cause, context)
+            if handed is not None:
+                event = handed.event
+                message = WireMessage(event_type, {}, payload, time.time_ns(), handed)
+                try:
+                    waiting = _put_nowait(subs, message)
+                    if waiting:
+                        missed = await self._wait_for_room(waiting, message)
+                        for name in missed:
+                            messaging.dropped(event, event_type, name)
+                        if missed:
+                            raise BusFull(event, missed)
+                except BaseException as exc:
+                    messaging.record(_PUBLISHED, event, handed.producer, error=exc)
+                    raise
+                messaging.record(_PUBLISHED, event, handed.producer)
+                return event
         headers: dict[str, str] | None = None if local and event_type not in self._outlets else {}
         with messaging.publish(
             event_type, headers, business_key=business_key, metadata=metadata, cause=cause, context=context
@@ -410,7 +431,6 @@ class EventBus:
                 time.time_ns(),
                 sent.local() if local else None,
             )
-            subs = self._subscriptions.get(event_type)
             if subs and event_type not in self._outlets and not self._unstarted:
                 # the common case, without the coroutine of _route: local subscribers only
                 waiting = _put_nowait(subs, message)
