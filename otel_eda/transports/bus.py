@@ -513,65 +513,69 @@ class EventBus:
 
     # -- consuming ----------------------------------------------------------------------
     async def _worker(self, sub: _Subscription) -> None:
-        while True:
-            message = await sub.queue.get()
-            try:
-                await self._handle(sub, message)
-            except Exception:
-                internal_error("bus worker", f"handling {sub.event_type} for {sub.name}")
-            finally:
-                sub.queue.task_done()
-
-    async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
+        # the handling of one message is inlined (one coroutine less per message)
+        queue = sub.queue
         messaging = self.messaging
-        local = message.local
-        incoming = (
-            local.again() if local is not None else messaging.extract(message.headers, destination=message.destination)
-        )
-        waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
-        attempt_no = 0
+        name = sub.name
+        handler = sub.handler
         while True:
-            attempt_no += 1
-            processing = messaging.process(
-                incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
-            )
-            delivery = Delivery(self, processing, message.payload, sub.name)
-            exc: BaseException | None = None
-            # _run_handler, inlined (one coroutine less per message): the attempt's context is
-            # current while the handler runs; what it raises is this attempt's failure
-            processing.attach()
+            message = await queue.get()
             try:
-                try:
-                    result = sub.handler(delivery)
-                    if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
-                        await result
-                finally:
-                    processing.detach()
-            except asyncio.CancelledError as cancelled:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # the bus is closing under the handler
-                    processing.settle(_FAILED, cancelled)
-                    raise
-                exc = cancelled  # the handler awaited a cancelled task: a failed attempt
-            except Exception as failed:
-                exc = failed
-            if exc is None:
-                processing.settle(_COMPLETED)
-                return
-            if isinstance(exc, Rejected):
-                processing.settle(_REJECTED, exc)  # logged by the lifecycle logs (INFO)
-                return
-            if attempt_no >= sub.retry.max_attempts:
-                processing.settle(_DEAD_LETTERED, exc)
-                letter = DeadLetter(
-                    processing.event, message.payload, sub.name, attempt_no, error_type(exc), error_message(exc)
+                local = message.local
+                incoming = (
+                    local.again()
+                    if local is not None
+                    else messaging.extract(message.headers, destination=message.destination)
                 )
-                await self._dead_letter(letter)
-                return
-            processing.settle(_RETRIED, exc)
-            started = time.perf_counter()
-            await asyncio.sleep(sub.retry.backoff(attempt_no))
-            waited = time.perf_counter() - started
+                enqueued_ns = message.enqueued_ns
+                waited = max(0.0, (time.time_ns() - enqueued_ns) / 1e9) if enqueued_ns else 0.0
+                attempt_no = 0
+                while True:
+                    attempt_no += 1
+                    processing = messaging.process(
+                        incoming, consumer_group=name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
+                    )
+                    delivery = Delivery(self, processing, message.payload, name)
+                    exc: BaseException | None = None
+                    # the attempt's context is current while the handler runs; what it raises is
+                    # this attempt's failure
+                    processing.attach()
+                    try:
+                        try:
+                            result = handler(delivery)
+                            if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
+                                await result
+                        finally:
+                            processing.detach()
+                    except asyncio.CancelledError as cancelled:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():  # the bus is closing under the handler
+                            processing.settle(_FAILED, cancelled)
+                            raise
+                        exc = cancelled  # the handler awaited a cancelled task: a failed attempt
+                    except Exception as failed:
+                        exc = failed
+                    if exc is None:
+                        processing.settle(_COMPLETED)
+                        break
+                    if isinstance(exc, Rejected):
+                        processing.settle(_REJECTED, exc)  # logged by the lifecycle logs (INFO)
+                        break
+                    if attempt_no >= sub.retry.max_attempts:
+                        processing.settle(_DEAD_LETTERED, exc)
+                        letter = DeadLetter(
+                            processing.event, message.payload, name, attempt_no, error_type(exc), error_message(exc)
+                        )
+                        await self._dead_letter(letter)
+                        break
+                    processing.settle(_RETRIED, exc)
+                    started = time.perf_counter()
+                    await asyncio.sleep(sub.retry.backoff(attempt_no))
+                    waited = time.perf_counter() - started
+            except Exception:
+                internal_error("bus worker", f"handling {sub.event_type} for {name}")
+            finally:
+                queue.task_done()
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)  # logged by the lifecycle logs (ERROR)
