@@ -12,6 +12,7 @@ import enum
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Generic, TypeVar
 
@@ -903,6 +904,8 @@ class Processing:
     """
 
     __slots__ = (
+        "__weakref__",
+        "_attempt",
         "_group",
         "_messaging",
         "_open",
@@ -973,7 +976,8 @@ class Processing:
         else:
             span = _noop_span(parent)
         self.span = span
-        self.context = event_context(event, message.context, (SPAN_KEY, span), (_PROCESSING_KEY, self))
+        self._attempt = attempt_ref = _AttemptRef(self)
+        self.context = event_context(event, message.context, (SPAN_KEY, span), (_PROCESSING_KEY, attempt_ref))
         self._started = time.perf_counter()
 
     @property
@@ -1029,6 +1033,7 @@ class Processing:
             self._open.pop()
         except IndexError:
             return 0.0
+        self._attempt.settled(self)
         m = self._messaging
         if type(outcome) is not Outcome:
             outcome = Outcome(outcome)
@@ -1280,9 +1285,35 @@ def _owner() -> object:
     return task if task is not None else threading.get_ident()
 
 
+class _AttemptRef:
+    """What an attempt's context holds instead of the attempt: the attempt itself while it
+    is open, a weak reference once it is settled. No reference cycle outlives the attempt,
+    so the attempt and its context are freed by reference counting, not left to the
+    garbage collector (which cost about 4 µs per message on the embedded bus)."""
+
+    __slots__ = ("_open", "_settled")
+
+    def __init__(self, processing: Processing) -> None:
+        self._open: Processing | None = processing
+        self._settled: weakref.ref[Processing] | None = None
+
+    def settled(self, processing: Processing) -> None:
+        self._settled = weakref.ref(processing)  # first: a reader in another thread sees one of them
+        self._open = None
+
+    def get(self) -> Processing | None:
+        processing = self._open
+        if processing is None and self._settled is not None:
+            processing = self._settled()
+        return processing
+
+
 def current_processing(context: Context | None = None) -> Processing | None:
-    """The handling attempt current in ``context`` (default: the current one), if any."""
+    """The handling attempt current in ``context`` (default: the current one), if any (a
+    settled attempt only while something else still holds it)."""
     value = get_value(_PROCESSING_KEY, context)
+    if type(value) is _AttemptRef:
+        return value.get()
     return value if isinstance(value, Processing) else None
 
 
