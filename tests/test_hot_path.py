@@ -34,9 +34,9 @@ from otel_eda.anomaly.reader import AnomalyMetricReader
 from otel_eda.anomaly.reader import attach as attach_reader
 from otel_eda.anomaly.rules import default_rule_set
 from otel_eda.anomaly.series import SeriesConverter
+from otel_eda.flows.records import Stage
 from otel_eda.identity import current_event
 from otel_eda.identity.propagation import EdaPropagator
-from otel_eda.flows.records import Stage
 from otel_eda.messaging import Messaging, Outcome, current_processing
 from otel_eda.messaging.counting import MAX_ATTRIBUTE_SETS, OVERFLOW, tally
 from otel_eda.testing import TelemetryCapture
@@ -243,7 +243,7 @@ def test_telemetry_off_hand_off_gives_what_publish_and_local_give(w3c_propagatio
         **{k: v for k, v in baggage.get_all(local.context).items() if k != semconv.EDA_CORRELATION_ID},
         semconv.EDA_CORRELATION_ID: handed.event.event_id,
     }
-    assert list(baggage.get_all(handed.context))[0] == semconv.EDA_CORRELATION_ID  # otel-eda's entry first
+    assert next(iter(baggage.get_all(handed.context))) == semconv.EDA_CORRELATION_ID  # otel-eda's entry first
     assert handed.producer == local.producer and handed.link is None and local.link is None
     with pytest.raises(ValueError, match="event_type"):
         messaging.hand_off("")
