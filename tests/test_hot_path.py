@@ -250,8 +250,8 @@ def test_telemetry_off_hand_off_gives_what_publish_and_local_give(w3c_propagatio
 
 
 def test_telemetry_off_bus_handlers_see_ids_and_baggage_and_records_stay() -> None:
-    async def run() -> tuple[list[tuple[str, str | None, str | None, object]], EventBus]:
-        seen: list[tuple[str, str | None, str | None, object]] = []
+    async def run() -> tuple[list[tuple[str, str | None, object, object]], EventBus]:
+        seen: list[tuple[str, str | None, object, object]] = []
         bus = _telemetry_off_bus()
         async with bus:
 
