@@ -1106,7 +1106,7 @@ class Processing:
         )
         self.span.set_attribute(semconv.EDA_BUSINESS_KEY, key)
         previous = self.context
-        self.context = set_value(_PROCESSING_KEY, self, with_event(self.event, previous))
+        self.context = set_value(_PROCESSING_KEY, self._attempt, with_event(self.event, previous))
         if self._tokens and get_current() is previous:
             # the handler's own code (in the thread or task that attached) sees the new key from
             # now on; a nested span of the handler, or another thread, is left alone
