@@ -308,6 +308,7 @@ class EventBus:
         )
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=DEAD_LETTERS_KEPT)
         self._subscriptions: dict[str, list[_Subscription]] = {}
+        self._queues: tuple[asyncio.Queue[WireMessage], ...] = ()  # every subscription's, for join()
         self._outlets: dict[str, list[Outlet]] = {}
         self._dead_letter_handlers: list[DeadLetterHandler] = []
         self._closed = False
@@ -343,6 +344,7 @@ class EventBus:
             raise ValueError(f"subscriber {name!r} already subscribes to {event_type!r}")
         sub = _Subscription(event_type, name, handler, retry or self.retry, self.queue_size)
         subs.append(sub)
+        self._queues = (*self._queues, sub.queue)
         self._start(sub)
 
     def subscribe_dead_letters(self, handler: DeadLetterHandler) -> None:
@@ -594,9 +596,8 @@ class EventBus:
         """Wait until every queued message has been handled (retries included)."""
         if self._unstarted:
             self._start_all()
-        for subs in list(self._subscriptions.values()):
-            for sub in subs:
-                await sub.queue.join()
+        for queue in self._queues:
+            await queue.join()
 
     async def close(self) -> None:
         """Handle what is queued, then stop the workers. Idempotent."""
