@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry import baggage, propagate, trace
@@ -32,9 +34,10 @@ from otel_eda.anomaly.reader import AnomalyMetricReader
 from otel_eda.anomaly.reader import attach as attach_reader
 from otel_eda.anomaly.rules import default_rule_set
 from otel_eda.anomaly.series import SeriesConverter
+from otel_eda.flows.records import Stage
 from otel_eda.identity import current_event
 from otel_eda.identity.propagation import EdaPropagator
-from otel_eda.messaging import Messaging, Outcome
+from otel_eda.messaging import Messaging, Outcome, current_processing
 from otel_eda.messaging.counting import MAX_ATTRIBUTE_SETS, OVERFLOW, tally
 from otel_eda.testing import TelemetryCapture
 from otel_eda.transports.bus import EventBus
@@ -215,3 +218,107 @@ def test_an_empty_context_is_not_a_no_op_tracer_by_mistake(capture: TelemetryCap
     with messaging.publish("order_placed", {}, context=Context()):
         pass
     assert [s.name for s in capture.spans()] == ["send order_placed"]
+
+
+def _telemetry_off_bus() -> EventBus:
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    return EventBus(service="shop", tracer_provider=trace.NoOpTracerProvider(), meter_provider=NoOpMeterProvider())
+
+
+def test_telemetry_off_hand_off_gives_what_publish_and_local_give(w3c_propagation: None) -> None:
+    messaging = _telemetry_off_bus().messaging
+    token = attach(baggage.set_baggage("tenant.id", "acme"))
+    try:
+        handed = messaging.hand_off("order_placed", "order-1")
+        with messaging.publish("order_placed", None, business_key="order-1") as sent:
+            local = sent.local()
+    finally:
+        detach(token)
+    assert handed is not None
+    for incoming in (handed, local):
+        assert incoming.event.event_type == "order_placed" and incoming.event.business_key == "order-1"
+        assert incoming.event.correlation_id == incoming.event.event_id  # a new flow
+    assert dict(baggage.get_all(handed.context)) == {
+        **{k: v for k, v in baggage.get_all(local.context).items() if k != semconv.EDA_CORRELATION_ID},
+        semconv.EDA_CORRELATION_ID: handed.event.event_id,
+    }
+    assert next(iter(baggage.get_all(handed.context))) == semconv.EDA_CORRELATION_ID  # otel-eda's entry first
+    assert handed.producer == local.producer and handed.link is None and local.link is None
+    with pytest.raises(ValueError, match="event_type"):
+        messaging.hand_off("")
+
+
+def test_telemetry_off_bus_handlers_see_ids_and_baggage_and_records_stay() -> None:
+    async def run() -> tuple[list[tuple[str, str | None, object, object]], EventBus]:
+        seen: list[tuple[str, str | None, object, object]] = []
+        bus = _telemetry_off_bus()
+        async with bus:
+
+            async def charge(delivery: Any) -> None:
+                event = current_event()
+                assert event is not None and current_processing() is not None
+                seen.append(
+                    (event.event_type, event.causation_id, baggage.get_baggage("tenant.id"), delivery.event is event)
+                )
+                await delivery.emit("payment_authorized")
+
+            async def ship(delivery: Any) -> None:
+                event = current_event()
+                assert event is not None
+                seen.append((event.event_type, event.causation_id, baggage.get_baggage("tenant.id"), True))
+
+            bus.subscribe("order_placed", charge, subscriber="payment")
+            bus.subscribe("payment_authorized", ship, subscriber="shipping")
+            token = attach(baggage.set_baggage("tenant.id", "acme"))
+            try:
+                placed = await bus.publish("order_placed", {"n": 1}, business_key="order-1")
+            finally:
+                detach(token)
+            await bus.join()
+            seen.append(("placed", placed.event_id, None, None))
+        return seen, bus
+
+    seen, bus = asyncio.run(run())
+    placed_id = seen[-1][1]
+    assert seen[:2] == [("order_placed", None, "acme", True), ("payment_authorized", placed_id, "acme", True)]
+    flow = bus.store.flow(bus.store.find("order-1")[0])
+    assert [(e.event_type, e.status, [d.status for d in e.deliveries]) for e in flow] == [
+        ("order_placed", "completed", [Stage.COMPLETED]),
+        ("payment_authorized", "completed", [Stage.COMPLETED]),
+    ]
+
+
+def test_an_attempt_and_its_context_are_freed_without_the_garbage_collector() -> None:
+    async def run() -> None:
+        async with _telemetry_off_bus() as bus:
+
+            async def handle(_: object) -> None:
+                return None
+
+            bus.subscribe("order_placed", handle, subscriber="billing")
+            for _ in range(200):
+                await bus.publish("order_placed", None)
+                await bus.join()
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(run())
+        garbage = [o for o in gc.get_objects() if type(o).__name__ in ("Processing", "Incoming")]
+    finally:
+        gc.enable()
+    # a cycle per message left 400 here; what remains is the last message's, held by the
+    # worker task cancelled at close
+    assert len(garbage) < 10
+
+
+def test_a_settled_attempt_is_current_while_something_holds_it() -> None:
+    messaging = _telemetry_off_bus().messaging
+    incoming = messaging.hand_off("order_placed")
+    assert incoming is not None
+    processing = messaging.process(incoming, consumer_group="billing")
+    with processing:
+        assert current_processing() is processing
+    assert processing.outcome is Outcome.COMPLETED
+    assert current_processing(processing.context) is processing  # settled, still held

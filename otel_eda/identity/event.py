@@ -295,22 +295,35 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
     values[_EVENT_KEY] = event
     for key, value in extra:
         values[key] = value
-    entries = base.get(_BAGGAGE_KEY)
+    values[_BAGGAGE_KEY] = _direct_baggage(event, base.get(_BAGGAGE_KEY))
+    return Context(values)
+
+
+def event_baggage(event: EventContext, context: Context) -> object:
+    """The baggage (the value under ``BAGGAGE_KEY``) of ``with_event(event, context)``,
+    without building that context: what an in-process hand-off carries to its consumers."""
+    if not _DIRECT_BAGGAGE:
+        return _with_event_slow(event, context).get(_BAGGAGE_KEY)
+    return _direct_baggage(event, context.get(_BAGGAGE_KEY))
+
+
+def _direct_baggage(event: EventContext, entries: object) -> dict[str, object]:
+    """The baggage entries with ``event`` current, given the current ``entries``: these
+    entries themselves when they already say so, otel-eda's entries first."""
     correlation, causation = event.correlation_id, event.causation_id
     if not entries or not isinstance(entries, dict):
-        values[_BAGGAGE_KEY] = (
+        return (
             {BAGGAGE_CORRELATION_ID: correlation}
             if causation is None
             else {BAGGAGE_CORRELATION_ID: correlation, BAGGAGE_CAUSATION_ID: causation}
         )
-        return Context(values)
     if entries.get(BAGGAGE_CORRELATION_ID) == correlation and (
         # the baggage already says so, otel-eda's entries first
         (BAGGAGE_CAUSATION_ID not in entries and next(iter(entries)) == BAGGAGE_CORRELATION_ID)
         if causation is None
         else entries.get(BAGGAGE_CAUSATION_ID) == causation and _leads(entries)
     ):
-        return Context(values)
+        return entries
     # otel-eda's entries go first: when upstream baggage fills the W3C limits (180 entries,
     # 8192 bytes), the baggage propagator drops the *last* entries on inject.
     bag: dict[str, object] = {BAGGAGE_CORRELATION_ID: correlation}
@@ -319,8 +332,7 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
     for key, value in entries.items():
         if key not in (BAGGAGE_CORRELATION_ID, BAGGAGE_CAUSATION_ID):
             bag[key] = value
-    values[_BAGGAGE_KEY] = bag
-    return Context(values)
+    return bag
 
 
 def _leads(entries: Mapping[str, object]) -> bool:

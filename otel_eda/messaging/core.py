@@ -35,6 +35,7 @@ from otel_eda.identity.event import (
     SPAN_KEY,
     EventContext,
     current_event,
+    event_baggage,
     event_context,
     incoming_event,
     with_event,
@@ -569,6 +570,31 @@ class Messaging:
             self, event, destination or event.event_type, carrier, setter or self.setter, context, attributes
         )
 
+    def hand_off(
+        self,
+        event_type: str,
+        business_key: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        cause: EventContext | None = None,
+        context: Context | None = None,
+    ) -> Incoming | None:
+        """An in-process transport's publish when this client records neither spans nor
+        metrics (telemetry off): the :class:`Incoming` that ``publish(event_type, None, ...)``
+        and :meth:`Publication.local` would give its consumers, in one step and without a
+        span, a context to attach or headers; ``None`` when spans or metrics are recorded
+        (use :meth:`publish` then). Only when :meth:`in_process` is true. The caller sends it,
+        then records the ``published`` step with :meth:`record` (with the error if sending
+        raised). Raises ``ValueError`` as :meth:`publish` does."""
+        if self._tracing() or self._metering():
+            return None
+        base = context if context is not None else _current()
+        parent = cause if cause is not None else current_event(base)
+        if parent is not None:
+            event = parent.child(event_type, business_key=business_key, metadata=metadata)
+        else:
+            event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
+        return _local_incoming(event, _noop_span(base), event_baggage(event, base), event.event_type)
+
     def unrouted(self, event: EventContext, destination: str, span_context: trace.SpanContext | None = None) -> None:
         """Count and record an event that no subscriber received.
 
@@ -860,23 +886,7 @@ class Publication(Generic[C]):
         :meth:`Messaging.extract` would rebuild from the headers this publish writes when
         :meth:`Messaging.in_process` is true (the event itself, the producer's span context
         and the baggage). Each consumer takes its own :meth:`Incoming.again`."""
-        event = self.event
-        producer = self.span.get_span_context()
-        values: dict[str, object] = {}
-        entries = self.context.get(BAGGAGE_KEY)
-        if entries:
-            values[BAGGAGE_KEY] = entries
-        link = None
-        if producer.is_valid:
-            values[SPAN_KEY] = NonRecordingSpan(producer)
-            link_attrs: dict[str, str] = {
-                semconv.MESSAGING_MESSAGE_ID: event.event_id,
-                semconv.EDA_CORRELATION_ID: event.correlation_id,
-            }
-            if event.causation_id is not None:
-                link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
-            link = Link(producer, link_attrs)
-        return Incoming(event, Context(values), producer, link, self.destination)
+        return _local_incoming(self.event, self.span, self.context.get(BAGGAGE_KEY), self.destination)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         m = self._messaging
@@ -1253,6 +1263,26 @@ class BatchProcessing:
         finally:
             span.end()
         return seconds
+
+
+def _local_incoming(event: EventContext, span: trace.Span, entries: object, destination: str) -> Incoming:
+    """The :class:`Incoming` an in-process consumer gets from a publish of ``event`` under
+    ``span`` with baggage ``entries`` (see :meth:`Publication.local`)."""
+    producer = span.get_span_context()
+    values: dict[str, object] = {}
+    if entries:
+        values[BAGGAGE_KEY] = entries
+    link = None
+    if producer.is_valid:
+        values[SPAN_KEY] = NonRecordingSpan(producer)
+        link_attrs: dict[str, str] = {
+            semconv.MESSAGING_MESSAGE_ID: event.event_id,
+            semconv.EDA_CORRELATION_ID: event.correlation_id,
+        }
+        if event.causation_id is not None:
+            link_attrs[semconv.EDA_CAUSATION_ID] = event.causation_id
+        link = Link(producer, link_attrs)
+    return Incoming(event, Context(values), producer, link, destination)
 
 
 def _detach(token: Any) -> None:

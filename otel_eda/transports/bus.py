@@ -52,7 +52,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.flows.records import Recorder
+from otel_eda.flows.records import Recorder, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
@@ -93,6 +93,7 @@ _REJECTED: Final = Outcome.REJECTED
 _RETRIED: Final = Outcome.RETRIED
 _DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
 _NO_AMBIENT_SPAN: Final = Context()
+_PUBLISHED: Final = Stage.PUBLISHED
 
 
 class Unsendable(TypeError):
@@ -307,6 +308,7 @@ class EventBus:
         )
         self.dead_letters: collections.deque[DeadLetter] = collections.deque(maxlen=DEAD_LETTERS_KEPT)
         self._subscriptions: dict[str, list[_Subscription]] = {}
+        self._queues: tuple[asyncio.Queue[WireMessage], ...] = ()  # every subscription's, for join()
         self._outlets: dict[str, list[Outlet]] = {}
         self._dead_letter_handlers: list[DeadLetterHandler] = []
         self._closed = False
@@ -342,6 +344,7 @@ class EventBus:
             raise ValueError(f"subscriber {name!r} already subscribes to {event_type!r}")
         sub = _Subscription(event_type, name, handler, retry or self.retry, self.queue_size)
         subs.append(sub)
+        self._queues = (*self._queues, sub.queue)
         self._start(sub)
 
     def subscribe_dead_letters(self, handler: DeadLetterHandler) -> None:
@@ -399,6 +402,26 @@ class EventBus:
         # In-process subscribers get the event and its context as they are (no headers to
         # write and parse back); headers only for outlets, or a propagator of another kind.
         local = messaging.in_process()
+        subs = self._subscriptions.get(event_type)
+        if subs and local and not self._unstarted and event_type not in self._outlets:
+            # telemetry off: the event and what its consumers get, without a producer span
+            handed = messaging.hand_off(event_type, business_key, metadata, cause, context)
+            if handed is not None:
+                event = handed.event
+                message = WireMessage(event_type, {}, payload, time.time_ns(), handed)
+                try:
+                    waiting = _put_nowait(subs, message)
+                    if waiting:
+                        missed = await self._wait_for_room(waiting, message)
+                        for name in missed:
+                            messaging.dropped(event, event_type, name)
+                        if missed:
+                            raise BusFull(event, missed)
+                except BaseException as exc:
+                    messaging.record(_PUBLISHED, event, handed.producer, error=exc)
+                    raise
+                messaging.record(_PUBLISHED, event, handed.producer)
+                return event
         headers: dict[str, str] | None = None if local and event_type not in self._outlets else {}
         with messaging.publish(
             event_type, headers, business_key=business_key, metadata=metadata, cause=cause, context=context
@@ -410,7 +433,6 @@ class EventBus:
                 time.time_ns(),
                 sent.local() if local else None,
             )
-            subs = self._subscriptions.get(event_type)
             if subs and event_type not in self._outlets and not self._unstarted:
                 # the common case, without the coroutine of _route: local subscribers only
                 waiting = _put_nowait(subs, message)
@@ -493,65 +515,69 @@ class EventBus:
 
     # -- consuming ----------------------------------------------------------------------
     async def _worker(self, sub: _Subscription) -> None:
-        while True:
-            message = await sub.queue.get()
-            try:
-                await self._handle(sub, message)
-            except Exception:
-                internal_error("bus worker", f"handling {sub.event_type} for {sub.name}")
-            finally:
-                sub.queue.task_done()
-
-    async def _handle(self, sub: _Subscription, message: WireMessage) -> None:
+        # the handling of one message is inlined (one coroutine less per message)
+        queue = sub.queue
         messaging = self.messaging
-        local = message.local
-        incoming = (
-            local.again() if local is not None else messaging.extract(message.headers, destination=message.destination)
-        )
-        waited = max(0.0, (time.time_ns() - message.enqueued_ns) / 1e9) if message.enqueued_ns else 0.0
-        attempt_no = 0
+        name = sub.name
+        handler = sub.handler
         while True:
-            attempt_no += 1
-            processing = messaging.process(
-                incoming, consumer_group=sub.name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
-            )
-            delivery = Delivery(self, processing, message.payload, sub.name)
-            exc: BaseException | None = None
-            # _run_handler, inlined (one coroutine less per message): the attempt's context is
-            # current while the handler runs; what it raises is this attempt's failure
-            processing.attach()
+            message = await queue.get()
             try:
-                try:
-                    result = sub.handler(delivery)
-                    if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
-                        await result
-                finally:
-                    processing.detach()
-            except asyncio.CancelledError as cancelled:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # the bus is closing under the handler
-                    processing.settle(_FAILED, cancelled)
-                    raise
-                exc = cancelled  # the handler awaited a cancelled task: a failed attempt
-            except Exception as failed:
-                exc = failed
-            if exc is None:
-                processing.settle(_COMPLETED)
-                return
-            if isinstance(exc, Rejected):
-                processing.settle(_REJECTED, exc)  # logged by the lifecycle logs (INFO)
-                return
-            if attempt_no >= sub.retry.max_attempts:
-                processing.settle(_DEAD_LETTERED, exc)
-                letter = DeadLetter(
-                    processing.event, message.payload, sub.name, attempt_no, error_type(exc), error_message(exc)
+                local = message.local
+                incoming = (
+                    local.again()
+                    if local is not None
+                    else messaging.extract(message.headers, destination=message.destination)
                 )
-                await self._dead_letter(letter)
-                return
-            processing.settle(_RETRIED, exc)
-            started = time.perf_counter()
-            await asyncio.sleep(sub.retry.backoff(attempt_no))
-            waited = time.perf_counter() - started
+                enqueued_ns = message.enqueued_ns
+                waited = max(0.0, (time.time_ns() - enqueued_ns) / 1e9) if enqueued_ns else 0.0
+                attempt_no = 0
+                while True:
+                    attempt_no += 1
+                    processing = messaging.process(
+                        incoming, consumer_group=name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
+                    )
+                    delivery = Delivery(self, processing, message.payload, name)
+                    exc: BaseException | None = None
+                    # the attempt's context is current while the handler runs; what it raises is
+                    # this attempt's failure
+                    processing.attach()
+                    try:
+                        try:
+                            result = handler(delivery)
+                            if type(result) is _Coroutine or (result is not None and inspect.isawaitable(result)):
+                                await result
+                        finally:
+                            processing.detach()
+                    except asyncio.CancelledError as cancelled:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():  # the bus is closing under the handler
+                            processing.settle(_FAILED, cancelled)
+                            raise
+                        exc = cancelled  # the handler awaited a cancelled task: a failed attempt
+                    except Exception as failed:
+                        exc = failed
+                    if exc is None:
+                        processing.settle(_COMPLETED)
+                        break
+                    if isinstance(exc, Rejected):
+                        processing.settle(_REJECTED, exc)  # logged by the lifecycle logs (INFO)
+                        break
+                    if attempt_no >= sub.retry.max_attempts:
+                        processing.settle(_DEAD_LETTERED, exc)
+                        letter = DeadLetter(
+                            processing.event, message.payload, name, attempt_no, error_type(exc), error_message(exc)
+                        )
+                        await self._dead_letter(letter)
+                        break
+                    processing.settle(_RETRIED, exc)
+                    started = time.perf_counter()
+                    await asyncio.sleep(sub.retry.backoff(attempt_no))
+                    waited = time.perf_counter() - started
+            except Exception:
+                internal_error("bus worker", f"handling {sub.event_type} for {name}")
+            finally:
+                queue.task_done()
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.append(letter)  # logged by the lifecycle logs (ERROR)
@@ -570,9 +596,8 @@ class EventBus:
         """Wait until every queued message has been handled (retries included)."""
         if self._unstarted:
             self._start_all()
-        for subs in list(self._subscriptions.values()):
-            for sub in subs:
-                await sub.queue.join()
+        for queue in self._queues:
+            await queue.join()
 
     async def close(self) -> None:
         """Handle what is queued, then stop the workers. Idempotent."""
