@@ -42,7 +42,6 @@ internal failure is logged and counted, and the client's call goes ahead uninstr
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 import sys
@@ -63,6 +62,8 @@ from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
 from otel_eda.transports.aio_pika.contrib import uninstrument_contrib
 from otel_eda.transports.aio_pika.telemetry import AioPikaTelemetry
+from otel_eda.transports.patching import patch as _patch
+from otel_eda.transports.patching import unpatch as _unpatch
 from otel_eda.transports.rabbitmq import (
     DeadLettering,
     MessageReturned,
@@ -90,7 +91,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aio-pika >= 9.4, < 11",)
-_MARK: Final = "__otel_eda_original__"
 _WRAPPED: Final = "__otel_eda_wrapped__"
 
 
@@ -494,17 +494,3 @@ class AioPikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._telemetry is not None:
             self._telemetry.close()
             self._telemetry = None
-
-
-def _patch(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
-    original = cls.__dict__[name]
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(cls, name, wrapper)
-
-
-def _unpatch(cls: type, name: str) -> None:
-    current = cls.__dict__.get(name)
-    original = getattr(current, _MARK, None)
-    if original is not None:
-        setattr(cls, name, original)

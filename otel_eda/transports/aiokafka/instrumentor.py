@@ -64,6 +64,8 @@ from otel_eda.transports.kafka_records import (
     start_send,
 )
 from otel_eda.transports.kafka_telemetry import KafkaTelemetry
+from otel_eda.transports.patching import patch as _patch
+from otel_eda.transports.patching import unpatch as _unpatch
 
 __all__ = ["SCOPE", "AIOKafkaInstrumentor", "Outgoing", "outgoing_event", "processing"]
 
@@ -71,7 +73,6 @@ _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("aiokafka >= 0.11, < 1",)
 #: Instrumentation scope of otel-eda's aiokafka spans and metrics.
 SCOPE: Final = "otel_eda.aiokafka"
-_MARK: Final = "__otel_eda_original__"
 #: How an aiokafka ``ConsumerRecord`` reads.
 _ACCESS: Final = RecordAccess(
     topic=operator.attrgetter("topic"),
@@ -142,18 +143,6 @@ class AIOKafkaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 
 # -- patching -----------------------------------------------------------------------------
-def _patch(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
-    original = cls.__dict__[name]
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(cls, name, wrapper)
-
-
-def _unpatch(cls: type, name: str) -> None:
-    current = cls.__dict__.get(name)
-    original = getattr(current, _MARK, None)
-    if original is not None:
-        setattr(cls, name, original)
 
 
 def _state(

@@ -79,12 +79,13 @@ from otel_eda.messaging import (
     error_type,
 )
 from otel_eda.transports.nats.telemetry import NatsTelemetry
+from otel_eda.transports.patching import patch as _patch
+from otel_eda.transports.patching import unpatch as _unpatch
 
 __all__ = ["NATSInstrumentor", "Outgoing", "outgoing_event", "processing"]
 
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("nats-py >= 2.6, < 3",)
-_MARK: Final = "__otel_eda_original__"
 _MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _CE_TYPE: Final = "ce-type"
 _JS_ACK_PREFIX: Final = "$JS.ACK."
@@ -431,18 +432,6 @@ class NATSInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 
 # -- patching -------------------------------------------------------------------------------
-def _patch(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
-    original = cls.__dict__[name]
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(cls, name, wrapper)
-
-
-def _unpatch(cls: type, name: str) -> None:
-    current = cls.__dict__.get(name)
-    original = getattr(current, _MARK, None)
-    if original is not None:
-        setattr(cls, name, original)
 
 
 # -- publishing -----------------------------------------------------------------------------

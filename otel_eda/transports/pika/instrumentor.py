@@ -78,6 +78,8 @@ from pika.adapters.select_connection import IOLoop
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error, count_invalid, internal_error
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
+from otel_eda.transports.patching import patch as _patch
+from otel_eda.transports.patching import unpatch as _unpatch
 from otel_eda.transports.pika.contrib import uninstrument_contrib
 from otel_eda.transports.pika.depth import PikaQueueDepth
 from otel_eda.transports.rabbitmq import (
@@ -96,7 +98,6 @@ __all__ = ["SCOPE", "MessageReturned", "PikaInstrumentor", "PikaTelemetry", "out
 
 _log = logging.getLogger(__name__)
 _INSTRUMENTS: Final = ("pika >= 1.3, < 2",)
-_MARK: Final = "__otel_eda_original__"
 #: On a ``pika.channel.Channel``: otel-eda's state of that channel.
 _STATE: Final = "_otel_eda_state"
 #: Confirmations remembered per channel at most (a broker that never confirms does not grow memory).
@@ -938,17 +939,3 @@ class PikaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if self._telemetry is not None:
             self._telemetry.close()
             self._telemetry = None
-
-
-def _patch(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
-    original = cls.__dict__[name]
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(cls, name, wrapper)
-
-
-def _unpatch(cls: type, name: str) -> None:
-    current = cls.__dict__.get(name)
-    original = getattr(current, _MARK, None)
-    if original is not None:
-        setattr(cls, name, original)
