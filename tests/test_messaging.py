@@ -593,7 +593,16 @@ def test_messaging_uses_the_standard_codec_only_for_the_standard_propagators() -
         propagate.set_global_textmap(previous)
 
 
-def test_a_published_and_extracted_message_round_trips_through_the_standard_codec() -> None:
+def test_a_published_and_extracted_message_round_trips_through_the_standard_codec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+    def not_expected(*_: Any, **__: Any) -> None:
+        raise AssertionError("plain baggage went through OpenTelemetry's propagator, not the direct codec")
+
+    monkeypatch.setattr(W3CBaggagePropagator, "extract", not_expected)
+    monkeypatch.setattr(W3CBaggagePropagator, "inject", not_expected)
     with TelemetryCapture() as capture:
         messaging = Messaging("test", tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider)
         headers: dict[str, str] = {}
