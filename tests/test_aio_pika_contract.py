@@ -33,6 +33,8 @@ DRAIN_TIMEOUT_S = 120.0
 
 class RabbitHarness:
     system = "rabbitmq"
+    #: publish passes the application's own headers to the instrumented client
+    application_headers = True
     redelivers = True
     counts_redeliveries = True
 
@@ -91,14 +93,19 @@ class RabbitHarness:
         return on_message
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         await self._consuming()
         assert self.channel is not None
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
             await self.channel.default_exchange.publish(
-                aio_pika.Message(json.dumps(payload).encode()), routing_key=event_type
+                aio_pika.Message(json.dumps(payload).encode(), headers=dict(headers or {})), routing_key=event_type
             )
         return out.events[0]
 

@@ -32,6 +32,8 @@ DRAIN_TIMEOUT_S = 120.0
 
 class KafkaHarness:
     system = "kafka"
+    #: publish passes the application's own headers to the instrumented client
+    application_headers = True
     redelivers = False
 
     def __init__(self, kafka: KafkaBroker) -> None:
@@ -107,13 +109,19 @@ class KafkaHarness:
                 self.handled += 1
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         await self._consuming()
         assert self.producer is not None
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
-            await self.producer.send_and_wait(event_type, json.dumps(payload).encode())
+            carrier = [(k, v.encode()) for k, v in headers.items()] if headers else None
+            await self.producer.send_and_wait(event_type, json.dumps(payload).encode(), headers=carrier)
         return out.events[0]
 
     async def send_raw(self, event_type: str, headers: Mapping[str, Any], payload: Any) -> None:

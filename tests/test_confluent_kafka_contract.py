@@ -42,6 +42,8 @@ def header_value(value: Any) -> bytes | None:
 
 class ConfluentHarness:
     system = "kafka"
+    #: publish passes the application's own headers to the instrumented client
+    application_headers = True
     redelivers = False
     counts_redeliveries = False
 
@@ -137,12 +139,18 @@ class ConfluentHarness:
                 self.handled += 1
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         await self._consuming()
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
-            self.producer.produce(event_type, json.dumps(payload).encode())
+            carrier = [(k, v.encode()) for k, v in headers.items()] if headers else None
+            self.producer.produce(event_type, json.dumps(payload).encode(), headers=carrier)
         assert self.producer.flush(30) == 0
         return out.events[0]
 

@@ -54,6 +54,8 @@ class NatsHarness:
     """JetStream: one push consumer per event type."""
 
     system = "nats"
+    #: publish passes the application's own headers to the instrumented client
+    application_headers = True
     redelivers = True
     counts_redeliveries = True
 
@@ -116,13 +118,18 @@ class NatsHarness:
             await js.subscribe(subject, durable=unique_name("contract"), cb=handle, config=ConsumerConfig(ack_wait=3.0))
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         await self._consuming()
         assert self.nc is not None
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
-            await self.nc.jetstream().publish(event_type, json.dumps(payload).encode())
+            await self.nc.jetstream().publish(event_type, json.dumps(payload).encode(), headers=dict(headers or {}))
         return out.events[0]
 
     async def send_raw(self, event_type: str, headers: Mapping[str, Any], payload: Any) -> None:
@@ -170,13 +177,18 @@ class CoreNatsHarness(NatsHarness):
             await self.nc.subscribe(subject, cb=handle)
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         await self._consuming()
         assert self.nc is not None
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
-            await self.nc.publish(event_type, json.dumps(payload).encode())
+            await self.nc.publish(event_type, json.dumps(payload).encode(), headers=dict(headers or {}))
         return out.events[0]
 
 

@@ -38,6 +38,8 @@ DRAIN_TIMEOUT_S = 120.0
 
 class PikaHarness:
     system = "rabbitmq"
+    #: publish passes the application's own headers to the instrumented client
+    application_headers = True
     redelivers = True
     counts_redeliveries = True
 
@@ -116,12 +118,19 @@ class PikaHarness:
         return on_message
 
     async def publish(
-        self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> EventContext:
         self._consuming()
         self.sent += 1
         with outgoing_event(metadata=metadata) as out:
-            self.channels.channel.basic_publish("", event_type, json.dumps(payload).encode())
+            self.channels.channel.basic_publish(
+                "", event_type, json.dumps(payload).encode(), pika.BasicProperties(headers=dict(headers or {}))
+            )
         return out.events[0]
 
     async def send_raw(self, event_type: str, headers: Mapping[str, Any], payload: Any) -> None:

@@ -38,7 +38,7 @@ header names are case-insensitive (HTTP) passes a mapping with lower-cased names
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, Sequence
+from collections.abc import Container, Iterable, Mapping, MutableMapping, MutableSequence, Sequence
 from typing import Any, Final
 
 from opentelemetry.propagators.textmap import Getter, Setter
@@ -58,11 +58,51 @@ __all__ = [
     "TextGetter",
     "TextSetter",
     "as_text",
+    "without_written",
+    "without_written_pairs",
 ]
 
 #: Longest header value read, in bytes or characters; longer ones are ignored and counted
 #: (the W3C baggage limit is 8192 bytes for the whole header).
 MAX_HEADER_VALUE: Final = 8192
+
+
+#: the prefix of the headers otel-eda writes (identity and ``eda-meta-*`` metadata)
+WRITTEN_PREFIX: Final = "eda-"
+
+
+def _written(name: object, fields: Container[str]) -> bool:
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    return isinstance(name, str) and (name in fields or name.startswith(WRITTEN_PREFIX))
+
+
+def without_written(headers: Mapping[Any, Any] | None, fields: Container[str]) -> dict[Any, Any]:
+    """A copy of an application's headers for a publish, without the headers the publish
+    writes afresh: the propagator's ``fields`` and every ``eda-`` header.
+
+    OpenTelemetry's propagator API asks for this ("if the carrier is reused, the fields
+    should be deleted before calling inject"): an application that forwards a consumed
+    message's headers would otherwise send the old event's ``tracestate``, business key or
+    metadata wherever the new event has none.
+
+    >>> without_written({"traceparent": "00-...", "eda-business-key": "order-1", "k": "v"}, {"traceparent"})
+    {'k': 'v'}
+    """
+    if not headers:
+        return {}
+    return {name: value for name, value in headers.items() if not _written(name, fields)}
+
+
+def without_written_pairs(headers: Iterable[tuple[Any, Any]] | None, fields: Container[str]) -> list[tuple[Any, Any]]:
+    """:func:`without_written` for a header list of ``(name, value)`` pairs (Kafka).
+
+    >>> without_written_pairs([("tracestate", b"a=1"), ("k", b"1"), (b"eda-meta-tenant", b"t")], {"tracestate"})
+    [('k', b'1')]
+    """
+    if not headers:
+        return []
+    return [pair for pair in headers if not _written(pair[0], fields)]
 
 
 def as_text(value: object, name: str = "header") -> str | None:  # noqa: PLR0911

@@ -100,6 +100,20 @@ def _standard_propagation(textmap: object) -> bool:
     return walk(textmap) and TraceContextTextMapPropagator in seen and W3CBaggagePropagator in seen
 
 
+#: always dropped from a copy of an application's headers, whatever the propagator says
+_W3C_FIELDS: Final = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+def _fields_of(textmap: TextMapPropagator) -> frozenset[str]:
+    """The header names ``textmap`` writes, with the W3C ones; a propagator whose ``fields``
+    fails or is not a set of names adds nothing (counted)."""
+    try:
+        return _W3C_FIELDS | frozenset(f for f in textmap.fields if isinstance(f, str))
+    except Exception:
+        count_invalid("propagator", "fields_failed")
+        return _W3C_FIELDS
+
+
 def _takes_notes(recorder: Recorder) -> bool:
     """Whether ``recorder`` is an :class:`EventStore` whose ``record`` is the store's own, so
     that :meth:`EventStore.note` takes the same step."""
@@ -332,6 +346,7 @@ class Messaging:
         self._eda = EdaPropagator()
         self._seen_textmap: TextMapPropagator | None = None
         self._textmap: TextMapPropagator = self._eda
+        self._fields: frozenset[str] = frozenset()
         self._attribute_sets: dict[tuple[str, ...], Mapping[str, str]] = {}
 
     @property
@@ -367,7 +382,16 @@ class Messaging:
                     if contains_propagator(current, EdaPropagator)
                     else CompositePropagator([current, self._eda])
                 )
+            self._fields = _fields_of(self._textmap)
         return self._textmap
+
+    def written_headers(self) -> frozenset[str]:
+        """The names of the headers a publish writes (the propagators' ``fields``, with W3C
+        trace context and baggage always among them): a transport drops them from a copy of
+        an application's headers before the publish injects (see
+        :func:`otel_eda.messaging.carriers.without_written`)."""
+        self._propagator()
+        return self._fields
 
     def _tracing(self) -> bool:
         """Whether spans may record: false while the tracer is the API's no-op (no SDK

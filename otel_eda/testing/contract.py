@@ -72,7 +72,12 @@ class Harness(Protocol):
 
     async def publish(
         self, event_type: str, payload: Any, *, metadata: Mapping[str, str] | None = None
-    ) -> EventContext: ...
+    ) -> EventContext:
+        """Publish through the instrumented client (inside ``outgoing_event`` or the
+        transport's own API) and return the event sent. A harness whose transport takes the
+        application's own headers also sets ``application_headers = True`` and accepts
+        ``headers`` (``Mapping[str, str]``), passed to the client in its own shape."""
+        ...
 
     def subscribe(self, event_type: str, handler: Handler) -> None: ...
 
@@ -207,6 +212,41 @@ class TransportContract:
                 assert (consumers[-1].attributes or {})[semconv.EDA_OUTCOME] == "completed"
             consumed = h.capture.counter_total(semconv.METRIC_CONSUMED_MESSAGES)
             assert consumed == (2 if h.redelivers and h.counts_redeliveries else 1)
+
+    async def test_forwarded_headers_carry_only_the_new_events_identity(self) -> None:
+        """An application that forwards a consumed message's headers on a new publish sends the
+        new event's identity and trace context: no old ``tracestate``, business key or metadata
+        survives."""
+        import pytest  # only here: the contract is only run under pytest
+
+        async with self.harness() as h:
+            if not getattr(h, "application_headers", False):
+                pytest.skip("this transport's publish takes no headers of the application's")
+            seen: list[Handled] = []
+            h.subscribe("order_shipped", lambda event, payload: seen.append(Handled(event, payload)))
+            old = EventContext.root("order_placed", business_key="order-7", metadata={"tenant": "acme"})
+            forwarded = {
+                "eda-event-id": old.event_id,
+                "eda-event-type": "order_placed",
+                "eda-event-created": str(old.created_ns),
+                "eda-business-key": "order-7",
+                "eda-meta-tenant": "acme",
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                "tracestate": "vendor=stale",
+                "baggage": f"{semconv.EDA_CORRELATION_ID}={old.correlation_id}",
+                "x-request-id": "r-1",
+            }
+            sent = await h.publish("order_shipped", None, headers=forwarded)  # type: ignore[call-arg]
+            await h.drain()
+            (got,) = seen
+            assert got.event.event_id == sent.event_id != old.event_id
+            assert got.event.correlation_id == sent.correlation_id != old.correlation_id
+            assert (got.event.business_key, dict(got.event.metadata)) == (None, {})
+            (producer,) = h.capture.spans(kind=SpanKind.PRODUCER)
+            (consumer,) = h.capture.spans(kind=SpanKind.CONSUMER)
+            (link,) = consumer.links
+            assert link.context.span_id == producer.context.span_id
+            assert "vendor" not in link.context.trace_state
 
     async def test_many_messages_keep_their_own_identity(self) -> None:
         async with self.harness() as h:

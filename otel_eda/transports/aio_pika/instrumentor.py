@@ -60,6 +60,7 @@ from opentelemetry.trace import Status, StatusCode
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
+from otel_eda.messaging.carriers import without_written
 from otel_eda.transports.aio_pika.contrib import uninstrument_contrib
 from otel_eda.transports.aio_pika.telemetry import AioPikaTelemetry
 from otel_eda.transports.patching import patch as _patch
@@ -382,7 +383,7 @@ def _publish_wrapper(telemetry: AioPikaTelemetry) -> Callable[..., Any]:
             key = routing_key if isinstance(routing_key, str) else ""
             destination = producer_destination(exchange, key)
             headers = message.headers
-            carrier: dict[str, Any] = dict(headers) if headers else {}
+            carrier: dict[str, Any] = without_written(headers, messaging.written_headers())
             attributes = {semconv.MESSAGING_RABBITMQ_ROUTING_KEY: key} if key else None
             outgoing = current_outgoing()
             try:

@@ -49,6 +49,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from otel_eda._selfmetrics import internal_error
 from otel_eda.messaging import error_type
+from otel_eda.messaging.carriers import without_written_pairs
 from otel_eda.transports.aiokafka.contrib import uninstrument_contrib
 from otel_eda.transports.aiokafka.lag import ConsumerLag
 from otel_eda.transports.kafka_records import (
@@ -171,7 +172,8 @@ def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
         headers: Any = None,
     ) -> Any:
         try:
-            carrier = list(headers) if headers else []  # the application's own list stays untouched
+            # a copy (the application's own list stays untouched) without the headers the send writes
+            carrier = without_written_pairs(headers, telemetry.messaging.written_headers())
             publication = start_send(telemetry, topic, headers, carrier, key, value)
         except Exception:
             internal_error("aiokafka", "starting a send span")

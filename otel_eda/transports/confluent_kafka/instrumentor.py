@@ -75,6 +75,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from otel_eda._selfmetrics import internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import error_type
+from otel_eda.messaging.carriers import without_written_pairs
 from otel_eda.transports.confluent_kafka.contrib import uninstrument_contrib
 from otel_eda.transports.confluent_kafka.lag import CachedConsumerLag
 from otel_eda.transports.kafka_records import (
@@ -264,9 +265,10 @@ def _produce(
         if headers is None:
             carrier: list[Any] = []
         elif isinstance(headers, list):
-            carrier = list(headers)  # the application's own list stays untouched
+            # a copy (the application's own list stays untouched) without the headers the send writes
+            carrier = without_written_pairs(headers, telemetry.messaging.written_headers())
         elif isinstance(headers, dict):
-            carrier = list(headers.items())
+            carrier = without_written_pairs(headers.items(), telemetry.messaging.written_headers())
         else:
             return produce(topic, *args, **kwargs)  # the client raises its own TypeError
         if not isinstance(topic, str):

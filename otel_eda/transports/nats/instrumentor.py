@@ -78,6 +78,7 @@ from otel_eda.messaging import (
     Rejected,
     error_type,
 )
+from otel_eda.messaging.carriers import without_written
 from otel_eda.transports.nats.telemetry import NatsTelemetry
 from otel_eda.transports.patching import patch as _patch
 from otel_eda.transports.patching import unpatch as _unpatch
@@ -100,9 +101,6 @@ _FALLBACK_TYPE: Final = "nats"
 #: the event type of each subject published to (bounded: past it, each publish checks again)
 _SUBJECT_TYPES: dict[str, str] = {}
 _MAX_SUBJECT_TYPES: Final = 4096
-#: headers otel-eda writes on a publish: an old value (``Msg.respond`` copies the request's) is dropped
-_OWNED_HEADERS: Final = frozenset({"traceparent", "tracestate", "baggage"})
-_OWNED_PREFIX: Final = "eda-"
 #: header names whose presence on a reply means it came from an instrumented responder
 _TELLING_HEADERS: Final = ("eda-event-id", "traceparent", "ce-id")
 
@@ -435,15 +433,10 @@ class NATSInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 
 # -- publishing -----------------------------------------------------------------------------
-def _carrier(headers: Any) -> dict[str, Any]:
-    """A copy of the application's headers without otel-eda's and the trace headers it rewrites."""
-    if not headers:
-        return {}
-    return {
-        key: value
-        for key, value in headers.items()
-        if not (isinstance(key, str) and (key in _OWNED_HEADERS or key.startswith(_OWNED_PREFIX)))
-    }
+def _carrier(telemetry: NatsTelemetry, headers: Any) -> dict[str, Any]:
+    """A copy of the application's headers without the ones a publish writes (``Msg.respond``
+    copies the request's)."""
+    return without_written(headers, telemetry.messaging.written_headers()) if headers else {}
 
 
 def _event_type(subject: str, headers: Any) -> str:
@@ -500,7 +493,7 @@ def _publish_wrapper(telemetry: NatsTelemetry) -> Callable[..., Any]:
         if _INTERNAL.get() or not isinstance(subject, str) or subject.startswith(_SYSTEM_PREFIXES):
             return await original(self, subject, payload, reply, headers)
         try:
-            carrier = _carrier(headers)
+            carrier = _carrier(telemetry, headers)
             publication = _publication(telemetry, subject, carrier, headers)
         except Exception:
             internal_error("nats", "starting a publish span")
@@ -531,7 +524,7 @@ def _js_publish_wrapper(telemetry: NatsTelemetry) -> Callable[..., Any]:
         if _INTERNAL.get() or not isinstance(subject, str) or subject.startswith(_SYSTEM_PREFIXES):
             return await original(self, subject, payload, timeout, stream, headers, **kwargs)
         try:
-            carrier = _carrier(headers)
+            carrier = _carrier(telemetry, headers)
             publication = _publication(telemetry, subject, carrier, headers)
             if telemetry.msg_id and _MSG_ID_HEADER not in carrier:
                 carrier[_MSG_ID_HEADER] = publication.event.event_id

@@ -78,6 +78,7 @@ from pika.adapters.select_connection import IOLoop
 from otel_eda import semconv
 from otel_eda._selfmetrics import count_internal_error, count_invalid, internal_error
 from otel_eda.messaging import TEXT_GETTER, TEXT_SETTER, Outcome, Processing, PullTracker, Rejected, error_type
+from otel_eda.messaging.carriers import without_written
 from otel_eda.transports.patching import patch as _patch
 from otel_eda.transports.patching import unpatch as _unpatch
 from otel_eda.transports.pika.contrib import uninstrument_contrib
@@ -673,7 +674,9 @@ def _begin(telemetry: PikaTelemetry, exchange: Any, routing_key: Any, properties
     key = routing_key if isinstance(routing_key, str) else ""
     destination = producer_destination(exchange, key)
     headers = getattr(properties, "headers", None)
-    carrier: dict[str, Any] = dict(headers) if isinstance(headers, Mapping) else {}
+    carrier: dict[str, Any] = (
+        without_written(headers, messaging.written_headers()) if isinstance(headers, Mapping) else {}
+    )
     attributes = {semconv.MESSAGING_RABBITMQ_ROUTING_KEY: key} if key else None
     outgoing = current_outgoing()
     kind = event_type(getattr(properties, "type", None), headers, key, exchange)
