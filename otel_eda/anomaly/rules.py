@@ -369,6 +369,14 @@ def default_rules() -> list[Rule]:
     ]
 
 
+def _growth() -> dict[str, Any]:
+    """A gauge that keeps rising past its usual range (lag, queue depth): 12 points of
+    significant rise, by 10 or more, ending above the usual level (mean + 3 sd over about the
+    last 720 points, an hour at the default 5 s: a lag's minute-long wander after a burst is
+    usual)."""
+    return {"kind": "growth", "window": 12, "min_increase": 10, "baseline_span": 720}
+
+
 _QUEUE_LABELS = (semconv.MESSAGING_SYSTEM, semconv.MESSAGING_DESTINATION_NAME, semconv.MESSAGING_CONSUMER_GROUP_NAME)
 _LAG_LABELS = (
     semconv.MESSAGING_DESTINATION_NAME,
@@ -426,7 +434,7 @@ def _backpressure_rules() -> list[Rule]:
             name="broker-queue-growing",
             alert="BrokerQueueGrowing",
             metric=semconv.METRIC_BROKER_QUEUE_DEPTH,
-            detector={"kind": "growth", "window": 12, "min_increase": 10},
+            detector=_growth(),
             labels=(semconv.MESSAGING_SYSTEM, semconv.MESSAGING_DESTINATION_NAME),
             for_evaluations=2,
             escalate_after_s=600.0,
@@ -438,7 +446,7 @@ def _backpressure_rules() -> list[Rule]:
 
 def _consumer_lag_rules() -> list[Rule]:
     """A consumer group falling behind: its lag grows (a warning), or kept growing for 10 minutes."""
-    growth = {"kind": "growth", "window": 12, "min_increase": 10}
+    growth = _growth()
     return [
         Rule(
             name="consumer-lag-growing",
