@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 
-from otel_eda import semconv
+from otel_eda import _selfmetrics, semconv
 from otel_eda.flows.records import LifecycleRecord, Stage
 from otel_eda.identity import current_event
 from otel_eda.testing import TelemetryCapture
@@ -58,7 +59,12 @@ def broker(tmp_path: Path) -> Iterator[RabbitBroker]:
         broker.stop()
 
 
-async def test_a_broker_restart_mid_flow(broker: RabbitBroker, capture: TelemetryCapture) -> None:
+async def test_a_broker_restart_mid_flow(
+    broker: RabbitBroker, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "otel_eda.transports.aio_pika.depth")
+    errors = capture.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
     records: list[LifecycleRecord] = []
     open_spans = OpenSpans()
     capture.tracer_provider.add_span_processor(open_spans)
@@ -67,7 +73,31 @@ async def test_a_broker_restart_mid_flow(broker: RabbitBroker, capture: Telemetr
         tracer_provider=capture.tracer_provider,
         meter_provider=capture.meter_provider,
         recorders=[type("R", (), {"record": staticmethod(records.append)})()],
+        depth_refresh_s=0.2,
     )
+
+    def depth() -> list[Any]:
+        return [p.value for p in capture.points(semconv.METRIC_BROKER_QUEUE_DEPTH)]
+
+    def depth_errors() -> int:
+        return sum(
+            p.value
+            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
+        )
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while not condition():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.05)
+
+    async def outage() -> None:
+        await asyncio.to_thread(broker.stop)
+        await until(lambda: depth_errors() >= 2, "the depth refresh's failures counted")
+        assert depth() == [], "no stale depth while the broker is away"
+        await asyncio.to_thread(broker.start)
+
     acked: list[str] = []
     sent: list[str] = []
     reconnected = asyncio.Event()
@@ -107,7 +137,8 @@ async def test_a_broker_restart_mid_flow(broker: RabbitBroker, capture: Telemetr
 
         for i in range(30):
             await publish(i)
-        restart = asyncio.create_task(asyncio.to_thread(broker.restart))
+        await until(lambda: len(depth()) == 1, "the depth read")
+        restart = asyncio.create_task(outage())
         for i in range(30, 40):  # publishing while the broker goes away and comes back
             await publish(i)
         await restart
@@ -118,6 +149,7 @@ async def test_a_broker_restart_mid_flow(broker: RabbitBroker, capture: Telemetr
         while not set(sent) <= set(acked):
             assert asyncio.get_running_loop().time() < deadline, f"{len(set(sent) - set(acked))} never acknowledged"
             await asyncio.sleep(0.05)
+        await until(lambda: len(depth()) == 1, "the depth read again after the outage")
         await asyncio.sleep(0.1)
         await connection.close()
     finally:
@@ -137,3 +169,7 @@ async def test_a_broker_restart_mid_flow(broker: RabbitBroker, capture: Telemetr
         event_id = (span.attributes or {}).get(semconv.MESSAGING_MESSAGE_ID)
         if event_id in sent[40:]:
             assert span.links[0].context.span_id == sends[event_id].context.span_id
+    # the depth refresh's outage: one WARNING, later failures at DEBUG, the recovery at INFO
+    depth_logs = [r for r in caplog.records if r.name == "otel_eda.transports.aio_pika.depth"]
+    assert [r.levelno for r in depth_logs if r.levelno >= logging.WARNING] == [logging.WARNING]
+    assert any(r.levelno == logging.INFO and "read again" in r.getMessage() for r in depth_logs)

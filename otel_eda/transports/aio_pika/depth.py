@@ -6,9 +6,14 @@ application on it. A refresh task on the queue's own event loop asks the broker 
 :data:`REFRESH_S` seconds with a passive ``queue.declare`` on a channel of its own (opened on
 the queue's connection: a failed declare, a deleted queue say, closes only that channel), and
 the observable gauges' callbacks only read the last answer: never a network call inside the
-SDK's collection, never one per message. A queue whose broker does not answer keeps its last
-value until it does again (a robust connection reconnecting); a queue whose channel the
-application closed, or that was garbage-collected, is forgotten (its series goes).
+SDK's collection, never one per message. While the broker does not answer (within
+``_DECLARE_WAIT_S``, 5 s; a robust connection reconnecting, say) the gauges report nothing for
+the queue rather than a stale value;
+each failed refresh is counted in ``eda.internal.errors`` (component ``queue_depth``), the
+first of an outage logged as a WARNING (later ones at DEBUG), the recovery at INFO, as pika's
+depth thread does. A queue the broker no longer has reports nothing (not counted: the
+application may have deleted it); a queue whose channel the application closed, or that was
+garbage-collected, is forgotten (its series goes).
 
 The gauges and their limit (:data:`MAX_QUEUES` queues, more counted in ``eda.internal.errors``,
 component ``queue_depth``) are :mod:`otel_eda.transports.queue_gauges`, shared with pika.
@@ -22,9 +27,11 @@ import logging
 import weakref
 from typing import Any, Final
 
+from aiormq.exceptions import ChannelNotFoundEntity
 from opentelemetry import metrics
 
-from otel_eda.transports.queue_gauges import MAX_QUEUES, REFRESH_S, QueueGauges, TrackedQueue
+from otel_eda._selfmetrics import count_internal_error
+from otel_eda.transports.queue_gauges import COMPONENT, MAX_QUEUES, REFRESH_S, QueueGauges, TrackedQueue
 from otel_eda.transports.refresh_task import cancel_from_anywhere
 
 __all__ = ["MAX_QUEUES", "REFRESH_S", "QueueDepth"]
@@ -43,6 +50,8 @@ class QueueDepth:
         self._gauges = QueueGauges(meter_provider, scope="otel_eda.transports.aio_pika")
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
+        #: queues whose last refresh failed: the first to fail logs the outage, the last to recover its end
+        self._failing: set[str] = set()
 
     def track(self, queue: Any) -> None:
         """Start refreshing ``queue``'s depth (an aio-pika ``Queue``); call from its event loop.
@@ -79,26 +88,45 @@ class QueueDepth:
                     return
                 try:
                     if own is None or own.is_closed:
-                        underlay = await queue.channel.get_underlay_channel()
+                        # a robust channel's underlay waits for the reconnection: bounded too
+                        underlay = await asyncio.wait_for(queue.channel.get_underlay_channel(), _DECLARE_WAIT_S)
                         own = await asyncio.wait_for(underlay.connection.channel(), _DECLARE_WAIT_S)
                     ok = await asyncio.wait_for(own.queue_declare(name, passive=True), _DECLARE_WAIT_S)
                     tracked.depth = int(ok.message_count)
                     tracked.consumers = int(ok.consumer_count)
+                    self._recovered(name)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # the broker is away, or the queue is gone: try again later
-                    _log.debug("otel-eda: the depth of queue %s is not known now", name, exc_info=True)
+                except Exception as exc:  # the broker is away, or the queue is gone: try again later
+                    tracked.depth = tracked.consumers = None
+                    self._failed(name, exc)
                 del queue  # no strong reference while sleeping: a dropped queue is collected
                 await asyncio.sleep(self._refresh_s)
         except asyncio.CancelledError:
             pass
         finally:
+            self._failing.discard(name)
             self._gauges.remove(name, tracked)
             if self._tasks.get(name) is asyncio.current_task():
                 del self._tasks[name]
             if own is not None and not own.is_closed:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(own.close())
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        if isinstance(exc, ChannelNotFoundEntity):
+            _log.debug("otel-eda: queue %s is not on the broker now", name)
+            return
+        count_internal_error(COMPONENT)
+        level = logging.DEBUG if self._failing else logging.WARNING
+        self._failing.add(name)
+        _log.log(level, "otel-eda: the depth of queue %s is not known now (%s: %s)", name, type(exc).__name__, exc)
+
+    def _recovered(self, name: str) -> None:
+        if name in self._failing:
+            self._failing.discard(name)
+            if not self._failing:
+                _log.info("otel-eda: queue depths are read again")
 
 
 def _closed_for_good(queue: Any) -> bool:
