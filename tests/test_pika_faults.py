@@ -9,7 +9,10 @@ and it reads the depth again once the broker is back. A node of its own (it is s
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 import traceback
@@ -254,3 +257,46 @@ def test_a_broker_outage_mid_flow(
     depth_logs = [r for r in caplog.records if r.name == "otel_eda.transports.pika.depth"]
     assert [r.levelno for r in depth_logs if r.levelno >= logging.WARNING] == [logging.WARNING]
     assert any(r.levelno == logging.INFO and "read again" in r.getMessage() for r in depth_logs)
+
+
+def test_a_frozen_broker_is_noticed_by_the_depth_thread_within_seconds(
+    broker: RabbitBroker, capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker that stops answering without closing its sockets (a frozen node, a network
+    # partition): the depth thread's passive declare would wait for the broker's heartbeat
+    # (60 s and more); its own connection asks for a 5 s heartbeat, so the depth is not
+    # reported stale for long and the failure is counted.
+    errors = capture.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    instrumentor = PikaInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, depth_refresh_s=0.2
+    )
+
+    def depth() -> list[Any]:
+        return [p.value for p in capture.points(semconv.METRIC_BROKER_QUEUE_DEPTH)]
+
+    def depth_errors() -> int:
+        return sum(
+            p.value
+            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
+        )
+
+    node = broker.pids()["beam"]
+    connection = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(QUEUE)
+        channel.basic_get(QUEUE)  # the queue is tracked
+        until(lambda: depth() == [0], "the depth read")
+        os.kill(node, signal.SIGSTOP)
+        try:
+            until(lambda: depth_errors() >= 1 and depth() == [], "the frozen broker noticed", wait_s=40.0)
+        finally:
+            os.kill(node, signal.SIGCONT)
+        until(lambda: depth() == [0], "the depth read again")
+    finally:
+        instrumentor.uninstrument()
+        with contextlib.suppress(Exception):
+            connection.close()

@@ -11,12 +11,13 @@ last one (so that a lag wandering between 0 and 3 does not count as growing).
 A lag wanders: it rises for a minute whenever a burst arrives and drains after it. Twelve
 points of such a wander pass the trend test, which assumes independent noise (on a lag
 with autocorrelated noise, AR(1) with coefficient 0.9, the default lag rule alerted 320-334
-times a simulated day at one point every 5 s; with the baseline below, 3-11). With ``baseline_span`` the last value must also stand above the
-series' usual level: an exponentially weighted mean plus ``baseline_sigmas`` standard
-deviations of the values *before* the window (span ``baseline_span`` points; values above
-that level are held out of it, for at most ``baseline_span`` points in a row, so that a
-consumer falling behind does not teach it that falling behind is usual). Until ``10 x
-window`` values have left the window the trend test decides alone.
+times a simulated day at one point every 5 s; with the baseline below, 3-11). With
+``baseline_span`` the last value must also stand above the series' usual level: an
+exponentially weighted mean plus ``baseline_sigmas`` standard deviations of the values
+*before* the window (span ``baseline_span`` points; values above that level are held out of
+it, for at most ``baseline_span`` points in a row, so that a consumer falling behind does
+not teach it that falling behind is usual). Until ``10 x window`` values have left the
+window the trend test decides alone.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ MAX_BROKERS: Final = 16
 #: Socket and protocol-stack timeouts of the refresh connections (seconds).
 _SOCKET_TIMEOUT_S: Final = 2.0
 _STACK_TIMEOUT_S: Final = 5.0
+#: Heartbeat timeout of the refresh connections: a broker that stops answering without closing
+#: the socket (a frozen node, a partition) is noticed in about twice this, not the broker's 60 s
+_HEARTBEAT_S: Final = 5
 _NOT_FOUND: Final = 404
 
 
@@ -72,6 +75,7 @@ def _own_parameters(params: Any) -> Any:
     own.socket_timeout = _SOCKET_TIMEOUT_S
     own.stack_timeout = _STACK_TIMEOUT_S
     own.blocked_connection_timeout = _STACK_TIMEOUT_S
+    own.heartbeat = _HEARTBEAT_S
     own.client_properties = {**(own.client_properties or {}), "connection_name": "otel-eda queue depth"}
     return own
 
