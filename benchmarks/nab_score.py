@@ -460,7 +460,8 @@ def default_rule_set_entries() -> dict[str, Any]:
             stagger = f" (+0-{spec['stagger']})" if spec.get("stagger") else ""
             return f"{kind(spec['detector'])} after {spec.get('warmup', 600)}{stagger}, {before} before"
         if spec.get("confirm") is not None:
-            return f"{spec['kind']} confirmed by {kind(spec['confirm'])}"
+            over = " of step medians" if spec.get("confirm_on") == "step" else ""
+            return f"{spec['kind']} confirmed by {kind(spec['confirm'])}{over}"
         return str(spec["kind"])
 
     entries = {

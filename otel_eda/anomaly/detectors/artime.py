@@ -861,11 +861,17 @@ class ArtimeDetector(_Base):
 
     ``confirm`` (a detector as a rules file writes it, for example ``{"kind": "zscore",
     "window": 120, "direction": "up", "threshold": 0.9973}``) gates the verdict, not the
-    score: ``is_anomaly`` is true only while ARTime's ``hold`` lasts *and* the confirming
-    detector, fed every value too, calls the value anomalous. ARTime flags what is new in a
-    series' shape, also on steady noise (about ten times a day on Gaussian noise at one
-    value every 5 s); the gate asks that the value also be far from its recent level before
-    a rule may alert. ``score`` stays ARTime's own.
+    score: ``is_anomaly`` becomes true while ARTime's ``hold`` lasts *and* the confirming
+    detector calls its latest input anomalous, and then stays true as long as the confirming
+    detector does (ARTime says when a departure starts, the confirmation how long it
+    lasts: a sustained incident is one alert, not one per ARTime flag). ARTime flags what is new in a series' shape,
+    also on steady noise (about ten times a day on Gaussian noise at one value every 5 s);
+    the gate asks that the series also be far from its recent level before a rule may
+    alert. ``confirm_on`` says what the confirming detector is fed: ``"value"`` (default),
+    every value; ``"step"``, once per ARTime downsampling step (its ``sstep`` values,
+    aligned with ARTime's steps), the median of that step's values, so that one outlier
+    cannot confirm a flag and a departure that lasts a step can; its verdict stands until
+    the next step. ``score`` stays ARTime's own.
 
     Memory: at most ``max_categories`` ART categories (32 floats each; ``None``, as in NAB's
     run, means unbounded), plus the ``probation`` values and feature vectors kept during
@@ -900,6 +906,7 @@ class ArtimeDetector(_Base):
         max_categories: int | None = 1000,
         hold: int | None = None,
         confirm: Mapping[str, Any] | None = None,
+        confirm_on: str = "value",
         history: int | None = None,
     ) -> None:
         super().__init__(threshold)
@@ -926,11 +933,16 @@ class ArtimeDetector(_Base):
             from otel_eda.anomaly.detectors.factory import make_detector  # (the factory imports this module)
 
             self.confirm = make_detector(**confirm)
+        if confirm_on not in ("value", "step"):
+            raise ValueError(f"confirm_on must be 'value' or 'step', got {confirm_on!r}")
+        self.confirm_on = confirm_on
         self._held = 0
         self._reset()
 
     def _reset(self) -> None:
         self._held = 0
+        self._confirmed = False
+        self._step_values: list[float] = []  # the current downsampling step's values (confirm_on="step")
         self._lo = math.inf if self.min_value is None else self.min_value
         self._hi = -math.inf if self.max_value is None else self.max_value
         # the online mode's retained values (global index of the first), the extremes seen,
@@ -954,8 +966,10 @@ class ArtimeDetector(_Base):
 
     @property
     def is_anomaly(self) -> bool:
-        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0), if ``confirm`` agrees."""
-        return self._held > 0 and (self.confirm is None or self.confirm.is_anomaly)
+        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0); ``confirm``: see there."""
+        if self.confirm is None:
+            return self._held > 0
+        return self._confirmed
 
     @property
     def learning(self) -> bool:
@@ -973,8 +987,17 @@ class ArtimeDetector(_Base):
         return 0 if self._model is None else self._model.categories
 
     def _step(self, t: float, x: float) -> float:
-        if self.confirm is not None:
-            self.confirm.update(t, x)
+        confirm = self.confirm
+        if confirm is not None:
+            if self.confirm_on == "value":
+                confirm.update(t, x)
+            else:
+                step = self._step_values
+                step.append(x)
+                if len(step) == self._sstep:  # (values 0 .. sstep - 1, then the next: ARTime's steps)
+                    step.sort()
+                    confirm.update(t, step[len(step) // 2])
+                    step.clear()
         n = self._n
         self._n = n + 1
         model = self._model
@@ -1005,6 +1028,8 @@ class ArtimeDetector(_Base):
             self._held = self.hold
         elif self._held:
             self._held -= 1
+        if confirm is not None:
+            self._confirmed = confirm.is_anomaly and (self._held > 0 or self._confirmed)
         return score
 
     def _learning_range(self) -> bool:
