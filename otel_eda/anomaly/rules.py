@@ -250,9 +250,9 @@ def condition_rule(
 
 # The default rules' ARTime (the latency, error-ratio and lag signals): at most this many series
 # per process carry it (the rest keep their fallback). ``benchmarks/anomaly_speed.py`` section
-# "artime" measures what fits the 0.5 s budget of one collection (about 20,000 series at its
-# mean cost, on an idle enough machine) and the memory: at most about 1.5 MB per series at the
-# 1000-category cap, so memory sets the cap: 200 series, at most about 0.3 GB.
+# "artime" measures what fits the 0.5 s budget of one collection (about 5,000-20,000 series at
+# its mean cost, depending on the machine's load) and the memory: at most about 2.2 MB per series
+# at the 1000-category cap, so memory sets the cap: 200 series, at most about 0.45 GB.
 ARTIME_BUDGET = 200
 _LATENCY_ZSCORE: Mapping[str, Any] = MappingProxyType({"kind": "zscore", "window": 120, "direction": "up", "hold": 120})
 
