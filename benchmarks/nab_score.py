@@ -460,7 +460,8 @@ def default_rule_set_entries() -> dict[str, Any]:
             stagger = f" (+0-{spec['stagger']})" if spec.get("stagger") else ""
             return f"{kind(spec['detector'])} after {spec.get('warmup', 600)}{stagger}, {before} before"
         if spec.get("confirm") is not None:
-            return f"{spec['kind']} confirmed by {kind(spec['confirm'])}"
+            over = " of step medians" if spec.get("confirm_on") == "step" else ""
+            return f"{spec['kind']} confirmed by {kind(spec['confirm'])}{over}"
         return str(spec["kind"])
 
     entries = {
@@ -602,9 +603,11 @@ def artime_nab_inputs(data_dir: Path, corpus: Corpus, max_categories: int | None
 def artime_fidelity_report(data_dir: Path, corpus: Corpus) -> dict[str, Any]:
     """ARTime against NAB's published ARTime rows: per-file agreement and subset scores.
 
-    Three runs: NAB's inputs with unbounded memory (the reproduction), NAB's inputs with
-    the shipped category cap, and the shipped detector (range of the first ``probation``
-    values, then replayed; probationary period 750 whatever the length) as users get it.
+    Four runs: NAB's inputs with unbounded memory (the reproduction), NAB's inputs with
+    the shipped category cap, the online range frozen after the first ``probation`` values
+    (the previous shipped version), and the shipped detector (range of the first
+    ``probation`` values, widened by a rebuild when later values fall outside it;
+    probationary period 750 whatever the length) as users get it.
     """
     reference = load_reference(data_dir, corpus, "ARTime")
     if reference is None:
@@ -615,7 +618,12 @@ def artime_fidelity_report(data_dir: Path, corpus: Corpus) -> dict[str, Any]:
         f"NAB inputs, max_categories={shipped.max_categories}": artime_nab_inputs(
             data_dir, corpus, shipped.max_categories
         ),
-        f"online (shipped): range of the first {shipped.probation} values": run_detector(ArtimeDetector, corpus),
+        f"online: range of the first {shipped.probation} values, frozen (history=0)": run_detector(
+            lambda: ArtimeDetector(history=0), corpus
+        ),
+        f"online (shipped): range widened by rebuilds (history={shipped.history})": run_detector(
+            ArtimeDetector, corpus
+        ),
     }
     report: dict[str, Any] = {"detector": "ARTime", "threshold": shipped.threshold}
     report["files"] = [f.name for f in corpus.files]

@@ -167,7 +167,7 @@ def test_json_output_shape(tmp_path: Path) -> None:
     # z-score), scored through the engine, and the latency rule with its z-score alone, with
     # CAD OSE after 600 points and with ARTime unconfirmed after 750 (z-score before), scored
     # for comparison
-    shipped = "artime confirmed by zscore after 750 (+0-750)"
+    shipped = "artime confirmed by zscore of step medians after 750 (+0-750)"
     assert set(data) == {
         "null (never alerts)",
         "zscore w=1000",

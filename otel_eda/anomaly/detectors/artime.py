@@ -74,6 +74,7 @@ cosine similarities and a replay, 5-10 ms) when the warm-up ends.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Mapping, Sequence
 from operator import itemgetter
@@ -838,11 +839,19 @@ class ArtimeDetector(_Base):
     row for row. Without them, the shipped mode, the range is learnt online: the first
     ``probation`` values are kept, and at the last of them a model over their extremes
     replays them (what the reference would have done given that range; its scores are 0
-    during that period anyway) and carries on. Later values beyond the range count as its
-    nearest limit (level 0 or 80). A warm-up of one repeated value leaves a range of width
-    0, and the reference then does not scale at all: a later value's level is its distance
-    from that value times 80 (clamped). A rule can also give one limit (for example
-    ``min_value=0`` for a latency); the other is learnt.
+    during that period anyway) and carries on. When a later value falls outside the range
+    learnt so far, the detector becomes what the reference would be given the range known
+    so far: a new model over the widened range (the extremes seen so far) replays the
+    retained values (the last ``history`` of them, default ``4 * probation``) and scores the
+    value as the last of them (*a rebuild*). The replay's cost is bounded by ``history``, and
+    rebuilds are at least ``probation`` values apart (so a trending series replays at most
+    ``history / probation`` values per value it feeds, on average); until a rebuild is due,
+    values beyond the range count as its nearest limit (level 0 or 80), and the rebuild,
+    once due, takes every extreme seen meanwhile. ``history=0`` keeps the first range for
+    good (every later value beyond it clamped). A warm-up of one repeated value leaves a
+    range of width 0, which the next different value widens. A rule can also give one
+    limit (for example ``min_value=0`` for a latency): the other is learnt, and values
+    beyond the given one are clamped.
 
     ``is_anomaly`` stays true for ``hold`` values from a value scoring ``>= threshold``
     (default: the 12 downsampled steps ARTime masks after an anomaly, ``12 * sstep``
@@ -852,17 +861,26 @@ class ArtimeDetector(_Base):
 
     ``confirm`` (a detector as a rules file writes it, for example ``{"kind": "zscore",
     "window": 120, "direction": "up", "threshold": 0.9973}``) gates the verdict, not the
-    score: ``is_anomaly`` is true only while ARTime's ``hold`` lasts *and* the confirming
-    detector, fed every value too, calls the value anomalous. ARTime flags what is new in a
-    series' shape, also on steady noise (about ten times a day on Gaussian noise at one
-    value every 5 s); the gate asks that the value also be far from its recent level before
-    a rule may alert. ``score`` stays ARTime's own.
+    score: ``is_anomaly`` becomes true while ARTime's ``hold`` lasts *and* the confirming
+    detector calls its latest input anomalous, and then stays true as long as the confirming
+    detector does (ARTime says when a departure starts, the confirmation how long it
+    lasts: a sustained incident is one alert, not one per ARTime flag). ARTime flags what is new in a series' shape,
+    also on steady noise (about ten times a day on Gaussian noise at one value every 5 s);
+    the gate asks that the series also be far from its recent level before a rule may
+    alert. ``confirm_on`` says what the confirming detector is fed: ``"value"`` (default),
+    every value; ``"step"``, once per ARTime downsampling step (its ``sstep`` values,
+    aligned with ARTime's steps), the median of that step's values, so that one outlier
+    cannot confirm a flag and a departure that lasts a step can; its verdict stands until
+    the next step. ``score`` stays ARTime's own.
 
     Memory: at most ``max_categories`` ART categories (32 floats each; ``None``, as in NAB's
     run, means unbounded), plus the ``probation`` values and feature vectors kept during
-    the warm-up. Defaults: the reference's hyperparameters (window 8, 80 levels, 13 windows
-    per probationary period, initial vigilance 0.8) and ``probation=750``, NAB's
-    probationary period for series of 5000 points or more. None was chosen by scoring.
+    the warm-up, and in the online mode at most ``2 * history`` raw values (8 bytes each).
+    Defaults: the reference's hyperparameters (window 8, 80 levels, 13 windows per
+    probationary period, initial vigilance 0.8), ``probation=750``, NAB's probationary
+    period for series of 5000 points or more, and ``history = 4 * probation`` (3000 values:
+    24 kB, and a rebuild replays them in 20-30 ms), set from that cost. None was chosen by
+    scoring.
 
     Reference: M. Hampton, ARTimeNAB.jl (github.com/markNZed/ARTimeNAB.jl, AGPL-3.0), as run
     by NAB's ``nab/detectors/ARTime`` (Numenta Anomaly Benchmark, 74.9 standard score on
@@ -888,6 +906,8 @@ class ArtimeDetector(_Base):
         max_categories: int | None = 1000,
         hold: int | None = None,
         confirm: Mapping[str, Any] | None = None,
+        confirm_on: str = "value",
+        history: int | None = None,
     ) -> None:
         super().__init__(threshold)
         if confirm is not None and (not isinstance(confirm, Mapping) or not isinstance(confirm.get("kind"), str)):
@@ -904,18 +924,36 @@ class ArtimeDetector(_Base):
         self.max_categories = None if max_categories is None else _check_window(max_categories, "max_categories", 2)
         sstep = max(1, (self.probation - self.probation % 2) // (_WINDOW * _WINDOWS_PER_PB))
         self.hold = _MASK * sstep if hold is None else _check_window(hold, "hold", 1)
+        self._sstep = sstep
+        self.history = 4 * self.probation if history is None else _check_window(history, "history", 0)
+        if 0 < self.history < self.probation:
+            raise ValueError(f"history must be 0 or at least probation ({self.probation}), got {history}")
         self.confirm: Detector | None = None
         if confirm is not None:
             from otel_eda.anomaly.detectors.factory import make_detector  # (the factory imports this module)
 
             self.confirm = make_detector(**confirm)
+        if confirm_on not in ("value", "step"):
+            raise ValueError(f"confirm_on must be 'value' or 'step', got {confirm_on!r}")
+        self.confirm_on = confirm_on
         self._held = 0
         self._reset()
 
     def _reset(self) -> None:
         self._held = 0
+        self._confirmed = False
+        self._step_values: list[float] = []  # the current downsampling step's values (confirm_on="step")
         self._lo = math.inf if self.min_value is None else self.min_value
         self._hi = -math.inf if self.max_value is None else self.max_value
+        # the online mode's retained values (global index of the first), the extremes seen,
+        # how many values were fed, and from which one a rebuild may run
+        self._hist = array("d")
+        self._hist_start = 0
+        self._seen_lo = self._lo
+        self._seen_hi = self._hi
+        self._n = 0
+        self._next_rebuild = 0
+        self.rebuilds = 0
         if self.min_value is not None and self.max_value is not None:
             self._learning: list[float] | None = None
             self._model: ArtimeModel | None = self._new_model()
@@ -928,8 +966,10 @@ class ArtimeDetector(_Base):
 
     @property
     def is_anomaly(self) -> bool:
-        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0), if ``confirm`` agrees."""
-        return self._held > 0 and (self.confirm is None or self.confirm.is_anomaly)
+        """From a value scoring ``>= threshold``, for ``hold`` values (the score rests at 0); ``confirm``: see there."""
+        if self.confirm is None:
+            return self._held > 0
+        return self._confirmed
 
     @property
     def learning(self) -> bool:
@@ -947,11 +987,23 @@ class ArtimeDetector(_Base):
         return 0 if self._model is None else self._model.categories
 
     def _step(self, t: float, x: float) -> float:
-        if self.confirm is not None:
-            self.confirm.update(t, x)
+        confirm = self.confirm
+        if confirm is not None:
+            if self.confirm_on == "value":
+                confirm.update(t, x)
+            else:
+                step = self._step_values
+                step.append(x)
+                if len(step) == self._sstep:  # (values 0 .. sstep - 1, then the next: ARTime's steps)
+                    step.sort()
+                    confirm.update(t, step[len(step) // 2])
+                    step.clear()
+        n = self._n
+        self._n = n + 1
         model = self._model
         if model is not None:
-            score = model.process(x)
+            online = self.history and self._learning_range()
+            score = self._online(model, x, n) if online else model.process(x)
         else:
             learning = self._learning
             assert learning is not None
@@ -965,11 +1017,56 @@ class ArtimeDetector(_Base):
                 self._learning = None
                 if self._lo > self._hi:  # one limit given, every value beyond it
                     self._lo = self._hi = x
+                self._seen_lo, self._seen_hi = self._lo, self._hi
                 self._model = model = self._new_model()
                 for v in learning:
                     score = model.process(v)
+                if self.history:
+                    self._hist = array("d", learning)
+                    self._next_rebuild = n + 1 + self.probation
         if score >= self.threshold and score > 0:
             self._held = self.hold
         elif self._held:
             self._held -= 1
+        if confirm is not None:
+            self._confirmed = confirm.is_anomaly and (self._held > 0 or self._confirmed)
+        return score
+
+    def _learning_range(self) -> bool:
+        return self.min_value is None or self.max_value is None
+
+    def _online(self, model: ArtimeModel, x: float, n: int) -> float:
+        """One value of the online mode after the warm-up: scored by the model, or by a rebuild."""
+        hist = self._hist
+        hist.append(x)
+        if len(hist) > 2 * self.history:
+            self._trim()
+        if self.min_value is None and x < self._seen_lo:
+            self._seen_lo = x
+        if self.max_value is None and x > self._seen_hi:
+            self._seen_hi = x
+        if (self._seen_lo < self._lo or self._seen_hi > self._hi) and n >= self._next_rebuild:
+            return self._rebuild(n)
+        return model.process(x)
+
+    def _trim(self) -> None:
+        """Keep the last ``history`` values or a few more: the first kept one starts a downsampling step."""
+        hist = self._hist
+        drop = len(hist) - self.history
+        drop += (-(self._hist_start + drop)) % self._sstep
+        del hist[:drop]
+        self._hist_start += drop
+
+    def _rebuild(self, n: int) -> float:
+        """A model over the range seen so far replays the retained values (the last one is ``n``'s): its score."""
+        hist = self._hist
+        start = max(0, len(hist) - self.history)
+        start += (-(self._hist_start + start)) % self._sstep  # (the reference's downsampling phase)
+        self._lo, self._hi = self._seen_lo, self._seen_hi
+        self._model = model = self._new_model()
+        score = 0.0
+        for k in range(start, len(hist)):
+            score = model.process(hist[k])
+        self._next_rebuild = n + self.probation
+        self.rebuilds += 1
         return score
