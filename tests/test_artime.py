@@ -351,6 +351,26 @@ def test_rebuilds_are_bounded_on_a_trending_series() -> None:
         ArtimeDetector(probation=200, history=100)
 
 
+def test_an_incident_widening_many_ranges_at_once_rebuilds_a_few_series_per_collection() -> None:
+    # 12 series evaluated together (one collection every 5 s) all jump past their learnt range
+    # in the same collection: each rebuild replays up to `history` values, so at most
+    # REBUILDS_PER_COLLECTION run per collection; the others clamp and take their turn later.
+    assert artime_module.REBUILDS_PER_COLLECTION == 4
+    rng = random.Random(3)
+    detectors = [ArtimeDetector(probation=200, history=400) for _ in range(12)]
+    per_collection = []
+    for i in range(460):  # warm-up 200 values, a rebuild due from value 400 on
+        t = 1_000.0 + 5.0 * i
+        before = sum(d.rebuilds for d in detectors)
+        for d in detectors:
+            usual = 9.0 if i == 0 else 11.0 if i == 1 else rng.uniform(9.0, 11.0)  # the range: [9, 11]
+            d.update(t + rng.uniform(0.0, 0.01), usual + (50.0 if i >= 450 else 0.0))
+        per_collection.append(sum(d.rebuilds for d in detectors) - before)
+    assert per_collection[:450] == [0] * 450
+    assert per_collection[450:454] == [4, 4, 4, 0]
+    assert all(d.rebuilds == 1 for d in detectors)
+
+
 def test_confirm_on_steps_ignores_one_outlier_and_takes_a_lasting_rise() -> None:
     # confirm_on="step": the confirming detector sees the median of each of ARTime's
     # downsampling steps (7 values at probation 750), so one outlier a step cannot confirm

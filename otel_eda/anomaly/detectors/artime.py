@@ -90,6 +90,27 @@ _NLEVELS = 80
 _CHOMP = 0.075
 _INITIAL_RHO = 0.80
 _MASK = 12  # int(window * 1.5): steps masked after an anomaly
+#: Rebuilds at most per collection, process-wide (a collection evaluates every series at about
+#: the same time; values within a second of the first rebuild's count as one collection): an
+#: incident that widens many series' ranges at once rebuilds four of them per collection, the
+#: others clamping their values to the old range until their turn, so one collection spends at
+#: most about 4 x 40 ms on rebuilds rather than 200 x 40 ms.
+REBUILDS_PER_COLLECTION = 4
+_rebuilding = [-math.inf, 0.0]  # the collection's time (its first rebuild's), rebuilds in it
+
+
+def _may_rebuild(t: float) -> bool:
+    """Whether a rebuild may run at time ``t`` (then counted in ``t``'s collection)."""
+    slot = _rebuilding
+    if abs(t - slot[0]) < 1.0:
+        if slot[1] >= REBUILDS_PER_COLLECTION:
+            return False
+        slot[1] += 1
+    else:
+        slot[0], slot[1] = t, 1
+    return True
+
+
 _UB_CAP = 0.97
 _NEWEST = _WINDOW * 2 - 1  # index of the newest value among the 16 features
 _DIM = _WINDOW * 2
@@ -845,9 +866,11 @@ class ArtimeDetector(_Base):
     retained values (the last ``history`` of them, default ``4 * probation``) and scores the
     value as the last of them (*a rebuild*). The replay's cost is bounded by ``history``, and
     rebuilds are at least ``probation`` values apart (so a trending series replays at most
-    ``history / probation`` values per value it feeds, on average); until a rebuild is due,
-    values beyond the range count as its nearest limit (level 0 or 80), and the rebuild,
-    once due, takes every extreme seen meanwhile. ``history=0`` keeps the first range for
+    ``history / probation`` values per value it feeds, on average), and at most
+    :data:`REBUILDS_PER_COLLECTION` run in one collection across the process (values within
+    a second of each other); until a rebuild is due and its turn comes, values beyond the
+    range count as its nearest limit (level 0 or 80), and the rebuild, once it runs, takes
+    every extreme seen meanwhile. ``history=0`` keeps the first range for
     good (every later value beyond it clamped). A warm-up of one repeated value leaves a
     range of width 0, which the next different value widens. A rule can also give one
     limit (for example ``min_value=0`` for a latency): the other is learnt, and values
@@ -1003,7 +1026,7 @@ class ArtimeDetector(_Base):
         model = self._model
         if model is not None:
             online = self.history and self._learning_range()
-            score = self._online(model, x, n) if online else model.process(x)
+            score = self._online(model, t, x, n) if online else model.process(x)
         else:
             learning = self._learning
             assert learning is not None
@@ -1035,7 +1058,7 @@ class ArtimeDetector(_Base):
     def _learning_range(self) -> bool:
         return self.min_value is None or self.max_value is None
 
-    def _online(self, model: ArtimeModel, x: float, n: int) -> float:
+    def _online(self, model: ArtimeModel, t: float, x: float, n: int) -> float:
         """One value of the online mode after the warm-up: scored by the model, or by a rebuild."""
         hist = self._hist
         hist.append(x)
@@ -1045,7 +1068,7 @@ class ArtimeDetector(_Base):
             self._seen_lo = x
         if self.max_value is None and x > self._seen_hi:
             self._seen_hi = x
-        if (self._seen_lo < self._lo or self._seen_hi > self._hi) and n >= self._next_rebuild:
+        if (self._seen_lo < self._lo or self._seen_hi > self._hi) and n >= self._next_rebuild and _may_rebuild(t):
             return self._rebuild(n)
         return model.process(x)
 
