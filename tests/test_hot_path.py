@@ -322,3 +322,29 @@ def test_a_settled_attempt_is_current_while_something_holds_it() -> None:
         assert current_processing() is processing
     assert processing.outcome is Outcome.COMPLETED
     assert current_processing(processing.context) is processing  # settled, still held
+
+
+def test_a_handler_reading_the_store_sees_its_delivery_in_progress_then_completed() -> None:
+    async def run() -> tuple[list[object], EventBus, str]:
+        seen: list[object] = []
+        bus = _telemetry_off_bus()
+        async with bus:
+
+            async def handle(delivery: Any) -> None:
+                (summary,) = bus.store.flow(delivery.event.correlation_id)
+                seen.append((summary.status, [d.status for d in summary.deliveries]))
+
+            bus.subscribe("order_placed", handle, subscriber="billing")
+            event = await bus.publish("order_placed", None)
+            await bus.join()
+            second = await bus.publish("order_placed", None)
+            await bus.join()
+        seen.append([(e.status, [d.status for d in e.deliveries]) for e in bus.store.flow(second.correlation_id)])
+        return seen, bus, event.correlation_id
+
+    seen, bus, correlation = asyncio.run(run())
+    assert seen[0] == ("in_progress", [Stage.RECEIVED])
+    (summary,) = bus.store.flow(correlation)
+    assert summary.status == "completed" and summary.deliveries[0].attempts == 1
+    assert summary.deliveries[0].duration_s is not None
+    assert seen[-1] == [("completed", [Stage.COMPLETED])]

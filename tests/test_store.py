@@ -121,6 +121,41 @@ def test_noted_steps_give_what_the_records_give() -> None:
     assert len(noted) == 2
 
 
+def test_a_delivery_step_in_place_of_its_received_step_gives_what_both_give() -> None:
+    separate, merged = EventStore(), EventStore()
+    events = [EventContext.root("order_placed", business_key="order-1") for _ in range(3)]
+    outcomes = [(Stage.COMPLETED, 1, 0.002, None), (Stage.RETRIED, 1, 0.5, "ValueError"), (Stage.FAILED, 2, 0.1, "E")]
+    for event, (stage, attempt, duration, etype) in zip(events, outcomes, strict=True):
+        _note_flow(separate, event)  # published, received, completed
+        separate.note(stage, event, "shop", "audit", attempt, duration, etype)
+        merged.note(Stage.PUBLISHED, event, "shop")
+        merged.note(Stage.RECEIVED, event, "shop", "billing", 1)
+        merged.note(Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+        opened = merged.note_open(Stage.RECEIVED, event, "shop", "audit")
+        assert EventStore.note_close(opened, stage, event, "shop", "audit", attempt, duration, etype)
+    correlation = events[0].correlation_id
+    assert merged.flow(correlation) == separate.flow(correlation)
+    assert [(d.status, d.attempts, d.error_type) for d in merged.flow(correlation)[0].deliveries] == [
+        (Stage.COMPLETED, 1, None),
+        (Stage.COMPLETED, 1, None),
+    ]
+
+
+def test_a_read_between_the_received_step_and_the_next_sees_the_delivery_in_progress() -> None:
+    store = EventStore()
+    event = EventContext.root("order_placed")
+    store.note(Stage.PUBLISHED, event, "shop")
+    opened = store.note_open(Stage.RECEIVED, event, "shop", "billing")
+    (summary,) = store.flow(event.correlation_id)  # applies the received step, sealing it
+    assert summary.status == "in_progress" and summary.deliveries[0].status is Stage.RECEIVED
+    # too late to take its place: the caller notes it as any step
+    assert not EventStore.note_close(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    assert store.flow(event.correlation_id)[0].status == "in_progress"
+    store.note(Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    (summary,) = store.flow(event.correlation_id)
+    assert summary.status == "completed" and summary.deliveries[0].duration_s == 0.002
+
+
 def test_a_record_after_noted_steps_applies_after_them() -> None:
     store = EventStore()
     event = EventContext.root("order_placed")

@@ -50,6 +50,9 @@ _UNROUTED: Final = Stage.UNROUTED
 _KEYED: Final = Stage.KEYED
 # a tuple: ``in`` compares by identity first (no hashing)
 _FINAL: Final = tuple(FINAL_STAGES)
+#: what applying a step list (see EventStore.note_open) appends to it: a step appended after
+#: it was not applied with the list
+_SEALED: Final = object()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,7 +188,7 @@ class EventStore:
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
         # steps noted but not yet applied (appended by any thread, applied under the lock)
-        self._steps: collections.deque[_Step] = collections.deque()
+        self._steps: collections.deque[_Step | list[_Step]] = collections.deque()
 
     def __len__(self) -> int:
         with self._lock:
@@ -250,29 +253,93 @@ class EventStore:
             with self._lock:
                 self._apply_steps()
 
+    def note_open(
+        self,
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str,
+        attempt: int = 0,
+        span_context: SpanContext | None = None,
+    ) -> list[_Step]:
+        """:meth:`note` of a delivery's first step (``received``) that the delivery's next
+        step may replace (:meth:`note_close`), so that a handling that ends before anything
+        reads the store takes one step instead of two. Returns the handle for
+        :meth:`note_close`."""
+        step = [(stage, event, service, subscriber, attempt, None, None, span_context)]
+        steps = self._steps
+        steps.append(step)
+        if len(steps) >= STEPS_PER_BATCH:
+            with self._lock:
+                self._apply_steps()
+        return step
+
+    @staticmethod
+    def note_close(
+        opened: list[_Step],
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str,
+        attempt: int,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+        span_context: SpanContext | None = None,
+    ) -> bool:
+        """The next step of the delivery :meth:`note_open` opened (same event and subscriber),
+        in place of that first step if it has not been applied yet: the next step of a
+        delivery subsumes its ``received`` step (the same delivery state results). Returns
+        whether it was taken; if not (something read the store meanwhile), :meth:`note` it.
+        Call it at most once per handle. Thread-safe without the lock: appending to a list is
+        atomic, and applying the list appends ``_SEALED`` to it first."""
+        step = (stage, event, service, subscriber, attempt, duration_s, error_type, span_context)
+        opened.append(step)
+        # sealed before this step was appended: [first, _SEALED, step]
+        return not (opened[-1] is step and len(opened) > 2)
+
     def _apply_steps(self) -> None:
         """Apply the noted steps, oldest first (the caller holds the lock)."""
         steps = self._steps
         if not steps:
             return
         events = self._events
+        by_correlation = self._by_correlation
+        max_events = self.max_events
         popleft = steps.popleft
         last_event: EventContext | None = None
         entry: _Entry | None = None
         while steps:
-            stage, event, service, subscriber, attempt, duration_s, etype, span_context = popleft()
+            step = popleft()
+            if type(step) is list:  # a delivery's first step, or its next in its place (note_open)
+                step.append(_SEALED)
+                later = step[1]
+                step = step[0] if later is _SEALED else later
+            stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
             if event is not last_event:  # an event's steps mostly follow each other
                 entry = events.get(event.event_id)
                 last_event = event
             if entry is None:
-                entry = self._add(
-                    event.event_id,
-                    event.correlation_id,
-                    event.causation_id,
-                    event.event_type,
-                    event.created_ns,
-                    event.business_key,
-                )
+                if event.business_key is None:  # _add's common case, inlined
+                    event_id, correlation_id = event.event_id, event.correlation_id
+                    entry = _Entry(event_id, correlation_id, event.causation_id, event.event_type, event.created_ns)
+                    events[event_id] = entry
+                    ids = by_correlation.get(correlation_id)
+                    if ids is None:
+                        by_correlation[correlation_id] = {event_id: None}
+                    else:
+                        ids[event_id] = None
+                    if len(events) > max_events:
+                        while len(events) > max_events:
+                            self._evict_oldest()
+                else:
+                    entry = self._add(
+                        event.event_id,
+                        event.correlation_id,
+                        event.causation_id,
+                        event.event_type,
+                        event.created_ns,
+                        event.business_key,
+                    )
             if subscriber is None:
                 if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
                     entry.publisher = service
@@ -293,10 +360,11 @@ class EventStore:
                 if len(deliveries) < MAX_DELIVERIES:
                     final = stage in _FINAL
                     deliveries[subscriber] = _Delivery(
-                        service, stage, max(0, attempt), duration_s if final else None, etype
+                        service, stage, attempt if attempt > 0 else 0, duration_s if final else None, etype
                     )
             else:
-                delivery.attempts = max(delivery.attempts, attempt)
+                if attempt > delivery.attempts:  # noqa: PLR1730  (max() is a call: the hot path)
+                    delivery.attempts = attempt
                 final = stage in _FINAL
                 if delivery.status not in _FINAL:
                     delivery.status = stage

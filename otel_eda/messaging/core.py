@@ -511,6 +511,46 @@ class Messaging:
                 except Exception:
                     internal_error("recorder", "recording a lifecycle record")
 
+    def _open_step(
+        self, stage: Stage, event: EventContext, span_context: trace.SpanContext | None, subscriber: str
+    ) -> list[Any] | None:
+        """:meth:`_step` of a delivery's first step, which its next step may replace
+        (:meth:`_close_step`): with one store as the only recorder, the store's
+        :meth:`~EventStore.note_open`; returns its handle (``None`` when taken as any step)."""
+        if default_recorders.installed() or self._others or len(self._stores) != 1:
+            self._step(stage, event, span_context, subscriber, 0, None, None)
+            return None
+        try:
+            return self._stores[0].note_open(stage, event, self.service, subscriber, 0, span_context)
+        except Exception:
+            internal_error("recorder", "recording a lifecycle record")
+            return None
+
+    def _close_step(
+        self,
+        opened: list[Any],
+        stage: Stage,
+        event: EventContext,
+        span_context: trace.SpanContext | None,
+        subscriber: str,
+        attempt: int,
+        duration_s: float | None,
+        error: BaseException | None,
+    ) -> None:
+        """:meth:`_step` of the step after the one :meth:`_open_step` opened (``opened``), in
+        its place while it waits to be applied (one step for the store to take, not two)."""
+        if not default_recorders.installed() and not self._others and len(self._stores) == 1:
+            etype = error_type(error) if error is not None else None
+            try:
+                if EventStore.note_close(
+                    opened, stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
+                ):
+                    return
+            except Exception:
+                internal_error("recorder", "recording a lifecycle record")
+                return
+        self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+
     def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             semconv.MESSAGING_SYSTEM: self.system,
@@ -669,8 +709,11 @@ class Messaging:
             link = Link(producer, link_attrs)
         return Incoming(event, ctx, producer, link, destination)
 
-    def _deliver(self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS) -> None:
-        """Count one delivery and record the event's age (once per message)."""
+    def _deliver(
+        self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS
+    ) -> list[Any] | None:
+        """Count one delivery and record the event's age (once per message); returns the
+        handle of its ``received`` step for :meth:`_close_step`, if the step can be replaced."""
         message.delivered = True
         if self._metering():
             attrs = self._attrs(message.destination, operation, group)
@@ -683,7 +726,7 @@ class Messaging:
             feed = self._anomaly_feed()
             if feed is not None:
                 feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
-        self._step(_STAGE_RECEIVED, message.event, message.producer, group or self.service, 0, None, None)
+        return self._open_step(_STAGE_RECEIVED, message.event, message.producer, group or self.service)
 
     def received(
         self,
@@ -922,6 +965,7 @@ class Processing:
         "_group",
         "_keep",
         "_messaging",
+        "_note",
         "_open",
         "_start_ns",
         "_started",
@@ -955,8 +999,8 @@ class Processing:
         self._open = [True]  # popped exactly once, by whichever thread settles first
         self._tokens: list[Any] = []  # ContextVar tokens, or (token, owner) pairs (see attach)
         self._keep: Processing | None = None
-        if not message.delivered:
-            m._deliver(message, group)
+        # the received step, which settle's step may replace (see Messaging._open_step)
+        self._note = m._deliver(message, group) if not message.delivered else None
         ambient: Any = (context if context is not None else _current()).get(SPAN_KEY)
         if ambient is not None and ambient.get_span_context().is_valid:
             parent = context  # an HTTP server span, say: its child, linked to the producer
@@ -1094,15 +1138,29 @@ class Processing:
                     span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
-            m._step(
-                _STAGES[outcome],
-                self.event,
-                span.get_span_context(),
-                self._group or m.service,
-                self.attempt,
-                seconds,
-                exc if outcome is not _COMPLETED else None,
-            )
+            note = self._note
+            if note is None:
+                m._step(
+                    _STAGES[outcome],
+                    self.event,
+                    span.get_span_context(),
+                    self._group or m.service,
+                    self.attempt,
+                    seconds,
+                    exc if outcome is not _COMPLETED else None,
+                )
+            else:
+                self._note = None
+                m._close_step(
+                    note,
+                    _STAGES[outcome],
+                    self.event,
+                    span.get_span_context(),
+                    self._group or m.service,
+                    self.attempt,
+                    seconds,
+                    exc if outcome is not _COMPLETED else None,
+                )
         except Exception:
             internal_error("messaging", "settling a message")
         finally:
