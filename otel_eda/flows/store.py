@@ -25,7 +25,7 @@ import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
 
@@ -188,7 +188,7 @@ class EventStore:
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
         # steps noted but not yet applied (appended by any thread, applied under the lock)
-        self._steps: collections.deque[_Step | list[_Step]] = collections.deque()
+        self._steps: collections.deque[_Step | list[Any]] = collections.deque()
 
     def __len__(self) -> int:
         with self._lock:
@@ -261,12 +261,12 @@ class EventStore:
         subscriber: str,
         attempt: int = 0,
         span_context: SpanContext | None = None,
-    ) -> list[_Step]:
+    ) -> list[Any]:
         """:meth:`note` of a delivery's first step (``received``) that the delivery's next
         step may replace (:meth:`note_close`), so that a handling that ends before anything
         reads the store takes one step instead of two. Returns the handle for
         :meth:`note_close`."""
-        step = [(stage, event, service, subscriber, attempt, None, None, span_context)]
+        step: list[Any] = [(stage, event, service, subscriber, attempt, None, None, span_context)]
         steps = self._steps
         steps.append(step)
         if len(steps) >= STEPS_PER_BATCH:
@@ -276,7 +276,7 @@ class EventStore:
 
     @staticmethod
     def note_close(
-        opened: list[_Step],
+        opened: list[Any],
         stage: Stage,
         event: EventContext,
         service: str,
@@ -309,11 +309,13 @@ class EventStore:
         last_event: EventContext | None = None
         entry: _Entry | None = None
         while steps:
-            step = popleft()
-            if type(step) is list:  # a delivery's first step, or its next in its place (note_open)
-                step.append(_SEALED)
-                later = step[1]
-                step = step[0] if later is _SEALED else later
+            noted = popleft()
+            if type(noted) is list:  # a delivery's first step, or its next in its place (note_open)
+                noted.append(_SEALED)
+                later = noted[1]
+                step: _Step = noted[0] if later is _SEALED else later
+            else:
+                step = noted  # type: ignore[assignment]  # a _Step: the other kind is a list
             stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
             if event is not last_event:  # an event's steps mostly follow each other
                 entry = events.get(event.event_id)
