@@ -121,35 +121,43 @@ def test_noted_steps_give_what_the_records_give() -> None:
     assert len(noted) == 2
 
 
-def test_a_delivery_step_in_place_of_its_received_step_gives_what_both_give() -> None:
-    separate, merged = EventStore(), EventStore()
+def test_steps_joined_to_an_open_step_give_what_separate_steps_give() -> None:
+    separate, joined = EventStore(max_events=4), EventStore(max_events=4)
     events = [EventContext.root("order_placed", business_key="order-1") for _ in range(3)]
+    events.append(events[0].child("payment_authorized"))
     outcomes = [(Stage.COMPLETED, 1, 0.002, None), (Stage.RETRIED, 1, 0.5, "ValueError"), (Stage.FAILED, 2, 0.1, "E")]
-    for event, (stage, attempt, duration, etype) in zip(events, outcomes, strict=True):
+    for event, (stage, attempt, duration, etype) in zip(events, [*outcomes, outcomes[0]], strict=True):
         _note_flow(separate, event)  # published, received, completed
+        separate.note(Stage.RECEIVED, event, "shop", "audit")
         separate.note(stage, event, "shop", "audit", attempt, duration, etype)
-        merged.note(Stage.PUBLISHED, event, "shop")
-        merged.note(Stage.RECEIVED, event, "shop", "billing", 1)
-        merged.note(Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
-        opened = merged.note_open(Stage.RECEIVED, event, "shop", "audit")
-        assert EventStore.note_close(opened, stage, event, "shop", "audit", attempt, duration, etype)
+        opened = joined.note_open(Stage.PUBLISHED, event, "shop")
+        for step in (
+            (Stage.RECEIVED, event, "shop", "billing", 1),
+            (Stage.RECEIVED, event, "shop", "audit"),
+            (Stage.COMPLETED, event, "shop", "billing", 1, 0.002),
+            (stage, event, "shop", "audit", attempt, duration, etype),
+        ):
+            assert EventStore.note_more(opened, *step)
     correlation = events[0].correlation_id
-    assert merged.flow(correlation) == separate.flow(correlation)
-    assert [(d.status, d.attempts, d.error_type) for d in merged.flow(correlation)[0].deliveries] == [
-        (Stage.COMPLETED, 1, None),
-        (Stage.COMPLETED, 1, None),
+    assert joined.flow(correlation) == separate.flow(correlation)
+    assert len(joined.flow(correlation)) == 2
+    assert [(d.subscriber, d.status, d.attempts) for d in joined.flow(correlation)[0].deliveries] == [
+        ("billing", Stage.COMPLETED, 1),
+        ("audit", Stage.COMPLETED, 1),
     ]
+    assert [e.status for e in joined.flow(events[2].correlation_id)] == ["failed"]
+    assert len(joined) == len(separate) == 4 and joined.evicted == separate.evicted == 0
 
 
-def test_a_read_between_the_received_step_and_the_next_sees_the_delivery_in_progress() -> None:
+def test_a_read_before_a_step_joins_applies_the_open_step_and_the_step_is_noted_alone() -> None:
     store = EventStore()
     event = EventContext.root("order_placed")
-    store.note(Stage.PUBLISHED, event, "shop")
-    opened = store.note_open(Stage.RECEIVED, event, "shop", "billing")
-    (summary,) = store.flow(event.correlation_id)  # applies the received step, sealing it
+    opened = store.note_open(Stage.PUBLISHED, event, "shop")
+    assert EventStore.note_more(opened, Stage.RECEIVED, event, "shop", "billing")
+    (summary,) = store.flow(event.correlation_id)  # applies the open step and what joined it, sealing it
     assert summary.status == "in_progress" and summary.deliveries[0].status is Stage.RECEIVED
-    # too late to take its place: the caller notes it as any step
-    assert not EventStore.note_close(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    # too late to join: the caller notes it as any step
+    assert not EventStore.note_more(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
     assert store.flow(event.correlation_id)[0].status == "in_progress"
     store.note(Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
     (summary,) = store.flow(event.correlation_id)

@@ -25,6 +25,7 @@ import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Final
 
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
@@ -258,44 +259,49 @@ class EventStore:
         stage: Stage,
         event: EventContext,
         service: str,
-        subscriber: str,
+        subscriber: str | None = None,
         attempt: int = 0,
+        duration_s: float | None = None,
+        error_type: str | None = None,
         span_context: SpanContext | None = None,
     ) -> list[Any]:
-        """:meth:`note` of a delivery's first step (``received``) that the delivery's next
-        step may replace (:meth:`note_close`), so that a handling that ends before anything
-        reads the store takes one step instead of two. Returns the handle for
-        :meth:`note_close`."""
-        step: list[Any] = [(stage, event, service, subscriber, attempt, None, None, span_context)]
+        """:meth:`note` a step that later steps of the same event may join (:meth:`note_more`)
+        while it waits to be applied: they are applied with it, in order, where it was noted
+        (an event published, received and handled before anything reads the store is one
+        step to apply, not three). Returns the handle for :meth:`note_more`."""
+        opened: list[Any] = [(stage, event, service, subscriber, attempt, duration_s, error_type, span_context)]
         steps = self._steps
-        steps.append(step)
+        steps.append(opened)
         if len(steps) >= STEPS_PER_BATCH:
             with self._lock:
                 self._apply_steps()
-        return step
+        return opened
 
     @staticmethod
-    def note_close(
+    def note_more(
         opened: list[Any],
         stage: Stage,
         event: EventContext,
         service: str,
-        subscriber: str,
-        attempt: int,
+        subscriber: str | None = None,
+        attempt: int = 0,
         duration_s: float | None = None,
         error_type: str | None = None,
         span_context: SpanContext | None = None,
     ) -> bool:
-        """The next step of the delivery :meth:`note_open` opened (same event and subscriber),
-        in place of that first step if it has not been applied yet: the next step of a
-        delivery subsumes its ``received`` step (the same delivery state results). Returns
-        whether it was taken; if not (something read the store meanwhile), :meth:`note` it.
-        Call it at most once per handle. Thread-safe without the lock: appending to a list is
-        atomic, and applying the list appends ``_SEALED`` to it first."""
+        """Join a later step of the same event to the step :meth:`note_open` noted, if that
+        has not been applied yet. Returns whether it was taken; if not (something read the
+        store meanwhile), :meth:`note` it. Thread-safe without the lock: appending to a list
+        is atomic, and applying the list appends ``_SEALED`` to it first, so a step is
+        applied with the list exactly when it precedes the seal."""
         step = (stage, event, service, subscriber, attempt, duration_s, error_type, span_context)
         opened.append(step)
-        # sealed before this step was appended: [first, _SEALED, step]
-        return not (opened[-1] is step and len(opened) > 2)
+        for item in opened:
+            if item is step:
+                return True
+            if item is _SEALED:
+                return False
+        return True  # not reached: the step is in the list
 
     def _apply_steps(self) -> None:
         """Apply the noted steps, oldest first (the caller holds the lock)."""
@@ -310,70 +316,74 @@ class EventStore:
         entry: _Entry | None = None
         while steps:
             noted = popleft()
-            if type(noted) is list:  # a delivery's first step, or its next in its place (note_open)
+            if type(noted) is list:  # steps of one event, up to the seal (see note_open)
                 noted.append(_SEALED)
-                later = noted[1]
-                step: _Step = noted[0] if later is _SEALED else later
+                group: Sequence[Any] = noted
             else:
-                step = noted  # type: ignore[assignment]  # a _Step: the other kind is a list
-            stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
-            if event is not last_event:  # an event's steps mostly follow each other
-                entry = events.get(event.event_id)
-                last_event = event
-            if entry is None:
-                if event.business_key is None:  # _add's common case, inlined
-                    event_id, correlation_id = event.event_id, event.correlation_id
-                    entry = _Entry(event_id, correlation_id, event.causation_id, event.event_type, event.created_ns)
-                    events[event_id] = entry
-                    ids = by_correlation.get(correlation_id)
-                    if ids is None:
-                        by_correlation[correlation_id] = {event_id: None}
+                group = (noted,)
+            for step in group:
+                if step is _SEALED:
+                    break
+                stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
+                if event is not last_event:  # an event's steps mostly follow each other
+                    entry = events.get(event.event_id)
+                    last_event = event
+                if entry is None:
+                    if event.business_key is None:  # _add's common case, inlined
+                        event_id, correlation_id = event.event_id, event.correlation_id
+                        entry = _Entry(event_id, correlation_id, event.causation_id, event.event_type, event.created_ns)
+                        events[event_id] = entry
+                        ids = by_correlation.get(correlation_id)
+                        if ids is None:
+                            by_correlation[correlation_id] = {event_id: None}
+                        else:
+                            ids[event_id] = None
+                        if len(events) > max_events:
+                            while len(events) > max_events:
+                                self._evict_oldest()
                     else:
-                        ids[event_id] = None
-                    if len(events) > max_events:
-                        while len(events) > max_events:
-                            self._evict_oldest()
-                else:
-                    entry = self._add(
-                        event.event_id,
-                        event.correlation_id,
-                        event.causation_id,
-                        event.event_type,
-                        event.created_ns,
-                        event.business_key,
+                        entry = self._add(
+                            event.event_id,
+                            event.correlation_id,
+                            event.causation_id,
+                            event.event_type,
+                            event.created_ns,
+                            event.business_key,
+                        )
+                if subscriber is None:
+                    if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
+                        entry.publisher = service
+                        entry.publish_stage = stage
+                        if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
+                            entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
+                    elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                        self._publish_step(entry, stage, service, event.business_key, 0, 0)
+                    else:
+                        trace_id, span_id = span_context.trace_id, span_context.span_id
+                        self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
+                    continue
+                deliveries = entry.deliveries
+                delivery = deliveries.get(subscriber)
+                if stage is _KEYED:
+                    self._delivery_step(
+                        entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype
                     )
-            if subscriber is None:
-                if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
-                    entry.publisher = service
-                    entry.publish_stage = stage
-                    if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
-                        entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
-                elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
-                    self._publish_step(entry, stage, service, event.business_key, 0, 0)
+                elif delivery is None:  # a new delivery: its first step, in one go
+                    if len(deliveries) < MAX_DELIVERIES:
+                        final = stage in _FINAL
+                        deliveries[subscriber] = _Delivery(
+                            service, stage, attempt if attempt > 0 else 0, duration_s if final else None, etype
+                        )
                 else:
-                    trace_id, span_id = span_context.trace_id, span_context.span_id
-                    self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
-                continue
-            deliveries = entry.deliveries
-            delivery = deliveries.get(subscriber)
-            if stage is _KEYED:
-                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
-            elif delivery is None:  # a new delivery: its first step, in one go
-                if len(deliveries) < MAX_DELIVERIES:
+                    if attempt > delivery.attempts:  # noqa: PLR1730  (max() is a call: the hot path)
+                        delivery.attempts = attempt
                     final = stage in _FINAL
-                    deliveries[subscriber] = _Delivery(
-                        service, stage, attempt if attempt > 0 else 0, duration_s if final else None, etype
-                    )
-            else:
-                if attempt > delivery.attempts:  # noqa: PLR1730  (max() is a call: the hot path)
-                    delivery.attempts = attempt
-                final = stage in _FINAL
-                if delivery.status not in _FINAL:
-                    delivery.status = stage
-                if final and duration_s is not None:
-                    delivery.duration_s = duration_s
-                if etype is not None:
-                    delivery.error_type = etype
+                    if delivery.status not in _FINAL:
+                        delivery.status = stage
+                    if final and duration_s is not None:
+                        delivery.duration_s = duration_s
+                    if etype is not None:
+                        delivery.error_type = etype
 
     def _publish_step(
         self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int

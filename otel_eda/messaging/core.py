@@ -199,12 +199,21 @@ class Incoming:
     Made by :meth:`Messaging.extract`; handed to :meth:`Messaging.received` (pull) and
     :meth:`Messaging.process`. ``delivered`` becomes true once the message is counted in
     ``messaging.client.consumed.messages`` (once per delivery, whichever comes first).
+    ``note``: on a message handed off in this process (:meth:`Messaging.hand_off`), the
+    event's lifecycle steps in the store while they wait to be applied, which its consumers'
+    steps join.
     """
 
-    __slots__ = ("context", "delivered", "destination", "event", "link", "producer")
+    __slots__ = ("context", "delivered", "destination", "event", "link", "note", "producer")
 
     def __init__(
-        self, event: EventContext, context: Context, producer: trace.SpanContext, link: Link | None, destination: str
+        self,
+        event: EventContext,
+        context: Context,
+        producer: trace.SpanContext,
+        link: Link | None,
+        destination: str,
+        note: list[Any] | None = None,
     ) -> None:
         self.event = event
         self.context = context
@@ -212,10 +221,11 @@ class Incoming:
         self.link = link
         self.destination = destination
         self.delivered = False
+        self.note = note
 
     def again(self) -> Incoming:
         """The same message for another consumer (or delivery): not yet counted as delivered."""
-        return Incoming(self.event, self.context, self.producer, self.link, self.destination)
+        return Incoming(self.event, self.context, self.producer, self.link, self.destination, self.note)
 
 
 class Messaging:
@@ -511,45 +521,37 @@ class Messaging:
                 except Exception:
                     internal_error("recorder", "recording a lifecycle record")
 
-    def _open_step(
-        self, stage: Stage, event: EventContext, span_context: trace.SpanContext | None, subscriber: str
-    ) -> list[Any] | None:
-        """:meth:`_step` of a delivery's first step, which its next step may replace
-        (:meth:`_close_step`): with one store as the only recorder, the store's
-        :meth:`~EventStore.note_open`; returns its handle (``None`` when taken as any step)."""
-        if default_recorders.installed() or self._others or len(self._stores) != 1:
-            self._step(stage, event, span_context, subscriber, 0, None, None)
-            return None
-        try:
-            return self._stores[0].note_open(stage, event, self.service, subscriber, 0, span_context)
-        except Exception:
-            internal_error("recorder", "recording a lifecycle record")
-            return None
-
-    def _close_step(
+    def _join_step(
         self,
-        opened: list[Any],
+        opened: list[Any] | None,
         stage: Stage,
         event: EventContext,
         span_context: trace.SpanContext | None,
-        subscriber: str,
-        attempt: int,
-        duration_s: float | None,
-        error: BaseException | None,
-    ) -> None:
-        """:meth:`_step` of the step after the one :meth:`_open_step` opened (``opened``), in
-        its place while it waits to be applied (one step for the store to take, not two)."""
-        if not default_recorders.installed() and not self._others and len(self._stores) == 1:
-            etype = error_type(error) if error is not None else None
-            try:
-                if EventStore.note_close(
-                    opened, stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
-                ):
-                    return
-            except Exception:
-                internal_error("recorder", "recording a lifecycle record")
-                return
-        self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+        subscriber: str | None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error: BaseException | None = None,
+    ) -> list[Any] | None:
+        """:meth:`_step` of a step of the event whose steps ``opened`` holds (a handle of
+        :meth:`EventStore.note_open`, or ``None``): with one store as the only recorder, the
+        step joins those steps while they wait to be applied (or opens a new list); returns
+        the list the step went into, for the event's later steps (``None`` when it went to
+        the recorders as any step)."""
+        if default_recorders.installed() or self._others or len(self._stores) != 1:
+            self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+            return None
+        etype = error_type(error) if error is not None else None
+        try:
+            if opened is not None and EventStore.note_more(
+                opened, stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
+            ):
+                return opened
+            return self._stores[0].note_open(
+                stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
+            )
+        except Exception:
+            internal_error("recorder", "recording a lifecycle record")
+            return None
 
     def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
         attrs: dict[str, Any] = {
@@ -623,8 +625,8 @@ class Messaging:
         and :meth:`Publication.local` would give its consumers, in one step and without a
         span, a context to attach or headers; ``None`` when spans or metrics are recorded
         (use :meth:`publish` then). Only when :meth:`in_process` is true. The caller sends it,
-        then records the ``published`` step with :meth:`record` (with the error if sending
-        raised). Raises ``ValueError`` as :meth:`publish` does."""
+        then calls :meth:`handed_over` (with the error if sending raised). Raises
+        ``ValueError`` as :meth:`publish` does."""
         if self._tracing() or self._metering():
             return None
         base = context if context is not None else _current()
@@ -633,7 +635,18 @@ class Messaging:
             event = parent.child(event_type, business_key=business_key, metadata=metadata)
         else:
             event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
-        return _local_incoming(event, _noop_span(base), event_baggage(event, base), event.event_type)
+        incoming = _local_incoming(event, _noop_span(base), event_baggage(event, base), event.event_type)
+        if not default_recorders.installed() and not self._others and len(self._stores) == 1:
+            # the published step, noted now: its consumers' steps join it (see EventStore.note_open)
+            incoming.note = self._join_step(None, _STAGE_PUBLISHED, event, incoming.producer, None)
+        return incoming
+
+    def handed_over(self, incoming: Incoming, error: BaseException | None = None) -> None:
+        """Record the ``published`` step of a message from :meth:`hand_off` once its sending
+        returned, or raised ``error`` (a step :meth:`hand_off` took already, for a store that
+        records no errors of a publish, is not taken again)."""
+        if incoming.note is None:
+            self._step(_STAGE_PUBLISHED, incoming.event, incoming.producer, None, 0, None, error)
 
     def unrouted(self, event: EventContext, destination: str, span_context: trace.SpanContext | None = None) -> None:
         """Count and record an event that no subscriber received.
@@ -726,7 +739,7 @@ class Messaging:
             feed = self._anomaly_feed()
             if feed is not None:
                 feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
-        return self._open_step(_STAGE_RECEIVED, message.event, message.producer, group or self.service)
+        return self._join_step(message.note, _STAGE_RECEIVED, message.event, message.producer, group or self.service)
 
     def received(
         self,
@@ -1151,7 +1164,7 @@ class Processing:
                 )
             else:
                 self._note = None
-                m._close_step(
+                m._join_step(
                     note,
                     _STAGES[outcome],
                     self.event,

@@ -52,7 +52,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.flows.records import Recorder, Stage
+from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
@@ -93,7 +93,6 @@ _REJECTED: Final = Outcome.REJECTED
 _RETRIED: Final = Outcome.RETRIED
 _DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
 _NO_AMBIENT_SPAN: Final = Context()
-_PUBLISHED: Final = Stage.PUBLISHED
 
 
 class Unsendable(TypeError):
@@ -410,7 +409,14 @@ class EventBus:
                 event = handed.event
                 message = WireMessage(event_type, {}, payload, time.time_ns(), handed)
                 try:
-                    waiting = _put_nowait(subs, message)
+                    if len(subs) == 1:  # _put_nowait's common case
+                        try:
+                            subs[0].queue.put_nowait(message)
+                            waiting = None
+                        except asyncio.QueueFull:
+                            waiting = subs
+                    else:
+                        waiting = _put_nowait(subs, message)
                     if waiting:
                         missed = await self._wait_for_room(waiting, message)
                         for name in missed:
@@ -418,9 +424,9 @@ class EventBus:
                         if missed:
                             raise BusFull(event, missed)
                 except BaseException as exc:
-                    messaging.record(_PUBLISHED, event, handed.producer, error=exc)
+                    messaging.handed_over(handed, exc)
                     raise
-                messaging.record(_PUBLISHED, event, handed.producer)
+                messaging.handed_over(handed)
                 return event
         headers: dict[str, str] | None = None if local and event_type not in self._outlets else {}
         with messaging.publish(
