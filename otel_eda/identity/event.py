@@ -31,7 +31,7 @@ from opentelemetry.context import Context, create_key, get_current, get_value, s
 
 from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid
-from otel_eda.identity.ids import new_event_id
+from otel_eda.identity.ids import next_event_id
 from otel_eda.identity.validation import (
     MAX_METADATA_ENTRIES,
     id_problem,
@@ -154,7 +154,7 @@ class EventContext:
         metadata: Mapping[str, str] | None = None,
     ) -> EventContext:
         """A new flow: the event is its own correlation id and has no cause."""
-        event_id = new_event_id()
+        event_id = next_event_id()
         return _made(cls, event_id, event_id, None, event_type, business_key, metadata)
 
     def child(
@@ -170,7 +170,7 @@ class EventContext:
         """
         return _made(
             EventContext,
-            new_event_id(),
+            next_event_id(),
             self.correlation_id,
             self.event_id,
             event_type,
@@ -304,7 +304,13 @@ def event_baggage(event: EventContext, context: Context) -> object:
     without building that context: what an in-process hand-off carries to its consumers."""
     if not _DIRECT_BAGGAGE:
         return _with_event_slow(event, context).get(_BAGGAGE_KEY)
-    return _direct_baggage(event, context.get(_BAGGAGE_KEY))
+    entries = context.get(_BAGGAGE_KEY)
+    if not entries:  # _direct_baggage's common case (a new flow): otel-eda's entries alone
+        causation = event.causation_id
+        if causation is None:
+            return {BAGGAGE_CORRELATION_ID: event.correlation_id}
+        return {BAGGAGE_CORRELATION_ID: event.correlation_id, BAGGAGE_CAUSATION_ID: causation}
+    return _direct_baggage(event, entries)
 
 
 def _direct_baggage(event: EventContext, entries: object) -> dict[str, object]:

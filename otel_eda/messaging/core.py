@@ -154,6 +154,8 @@ _STAGE_UNROUTED: Final = Stage.UNROUTED
 _STATUSCODE_ERROR: Final = StatusCode.ERROR
 _TRACEMODE_PARENT: Final = TraceMode.PARENT
 _OUTCOME_VALUES: Final = {outcome: outcome.value for outcome in Outcome}
+_INVALID_SPAN_CONTEXT: Final = trace.INVALID_SPAN_CONTEXT
+_INVALID_SPAN: Final = trace.INVALID_SPAN
 
 
 class Rejected(Exception):
@@ -402,6 +404,21 @@ class Messaging:
         self._metering_on = True
         return True
 
+    def _quiet(self) -> bool:
+        """Whether neither spans nor measurements are recorded (telemetry off): ``not
+        _tracing() and not _metering()`` in one call, and without either while no global
+        provider is installed at all."""
+        if self._tracing_on or self._metering_on:
+            return False
+        if (
+            self._proxy_tracer
+            and self._proxy_meter
+            and _global_tracer_provider() is None
+            and _global_meter_provider() is None
+        ):
+            return True
+        return not self._tracing() and not self._metering()
+
     def _anomaly_feed(self) -> anomaly_feed.Feed | None:
         """Where the duration and age histograms go to the anomaly readers of this meter
         provider directly (see :mod:`otel_eda.anomaly.feed`), if one subscribed."""
@@ -627,7 +644,7 @@ class Messaging:
         (use :meth:`publish` then). Only when :meth:`in_process` is true. The caller sends it,
         then calls :meth:`handed_over` (with the error if sending raised). Raises
         ``ValueError`` as :meth:`publish` does."""
-        if self._tracing() or self._metering():
+        if not self._quiet():
             return None
         base = context if context is not None else _current()
         parent = cause if cause is not None else current_event(base)
@@ -635,10 +652,20 @@ class Messaging:
             event = parent.child(event_type, business_key=business_key, metadata=metadata)
         else:
             event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
-        incoming = _local_incoming(event, _noop_span(base), event_baggage(event, base), event.event_type)
+        if base.get(SPAN_KEY) is None:  # no span to carry: _local_incoming's short case
+            incoming = Incoming(
+                event, Context({BAGGAGE_KEY: event_baggage(event, base)}), _INVALID_SPAN_CONTEXT, None, event_type
+            )
+        else:
+            incoming = _local_incoming(event, _noop_span(base), event_baggage(event, base), event_type)
         if not default_recorders.installed() and not self._others and len(self._stores) == 1:
             # the published step, noted now: its consumers' steps join it (see EventStore.note_open)
-            incoming.note = self._join_step(None, _STAGE_PUBLISHED, event, incoming.producer, None)
+            try:
+                incoming.note = self._stores[0].note_open(
+                    _STAGE_PUBLISHED, event, self.service, None, 0, None, None, incoming.producer
+                )
+            except Exception:
+                internal_error("recorder", "recording a lifecycle record")
         return incoming
 
     def handed_over(self, incoming: Incoming, error: BaseException | None = None) -> None:
@@ -1012,7 +1039,32 @@ class Processing:
         self._open = [True]  # popped exactly once, by whichever thread settles first
         self._tokens: list[Any] = []  # ContextVar tokens, or (token, owner) pairs (see attach)
         self._keep: Processing | None = None
-        # the received step, which settle's step may replace (see Messaging._open_step)
+        if m._quiet():  # telemetry off: the rest without spans and measurements
+            if message.delivered:
+                self._note = None
+            else:  # _deliver without measurements
+                message.delivered = True
+                self._note = m._join_step(message.note, _STAGE_RECEIVED, event, message.producer, group or m.service)
+            current: Any = (context if context is not None else _current()).get(SPAN_KEY)
+            span: trace.Span
+            if current is not None and current.get_span_context().is_valid:
+                span = _noop_span(context)
+            elif m.mode is _TRACEMODE_PARENT:
+                producer: Any = message.context.get(SPAN_KEY)  # _noop_span(message.context)
+                if producer is None:
+                    span = _INVALID_SPAN
+                elif type(producer) is NonRecordingSpan:
+                    span = producer
+                else:
+                    span = NonRecordingSpan(producer.get_span_context())
+            else:
+                span = _INVALID_SPAN
+            self._start_ns = time.time_ns()
+            self.span = span
+            self.context = event_context(event, message.context, (SPAN_KEY, span), (_PROCESSING_KEY, weakref.ref(self)))
+            self._started = time.perf_counter()
+            return
+        # the received step, which later steps join (see Messaging._join_step)
         self._note = m._deliver(message, group) if not message.delivered else None
         ambient: Any = (context if context is not None else _current()).get(SPAN_KEY)
         if ambient is not None and ambient.get_span_context().is_valid:
@@ -1128,6 +1180,35 @@ class Processing:
         self.outcome = outcome
         seconds = time.perf_counter() - self._started if end_ns is None else max(0.0, (end_ns - self._start_ns) / 1e9)
         span = self.span
+        if type(span) is NonRecordingSpan and m._quiet():  # telemetry off: the lifecycle step alone
+            try:
+                note = self._note
+                error = exc if outcome is not _COMPLETED else None
+                if note is None:
+                    m._step(
+                        _STAGES[outcome],
+                        self.event,
+                        span.get_span_context(),
+                        self._group or m.service,
+                        self.attempt,
+                        seconds,
+                        error,
+                    )
+                else:
+                    self._note = None
+                    m._join_step(
+                        note,
+                        _STAGES[outcome],
+                        self.event,
+                        span.get_span_context(),
+                        self._group or m.service,
+                        self.attempt,
+                        seconds,
+                        error,
+                    )
+            except Exception:
+                internal_error("messaging", "settling a message")
+            return seconds
         try:
             etype = error_type(exc) if exc is not None and outcome is not _COMPLETED else ""
             if m._metering():

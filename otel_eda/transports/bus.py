@@ -530,11 +530,12 @@ class EventBus:
             message = await queue.get()
             try:
                 local = message.local
-                incoming = (
-                    local.again()
-                    if local is not None
-                    else messaging.extract(message.headers, destination=message.destination)
-                )
+                if local is None:
+                    incoming = messaging.extract(message.headers, destination=message.destination)
+                elif local.delivered:  # another subscriber took the message as published
+                    incoming = local.again()
+                else:
+                    incoming = local
                 enqueued_ns = message.enqueued_ns
                 waited = max(0.0, (time.time_ns() - enqueued_ns) / 1e9) if enqueued_ns else 0.0
                 attempt_no = 0
