@@ -149,6 +149,59 @@ def test_steps_joined_to_an_open_step_give_what_separate_steps_give() -> None:
     assert len(joined) == len(separate) == 4 and joined.evicted == separate.evicted == 0
 
 
+def test_events_kept_as_their_steps_answer_every_query_as_entries_do() -> None:
+    separate, joined = EventStore(max_events=3), EventStore(max_events=3)
+    root = EventContext.root("order_placed")
+    child = root.child("payment_authorized")
+    grandchild = child.child("stock_reserved")
+    other = EventContext.root("audited")
+    for event in (other, root, child, grandchild):  # ``other`` is evicted
+        _note_flow(separate, event)
+        opened = joined.note_open(Stage.PUBLISHED, event, "shop")
+        assert EventStore.note_more(opened, Stage.RECEIVED, event, "shop", "billing", 1)
+        assert EventStore.note_more(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    assert len(joined) == 3 and joined.evicted == separate.evicted == 1
+    assert joined.correlation_ids() == separate.correlation_ids() == [root.correlation_id]
+    # each query reads events still held as their steps
+    assert joined.get(grandchild.event_id) == separate.get(grandchild.event_id)
+    assert joined.causation_chain(grandchild.event_id) == separate.causation_chain(grandchild.event_id)
+    assert joined.descendants(root.event_id) == separate.descendants(root.event_id)
+    assert joined.flow(root.correlation_id) == separate.flow(root.correlation_id)
+    assert joined.get(other.event_id) is None and joined.flow(other.correlation_id) == []
+    # a later step, a business key and a record apply to the entry made from the steps
+    late = EventStore(max_events=3)
+    opened = late.note_open(Stage.PUBLISHED, root, "shop")
+    assert EventStore.note_more(opened, Stage.RECEIVED, root, "shop", "billing", 1)
+    keyed = EventContext(
+        root.event_id, root.correlation_id, None, root.event_type, root.created_ns, business_key="order-7"
+    )
+    len(late)  # applied: kept as its steps
+    late.note(Stage.KEYED, keyed, "shop", "billing", 1)
+    late.note(Stage.RETRIED, root, "shop", "billing", 1, 0.5, "ValueError")
+    late.record(
+        LifecycleRecord(
+            Stage.COMPLETED,
+            0,
+            root.event_id,
+            root.correlation_id,
+            None,
+            "order_placed",
+            "shop",
+            None,
+            "billing",
+            2,
+            0.1,
+        )
+    )
+    (summary,) = late.flow(root.correlation_id)
+    assert late.find("order-7") == [root.correlation_id] and summary.business_key == "order-7"
+    assert (summary.status, summary.deliveries[0].attempts, summary.deliveries[0].error_type) == (
+        "completed",
+        2,
+        "ValueError",
+    )
+
+
 def test_a_read_before_a_step_joins_applies_the_open_step_and_the_step_is_noted_alone() -> None:
     store = EventStore()
     event = EventContext.root("order_placed")

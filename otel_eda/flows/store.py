@@ -185,7 +185,9 @@ class EventStore:
         self._evicted = 0
         self._lock = threading.Lock()
         _stores.add(self)
-        self._events: OrderedDict[str, _Entry] = OrderedDict()
+        # an event's entry, or (until something reads it) the sealed step list of a new event
+        # whose steps all came in that list (see _apply_steps)
+        self._events: OrderedDict[str, _Entry | list[Any]] = OrderedDict()
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
         # steps noted but not yet applied (appended by any thread, applied under the lock)
@@ -226,7 +228,7 @@ class EventStore:
         ) = record
         with self._lock:
             self._apply_steps()  # in order: what was noted before this record first
-            entry = self._events.get(event_id)
+            entry = self._lookup(event_id)
             if entry is None:
                 entry = self._add(event_id, correlation_id, causation_id, event_type, created_ns, business_key)
             if subscriber is None:
@@ -318,6 +320,22 @@ class EventStore:
             noted = popleft()
             if type(noted) is list:  # steps of one event, up to the seal (see note_open)
                 noted.append(_SEALED)
+                event = noted[0][1]
+                event_id = event.event_id
+                if event.business_key is None and event_id not in events:
+                    # a new event, all its steps so far in this list: kept as they are, made into
+                    # an entry when something reads it or a later step comes (_materialize)
+                    events[event_id] = noted
+                    correlation_id = event.correlation_id
+                    ids = by_correlation.get(correlation_id)
+                    if ids is None:
+                        by_correlation[correlation_id] = {event_id: None}
+                    else:
+                        ids[event_id] = None
+                    if len(events) > max_events:
+                        while len(events) > max_events:
+                            self._evict_oldest()
+                    continue
                 group: Sequence[Any] = noted
             else:
                 group = (noted,)
@@ -326,7 +344,8 @@ class EventStore:
                     break
                 stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
                 if event is not last_event:  # an event's steps mostly follow each other
-                    entry = events.get(event.event_id)
+                    found = events.get(event.event_id)
+                    entry = self._materialize(event.event_id, found) if isinstance(found, list) else found
                     last_event = event
                 if entry is None:
                     if event.business_key is None:  # _add's common case, inlined
@@ -384,6 +403,35 @@ class EventStore:
                         delivery.duration_s = duration_s
                     if etype is not None:
                         delivery.error_type = etype
+
+    def _materialize(self, event_id: str, noted: list[Any]) -> _Entry:
+        """The entry of an event held as its sealed step list (see _apply_steps), in its
+        place: those steps applied to a new entry, in order (the caller holds the lock)."""
+        first = noted[0][1]
+        entry = _Entry(event_id, first.correlation_id, first.causation_id, first.event_type, first.created_ns)
+        for step in noted:
+            if step is _SEALED:
+                break
+            stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
+            if subscriber is not None:
+                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
+            elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                self._publish_step(entry, stage, service, event.business_key, 0, 0)
+            else:
+                self._publish_step(
+                    entry, stage, service, event.business_key, span_context.trace_id, span_context.span_id
+                )
+        self._events[event_id] = entry  # the same place in the eviction order
+        return entry
+
+    def _lookup(self, event_id: str | None) -> _Entry | None:
+        """The entry of ``event_id``, made from its step list if need be (the caller holds the lock)."""
+        if event_id is None:
+            return None
+        found = self._events.get(event_id)
+        if isinstance(found, list):
+            return self._materialize(event_id, found)
+        return found
 
     def _publish_step(
         self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int
@@ -479,6 +527,14 @@ class EventStore:
     def _evict_oldest(self) -> None:
         event_id, entry = self._events.popitem(last=False)
         self._evicted += 1
+        if isinstance(entry, list):  # a step list: no business key indexed (see _apply_steps)
+            correlation_id = entry[0][1].correlation_id
+            ids = self._by_correlation.get(correlation_id)
+            if ids is not None:
+                ids.pop(event_id, None)
+                if not ids:
+                    del self._by_correlation[correlation_id]
+            return
         ids = self._by_correlation.get(entry.correlation_id)
         if ids is not None:
             ids.pop(event_id, None)
@@ -491,15 +547,15 @@ class EventStore:
     def get(self, event_id: str) -> EventSummary | None:
         with self._lock:
             self._apply_steps()
-            entry = self._events.get(event_id)
+            entry = self._lookup(event_id)
             return entry.summary() if entry else None
 
     def flow(self, correlation_id: str) -> list[EventSummary]:
         """The events of one flow, oldest first, with their status and deliveries."""
         with self._lock:
             self._apply_steps()
-            entries = [self._events[i] for i in self._by_correlation.get(correlation_id, ())]
-            return [e.summary() for e in sorted(entries, key=lambda e: (e.created_ns, e.event_id))]
+            entries = [self._lookup(i) for i in self._by_correlation.get(correlation_id, ())]
+            return [e.summary() for e in sorted(filter(None, entries), key=lambda e: (e.created_ns, e.event_id))]
 
     def causation_chain(self, event_id: str) -> list[EventSummary]:
         """The chain of causes of an event, root first, the event itself last.
@@ -510,24 +566,24 @@ class EventStore:
             self._apply_steps()
             chain: list[_Entry] = []
             seen: set[str] = set()
-            current = self._events.get(event_id)
+            current = self._lookup(event_id)
             while current is not None and current.event_id not in seen:
                 seen.add(current.event_id)
                 chain.append(current)
-                current = self._events.get(current.causation_id) if current.causation_id else None
+                current = self._lookup(current.causation_id)
             return [e.summary() for e in reversed(chain)]
 
     def descendants(self, event_id: str) -> list[EventSummary]:
         """Every event caused, directly or not, by ``event_id``, breadth first."""
         with self._lock:
             self._apply_steps()
-            root = self._events.get(event_id)
+            root = self._lookup(event_id)
             if root is None:
                 return []
             children: dict[str, list[_Entry]] = {}
             for i in self._by_correlation.get(root.correlation_id, ()):
-                e = self._events[i]
-                if e.causation_id is not None:
+                e = self._lookup(i)
+                if e is not None and e.causation_id is not None:
                     children.setdefault(e.causation_id, []).append(e)
             found: list[_Entry] = []
             frontier, seen = [event_id], {event_id}
