@@ -32,6 +32,7 @@ from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
+    EVENT_KEY,
     SPAN_KEY,
     EventContext,
     current_event,
@@ -360,6 +361,8 @@ class Messaging:
             r for r in self._recorders if isinstance(r, EventStore) and _takes_notes(r)
         )
         self._others = tuple(r for r in self._recorders if not _takes_notes(r))
+        #: the one recorder when it is a store taking notes (where a step may join a step list)
+        self._only_store = self._stores[0] if len(self._stores) == 1 and not self._others else None
 
     # -- helpers ------------------------------------------------------------------------
     def _propagator(self) -> TextMapPropagator:
@@ -554,7 +557,8 @@ class Messaging:
         step joins those steps while they wait to be applied (or opens a new list); returns
         the list the step went into, for the event's later steps (``None`` when it went to
         the recorders as any step)."""
-        if default_recorders.installed() or self._others or len(self._stores) != 1:
+        store = self._only_store
+        if store is None or default_recorders.installed():
             self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
             return None
         etype = error_type(error) if error is not None else None
@@ -563,9 +567,7 @@ class Messaging:
                 opened, stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
             ):
                 return opened
-            return self._stores[0].note_open(
-                stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
-            )
+            return store.note_open(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
         except Exception:
             internal_error("recorder", "recording a lifecycle record")
             return None
@@ -647,8 +649,8 @@ class Messaging:
         if not self._quiet():
             return None
         base = context if context is not None else _current()
-        parent = cause if cause is not None else current_event(base)
-        if parent is not None:
+        parent: Any = cause if cause is not None else base.get(EVENT_KEY)  # current_event(base)
+        if cause is not None or isinstance(parent, EventContext):
             event = parent.child(event_type, business_key=business_key, metadata=metadata)
         else:
             event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
@@ -658,10 +660,11 @@ class Messaging:
             )
         else:
             incoming = _local_incoming(event, _noop_span(base), event_baggage(event, base), event_type)
-        if not default_recorders.installed() and not self._others and len(self._stores) == 1:
+        store = self._only_store
+        if store is not None and not default_recorders.installed():
             # the published step, noted now: its consumers' steps join it (see EventStore.note_open)
             try:
-                incoming.note = self._stores[0].note_open(
+                incoming.note = store.note_open(
                     _STAGE_PUBLISHED, event, self.service, None, 0, None, None, incoming.producer
                 )
             except Exception:
@@ -1044,7 +1047,19 @@ class Processing:
                 self._note = None
             else:  # _deliver without measurements
                 message.delivered = True
-                self._note = m._join_step(message.note, _STAGE_RECEIVED, event, message.producer, group or m.service)
+                note = message.note
+                subscriber = group or m.service
+                if (
+                    note is not None
+                    and m._only_store is not None
+                    and not default_recorders.installed()
+                    and EventStore.note_more(
+                        note, _STAGE_RECEIVED, event, m.service, subscriber, 0, None, None, message.producer
+                    )
+                ):  # _join_step's common case
+                    self._note = note
+                else:
+                    self._note = m._join_step(None, _STAGE_RECEIVED, event, message.producer, subscriber)
             current: Any = (context if context is not None else _current()).get(SPAN_KEY)
             span: trace.Span
             if current is not None and current.get_span_context().is_valid:
@@ -1196,16 +1211,31 @@ class Processing:
                     )
                 else:
                     self._note = None
-                    m._join_step(
-                        note,
-                        _STAGES[outcome],
-                        self.event,
-                        span.get_span_context(),
-                        self._group or m.service,
-                        self.attempt,
-                        seconds,
-                        error,
-                    )
+                    if (
+                        m._only_store is None
+                        or default_recorders.installed()
+                        or not EventStore.note_more(
+                            note,
+                            _STAGES[outcome],
+                            self.event,
+                            m.service,
+                            self._group or m.service,
+                            self.attempt,
+                            seconds,
+                            error_type(error) if error is not None else None,
+                            span.get_span_context(),
+                        )
+                    ):  # not _join_step's common case
+                        m._join_step(
+                            None,
+                            _STAGES[outcome],
+                            self.event,
+                            span.get_span_context(),
+                            self._group or m.service,
+                            self.attempt,
+                            seconds,
+                            error,
+                        )
             except Exception:
                 internal_error("messaging", "settling a message")
             return seconds
