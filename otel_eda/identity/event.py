@@ -295,6 +295,14 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
     values[_EVENT_KEY] = event
     for key, value in extra:
         values[key] = value
+    entries = values.get(_BAGGAGE_KEY)
+    if (
+        event.causation_id is None
+        and type(entries) is dict
+        and len(entries) == 1
+        and entries.get(BAGGAGE_CORRELATION_ID) == event.correlation_id
+    ):
+        return Context(values)  # _direct_baggage's short case: the baggage says so already
     values[_BAGGAGE_KEY] = _direct_baggage(event, base.get(_BAGGAGE_KEY))
     return Context(values)
 

@@ -537,13 +537,15 @@ class EventBus:
                 else:
                     incoming = local
                 enqueued_ns = message.enqueued_ns
-                waited = max(0.0, (time.time_ns() - enqueued_ns) / 1e9) if enqueued_ns else 0.0
+                waited = (time.time_ns() - enqueued_ns) / 1e9 if enqueued_ns else 0.0
+                if waited < 0.0:  # noqa: PLR1730  (the wall clock stepped back; max() is a call)
+                    waited = 0.0
                 attempt_no = 0
                 while True:
                     attempt_no += 1
-                    processing = messaging.process(
-                        incoming, consumer_group=name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
-                    )
+                    # messaging.process(incoming, consumer_group=name, attempt=attempt_no, queued_s=waited,
+                    # context=_NO_AMBIENT_SPAN), without its frame and keyword arguments
+                    processing = Processing(messaging, incoming, name, attempt_no, waited, None, _NO_AMBIENT_SPAN)
                     delivery = Delivery(self, processing, message.payload, name)
                     exc: BaseException | None = None
                     # the attempt's context is current while the handler runs; what it raises is
