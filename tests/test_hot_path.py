@@ -348,3 +348,41 @@ def test_a_handler_reading_the_store_sees_its_delivery_in_progress_then_complete
     assert summary.status == "completed" and summary.deliveries[0].attempts == 1
     assert summary.deliveries[0].duration_s is not None
     assert seen[-1] == [("completed", [Stage.COMPLETED])]
+
+
+def test_telemetry_off_store_stays_bounded_with_events_kept_as_their_steps() -> None:
+    import tracemalloc
+
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from otel_eda.flows.store import EventStore
+
+    store = EventStore(max_events=200)
+
+    async def run() -> tuple[int, int]:
+        bus = EventBus(
+            service="shop", store=store, tracer_provider=trace.NoOpTracerProvider(), meter_provider=NoOpMeterProvider()
+        )
+        async with bus:
+
+            async def handle(_: object) -> None:
+                return None
+
+            bus.subscribe("order_placed", handle, subscriber="billing")
+            for _ in range(1_000):
+                await bus.publish("order_placed", None)
+                await bus.join()
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(4_000):
+                await bus.publish("order_placed", None)
+                await bus.join()
+            return before, tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        before, after = asyncio.run(run())
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 200 and store.evicted == 4_800
+    assert after - before < 50_000, f"the store grew by {after - before} bytes while holding 200 events"
+    assert all(e.status == "completed" for c in store.correlation_ids() for e in store.flow(c))
