@@ -386,3 +386,24 @@ def test_telemetry_off_store_stays_bounded_with_events_kept_as_their_steps() -> 
     assert len(store) == 200 and store.evicted == 4_800
     assert after - before < 50_000, f"the store grew by {after - before} bytes while holding 200 events"
     assert all(e.status == "completed" for c in store.correlation_ids() for e in store.flow(c))
+
+
+def test_a_business_key_one_subscriber_sets_is_not_seen_by_another() -> None:
+    async def run() -> list[tuple[str, str | None]]:
+        seen: list[tuple[str, str | None]] = []
+        async with _telemetry_off_bus() as bus:
+
+            async def billing(delivery: Any) -> None:
+                delivery.set_business_key("order-9")
+                seen.append(("billing", delivery.event.business_key))
+
+            async def audit(delivery: Any) -> None:
+                seen.append(("audit", delivery.event.business_key))
+
+            bus.subscribe("order_placed", billing, subscriber="billing")
+            bus.subscribe("order_placed", audit, subscriber="audit")
+            await bus.publish("order_placed", None)
+            await bus.join()
+        return seen
+
+    assert sorted(asyncio.run(run())) == [("audit", None), ("billing", "order-9")]

@@ -24,7 +24,7 @@ A transport makes one :class:`Messaging` per client and calls it at each step:
 * **in process** (a transport whose consumers live in the publisher's process, such as the
   embedded bus): when ``messaging.in_process()`` is true, ``publish(event_type, None)``
   writes no headers and ``pub.local()`` is the :class:`Incoming` every local consumer
-  takes (the first as it is, the others ``incoming.again()`` each), exactly what extracting
+  takes (a sole consumer as it is, several ``incoming.again()`` each), exactly what extracting
   the headers would give; with telemetry off, ``messaging.hand_off(event_type)`` makes that
   :class:`Incoming` without a span, and ``messaging.handed_over(incoming)`` follows the send.
 

@@ -236,7 +236,7 @@ DeadLetterHandler = Callable[[DeadLetter], Awaitable[None] | None]
 
 
 class _Subscription:
-    __slots__ = ("event_type", "handler", "name", "queue", "retry", "task")
+    __slots__ = ("event_type", "handler", "name", "queue", "retry", "sole", "task")
 
     def __init__(self, event_type: str, name: str, handler: Handler, retry: RetryPolicy, size: int):
         self.event_type = event_type
@@ -245,6 +245,9 @@ class _Subscription:
         self.retry = retry
         self.queue: asyncio.Queue[WireMessage] = asyncio.Queue(size)
         self.task: asyncio.Task[None] | None = None
+        #: the only subscriber of its event type so far: it may take a message's local
+        #: Incoming as published (no other consumer shares it)
+        self.sole = True
 
 
 async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
@@ -342,6 +345,8 @@ class EventBus:
         if any(s.name == name for s in subs):
             raise ValueError(f"subscriber {name!r} already subscribes to {event_type!r}")
         sub = _Subscription(event_type, name, handler, retry or self.retry, self.queue_size)
+        for other in subs:  # from now on messages of this type have several consumers
+            other.sole = sub.sole = False
         subs.append(sub)
         self._queues = (*self._queues, sub.queue)
         self._start(sub)
@@ -532,10 +537,10 @@ class EventBus:
                 local = message.local
                 if local is None:
                     incoming = messaging.extract(message.headers, destination=message.destination)
-                elif local.delivered:  # another subscriber took the message as published
-                    incoming = local.again()
-                else:
+                elif sub.sole and not local.delivered:  # its only consumer: as published
                     incoming = local
+                else:  # each consumer its own (a handler may set the event's business key)
+                    incoming = local.again()
                 enqueued_ns = message.enqueued_ns
                 waited = (time.time_ns() - enqueued_ns) / 1e9 if enqueued_ns else 0.0
                 if waited < 0.0:  # noqa: PLR1730  (the wall clock stepped back; max() is a call)
