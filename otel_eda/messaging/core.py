@@ -756,7 +756,8 @@ class Messaging:
         self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS
     ) -> list[Any] | None:
         """Count one delivery and record the event's age (once per message); returns the
-        handle of its ``received`` step for :meth:`_close_step`, if the step can be replaced."""
+        step list its ``received`` step went into, which the attempt's settled step joins
+        (see :meth:`_join_step`)."""
         message.delivered = True
         if self._metering():
             attrs = self._attrs(message.destination, operation, group)
