@@ -322,3 +322,88 @@ def test_a_settled_attempt_is_current_while_something_holds_it() -> None:
         assert current_processing() is processing
     assert processing.outcome is Outcome.COMPLETED
     assert current_processing(processing.context) is processing  # settled, still held
+
+
+def test_a_handler_reading_the_store_sees_its_delivery_in_progress_then_completed() -> None:
+    async def run() -> tuple[list[object], EventBus, str]:
+        seen: list[object] = []
+        bus = _telemetry_off_bus()
+        async with bus:
+
+            async def handle(delivery: Any) -> None:
+                (summary,) = bus.store.flow(delivery.event.correlation_id)
+                seen.append((summary.status, [d.status for d in summary.deliveries]))
+
+            bus.subscribe("order_placed", handle, subscriber="billing")
+            event = await bus.publish("order_placed", None)
+            await bus.join()
+            second = await bus.publish("order_placed", None)
+            await bus.join()
+        seen.append([(e.status, [d.status for d in e.deliveries]) for e in bus.store.flow(second.correlation_id)])
+        return seen, bus, event.correlation_id
+
+    seen, bus, correlation = asyncio.run(run())
+    assert seen[0] == ("in_progress", [Stage.RECEIVED])
+    (summary,) = bus.store.flow(correlation)
+    assert summary.status == "completed" and summary.deliveries[0].attempts == 1
+    assert summary.deliveries[0].duration_s is not None
+    assert seen[-1] == [("completed", [Stage.COMPLETED])]
+
+
+def test_telemetry_off_store_stays_bounded_with_events_kept_as_their_steps() -> None:
+    import tracemalloc
+
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    from otel_eda.flows.store import EventStore
+
+    store = EventStore(max_events=200)
+
+    async def run() -> tuple[int, int]:
+        bus = EventBus(
+            service="shop", store=store, tracer_provider=trace.NoOpTracerProvider(), meter_provider=NoOpMeterProvider()
+        )
+        async with bus:
+
+            async def handle(_: object) -> None:
+                return None
+
+            bus.subscribe("order_placed", handle, subscriber="billing")
+            for _ in range(1_000):
+                await bus.publish("order_placed", None)
+                await bus.join()
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(4_000):
+                await bus.publish("order_placed", None)
+                await bus.join()
+            return before, tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        before, after = asyncio.run(run())
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 200 and store.evicted == 4_800
+    assert after - before < 50_000, f"the store grew by {after - before} bytes while holding 200 events"
+    assert all(e.status == "completed" for c in store.correlation_ids() for e in store.flow(c))
+
+
+def test_a_business_key_one_subscriber_sets_is_not_seen_by_another() -> None:
+    async def run() -> list[tuple[str, str | None]]:
+        seen: list[tuple[str, str | None]] = []
+        async with _telemetry_off_bus() as bus:
+
+            async def billing(delivery: Any) -> None:
+                delivery.set_business_key("order-9")
+                seen.append(("billing", delivery.event.business_key))
+
+            async def audit(delivery: Any) -> None:
+                seen.append(("audit", delivery.event.business_key))
+
+            bus.subscribe("order_placed", billing, subscriber="billing")
+            bus.subscribe("order_placed", audit, subscriber="audit")
+            await bus.publish("order_placed", None)
+            await bus.join()
+        return seen
+
+    assert sorted(asyncio.run(run())) == [("audit", None), ("billing", "order-9")]

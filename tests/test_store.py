@@ -121,6 +121,102 @@ def test_noted_steps_give_what_the_records_give() -> None:
     assert len(noted) == 2
 
 
+def test_steps_joined_to_an_open_step_give_what_separate_steps_give() -> None:
+    separate, joined = EventStore(max_events=4), EventStore(max_events=4)
+    events = [EventContext.root("order_placed", business_key="order-1") for _ in range(3)]
+    events.append(events[0].child("payment_authorized"))
+    outcomes = [(Stage.COMPLETED, 1, 0.002, None), (Stage.RETRIED, 1, 0.5, "ValueError"), (Stage.FAILED, 2, 0.1, "E")]
+    for event, (stage, attempt, duration, etype) in zip(events, [*outcomes, outcomes[0]], strict=True):
+        _note_flow(separate, event)  # published, received, completed
+        separate.note(Stage.RECEIVED, event, "shop", "audit")
+        separate.note(stage, event, "shop", "audit", attempt, duration, etype)
+        opened = joined.note_open(Stage.PUBLISHED, event, "shop")
+        for step in (
+            (Stage.RECEIVED, event, "shop", "billing", 1),
+            (Stage.RECEIVED, event, "shop", "audit"),
+            (Stage.COMPLETED, event, "shop", "billing", 1, 0.002),
+            (stage, event, "shop", "audit", attempt, duration, etype),
+        ):
+            assert EventStore.note_more(opened, *step)
+    correlation = events[0].correlation_id
+    assert joined.flow(correlation) == separate.flow(correlation)
+    assert len(joined.flow(correlation)) == 2
+    assert [(d.subscriber, d.status, d.attempts) for d in joined.flow(correlation)[0].deliveries] == [
+        ("billing", Stage.COMPLETED, 1),
+        ("audit", Stage.COMPLETED, 1),
+    ]
+    assert [e.status for e in joined.flow(events[2].correlation_id)] == ["failed"]
+    assert len(joined) == len(separate) == 4 and joined.evicted == separate.evicted == 0
+
+
+def test_events_kept_as_their_steps_answer_every_query_as_entries_do() -> None:
+    separate, joined = EventStore(max_events=3), EventStore(max_events=3)
+    root = EventContext.root("order_placed")
+    child = root.child("payment_authorized")
+    grandchild = child.child("stock_reserved")
+    other = EventContext.root("audited")
+    for event in (other, root, child, grandchild):  # ``other`` is evicted
+        _note_flow(separate, event)
+        opened = joined.note_open(Stage.PUBLISHED, event, "shop")
+        assert EventStore.note_more(opened, Stage.RECEIVED, event, "shop", "billing", 1)
+        assert EventStore.note_more(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    assert len(joined) == 3 and joined.evicted == separate.evicted == 1
+    assert joined.correlation_ids() == separate.correlation_ids() == [root.correlation_id]
+    # each query reads events still held as their steps
+    assert joined.get(grandchild.event_id) == separate.get(grandchild.event_id)
+    assert joined.causation_chain(grandchild.event_id) == separate.causation_chain(grandchild.event_id)
+    assert joined.descendants(root.event_id) == separate.descendants(root.event_id)
+    assert joined.flow(root.correlation_id) == separate.flow(root.correlation_id)
+    assert joined.get(other.event_id) is None and joined.flow(other.correlation_id) == []
+    # a later step, a business key and a record apply to the entry made from the steps
+    late = EventStore(max_events=3)
+    opened = late.note_open(Stage.PUBLISHED, root, "shop")
+    assert EventStore.note_more(opened, Stage.RECEIVED, root, "shop", "billing", 1)
+    keyed = EventContext(
+        root.event_id, root.correlation_id, None, root.event_type, root.created_ns, business_key="order-7"
+    )
+    len(late)  # applied: kept as its steps
+    late.note(Stage.KEYED, keyed, "shop", "billing", 1)
+    late.note(Stage.RETRIED, root, "shop", "billing", 1, 0.5, "ValueError")
+    late.record(
+        LifecycleRecord(
+            Stage.COMPLETED,
+            0,
+            root.event_id,
+            root.correlation_id,
+            None,
+            "order_placed",
+            "shop",
+            None,
+            "billing",
+            2,
+            0.1,
+        )
+    )
+    (summary,) = late.flow(root.correlation_id)
+    assert late.find("order-7") == [root.correlation_id] and summary.business_key == "order-7"
+    assert (summary.status, summary.deliveries[0].attempts, summary.deliveries[0].error_type) == (
+        "completed",
+        2,
+        "ValueError",
+    )
+
+
+def test_a_read_before_a_step_joins_applies_the_open_step_and_the_step_is_noted_alone() -> None:
+    store = EventStore()
+    event = EventContext.root("order_placed")
+    opened = store.note_open(Stage.PUBLISHED, event, "shop")
+    assert EventStore.note_more(opened, Stage.RECEIVED, event, "shop", "billing")
+    (summary,) = store.flow(event.correlation_id)  # applies the open step and what joined it, sealing it
+    assert summary.status == "in_progress" and summary.deliveries[0].status is Stage.RECEIVED
+    # too late to join: the caller notes it as any step
+    assert not EventStore.note_more(opened, Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    assert store.flow(event.correlation_id)[0].status == "in_progress"
+    store.note(Stage.COMPLETED, event, "shop", "billing", 1, 0.002)
+    (summary,) = store.flow(event.correlation_id)
+    assert summary.status == "completed" and summary.deliveries[0].duration_s == 0.002
+
+
 def test_a_record_after_noted_steps_applies_after_them() -> None:
     store = EventStore()
     event = EventContext.root("order_placed")

@@ -25,7 +25,8 @@ import dataclasses
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext
 
@@ -50,6 +51,9 @@ _UNROUTED: Final = Stage.UNROUTED
 _KEYED: Final = Stage.KEYED
 # a tuple: ``in`` compares by identity first (no hashing)
 _FINAL: Final = tuple(FINAL_STAGES)
+#: what applying a step list (see EventStore.note_open) appends to it: a step appended after
+#: it was not applied with the list
+_SEALED: Final = object()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -181,11 +185,13 @@ class EventStore:
         self._evicted = 0
         self._lock = threading.Lock()
         _stores.add(self)
-        self._events: OrderedDict[str, _Entry] = OrderedDict()
+        # an event's entry, or (until something reads it) the sealed step list of a new event
+        # whose steps all came in that list (see _apply_steps)
+        self._events: OrderedDict[str, _Entry | list[Any]] = OrderedDict()
         self._by_correlation: dict[str, dict[str, None]] = {}  # ordered sets
         self._by_key: dict[str, dict[str, int]] = {}
         # steps noted but not yet applied (appended by any thread, applied under the lock)
-        self._steps: collections.deque[_Step] = collections.deque()
+        self._steps: collections.deque[_Step | list[Any]] = collections.deque()
 
     def __len__(self) -> int:
         with self._lock:
@@ -222,7 +228,7 @@ class EventStore:
         ) = record
         with self._lock:
             self._apply_steps()  # in order: what was noted before this record first
-            entry = self._events.get(event_id)
+            entry = self._lookup(event_id)
             if entry is None:
                 entry = self._add(event_id, correlation_id, causation_id, event_type, created_ns, business_key)
             if subscriber is None:
@@ -250,60 +256,182 @@ class EventStore:
             with self._lock:
                 self._apply_steps()
 
+    def note_open(
+        self,
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+        span_context: SpanContext | None = None,
+    ) -> list[Any]:
+        """:meth:`note` a step that later steps of the same event may join (:meth:`note_more`)
+        while it waits to be applied: they are applied with it, in order, where it was noted
+        (an event published, received and handled before anything reads the store is one
+        step to apply, not three). Returns the handle for :meth:`note_more`."""
+        opened: list[Any] = [(stage, event, service, subscriber, attempt, duration_s, error_type, span_context)]
+        steps = self._steps
+        steps.append(opened)
+        if len(steps) >= STEPS_PER_BATCH:
+            with self._lock:
+                self._apply_steps()
+        return opened
+
+    @staticmethod
+    def note_more(
+        opened: list[Any],
+        stage: Stage,
+        event: EventContext,
+        service: str,
+        subscriber: str | None = None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error_type: str | None = None,
+        span_context: SpanContext | None = None,
+    ) -> bool:
+        """Join a later step of the same event to the step :meth:`note_open` noted, if that
+        has not been applied yet. Returns whether it was taken; if not (something read the
+        store meanwhile), :meth:`note` it. Thread-safe without the lock: appending to a list
+        is atomic, and applying the list appends ``_SEALED`` to it first, so a step is
+        applied with the list exactly when it precedes the seal."""
+        step = (stage, event, service, subscriber, attempt, duration_s, error_type, span_context)
+        opened.append(step)
+        for item in opened:
+            if item is step:
+                return True
+            if item is _SEALED:
+                return False
+        return True  # not reached: the step is in the list
+
     def _apply_steps(self) -> None:
         """Apply the noted steps, oldest first (the caller holds the lock)."""
         steps = self._steps
         if not steps:
             return
         events = self._events
+        by_correlation = self._by_correlation
+        max_events = self.max_events
         popleft = steps.popleft
         last_event: EventContext | None = None
         entry: _Entry | None = None
         while steps:
-            stage, event, service, subscriber, attempt, duration_s, etype, span_context = popleft()
-            if event is not last_event:  # an event's steps mostly follow each other
-                entry = events.get(event.event_id)
-                last_event = event
-            if entry is None:
-                entry = self._add(
-                    event.event_id,
-                    event.correlation_id,
-                    event.causation_id,
-                    event.event_type,
-                    event.created_ns,
-                    event.business_key,
-                )
-            if subscriber is None:
-                if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
-                    entry.publisher = service
-                    entry.publish_stage = stage
-                    if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
-                        entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
-                elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
-                    self._publish_step(entry, stage, service, event.business_key, 0, 0)
-                else:
-                    trace_id, span_id = span_context.trace_id, span_context.span_id
-                    self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
-                continue
-            deliveries = entry.deliveries
-            delivery = deliveries.get(subscriber)
-            if stage is _KEYED:
-                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
-            elif delivery is None:  # a new delivery: its first step, in one go
-                if len(deliveries) < MAX_DELIVERIES:
-                    final = stage in _FINAL
-                    deliveries[subscriber] = _Delivery(
-                        service, stage, max(0, attempt), duration_s if final else None, etype
-                    )
+            noted = popleft()
+            if type(noted) is list:  # steps of one event, up to the seal (see note_open)
+                noted.append(_SEALED)
+                event = noted[0][1]
+                event_id = event.event_id
+                if event.business_key is None and event_id not in events:
+                    # a new event, all its steps so far in this list: kept as they are, made into
+                    # an entry when something reads it or a later step comes (_materialize)
+                    events[event_id] = noted
+                    correlation_id = event.correlation_id
+                    ids = by_correlation.get(correlation_id)
+                    if ids is None:
+                        by_correlation[correlation_id] = {event_id: None}
+                    else:
+                        ids[event_id] = None
+                    if len(events) > max_events:
+                        while len(events) > max_events:
+                            self._evict_oldest()
+                    continue
+                group: Sequence[Any] = noted
             else:
-                delivery.attempts = max(delivery.attempts, attempt)
-                final = stage in _FINAL
-                if delivery.status not in _FINAL:
-                    delivery.status = stage
-                if final and duration_s is not None:
-                    delivery.duration_s = duration_s
-                if etype is not None:
-                    delivery.error_type = etype
+                group = (noted,)
+            for step in group:
+                if step is _SEALED:
+                    break
+                stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
+                if event is not last_event:  # an event's steps mostly follow each other
+                    found = events.get(event.event_id)
+                    entry = self._materialize(event.event_id, found) if isinstance(found, list) else found
+                    last_event = event
+                if entry is None:
+                    if event.business_key is None:  # _add's common case, inlined
+                        event_id, correlation_id = event.event_id, event.correlation_id
+                        entry = _Entry(event_id, correlation_id, event.causation_id, event.event_type, event.created_ns)
+                        events[event_id] = entry
+                        ids = by_correlation.get(correlation_id)
+                        if ids is None:
+                            by_correlation[correlation_id] = {event_id: None}
+                        else:
+                            ids[event_id] = None
+                        if len(events) > max_events:
+                            while len(events) > max_events:
+                                self._evict_oldest()
+                    else:
+                        entry = self._add(
+                            event.event_id,
+                            event.correlation_id,
+                            event.causation_id,
+                            event.event_type,
+                            event.created_ns,
+                            event.business_key,
+                        )
+                if subscriber is None:
+                    if stage is _PUBLISHED and entry.publish_stage is None:  # _publish_step's common case
+                        entry.publisher = service
+                        entry.publish_stage = stage
+                        if span_context is not None and span_context is not INVALID_SPAN_CONTEXT:
+                            entry.trace_id, entry.span_id = span_context.trace_id, span_context.span_id
+                    elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                        self._publish_step(entry, stage, service, event.business_key, 0, 0)
+                    else:
+                        trace_id, span_id = span_context.trace_id, span_context.span_id
+                        self._publish_step(entry, stage, service, event.business_key, trace_id, span_id)
+                    continue
+                deliveries = entry.deliveries
+                delivery = deliveries.get(subscriber)
+                if stage is _KEYED:
+                    self._delivery_step(
+                        entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype
+                    )
+                elif delivery is None:  # a new delivery: its first step, in one go
+                    if len(deliveries) < MAX_DELIVERIES:
+                        final = stage in _FINAL
+                        deliveries[subscriber] = _Delivery(
+                            service, stage, attempt if attempt > 0 else 0, duration_s if final else None, etype
+                        )
+                else:
+                    if attempt > delivery.attempts:  # noqa: PLR1730  (max() is a call: the hot path)
+                        delivery.attempts = attempt
+                    final = stage in _FINAL
+                    if delivery.status not in _FINAL:
+                        delivery.status = stage
+                    if final and duration_s is not None:
+                        delivery.duration_s = duration_s
+                    if etype is not None:
+                        delivery.error_type = etype
+
+    def _materialize(self, event_id: str, noted: list[Any]) -> _Entry:
+        """The entry of an event held as its sealed step list (see _apply_steps), in its
+        place: those steps applied to a new entry, in order (the caller holds the lock)."""
+        first = noted[0][1]
+        entry = _Entry(event_id, first.correlation_id, first.causation_id, first.event_type, first.created_ns)
+        for step in noted:
+            if step is _SEALED:
+                break
+            stage, event, service, subscriber, attempt, duration_s, etype, span_context = step
+            if subscriber is not None:
+                self._delivery_step(entry, stage, service, event.business_key, subscriber, attempt, duration_s, etype)
+            elif span_context is None or span_context is INVALID_SPAN_CONTEXT:
+                self._publish_step(entry, stage, service, event.business_key, 0, 0)
+            else:
+                self._publish_step(
+                    entry, stage, service, event.business_key, span_context.trace_id, span_context.span_id
+                )
+        self._events[event_id] = entry  # the same place in the eviction order
+        return entry
+
+    def _lookup(self, event_id: str | None) -> _Entry | None:
+        """The entry of ``event_id``, made from its step list if need be (the caller holds the lock)."""
+        if event_id is None:
+            return None
+        found = self._events.get(event_id)
+        if isinstance(found, list):
+            return self._materialize(event_id, found)
+        return found
 
     def _publish_step(
         self, entry: _Entry, stage: Stage, service: str, business_key: str | None, trace_id: int, span_id: int
@@ -399,6 +527,14 @@ class EventStore:
     def _evict_oldest(self) -> None:
         event_id, entry = self._events.popitem(last=False)
         self._evicted += 1
+        if isinstance(entry, list):  # a step list: no business key indexed (see _apply_steps)
+            correlation_id = entry[0][1].correlation_id
+            ids = self._by_correlation.get(correlation_id)
+            if ids is not None:
+                ids.pop(event_id, None)
+                if not ids:
+                    del self._by_correlation[correlation_id]
+            return
         ids = self._by_correlation.get(entry.correlation_id)
         if ids is not None:
             ids.pop(event_id, None)
@@ -411,15 +547,15 @@ class EventStore:
     def get(self, event_id: str) -> EventSummary | None:
         with self._lock:
             self._apply_steps()
-            entry = self._events.get(event_id)
+            entry = self._lookup(event_id)
             return entry.summary() if entry else None
 
     def flow(self, correlation_id: str) -> list[EventSummary]:
         """The events of one flow, oldest first, with their status and deliveries."""
         with self._lock:
             self._apply_steps()
-            entries = [self._events[i] for i in self._by_correlation.get(correlation_id, ())]
-            return [e.summary() for e in sorted(entries, key=lambda e: (e.created_ns, e.event_id))]
+            entries = [self._lookup(i) for i in self._by_correlation.get(correlation_id, ())]
+            return [e.summary() for e in sorted(filter(None, entries), key=lambda e: (e.created_ns, e.event_id))]
 
     def causation_chain(self, event_id: str) -> list[EventSummary]:
         """The chain of causes of an event, root first, the event itself last.
@@ -430,24 +566,24 @@ class EventStore:
             self._apply_steps()
             chain: list[_Entry] = []
             seen: set[str] = set()
-            current = self._events.get(event_id)
+            current = self._lookup(event_id)
             while current is not None and current.event_id not in seen:
                 seen.add(current.event_id)
                 chain.append(current)
-                current = self._events.get(current.causation_id) if current.causation_id else None
+                current = self._lookup(current.causation_id)
             return [e.summary() for e in reversed(chain)]
 
     def descendants(self, event_id: str) -> list[EventSummary]:
         """Every event caused, directly or not, by ``event_id``, breadth first."""
         with self._lock:
             self._apply_steps()
-            root = self._events.get(event_id)
+            root = self._lookup(event_id)
             if root is None:
                 return []
             children: dict[str, list[_Entry]] = {}
             for i in self._by_correlation.get(root.correlation_id, ()):
-                e = self._events[i]
-                if e.causation_id is not None:
+                e = self._lookup(i)
+                if e is not None and e.causation_id is not None:
                     children.setdefault(e.causation_id, []).append(e)
             found: list[_Entry] = []
             frontier, seen = [event_id], {event_id}

@@ -31,7 +31,7 @@ from opentelemetry.context import Context, create_key, get_current, get_value, s
 
 from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid
-from otel_eda.identity.ids import new_event_id
+from otel_eda.identity.ids import next_event_id
 from otel_eda.identity.validation import (
     MAX_METADATA_ENTRIES,
     id_problem,
@@ -154,7 +154,7 @@ class EventContext:
         metadata: Mapping[str, str] | None = None,
     ) -> EventContext:
         """A new flow: the event is its own correlation id and has no cause."""
-        event_id = new_event_id()
+        event_id = next_event_id()
         return _made(cls, event_id, event_id, None, event_type, business_key, metadata)
 
     def child(
@@ -170,7 +170,7 @@ class EventContext:
         """
         return _made(
             EventContext,
-            new_event_id(),
+            next_event_id(),
             self.correlation_id,
             self.event_id,
             event_type,
@@ -295,6 +295,14 @@ def event_context(event: EventContext, context: Context | None = None, *extra: t
     values[_EVENT_KEY] = event
     for key, value in extra:
         values[key] = value
+    entries = values.get(_BAGGAGE_KEY)
+    if (
+        event.causation_id is None
+        and type(entries) is dict
+        and len(entries) == 1
+        and entries.get(BAGGAGE_CORRELATION_ID) == event.correlation_id
+    ):
+        return Context(values)  # _direct_baggage's short case: the baggage says so already
     values[_BAGGAGE_KEY] = _direct_baggage(event, base.get(_BAGGAGE_KEY))
     return Context(values)
 
@@ -304,7 +312,13 @@ def event_baggage(event: EventContext, context: Context) -> object:
     without building that context: what an in-process hand-off carries to its consumers."""
     if not _DIRECT_BAGGAGE:
         return _with_event_slow(event, context).get(_BAGGAGE_KEY)
-    return _direct_baggage(event, context.get(_BAGGAGE_KEY))
+    entries = context.get(_BAGGAGE_KEY)
+    if not entries:  # _direct_baggage's common case (a new flow): otel-eda's entries alone
+        causation = event.causation_id
+        if causation is None:
+            return {BAGGAGE_CORRELATION_ID: event.correlation_id}
+        return {BAGGAGE_CORRELATION_ID: event.correlation_id, BAGGAGE_CAUSATION_ID: causation}
+    return _direct_baggage(event, entries)
 
 
 def _direct_baggage(event: EventContext, entries: object) -> dict[str, object]:

@@ -24,7 +24,9 @@ A transport makes one :class:`Messaging` per client and calls it at each step:
 * **in process** (a transport whose consumers live in the publisher's process, such as the
   embedded bus): when ``messaging.in_process()`` is true, ``publish(event_type, None)``
   writes no headers and ``pub.local()`` is the :class:`Incoming` every local consumer
-  takes (``incoming.again()`` each), exactly what extracting the headers would give.
+  takes (a sole consumer as it is, several ``incoming.again()`` each), exactly what extracting
+  the headers would give; with telemetry off, ``messaging.hand_off(event_type)`` makes that
+  :class:`Incoming` without a span, and ``messaging.handed_over(incoming)`` follows the send.
 
 Conventions followed (OpenTelemetry messaging semantic conventions v1.44): a single
 message's process span is the child of its creation context in parent mode (the

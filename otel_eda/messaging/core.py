@@ -32,6 +32,7 @@ from otel_eda.flows.records import LifecycleRecord, Recorder, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity.event import (
     BAGGAGE_KEY,
+    EVENT_KEY,
     SPAN_KEY,
     EventContext,
     current_event,
@@ -168,6 +169,8 @@ _STAGE_UNROUTED: Final = Stage.UNROUTED
 _STATUSCODE_ERROR: Final = StatusCode.ERROR
 _TRACEMODE_PARENT: Final = TraceMode.PARENT
 _OUTCOME_VALUES: Final = {outcome: outcome.value for outcome in Outcome}
+_INVALID_SPAN_CONTEXT: Final = trace.INVALID_SPAN_CONTEXT
+_INVALID_SPAN: Final = trace.INVALID_SPAN
 
 
 class Rejected(Exception):
@@ -213,12 +216,21 @@ class Incoming:
     Made by :meth:`Messaging.extract`; handed to :meth:`Messaging.received` (pull) and
     :meth:`Messaging.process`. ``delivered`` becomes true once the message is counted in
     ``messaging.client.consumed.messages`` (once per delivery, whichever comes first).
+    ``note``: on a message handed off in this process (:meth:`Messaging.hand_off`), the
+    event's lifecycle steps in the store while they wait to be applied, which its consumers'
+    steps join.
     """
 
-    __slots__ = ("context", "delivered", "destination", "event", "link", "producer")
+    __slots__ = ("context", "delivered", "destination", "event", "link", "note", "producer")
 
     def __init__(
-        self, event: EventContext, context: Context, producer: trace.SpanContext, link: Link | None, destination: str
+        self,
+        event: EventContext,
+        context: Context,
+        producer: trace.SpanContext,
+        link: Link | None,
+        destination: str,
+        note: list[Any] | None = None,
     ) -> None:
         self.event = event
         self.context = context
@@ -226,10 +238,11 @@ class Incoming:
         self.link = link
         self.destination = destination
         self.delivered = False
+        self.note = note
 
     def again(self) -> Incoming:
         """The same message for another consumer (or delivery): not yet counted as delivered."""
-        return Incoming(self.event, self.context, self.producer, self.link, self.destination)
+        return Incoming(self.event, self.context, self.producer, self.link, self.destination, self.note)
 
 
 class Messaging:
@@ -363,6 +376,8 @@ class Messaging:
             r for r in self._recorders if isinstance(r, EventStore) and _takes_notes(r)
         )
         self._others = tuple(r for r in self._recorders if not _takes_notes(r))
+        #: the one recorder when it is a store taking notes (where a step may join a step list)
+        self._only_store = self._stores[0] if len(self._stores) == 1 and not self._others else None
 
     # -- helpers ------------------------------------------------------------------------
     def _propagator(self) -> TextMapPropagator:
@@ -415,6 +430,21 @@ class Messaging:
             return False
         self._metering_on = True
         return True
+
+    def _quiet(self) -> bool:
+        """Whether neither spans nor measurements are recorded (telemetry off): ``not
+        _tracing() and not _metering()`` in one call, and without either while no global
+        provider is installed at all."""
+        if self._tracing_on or self._metering_on:
+            return False
+        if (
+            self._proxy_tracer
+            and self._proxy_meter
+            and _global_tracer_provider() is None
+            and _global_meter_provider() is None
+        ):
+            return True
+        return not self._tracing() and not self._metering()
 
     def _anomaly_feed(self) -> anomaly_feed.Feed | None:
         """Where the duration and age histograms go to the anomaly readers of this meter
@@ -535,6 +565,37 @@ class Messaging:
                 except Exception:
                     internal_error("recorder", "recording a lifecycle record")
 
+    def _join_step(
+        self,
+        opened: list[Any] | None,
+        stage: Stage,
+        event: EventContext,
+        span_context: trace.SpanContext | None,
+        subscriber: str | None,
+        attempt: int = 0,
+        duration_s: float | None = None,
+        error: BaseException | None = None,
+    ) -> list[Any] | None:
+        """:meth:`_step` of a step of the event whose steps ``opened`` holds (a handle of
+        :meth:`EventStore.note_open`, or ``None``): with one store as the only recorder, the
+        step joins those steps while they wait to be applied (or opens a new list); returns
+        the list the step went into, for the event's later steps (``None`` when it went to
+        the recorders as any step)."""
+        store = self._only_store
+        if store is None or default_recorders.installed():
+            self._step(stage, event, span_context, subscriber, attempt, duration_s, error)
+            return None
+        etype = error_type(error) if error is not None else None
+        try:
+            if opened is not None and EventStore.note_more(
+                opened, stage, event, self.service, subscriber, attempt, duration_s, etype, span_context
+            ):
+                return opened
+            return store.note_open(stage, event, self.service, subscriber, attempt, duration_s, etype, span_context)
+        except Exception:
+            internal_error("recorder", "recording a lifecycle record")
+            return None
+
     def _message_attributes(self, event: EventContext, destination: str, operation: str) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             semconv.MESSAGING_SYSTEM: self.system,
@@ -607,17 +668,39 @@ class Messaging:
         and :meth:`Publication.local` would give its consumers, in one step and without a
         span, a context to attach or headers; ``None`` when spans or metrics are recorded
         (use :meth:`publish` then). Only when :meth:`in_process` is true. The caller sends it,
-        then records the ``published`` step with :meth:`record` (with the error if sending
-        raised). Raises ``ValueError`` as :meth:`publish` does."""
-        if self._tracing() or self._metering():
+        then calls :meth:`handed_over` (with the error if sending raised). Raises
+        ``ValueError`` as :meth:`publish` does."""
+        if not self._quiet():
             return None
         base = context if context is not None else _current()
-        parent = cause if cause is not None else current_event(base)
-        if parent is not None:
+        parent: Any = cause if cause is not None else base.get(EVENT_KEY)  # current_event(base)
+        if cause is not None or isinstance(parent, EventContext):
             event = parent.child(event_type, business_key=business_key, metadata=metadata)
         else:
             event = EventContext.root(event_type, business_key=business_key, metadata=metadata)
-        return _local_incoming(event, _noop_span(base), event_baggage(event, base), event.event_type)
+        if base.get(SPAN_KEY) is None:  # no span to carry: _local_incoming's short case
+            incoming = Incoming(
+                event, Context({BAGGAGE_KEY: event_baggage(event, base)}), _INVALID_SPAN_CONTEXT, None, event_type
+            )
+        else:
+            incoming = _local_incoming(event, _noop_span(base), event_baggage(event, base), event_type)
+        store = self._only_store
+        if store is not None and not default_recorders.installed():
+            # the published step, noted now: its consumers' steps join it (see EventStore.note_open)
+            try:
+                incoming.note = store.note_open(
+                    _STAGE_PUBLISHED, event, self.service, None, 0, None, None, incoming.producer
+                )
+            except Exception:
+                internal_error("recorder", "recording a lifecycle record")
+        return incoming
+
+    def handed_over(self, incoming: Incoming, error: BaseException | None = None) -> None:
+        """Record the ``published`` step of a message from :meth:`hand_off` once its sending
+        returned, or raised ``error`` (a step :meth:`hand_off` took already, for a store that
+        records no errors of a publish, is not taken again)."""
+        if incoming.note is None:
+            self._step(_STAGE_PUBLISHED, incoming.event, incoming.producer, None, 0, None, error)
 
     def unrouted(self, event: EventContext, destination: str, span_context: trace.SpanContext | None = None) -> None:
         """Count and record an event that no subscriber received.
@@ -693,8 +776,12 @@ class Messaging:
             link = Link(producer, link_attrs)
         return Incoming(event, ctx, producer, link, destination)
 
-    def _deliver(self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS) -> None:
-        """Count one delivery and record the event's age (once per message)."""
+    def _deliver(
+        self, message: Incoming, group: str, operation: str = semconv.OPERATION_TYPE_PROCESS
+    ) -> list[Any] | None:
+        """Count one delivery and record the event's age (once per message); returns the
+        step list its ``received`` step went into, which the attempt's settled step joins
+        (see :meth:`_join_step`)."""
         message.delivered = True
         if self._metering():
             attrs = self._attrs(message.destination, operation, group)
@@ -707,7 +794,7 @@ class Messaging:
             feed = self._anomaly_feed()
             if feed is not None:
                 feed.record(semconv.METRIC_EVENT_AGE, attrs, age, message.context)
-        self._step(_STAGE_RECEIVED, message.event, message.producer, group or self.service, 0, None, None)
+        return self._join_step(message.note, _STAGE_RECEIVED, message.event, message.producer, group or self.service)
 
     def received(
         self,
@@ -946,6 +1033,7 @@ class Processing:
         "_group",
         "_keep",
         "_messaging",
+        "_note",
         "_open",
         "_start_ns",
         "_started",
@@ -979,8 +1067,45 @@ class Processing:
         self._open = [True]  # popped exactly once, by whichever thread settles first
         self._tokens: list[Any] = []  # ContextVar tokens, or (token, owner) pairs (see attach)
         self._keep: Processing | None = None
-        if not message.delivered:
-            m._deliver(message, group)
+        if m._quiet():  # telemetry off: the rest without spans and measurements
+            if message.delivered:
+                self._note = None
+            else:  # _deliver without measurements
+                message.delivered = True
+                note = message.note
+                subscriber = group or m.service
+                if (
+                    note is not None
+                    and m._only_store is not None
+                    and not default_recorders.installed()
+                    and EventStore.note_more(
+                        note, _STAGE_RECEIVED, event, m.service, subscriber, 0, None, None, message.producer
+                    )
+                ):  # _join_step's common case
+                    self._note = note
+                else:
+                    self._note = m._join_step(None, _STAGE_RECEIVED, event, message.producer, subscriber)
+            current: Any = (context if context is not None else _current()).get(SPAN_KEY)
+            span: trace.Span
+            if current is not None and current.get_span_context().is_valid:
+                span = _noop_span(context)
+            elif m.mode is _TRACEMODE_PARENT:
+                producer: Any = message.context.get(SPAN_KEY)  # _noop_span(message.context)
+                if producer is None:
+                    span = _INVALID_SPAN
+                elif type(producer) is NonRecordingSpan:
+                    span = producer
+                else:
+                    span = NonRecordingSpan(producer.get_span_context())
+            else:
+                span = _INVALID_SPAN
+            self._start_ns = time.time_ns()
+            self.span = span
+            self.context = event_context(event, message.context, (SPAN_KEY, span), (_PROCESSING_KEY, weakref.ref(self)))
+            self._started = time.perf_counter()
+            return
+        # the received step, which later steps join (see Messaging._join_step)
+        self._note = m._deliver(message, group) if not message.delivered else None
         ambient: Any = (context if context is not None else _current()).get(SPAN_KEY)
         if ambient is not None and ambient.get_span_context().is_valid:
             parent = context  # an HTTP server span, say: its child, linked to the producer
@@ -1095,6 +1220,50 @@ class Processing:
         self.outcome = outcome
         seconds = time.perf_counter() - self._started if end_ns is None else max(0.0, (end_ns - self._start_ns) / 1e9)
         span = self.span
+        if type(span) is NonRecordingSpan and m._quiet():  # telemetry off: the lifecycle step alone
+            try:
+                note = self._note
+                error = exc if outcome is not _COMPLETED else None
+                if note is None:
+                    m._step(
+                        _STAGES[outcome],
+                        self.event,
+                        span.get_span_context(),
+                        self._group or m.service,
+                        self.attempt,
+                        seconds,
+                        error,
+                    )
+                else:
+                    self._note = None
+                    if (
+                        m._only_store is None
+                        or default_recorders.installed()
+                        or not EventStore.note_more(
+                            note,
+                            _STAGES[outcome],
+                            self.event,
+                            m.service,
+                            self._group or m.service,
+                            self.attempt,
+                            seconds,
+                            error_type(error) if error is not None else None,
+                            span.get_span_context(),
+                        )
+                    ):  # not _join_step's common case
+                        m._join_step(
+                            None,
+                            _STAGES[outcome],
+                            self.event,
+                            span.get_span_context(),
+                            self._group or m.service,
+                            self.attempt,
+                            seconds,
+                            error,
+                        )
+            except Exception:
+                internal_error("messaging", "settling a message")
+            return seconds
         try:
             etype = error_type(exc) if exc is not None and outcome is not _COMPLETED else ""
             if m._metering():
@@ -1118,15 +1287,29 @@ class Processing:
                     span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
-            m._step(
-                _STAGES[outcome],
-                self.event,
-                span.get_span_context(),
-                self._group or m.service,
-                self.attempt,
-                seconds,
-                exc if outcome is not _COMPLETED else None,
-            )
+            note = self._note
+            if note is None:
+                m._step(
+                    _STAGES[outcome],
+                    self.event,
+                    span.get_span_context(),
+                    self._group or m.service,
+                    self.attempt,
+                    seconds,
+                    exc if outcome is not _COMPLETED else None,
+                )
+            else:
+                self._note = None
+                m._join_step(
+                    note,
+                    _STAGES[outcome],
+                    self.event,
+                    span.get_span_context(),
+                    self._group or m.service,
+                    self.attempt,
+                    seconds,
+                    exc if outcome is not _COMPLETED else None,
+                )
         except Exception:
             internal_error("messaging", "settling a message")
         finally:

@@ -52,7 +52,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
 from otel_eda._selfmetrics import internal_error
-from otel_eda.flows.records import Recorder, Stage
+from otel_eda.flows.records import Recorder
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import EventContext
 from otel_eda.identity.validation import type_problem
@@ -93,7 +93,6 @@ _REJECTED: Final = Outcome.REJECTED
 _RETRIED: Final = Outcome.RETRIED
 _DEAD_LETTERED: Final = Outcome.DEAD_LETTERED
 _NO_AMBIENT_SPAN: Final = Context()
-_PUBLISHED: Final = Stage.PUBLISHED
 
 
 class Unsendable(TypeError):
@@ -237,7 +236,7 @@ DeadLetterHandler = Callable[[DeadLetter], Awaitable[None] | None]
 
 
 class _Subscription:
-    __slots__ = ("event_type", "handler", "name", "queue", "retry", "task")
+    __slots__ = ("event_type", "handler", "name", "queue", "retry", "sole", "task")
 
     def __init__(self, event_type: str, name: str, handler: Handler, retry: RetryPolicy, size: int):
         self.event_type = event_type
@@ -246,6 +245,9 @@ class _Subscription:
         self.retry = retry
         self.queue: asyncio.Queue[WireMessage] = asyncio.Queue(size)
         self.task: asyncio.Task[None] | None = None
+        #: the only subscriber of its event type so far: it may take a message's local
+        #: Incoming as published (no other consumer shares it)
+        self.sole = True
 
 
 async def _call(handler: Callable[[Any], Awaitable[None] | None], arg: Any) -> None:
@@ -343,6 +345,8 @@ class EventBus:
         if any(s.name == name for s in subs):
             raise ValueError(f"subscriber {name!r} already subscribes to {event_type!r}")
         sub = _Subscription(event_type, name, handler, retry or self.retry, self.queue_size)
+        for other in subs:  # from now on messages of this type have several consumers
+            other.sole = sub.sole = False
         subs.append(sub)
         self._queues = (*self._queues, sub.queue)
         self._start(sub)
@@ -410,7 +414,14 @@ class EventBus:
                 event = handed.event
                 message = WireMessage(event_type, {}, payload, time.time_ns(), handed)
                 try:
-                    waiting = _put_nowait(subs, message)
+                    if len(subs) == 1:  # _put_nowait's common case
+                        try:
+                            subs[0].queue.put_nowait(message)
+                            waiting = None
+                        except asyncio.QueueFull:
+                            waiting = subs
+                    else:
+                        waiting = _put_nowait(subs, message)
                     if waiting:
                         missed = await self._wait_for_room(waiting, message)
                         for name in missed:
@@ -418,9 +429,9 @@ class EventBus:
                         if missed:
                             raise BusFull(event, missed)
                 except BaseException as exc:
-                    messaging.record(_PUBLISHED, event, handed.producer, error=exc)
+                    messaging.handed_over(handed, exc)
                     raise
-                messaging.record(_PUBLISHED, event, handed.producer)
+                messaging.handed_over(handed)
                 return event
         headers: dict[str, str] | None = None if local and event_type not in self._outlets else {}
         with messaging.publish(
@@ -524,19 +535,22 @@ class EventBus:
             message = await queue.get()
             try:
                 local = message.local
-                incoming = (
-                    local.again()
-                    if local is not None
-                    else messaging.extract(message.headers, destination=message.destination)
-                )
+                if local is None:
+                    incoming = messaging.extract(message.headers, destination=message.destination)
+                elif sub.sole and not local.delivered:  # its only consumer: as published
+                    incoming = local
+                else:  # each consumer its own (a handler may set the event's business key)
+                    incoming = local.again()
                 enqueued_ns = message.enqueued_ns
-                waited = max(0.0, (time.time_ns() - enqueued_ns) / 1e9) if enqueued_ns else 0.0
+                waited = (time.time_ns() - enqueued_ns) / 1e9 if enqueued_ns else 0.0
+                if waited < 0.0:  # noqa: PLR1730  (the wall clock stepped back; max() is a call)
+                    waited = 0.0
                 attempt_no = 0
                 while True:
                     attempt_no += 1
-                    processing = messaging.process(
-                        incoming, consumer_group=name, attempt=attempt_no, queued_s=waited, context=_NO_AMBIENT_SPAN
-                    )
+                    # messaging.process(incoming, consumer_group=name, attempt=attempt_no, queued_s=waited,
+                    # context=_NO_AMBIENT_SPAN), without its frame and keyword arguments
+                    processing = Processing(messaging, incoming, name, attempt_no, waited, None, _NO_AMBIENT_SPAN)
                     delivery = Delivery(self, processing, message.payload, name)
                     exc: BaseException | None = None
                     # the attempt's context is current while the handler runs; what it raises is
