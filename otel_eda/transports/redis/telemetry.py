@@ -38,13 +38,21 @@ SCOPE: Final = "otel_eda.redis"
 RESERVED_PREFIX: Final = "otel-eda:"
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 _PREFIX_LENGTH: Final = len(RESERVED_PREFIX)
+#: header name -> its field name (the same few names on every entry: one concatenation each)
+_FIELD_NAMES: dict[str, str] = {}
+_MAX_FIELD_NAMES: Final = 1024
 
 
 class ReservedSetter(Setter[MutableMapping[Any, Any]]):
     """Writes a header as the field ``otel-eda:<name>`` of the entry being added."""
 
     def set(self, carrier: MutableMapping[Any, Any], key: str, value: str) -> None:
-        carrier[RESERVED_PREFIX + key] = value
+        name = _FIELD_NAMES.get(key)
+        if name is None:  # metadata (eda-meta-<key>) and headers of other propagators
+            name = RESERVED_PREFIX + key
+            if len(_FIELD_NAMES) < _MAX_FIELD_NAMES:
+                _FIELD_NAMES[key] = name
+        carrier[name] = value
 
 
 RESERVED_SETTER: Final = ReservedSetter()
@@ -55,19 +63,27 @@ def split_reserved(fields: Any) -> dict[str, Any]:
     without the prefix. Never raises: an entry that is not a mutable mapping is left alone."""
     found: dict[str, Any] = {}
     try:
+        # field names are str (decode_responses=True) or bytes: one type test and one prefix
+        # test per name
         reserved = [
             key
             for key in fields
-            if (isinstance(key, str) and key.startswith(RESERVED_PREFIX))
-            or (isinstance(key, bytes) and key.startswith(_RESERVED_BYTES))
+            if (key.startswith(RESERVED_PREFIX) if type(key) is str else _reserved_bytes(key))
         ]
         for key in reserved:
             value = fields.pop(key)
             name = key[_PREFIX_LENGTH:]
-            found[name.decode("latin-1") if isinstance(name, bytes) else name] = value
+            found[name if type(name) is str else name.decode("latin-1")] = value
     except Exception:
         return found
     return found
+
+
+def _reserved_bytes(key: object) -> bool:
+    """The prefix test of a name that is not exactly a ``str``."""
+    if isinstance(key, bytes):
+        return key.startswith(_RESERVED_BYTES)
+    return isinstance(key, str) and key.startswith(RESERVED_PREFIX)
 
 
 class RedisTelemetry:
