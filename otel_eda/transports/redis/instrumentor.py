@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -60,7 +61,7 @@ from opentelemetry.context import attach, detach, get_current
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_current_context: Final[Callable[[], Any]] = otel_internals.current_context_getter() or get_current
 _INSTRUMENTS: Final = ("redis >= 5",)
 _MARK: Final = "__otel_eda_original__"
 _READS: Final = ("xreadgroup", "xread")
@@ -138,6 +140,7 @@ class _Delivery:
         "group",
         "handling",
         "incoming",
+        "key",
         "state",
         "stream",
     )
@@ -156,6 +159,8 @@ class _Delivery:
         self.stream = stream
         self.group = group
         self.entry_id = entry_id
+        #: its key in the registry of open handlings (XACK settles them), if read in a group
+        self.key = (stream, group, entry_id) if group is not None else None
         self.attempt = 1
         self.state = state
         self.handling: Processing | None = None
@@ -200,11 +205,11 @@ class _OwnerState:
         if tracker is None:
             tracker = self.trackers[group] = PullTracker(
                 self.telemetry.messaging,
-                destination=lambda d: d.stream,
-                carrier=lambda d: d.incoming,
+                destination=_STREAM_OF,
+                carrier=_INCOMING_OF,
                 consumer_group=group,
-                attributes=lambda d: {semconv.EDA_REDIS_ENTRY_ID: d.entry_id},
-                attempt=lambda d: d.attempt,
+                attributes=_entry_attributes,
+                attempt=_ATTEMPT_OF,
             )
         return tracker
 
@@ -221,10 +226,19 @@ class _OwnerState:
             internal_error("redis", "ending an entry's process span")
 
 
+_STREAM_OF: Final = operator.attrgetter("stream")
+_INCOMING_OF: Final = operator.attrgetter("incoming")
+_ATTEMPT_OF: Final = operator.attrgetter("attempt")
+
+
+def _entry_attributes(delivery: _Delivery) -> dict[str, Any]:
+    return {semconv.EDA_REDIS_ENTRY_ID: delivery.entry_id}
+
+
 def _forget(delivery: _Delivery) -> None:
-    if delivery.group is not None:
+    key = delivery.key
+    if key is not None and _open.get(key) is delivery:
         with _open_lock:
-            key = (delivery.stream, delivery.group, delivery.entry_id)
             if _open.get(key) is delivery:
                 del _open[key]
 
@@ -278,13 +292,13 @@ class _States:
 def _hand_over(delivery: _Delivery) -> None:
     """Start the process span of ``delivery`` and make it current in the caller."""
     state = delivery.state
-    state.end_current()
-    handling = state.tracker(delivery.group).start(delivery)
-    delivery.handling = handling
+    if state.current is not None:
+        state.end_current()
+    tracker = state.trackers.get(delivery.group) or state.tracker(delivery.group)
+    delivery.handling = tracker.start(delivery)
     state.current = delivery
-    if delivery.group is not None:
-        with _open_lock:
-            _open[(delivery.stream, delivery.group, delivery.entry_id)] = delivery
+    if delivery.key is not None:
+        _open[delivery.key] = delivery  # one item set: atomic, no lock needed
 
 
 class _Entries(list):  # type: ignore[type-arg]
@@ -900,9 +914,14 @@ def _strip_wrapper(cls: type, name: str, is_async: bool) -> Callable[..., Any]:
 
 # -- settling -------------------------------------------------------------------------------
 def _acked(stream: Any, group: Any, ids: tuple[Any, ...]) -> list[_Delivery]:
+    """The open handlings of the entries an XACK names (each lookup is one atomic dict read)."""
+    if not _open:
+        return []
     key_stream, key_group = _text(stream), _text(group)
-    with _open_lock:
-        return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
+    if len(ids) == 1:
+        found = _open.get((key_stream, key_group, _text(ids[0])))
+        return [] if found is None else [found]
+    return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
 
 
 def _settle_acked(deliveries: list[_Delivery]) -> None:
@@ -911,12 +930,12 @@ def _settle_acked(deliveries: list[_Delivery]) -> None:
         if handling is None:
             continue
         try:
+            _forget(delivery)
             state = delivery.state
             if state.current is delivery:
-                state.end_current()  # detaches (in this thread or task) and settles completed
-                delivery.ended_implicitly = False
+                state.current = None
+                state.tracker(delivery.group).end_current()  # detaches (this thread or task), completed
             else:
-                _forget(delivery)
                 handling.settle(Outcome.COMPLETED)
         except Exception:
             internal_error("redis", "settling an acknowledged entry")
@@ -925,6 +944,7 @@ def _settle_acked(deliveries: list[_Delivery]) -> None:
 def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Callable[..., Any]:
     original: Callable[..., Any] = cls.xack  # type: ignore[attr-defined]
     messaging = telemetry.messaging
+    settle_spans = messaging.settings.settle_spans  # the settings are frozen
 
     def enter(stream: Any, deliveries: list[_Delivery]) -> tuple[Any, Any]:
         """Run the command in the handling's context (its command span is the handling's child)."""
@@ -932,11 +952,11 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         try:
             handling = deliveries[0].handling if len(deliveries) == 1 else None
             context = handling.context if handling is not None and not handling.settled else None
-            if messaging.settings.settle_spans:
+            if settle_spans:
                 span = messaging.settle_span(_text(stream), "ack", context=context)
                 if span is not None:
                     context = trace.set_span_in_context(span, context)
-            if context is not None and context is not get_current():  # in its handling's loop: current already
+            if context is not None and context is not _current_context():  # in its handling's loop: current already
                 token = attach(context)
         except Exception:
             internal_error("redis", "starting an acknowledgement")
@@ -952,7 +972,7 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         if _is_pipeline(self):
             return original(self, name, groupname, *ids)
         deliveries = _acked(name, groupname, ids)
-        if not deliveries and not messaging.settings.settle_spans:
+        if not deliveries and not settle_spans:
             return original(self, name, groupname, *ids)
         token, span = enter(name, deliveries)
         try:
@@ -967,7 +987,7 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
 
     async def xack_async(self: Any, name: Any, groupname: Any, *ids: Any) -> Any:
         deliveries = _acked(name, groupname, ids)
-        if not deliveries and not messaging.settings.settle_spans:
+        if not deliveries and not settle_spans:
             return await original(self, name, groupname, *ids)
         token, span = enter(name, deliveries)
         try:
