@@ -66,9 +66,7 @@ def split_reserved(fields: Any) -> dict[str, Any]:
         # field names are str (decode_responses=True) or bytes: one type test and one prefix
         # test per name
         reserved = [
-            key
-            for key in fields
-            if (key.startswith(RESERVED_PREFIX) if type(key) is str else _reserved_bytes(key))
+            key for key in fields if (key.startswith(RESERVED_PREFIX) if type(key) is str else _reserved_bytes(key))
         ]
         for key in reserved:
             value = fields.pop(key)
