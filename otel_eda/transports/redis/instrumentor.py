@@ -66,7 +66,7 @@ from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
 from otel_eda.process_hooks import ForkHook, fresh_lock_in_child, register_fork_hook, unregister_fork_hook
-from otel_eda.transports.redis.telemetry import RESERVED_PREFIX, RedisTelemetry, split_reserved
+from otel_eda.transports.redis.telemetry import RedisTelemetry, pack_reserved, split_reserved
 
 __all__ = [
     "Outgoing",
@@ -381,8 +381,7 @@ def _dead_letter_plan(entry: Any, max_deliveries: int) -> tuple[_Delivery, dict[
     if delivery is None or delivery.group is None or delivery.attempt <= max_deliveries:
         return None
     fields = dict(entry[1] or {})
-    for key, value in delivery.carrier.items():  # the entry's own identity and producer context
-        fields[RESERVED_PREFIX + key] = value
+    pack_reserved(delivery.carrier, fields)  # the entry's own identity and producer context
     return delivery, fields
 
 
@@ -545,16 +544,16 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name: str
 # -- producer -------------------------------------------------------------------------------
 def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> tuple[Any, dict[Any, Any]]:
     messaging = telemetry.messaging
-    carrier = dict(fields)  # the application's own dict stays untouched
+    headers: dict[str, str] = {}  # what the propagators write, packed into the entry's fields
     destination = _text(stream)
     outgoing = _OUTGOING.get()
     try:
         if outgoing is None:
-            publication = messaging.publish(destination, carrier, destination=destination)
+            publication = messaging.publish(destination, headers, destination=destination)
         else:
             publication = messaging.publish(
                 outgoing.event_type or destination,
-                carrier,
+                headers,
                 destination=destination,
                 business_key=outgoing.business_key,
                 metadata=outgoing.metadata,
@@ -562,10 +561,15 @@ def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> t
     except ValueError as invalid:  # a stream name, business key or metadata that is not a valid event
         count_invalid("send", "invalid_event")
         _log.warning("otel-eda: an entry added to %r is sent as a plain redis event: %s", destination[:200], invalid)
-        publication = messaging.publish(semconv.MESSAGING_SYSTEM_REDIS, carrier, destination=destination)
+        publication = messaging.publish(semconv.MESSAGING_SYSTEM_REDIS, headers, destination=destination)
     publication.__enter__()
     if outgoing is not None:
         outgoing.events.append(publication.event)
+    carrier = dict(fields)  # the application's own dict stays untouched
+    try:
+        pack_reserved(headers, carrier)
+    except Exception:
+        internal_error("redis", "packing the reserved field")
     return publication, carrier
 
 
