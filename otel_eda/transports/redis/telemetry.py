@@ -94,6 +94,14 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
     one :data:`PACKED_FIELD` line ``name=value`` each, except a header that cannot go on a
     line (a value with a line break or that is not text, a name with ``=``), which gets a
     field of its own, ``otel-eda:<name>``."""
+    lines = [f"{name}={value}" for name, value in headers.items() if type(value) is str]
+    packed = "\n".join(lines)
+    # the usual case in two scans of the joined text: every header a line, no stray line break
+    if len(lines) == len(headers) and packed.count("\n") == len(lines) - 1 and "\r" not in packed:
+        if all(name in _PLAIN_NAMES for name in headers) or all(_plain_name(name) for name in headers):
+            if packed:
+                fields[PACKED_FIELD] = packed
+            return
     lines = []
     for name, value in headers.items():
         if type(value) is str and "\n" not in value and "\r" not in value and _plain_name(name):
@@ -104,8 +112,15 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
         fields[PACKED_FIELD] = "\n".join(lines)
 
 
+#: header names known to go on a line (the same few on every entry)
+_PLAIN_NAMES: set[str] = set()
+
+
 def _plain_name(name: str) -> bool:
-    return bool(name) and "=" not in name and "\n" not in name and "\r" not in name
+    plain = bool(name) and "=" not in name and "\n" not in name and "\r" not in name
+    if plain and len(_PLAIN_NAMES) < _MAX_FIELD_NAMES:
+        _PLAIN_NAMES.add(name)
+    return plain
 
 
 def split_reserved(fields: Any) -> dict[str, Any]:
