@@ -155,6 +155,25 @@ def test_entries_with_one_field_per_header_are_read_too(setup: Setup, client: re
     ] * 2
 
 
+def test_a_forwarded_entry_carries_only_the_new_event(setup: Setup, client: redis.Redis) -> None:
+    """Fields read without stripping (a pipeline's reply) and added again: the stale otel-eda
+    fields are replaced by the new entry's own, in either format."""
+    t = setup
+    client.xadd(t.stream, {"n": "0"})
+    raw = redis.Redis.xrange.__otel_eda_original__[0](client, t.stream)  # type: ignore[attr-defined]
+    [(_, stale)] = raw
+    stale[f"{RESERVED_PREFIX}eda-event-id".encode()] = b"0190f0c2-7a3e-7d51-9b1c-2f0e8a6d4c11"
+    with outgoing_event() as out:
+        client.xadd(t.stream, stale)
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"}, count=10)
+    events = []
+    for entry_id, fields in entries:
+        assert fields == {b"n": b"0"}
+        events.append(current_event())
+        client.xack(t.stream, t.group, entry_id)
+    assert events[1] is not None and events[1].event_id == out.events[0].event_id
+
+
 def test_a_header_that_cannot_go_on_a_line_gets_a_field_of_its_own() -> None:
     fields: dict[Any, Any] = {"n": "1"}
     pack_reserved({"traceparent": "00-x-01", "odd": "a\r\nb", "k=v": "1", "raw": b"\xff"}, fields)

@@ -567,6 +567,7 @@ def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> t
         outgoing.events.append(publication.event)
     carrier = dict(fields)  # the application's own dict stays untouched
     try:
+        split_reserved(carrier)  # stale otel-eda fields of a forwarded entry: only this event's go
         pack_reserved(headers, carrier)
     except Exception:
         internal_error("redis", "packing the reserved field")

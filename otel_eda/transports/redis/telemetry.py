@@ -97,11 +97,15 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
     lines = [f"{name}={value}" for name, value in headers.items() if type(value) is str]
     packed = "\n".join(lines)
     # the usual case in two scans of the joined text: every header a line, no stray line break
-    if len(lines) == len(headers) and packed.count("\n") == len(lines) - 1 and "\r" not in packed:
-        if all(name in _PLAIN_NAMES for name in headers) or all(_plain_name(name) for name in headers):
-            if packed:
-                fields[PACKED_FIELD] = packed
-            return
+    if (
+        len(lines) == len(headers)
+        and packed.count("\n") == len(lines) - 1
+        and "\r" not in packed
+        and (all(name in _PLAIN_NAMES for name in headers) or all(_plain_name(name) for name in headers))
+    ):
+        if packed:
+            fields[PACKED_FIELD] = packed
+        return
     lines = []
     for name, value in headers.items():
         if type(value) is str and "\n" not in value and "\r" not in value and _plain_name(name):
