@@ -10,9 +10,11 @@ or after; ``RedisCluster`` is not wrapped):
 
 * ``xadd`` is a send: the entry's event is a child of the event current in the caller (inside
   a handling: the handled entry's event) or starts a flow; a PRODUCER span ``send {stream}``
-  covers the call; the identity and the trace context travel as extra fields named
-  ``otel-eda:<header>`` (:data:`~otel_eda.transports.redis.telemetry.RESERVED_PREFIX`); the
-  application's own dict is not modified. In a pipeline the span covers the queueing only.
+  covers the call; the identity and the trace context travel in one extra field,
+  ``otel-eda:headers`` (:data:`~otel_eda.transports.redis.telemetry.PACKED_FIELD`, one
+  ``name=value`` line per header; entries with one ``otel-eda:<header>`` field per header are
+  read too); the application's own dict is not modified. In a pipeline the span covers the
+  queueing only.
 * ``xreadgroup`` and ``xread`` are a receive: after the call returns, a CLIENT span
   ``receive {stream}`` (``receive`` across streams) with one link per entry, none for an
   empty read. The reserved fields are taken out of every entry returned (also by ``xrange``,
