@@ -261,6 +261,25 @@ def test_processing_block_records_the_handlers_exception(setup: Setup, client: r
         assert nothing is None
 
 
+def test_an_entry_settled_by_its_xack_is_not_handled_again_by_processing(setup: Setup, client: redis.Redis) -> None:
+    t = setup
+    client.xadd(t.stream, {"n": "1"})
+    client.xadd(t.stream, {"n": "2"})
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"})
+    for _ in entries:
+        pass  # hands both over: the first one's handling ended when the second was handed over
+    with processing(entries[0]):  # a handling of its own again
+        client.xack(t.stream, t.group, entries[0][0])  # settles it
+    with processing(entries[0]):  # settled by its XACK: nothing new
+        pass
+    first = [
+        p
+        for p in t.spans(name=f"process {t.stream}")
+        if t.attr(p, semconv.EDA_REDIS_ENTRY_ID) == entries[0][0].decode()
+    ]
+    assert len(first) == 2
+
+
 def test_claims_take_the_attempt_from_one_xpending_per_batch_and_dead_letter_past_the_limit(
     setup: Setup, client: redis.Redis
 ) -> None:

@@ -300,7 +300,8 @@ def _hand_over(delivery: _Delivery) -> None:
     delivery.handling = tracker.start(delivery)
     state.current = delivery
     if delivery.key is not None:
-        _open[delivery.key] = delivery  # one item set: atomic, no lock needed
+        with _open_lock:  # not between another thread's look-up and removal of the same key
+            _open[delivery.key] = delivery
 
 
 class _Entries(list):  # type: ignore[type-arg]
@@ -939,6 +940,7 @@ def _settle_acked(deliveries: list[_Delivery]) -> None:
         try:
             _forget(delivery)
             state = delivery.state
+            delivery.ended_implicitly = False  # settled by its XACK: processing(entry) starts no other
             if state.current is delivery:
                 state.current = None
                 state.tracker(delivery.group).end_current()  # detaches (this thread or task), completed
