@@ -31,7 +31,7 @@ from otel_eda.transports.redis.instrumentor import (
     outgoing_event,
     processing,
 )
-from otel_eda.transports.redis.telemetry import RESERVED_PREFIX
+from otel_eda.transports.redis.telemetry import PACKED_FIELD, RESERVED_PREFIX, pack_reserved, split_reserved
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -112,7 +112,9 @@ def test_xadd_carries_identity_in_reserved_fields_and_reads_strip_them(setup: Se
     raw = redis.Redis.xrange.__otel_eda_original__[0](client, t.stream)  # type: ignore[attr-defined]
     (_, raw_fields) = raw[0]
     reserved = {k.decode(): v.decode() for k, v in raw_fields.items() if k.startswith(RESERVED_PREFIX.encode())}
-    assert f"{RESERVED_PREFIX}traceparent" in reserved and f"{RESERVED_PREFIX}eda-event-id" in reserved
+    assert list(reserved) == [PACKED_FIELD]  # one field: redis-py encodes and parses each field
+    headers = dict(line.split("=", 1) for line in reserved[PACKED_FIELD].split("\n"))
+    assert {"traceparent", "baggage", "eda-event-id", "eda-event-type", "eda-event-created"} <= set(headers)
     # every read of the instrumented client returns exactly what was produced
     [(_, fields)] = client.xrange(t.stream)
     assert {k.decode(): v.decode() for k, v in fields.items()} == produced
@@ -120,9 +122,70 @@ def test_xadd_carries_identity_in_reserved_fields_and_reads_strip_them(setup: Se
     [(read_id, fields)] = entries
     assert read_id == entry_id and {k.decode(): v.decode() for k, v in fields.items()} == produced
     (send,) = t.spans(name=f"send {t.stream}", kind=SpanKind.PRODUCER)
-    assert t.attr(send, semconv.MESSAGING_MESSAGE_ID) == reserved[f"{RESERVED_PREFIX}eda-event-id"]
+    assert t.attr(send, semconv.MESSAGING_MESSAGE_ID) == headers["eda-event-id"]
     assert t.attr(send, semconv.MESSAGING_SYSTEM) == "redis"
-    assert reserved[f"{RESERVED_PREFIX}traceparent"].split("-")[2] == f"{send.context.span_id:016x}"
+    assert headers["traceparent"].split("-")[2] == f"{send.context.span_id:016x}"
+
+
+def test_entries_with_one_field_per_header_are_read_too(setup: Setup, client: redis.Redis) -> None:
+    """Entries written before the headers were packed into one field (``otel-eda:<header>``
+    each) keep their event."""
+    t = setup
+    raw_xadd = redis.Redis.xadd.__otel_eda_original__[0]  # type: ignore[attr-defined]
+    with outgoing_event(event_type="order_placed", metadata={"tenant": "a"}) as out:
+        client.xadd(t.stream, {"n": "0"})
+    event = out.events[0]
+    raw = redis.Redis.xrange.__otel_eda_original__[0](client, t.stream)  # type: ignore[attr-defined]
+    [(_, packed)] = raw
+    old = {"n": "1"}
+    for line in packed[PACKED_FIELD.encode()].decode().split("\n"):
+        name, _, value = line.partition("=")
+        old[RESERVED_PREFIX + name] = value
+    assert len(old) == 7  # traceparent, baggage, event id, type, created, the metadata entry
+    raw_xadd(client, t.stream, old)
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"}, count=10)
+    seen = []
+    for entry_id, fields in entries:
+        seen.append((fields, current_event()))
+        client.xack(t.stream, t.group, entry_id)
+    assert [f for f, _ in seen] == [{b"n": b"0"}, {b"n": b"1"}]
+    events = [e for _, e in seen if e is not None]
+    assert [(e.event_id, e.event_type, dict(e.metadata or {})) for e in events] == [
+        (event.event_id, "order_placed", {"tenant": "a"})
+    ] * 2
+
+
+def test_a_forwarded_entry_carries_only_the_new_event(setup: Setup, client: redis.Redis) -> None:
+    """Fields read without stripping (a pipeline's reply) and added again: the stale otel-eda
+    fields are replaced by the new entry's own, in either format."""
+    t = setup
+    client.xadd(t.stream, {"n": "0"})
+    raw = redis.Redis.xrange.__otel_eda_original__[0](client, t.stream)  # type: ignore[attr-defined]
+    [(_, stale)] = raw
+    stale[f"{RESERVED_PREFIX}eda-event-id".encode()] = b"0190f0c2-7a3e-7d51-9b1c-2f0e8a6d4c11"
+    with outgoing_event() as out:
+        client.xadd(t.stream, stale)
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"}, count=10)
+    events = []
+    for entry_id, fields in entries:
+        assert fields == {b"n": b"0"}
+        events.append(current_event())
+        client.xack(t.stream, t.group, entry_id)
+    assert events[1] is not None and events[1].event_id == out.events[0].event_id
+
+
+def test_a_header_that_cannot_go_on_a_line_gets_a_field_of_its_own() -> None:
+    fields: dict[Any, Any] = {"n": "1"}
+    pack_reserved({"traceparent": "00-x-01", "odd": "a\r\nb", "k=v": "1", "raw": b"\xff"}, fields)
+    assert fields == {
+        "n": "1",
+        f"{RESERVED_PREFIX}odd": "a\r\nb",
+        f"{RESERVED_PREFIX}k=v": "1",
+        f"{RESERVED_PREFIX}raw": b"\xff",
+        PACKED_FIELD: "traceparent=00-x-01",
+    }
+    assert split_reserved(fields) == {"traceparent": "00-x-01", "odd": "a\r\nb", "k=v": "1", "raw": b"\xff"}
+    assert fields == {"n": "1"}
 
 
 def test_xreadgroup_receive_span_links_each_entry_and_the_loop_moves_the_context(
@@ -198,6 +261,25 @@ def test_processing_block_records_the_handlers_exception(setup: Setup, client: r
         assert nothing is None
 
 
+def test_an_entry_settled_by_its_xack_is_not_handled_again_by_processing(setup: Setup, client: redis.Redis) -> None:
+    t = setup
+    client.xadd(t.stream, {"n": "1"})
+    client.xadd(t.stream, {"n": "2"})
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"})
+    for _ in entries:
+        pass  # hands both over: the first one's handling ended when the second was handed over
+    with processing(entries[0]):  # a handling of its own again
+        client.xack(t.stream, t.group, entries[0][0])  # settles it
+    with processing(entries[0]):  # settled by its XACK: nothing new
+        pass
+    first = [
+        p
+        for p in t.spans(name=f"process {t.stream}")
+        if t.attr(p, semconv.EDA_REDIS_ENTRY_ID) == entries[0][0].decode()
+    ]
+    assert len(first) == 2
+
+
 def test_claims_take_the_attempt_from_one_xpending_per_batch_and_dead_letter_past_the_limit(
     setup: Setup, client: redis.Redis
 ) -> None:
@@ -224,7 +306,8 @@ def test_claims_take_the_attempt_from_one_xpending_per_batch_and_dead_letter_pas
     assert [{k.decode(): v.decode() for k, v in f.items()} for _, f in dead] == [{"n": "0"}, {"n": "1"}]
     # the dead letter keeps its event: the dead-letter consumer sees the same event id
     raw = redis.Redis.xrange.__otel_eda_original__[0](client, t.stream + ".dead")  # type: ignore[attr-defined]
-    kept = [f[f"{RESERVED_PREFIX}eda-event-id".encode()].decode() for _, f in raw]
+    kept = [dict(line.split("=", 1) for line in f[PACKED_FIELD.encode()].decode().split("\n")) for _, f in raw]
+    kept = [headers["eda-event-id"] for headers in kept]
     assert kept == [e.event_id for e in out.events[:2]]
     processes = t.spans(name=f"process {t.stream}")
     attempts = [t.attr(p, semconv.EDA_DELIVERY_ATTEMPT) for p in processes]
@@ -250,6 +333,11 @@ def test_hostile_field_values_never_raise_and_are_counted(
         {f"{p}eda-event-id": "x" * 100_000, f"{p}baggage": "eda.correlation_id=\r\n" * 300},
         {f"{p}".encode() + b"\xff\xfe": b"\xff", f"{p}eda-event-created": "-5", f"{p}eda-meta-Bad Key": "v"},
         {f"{p}eda-event-type": "order placed", f"{p}eda-business-key": "k" * 10_000, "y": b"\xff"},
+        # the packed field: not UTF-8, lines without "=", too long, invalid values
+        {PACKED_FIELD: b"\xff\xfe=\x00\neda-event-id=\xff", "z": "1"},
+        {PACKED_FIELD: "no equals sign\n=nameless\n\n"},
+        {PACKED_FIELD: "eda-event-id=" + "x" * 100_000},
+        {PACKED_FIELD: "traceparent=garbage\neda-event-id=not-a-uuid\neda-event-created=-5\nbaggage=\r"},
     ]
     for fields in hostile:
         raw_xadd(client, t.stream, fields)
@@ -260,9 +348,9 @@ def test_hostile_field_values_never_raise_and_are_counted(
             event = current_event()
             assert event is not None and event.correlation_id == event.event_id  # a new, valid flow
             seen.append({k for k in entry[1] if (k.decode("latin-1") if isinstance(k, bytes) else k).startswith(p)})
-    assert seen == [set()] * 4  # the reserved fields are gone, whatever they held
-    assert t.capture.counter_total(semconv.METRIC_INVALID_HEADERS) >= 4
-    assert len(t.spans(name=f"process {t.stream}")) == 4
+    assert seen == [set()] * len(hostile)  # the reserved fields are gone, whatever they held
+    assert t.capture.counter_total(semconv.METRIC_INVALID_HEADERS) >= len(hostile)
+    assert len(t.spans(name=f"process {t.stream}")) == len(hostile)
 
 
 def test_consumer_group_lag_and_pending_gauges(setup: Setup, client: redis.Redis) -> None:

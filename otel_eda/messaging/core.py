@@ -68,8 +68,9 @@ _MAX_CACHED_ATTRIBUTE_SETS: Final = 4096
 MAX_ERROR_MESSAGE: Final = 1024
 _PROCESSING_KEY: Final = create_key("otel_eda.processing")
 #: the context of measurements whose exemplars no default rule reads (sent, consumed, clock
-#: skew): no span in it, so the SDK's default trace_based exemplar filter samples none there
-#: (the duration and event-age histograms, which the rules read, keep theirs)
+#: skew, the send and receive operation duration): no span in it, so the SDK's default
+#: trace_based exemplar filter samples none there (the process duration and event-age
+#: histograms, which the rules read, keep theirs)
 _NO_EXEMPLAR: Final = Context()
 
 C = TypeVar("C")
@@ -843,7 +844,9 @@ class Messaging:
         )
         span.end(end_ns)
         self._operation_duration.record(
-            (end_ns - start_ns) / 1e9, self._attrs(destination or "", semconv.OPERATION_TYPE_RECEIVE, group)
+            (end_ns - start_ns) / 1e9,
+            self._attrs(destination or "", semconv.OPERATION_TYPE_RECEIVE, group),
+            context=_NO_EXEMPLAR,
         )
         for message in messages:
             if not message.delivered:
@@ -1013,6 +1016,7 @@ class Publication(Generic[C]):
                 m._operation_duration.record(
                     time.perf_counter() - self._started,
                     m._attrs(self.destination, semconv.OPERATION_TYPE_SEND, "", attrs_key),
+                    context=_NO_EXEMPLAR,
                 )
             m._step(_STAGE_PUBLISHED, self.event, span.get_span_context(), None, 0, None, exc)
         finally:

@@ -10,9 +10,11 @@ or after; ``RedisCluster`` is not wrapped):
 
 * ``xadd`` is a send: the entry's event is a child of the event current in the caller (inside
   a handling: the handled entry's event) or starts a flow; a PRODUCER span ``send {stream}``
-  covers the call; the identity and the trace context travel as extra fields named
-  ``otel-eda:<header>`` (:data:`~otel_eda.transports.redis.telemetry.RESERVED_PREFIX`); the
-  application's own dict is not modified. In a pipeline the span covers the queueing only.
+  covers the call; the identity and the trace context travel in one extra field,
+  ``otel-eda:headers`` (:data:`~otel_eda.transports.redis.telemetry.PACKED_FIELD`, one
+  ``name=value`` line per header; entries with one ``otel-eda:<header>`` field per header are
+  read too); the application's own dict is not modified. In a pipeline the span covers the
+  queueing only.
 * ``xreadgroup`` and ``xread`` are a receive: after the call returns, a CLIENT span
   ``receive {stream}`` (``receive`` across streams) with one link per entry, none for an
   empty read. The reserved fields are taken out of every entry returned (also by ``xrange``,
@@ -45,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -60,12 +63,12 @@ from opentelemetry.context import attach, detach, get_current
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-from otel_eda import semconv
+from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
 from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
 from otel_eda.process_hooks import ForkHook, fresh_lock_in_child, register_fork_hook, unregister_fork_hook
-from otel_eda.transports.redis.telemetry import RESERVED_PREFIX, RedisTelemetry, split_reserved
+from otel_eda.transports.redis.telemetry import RedisTelemetry, pack_reserved, split_reserved
 
 __all__ = [
     "Outgoing",
@@ -78,6 +81,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_current_context: Final[Callable[[], Any]] = otel_internals.current_context_getter() or get_current
 _INSTRUMENTS: Final = ("redis >= 5",)
 _MARK: Final = "__otel_eda_original__"
 _READS: Final = ("xreadgroup", "xread")
@@ -138,6 +142,7 @@ class _Delivery:
         "group",
         "handling",
         "incoming",
+        "key",
         "state",
         "stream",
     )
@@ -156,6 +161,8 @@ class _Delivery:
         self.stream = stream
         self.group = group
         self.entry_id = entry_id
+        #: its key in the registry of open handlings (XACK settles them), if read in a group
+        self.key = (stream, group, entry_id) if group is not None else None
         self.attempt = 1
         self.state = state
         self.handling: Processing | None = None
@@ -200,11 +207,11 @@ class _OwnerState:
         if tracker is None:
             tracker = self.trackers[group] = PullTracker(
                 self.telemetry.messaging,
-                destination=lambda d: d.stream,
-                carrier=lambda d: d.incoming,
+                destination=_STREAM_OF,
+                carrier=_INCOMING_OF,
                 consumer_group=group,
-                attributes=lambda d: {semconv.EDA_REDIS_ENTRY_ID: d.entry_id},
-                attempt=lambda d: d.attempt,
+                attributes=_entry_attributes,
+                attempt=_ATTEMPT_OF,
             )
         return tracker
 
@@ -221,10 +228,19 @@ class _OwnerState:
             internal_error("redis", "ending an entry's process span")
 
 
+_STREAM_OF: Final = operator.attrgetter("stream")
+_INCOMING_OF: Final = operator.attrgetter("incoming")
+_ATTEMPT_OF: Final = operator.attrgetter("attempt")
+
+
+def _entry_attributes(delivery: _Delivery) -> dict[str, Any]:
+    return {semconv.EDA_REDIS_ENTRY_ID: delivery.entry_id}
+
+
 def _forget(delivery: _Delivery) -> None:
-    if delivery.group is not None:
+    key = delivery.key
+    if key is not None and _open.get(key) is delivery:
         with _open_lock:
-            key = (delivery.stream, delivery.group, delivery.entry_id)
             if _open.get(key) is delivery:
                 del _open[key]
 
@@ -278,13 +294,14 @@ class _States:
 def _hand_over(delivery: _Delivery) -> None:
     """Start the process span of ``delivery`` and make it current in the caller."""
     state = delivery.state
-    state.end_current()
-    handling = state.tracker(delivery.group).start(delivery)
-    delivery.handling = handling
+    if state.current is not None:
+        state.end_current()
+    tracker = state.trackers.get(delivery.group) or state.tracker(delivery.group)
+    delivery.handling = tracker.start(delivery)
     state.current = delivery
-    if delivery.group is not None:
-        with _open_lock:
-            _open[(delivery.stream, delivery.group, delivery.entry_id)] = delivery
+    if delivery.key is not None:
+        with _open_lock:  # not between another thread's look-up and removal of the same key
+            _open[delivery.key] = delivery
 
 
 class _Entries(list):  # type: ignore[type-arg]
@@ -367,8 +384,7 @@ def _dead_letter_plan(entry: Any, max_deliveries: int) -> tuple[_Delivery, dict[
     if delivery is None or delivery.group is None or delivery.attempt <= max_deliveries:
         return None
     fields = dict(entry[1] or {})
-    for key, value in delivery.carrier.items():  # the entry's own identity and producer context
-        fields[RESERVED_PREFIX + key] = value
+    pack_reserved(delivery.carrier, fields)  # the entry's own identity and producer context
     return delivery, fields
 
 
@@ -475,6 +491,17 @@ class RedisStreamsInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
 # -- patching -------------------------------------------------------------------------------
 _PIPELINES: Final = (redis.client.Pipeline, redis.asyncio.client.Pipeline)
+#: client class -> whether it is a pipeline: redis-py's client classes are typing Protocols,
+#: whose ``isinstance`` runs in Python (about 1 µs each, on every wrapped call)
+_pipeline_classes: dict[type, bool] = {}
+
+
+def _is_pipeline(client: object) -> bool:
+    cls = type(client)
+    found = _pipeline_classes.get(cls)
+    if found is None:
+        found = _pipeline_classes[cls] = issubclass(cls, _PIPELINES)
+    return found
 
 
 def _patch(cls: type, name: str, wrapper: Callable[..., Any]) -> None:
@@ -520,16 +547,16 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name: str
 # -- producer -------------------------------------------------------------------------------
 def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> tuple[Any, dict[Any, Any]]:
     messaging = telemetry.messaging
-    carrier = dict(fields)  # the application's own dict stays untouched
+    headers: dict[str, str] = {}  # what the propagators write, packed into the entry's fields
     destination = _text(stream)
     outgoing = _OUTGOING.get()
     try:
         if outgoing is None:
-            publication = messaging.publish(destination, carrier, destination=destination)
+            publication = messaging.publish(destination, headers, destination=destination)
         else:
             publication = messaging.publish(
                 outgoing.event_type or destination,
-                carrier,
+                headers,
                 destination=destination,
                 business_key=outgoing.business_key,
                 metadata=outgoing.metadata,
@@ -537,10 +564,16 @@ def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> t
     except ValueError as invalid:  # a stream name, business key or metadata that is not a valid event
         count_invalid("send", "invalid_event")
         _log.warning("otel-eda: an entry added to %r is sent as a plain redis event: %s", destination[:200], invalid)
-        publication = messaging.publish(semconv.MESSAGING_SYSTEM_REDIS, carrier, destination=destination)
+        publication = messaging.publish(semconv.MESSAGING_SYSTEM_REDIS, headers, destination=destination)
     publication.__enter__()
     if outgoing is not None:
         outgoing.events.append(publication.event)
+    carrier = dict(fields)  # the application's own dict stays untouched
+    try:
+        split_reserved(carrier)  # stale otel-eda fields of a forwarded entry: only this event's go
+        pack_reserved(headers, carrier)
+    except Exception:
+        internal_error("redis", "packing the reserved field")
     return publication, carrier
 
 
@@ -579,7 +612,7 @@ def _xadd_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         return result
 
     def xadd(self: Any, name: Any, fields: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self, _PIPELINES):  # queued: the pipeline (or its coroutine) comes back
+        if _is_pipeline(self):  # queued: the pipeline (or its coroutine) comes back
             return xadd_sync(self, name, fields, *args, **kwargs)
         return xadd_async(self, name, fields, *args, **kwargs)
 
@@ -708,7 +741,7 @@ def _read_wrapper(
             _announce(telemetry, deliveries, {d.stream for d in deliveries}, how[0], start_ns)
 
     def read_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, *args, **kwargs)
         prepared = before(self, args, kwargs)
         start_ns = time.time_ns()
@@ -747,7 +780,7 @@ def _read_wrapper(
         return response
 
     def read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, *args, **kwargs)
         return read_async(self, *args, **kwargs)
 
@@ -816,7 +849,7 @@ def _claim_wrapper(
     def claim_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
         start_ns = time.time_ns()
         response = original(self, *args, **kwargs)
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return response
         try:
             prepared = prepare(self, args, kwargs, response)
@@ -849,7 +882,7 @@ def _claim_wrapper(
         return response
 
     def claim(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, *args, **kwargs)
         return claim_async(self, *args, **kwargs)
 
@@ -869,7 +902,7 @@ def _strip_wrapper(cls: type, name: str, is_async: bool) -> Callable[..., Any]:
 
     def strip_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
         response = original(self, *args, **kwargs)
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return response
         return _strip_entries(response)
 
@@ -880,7 +913,7 @@ def _strip_wrapper(cls: type, name: str, is_async: bool) -> Callable[..., Any]:
         return _strip_entries(await original(self, *args, **kwargs))
 
     def strip(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, *args, **kwargs)
         return strip_async(self, *args, **kwargs)
 
@@ -889,9 +922,14 @@ def _strip_wrapper(cls: type, name: str, is_async: bool) -> Callable[..., Any]:
 
 # -- settling -------------------------------------------------------------------------------
 def _acked(stream: Any, group: Any, ids: tuple[Any, ...]) -> list[_Delivery]:
+    """The open handlings of the entries an XACK names (each lookup is one atomic dict read)."""
+    if not _open:
+        return []
     key_stream, key_group = _text(stream), _text(group)
-    with _open_lock:
-        return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
+    if len(ids) == 1:
+        found = _open.get((key_stream, key_group, _text(ids[0])))
+        return [] if found is None else [found]
+    return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
 
 
 def _settle_acked(deliveries: list[_Delivery]) -> None:
@@ -900,12 +938,13 @@ def _settle_acked(deliveries: list[_Delivery]) -> None:
         if handling is None:
             continue
         try:
+            _forget(delivery)
             state = delivery.state
+            delivery.ended_implicitly = False  # settled by its XACK: processing(entry) starts no other
             if state.current is delivery:
-                state.end_current()  # detaches (in this thread or task) and settles completed
-                delivery.ended_implicitly = False
+                state.current = None
+                state.tracker(delivery.group).end_current()  # detaches (this thread or task), completed
             else:
-                _forget(delivery)
                 handling.settle(Outcome.COMPLETED)
         except Exception:
             internal_error("redis", "settling an acknowledged entry")
@@ -914,6 +953,7 @@ def _settle_acked(deliveries: list[_Delivery]) -> None:
 def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Callable[..., Any]:
     original: Callable[..., Any] = cls.xack  # type: ignore[attr-defined]
     messaging = telemetry.messaging
+    settle_spans = messaging.settings.settle_spans  # the settings are frozen
 
     def enter(stream: Any, deliveries: list[_Delivery]) -> tuple[Any, Any]:
         """Run the command in the handling's context (its command span is the handling's child)."""
@@ -921,11 +961,11 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         try:
             handling = deliveries[0].handling if len(deliveries) == 1 else None
             context = handling.context if handling is not None and not handling.settled else None
-            if messaging.settings.settle_spans:
+            if settle_spans:
                 span = messaging.settle_span(_text(stream), "ack", context=context)
                 if span is not None:
                     context = trace.set_span_in_context(span, context)
-            if context is not None and context is not get_current():  # in its handling's loop: current already
+            if context is not None and context is not _current_context():  # in its handling's loop: current already
                 token = attach(context)
         except Exception:
             internal_error("redis", "starting an acknowledgement")
@@ -938,10 +978,10 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
             span.end()
 
     def xack_sync(self: Any, name: Any, groupname: Any, *ids: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, name, groupname, *ids)
         deliveries = _acked(name, groupname, ids)
-        if not deliveries and not messaging.settings.settle_spans:
+        if not deliveries and not settle_spans:
             return original(self, name, groupname, *ids)
         token, span = enter(name, deliveries)
         try:
@@ -956,7 +996,7 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
 
     async def xack_async(self: Any, name: Any, groupname: Any, *ids: Any) -> Any:
         deliveries = _acked(name, groupname, ids)
-        if not deliveries and not messaging.settings.settle_spans:
+        if not deliveries and not settle_spans:
             return await original(self, name, groupname, *ids)
         token, span = enter(name, deliveries)
         try:
@@ -967,7 +1007,7 @@ def _xack_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
         return result
 
     def xack(self: Any, name: Any, groupname: Any, *ids: Any) -> Any:
-        if isinstance(self, _PIPELINES):
+        if _is_pipeline(self):
             return original(self, name, groupname, *ids)
         return xack_async(self, name, groupname, *ids)
 
