@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from otel_eda import semconv
 from otel_eda.anomaly.alerts import Alert
 from otel_eda.anomaly.engine import AnomalyEngine
+from otel_eda.anomaly.growth import GrowthDetector
 from otel_eda.anomaly.reader import AnomalyMetricReader
 from otel_eda.anomaly.rules import default_inhibitions, default_rule_set, default_rules
 from otel_eda.anomaly.series import SeriesPoint
@@ -169,6 +170,38 @@ def test_a_lag_that_wanders_is_not_growing() -> None:
     assert [wandering_lag_alerts(seed, 0.0) for seed in (1, 2)] == [0, 0]  # plain noise, sd 20
     wanders = [wandering_lag_alerts(seed, coefficient) for seed in (1, 2) for coefficient in (0.9, 0.99)]
     assert max(wanders) <= 12, wanders  # sd 46 and 142: an excursion past 3 sd now and then
+
+
+def test_a_lag_that_starts_growing_after_hours_of_wandering_is_caught() -> None:
+    # Past the baseline's warm-up: two hours of a wandering lag, then the consumer falls
+    # behind by 40 messages per evaluation; the growth rule fires within a minute or two.
+    rules = [r for r in default_rules() if r.name == "consumer-lag-growing"]
+    engine = AnomalyEngine(rules)
+    rng = random.Random(4)
+    lag, fired_at = 200.0, []
+    for i in range(1_600):
+        t = 5.0 * i
+        lag = 200.0 + 0.9 * (lag - 200.0) + rng.gauss(0.0, 20.0)
+        value = max(0.0, lag) + (40.0 * (i - 1_440) if i >= 1_440 else 0.0)
+        point = SeriesPoint(semconv.METRIC_CONSUMER_LAG, "value", LAG, t, value)
+        fired_at += [i for a in engine.evaluate([point], now=t) if a.state.value == "firing" and a.started_at == t]
+    growing = [i for i in fired_at if i >= 1_440]
+    assert growing and growing[0] - 1_440 <= 24, fired_at
+
+
+def test_a_lag_that_moves_to_a_new_level_stops_alerting_once_the_baseline_follows() -> None:
+    # A lasting shift (100 to 1000, the same wander) is growth for the hour the baseline holds
+    # it out; after that the baseline learns the new level and the wander there is usual again.
+    detector = GrowthDetector(12, min_increase=10, baseline_span=720)
+    rng = random.Random(1)
+    lag, onsets, was = 0.0, [0, 0], False
+    for i in range(5_000 + 2 * 17_280):
+        lag = 0.9 * lag + rng.gauss(0.0, 20.0)
+        now = detector.update(5.0 * i, (100.0 if i < 5_000 else 1_000.0) + lag).is_anomaly
+        if i >= 5_000 and now and not was:
+            onsets[(i - 5_000) // 17_280] += 1
+        was = now
+    assert onsets[0] <= 60 and onsets[1] <= 20, onsets  # (without relearning: 441, then 108)
 
 
 def test_memory_pressure_is_a_host_alert_and_does_not_mute_cpu_warnings() -> None:

@@ -217,6 +217,19 @@ def test_a_read_before_a_step_joins_applies_the_open_step_and_the_step_is_noted_
     assert summary.status == "completed" and summary.deliveries[0].duration_s == 0.002
 
 
+def test_a_step_after_an_open_step_that_evicted_its_event_brings_the_event_back() -> None:
+    # A full store: the new event's step list pushes E out; E's next step, noted after it,
+    # adds E again (with that delivery) as it would if every step were noted alone.
+    store = EventStore(max_events=1)
+    e, f = EventContext.root("order_placed"), EventContext.root("order_placed")
+    store.note(Stage.PUBLISHED, e, "shop")
+    store.note_open(Stage.PUBLISHED, f, "shop")
+    store.note(Stage.RECEIVED, e, "shop", "billing", 1)
+    summary = store.get(e.event_id)
+    assert summary is not None and [d.subscriber for d in summary.deliveries] == ["billing"]
+    assert store.get(f.event_id) is None
+
+
 def test_a_record_after_noted_steps_applies_after_them() -> None:
     store = EventStore()
     event = EventContext.root("order_placed")

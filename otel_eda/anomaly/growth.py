@@ -16,8 +16,9 @@ times a simulated day at one point every 5 s; with the baseline below, 3-11). Wi
 exponentially weighted mean plus ``baseline_sigmas`` standard deviations of the values
 *before* the window (span ``baseline_span`` points; values above that level are held out of
 it, for at most ``baseline_span`` points in a row, so that a consumer falling behind does
-not teach it that falling behind is usual). Until ``10 x window`` values have left the
-window the trend test decides alone.
+not teach it that falling behind is usual; after that many the level itself has moved, and
+every value is learnt until one is within the usual level again). Until ``10 x window``
+values have left the window the trend test decides alone.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class GrowthDetector:
         self._var = 0.0
         self._learned = 0  # values in the baseline
         self._held = 0  # values held out of it in a row
+        self._relearning = False  # after span values held out: learning them all again
 
     def update(self, t: float, x: float) -> Self:
         trend = self._trend
@@ -120,9 +122,16 @@ class GrowthDetector:
             return
         span = self.baseline_span
         assert span is not None
-        if self._learned >= 10 * self.window and self._held < span and self._above_usual(value):
-            self._held += 1
-            return
+        if self._learned >= 10 * self.window and self._above_usual(value):
+            if not self._relearning:
+                if self._held < span:
+                    self._held += 1
+                    return
+                # held out for span values in a row: the level itself has moved; learn every
+                # value until one is usual again
+                self._relearning = True
+        else:
+            self._relearning = False
         self._held = 0
         alpha = self._alpha
         delta = value - self._mean

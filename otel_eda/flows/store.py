@@ -335,6 +335,7 @@ class EventStore:
                     if len(events) > max_events:
                         while len(events) > max_events:
                             self._evict_oldest()
+                        last_event = entry = None  # the cached entry may be the one evicted
                     continue
                 group: Sequence[Any] = noted
             else:
