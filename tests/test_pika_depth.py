@@ -300,3 +300,44 @@ def test_the_depth_connection_copies_the_applications_parameters_without_changin
     own = pika_depth._own_parameters(tls)
     assert own is not tls and own.ssl_options is tls.ssl_options  # the SSLContext stays shared
     assert own.retry_delay == 0 and tls.retry_delay == 3
+
+
+def test_a_refresh_interval_longer_than_two_heartbeats_keeps_the_depth_connection(
+    capture: TelemetryCapture, rabbitmq: RabbitBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The depth connection asks for a 5 s heartbeat; a BlockingConnection only does I/O when
+    # called, so between refreshes 13 s apart the thread answers the broker's heartbeats
+    # itself: otherwise the broker closes the connection and every refresh fails once.
+    errors = capture.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    application = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    opened: list[Any] = []
+
+    class Counted(pika.BlockingConnection):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            opened.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pika, "BlockingConnection", Counted)
+    instrumentor = PikaInstrumentor()
+    instrumentor.instrument(
+        tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, depth_refresh_s=13.0
+    )
+    channel = application.channel()
+    queue = declare(channel, "heartbeat")
+    try:
+        channel.basic_get(queue)  # tracks the queue
+        until(lambda: gauge(capture, semconv.METRIC_BROKER_QUEUE_DEPTH, queue) == [0], "the depth read")
+        time.sleep(30.0)  # two more refreshes, each after more than two heartbeats
+        queue_depth_errors = [
+            p.value
+            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
+        ]
+        assert queue_depth_errors in ([], [0])
+        assert len(opened) == 1 and opened[0].is_open
+        assert gauge(capture, semconv.METRIC_BROKER_QUEUE_DEPTH, queue) == [0]
+    finally:
+        instrumentor.uninstrument()
+        channel.queue_delete(queue)
+        application.close()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 import weakref
 from typing import Any, Final
 
@@ -53,6 +54,8 @@ _STACK_TIMEOUT_S: Final = 5.0
 #: Heartbeat timeout of the refresh connections: a broker that stops answering without closing
 #: the socket (a frozen node, a partition) is noticed in about twice this, not the broker's 60 s
 _HEARTBEAT_S: Final = 5
+#: How often, between refreshes, the refresh connections answer the broker's heartbeats.
+_SERVICE_S: Final = 1.0
 _NOT_FOUND: Final = 404
 
 
@@ -115,6 +118,18 @@ class _Broker:
             self.channel = self.connection.channel()
         ok = self.channel.queue_declare(queue, passive=True).method
         return int(ok.message_count), int(ok.consumer_count)
+
+    def service(self) -> None:
+        """Process what the broker sent (heartbeats) without waiting; a failure closes the
+        connection (the next refresh opens a new one and counts a failure if that fails)."""
+        connection = self.connection
+        if connection is None or not connection.is_open:
+            return
+        try:
+            connection.process_data_events(0)
+        except Exception:
+            _log.debug("otel-eda: a queue depth connection failed between refreshes", exc_info=True)
+            self.close()
 
     def close(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None
@@ -223,10 +238,25 @@ class PikaQueueDepth:
                     self._refresh(brokers, failing)
                 except Exception:  # never let the thread die: the next pass tries again
                     internal_error(COMPONENT, "refreshing the depth of pika queues")
-                stop.wait(self._refresh_s)
+                self._wait(brokers)
         finally:
             for broker in brokers.values():
                 broker.close()
+
+    def _wait(self, brokers: dict[tuple[Any, ...], _Broker]) -> None:
+        """Wait for the next refresh, letting each connection answer the broker's heartbeats
+        about every second (a ``BlockingConnection`` only does I/O when called: idle for
+        longer than two heartbeats, the broker would close it)."""
+        stop = self._stop
+        deadline = time.monotonic() + self._refresh_s
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if stop.wait(min(remaining, _SERVICE_S)):
+                return
+            for broker in brokers.values():
+                broker.service()
 
     def _refresh(self, brokers: dict[tuple[Any, ...], _Broker], failing: set[tuple[Any, ...]]) -> None:
         with self._lock:
