@@ -99,10 +99,13 @@ def without_written_pairs(headers: Iterable[tuple[Any, Any]] | None, fields: Con
 
     >>> without_written_pairs([("tracestate", b"a=1"), ("k", b"1"), (b"eda-meta-tenant", b"t")], {"tracestate"})
     [('k', b'1')]
+    >>> without_written_pairs([None, ("k", b"1")], {"tracestate"})  # not a pair: the client's to report
+    [None, ('k', b'1')]
     """
     if not headers:
         return []
-    return [pair for pair in headers if not _written(pair[0], fields)]
+    # an element that is not a pair is kept as it is: the client reports it, as without otel-eda
+    return [pair for pair in headers if not (isinstance(pair, tuple | list) and pair and _written(pair[0], fields))]
 
 
 def as_text(value: object, name: str = "header") -> str | None:  # noqa: PLR0911

@@ -100,6 +100,11 @@ class QueueDepth:
                 except Exception as exc:  # the broker is away, or the queue is gone: try again later
                     tracked.depth = tracked.consumers = None
                     self._failed(name, exc)
+                    if isinstance(exc, TimeoutError) and own is not None and not own.is_closed:
+                        # a late answer must not land on the next declare: a new channel then
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(own.close(), _DECLARE_WAIT_S)
+                        own = None
                 del queue  # no strong reference while sleeping: a dropped queue is collected
                 await asyncio.sleep(self._refresh_s)
         except asyncio.CancelledError:
@@ -114,8 +119,9 @@ class QueueDepth:
                     await asyncio.shield(own.close())
 
     def _failed(self, name: str, exc: Exception) -> None:
-        if isinstance(exc, ChannelNotFoundEntity):
+        if isinstance(exc, ChannelNotFoundEntity):  # the broker answered: no outage (for this queue)
             _log.debug("otel-eda: queue %s is not on the broker now", name)
+            self._recovered(name)
             return
         count_internal_error(COMPONENT)
         level = logging.DEBUG if self._failing else logging.WARNING
