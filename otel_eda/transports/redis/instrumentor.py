@@ -210,7 +210,6 @@ class _OwnerState:
                 destination=_STREAM_OF,
                 carrier=_INCOMING_OF,
                 consumer_group=group,
-                attributes=_entry_attributes,
                 attempt=_ATTEMPT_OF,
             )
         return tracker
@@ -231,10 +230,6 @@ class _OwnerState:
 _STREAM_OF: Final = operator.attrgetter("stream")
 _INCOMING_OF: Final = operator.attrgetter("incoming")
 _ATTEMPT_OF: Final = operator.attrgetter("attempt")
-
-
-def _entry_attributes(delivery: _Delivery) -> dict[str, Any]:
-    return {semconv.EDA_REDIS_ENTRY_ID: delivery.entry_id}
 
 
 def _forget(delivery: _Delivery) -> None:
