@@ -87,6 +87,8 @@ _FIELDS: Final = frozenset(
 )
 
 _log = logging.getLogger(__name__)
+#: ``opentelemetry.propagate.get_global_textmap``, once imported (see EdaPropagator)
+_get_global_textmap: Callable[[], object] | None = None
 _default_getter: Final = DefaultGetter()
 _default_setter: Final = DefaultSetter()
 
@@ -208,11 +210,15 @@ class EdaPropagator(TextMapPropagator):
 
     def _baggage_propagator_configured(self) -> bool:
         """Whether the global propagator also carries W3C baggage (checked when it changes)."""
-        # Imported here: opentelemetry.propagate builds the global propagator, and this
-        # class, at its own import time.
-        from opentelemetry import propagate
+        # Imported at the first call: opentelemetry.propagate builds the global propagator,
+        # and this class, at its own import time (an import statement per call costs as much
+        # as the rest of this method).
+        global _get_global_textmap
+        if _get_global_textmap is None:
+            from opentelemetry import propagate
 
-        textmap = propagate.get_global_textmap()
+            _get_global_textmap = propagate.get_global_textmap
+        textmap = _get_global_textmap()
         if textmap is not self._checked_textmap:
             self._checked_textmap = textmap
             from opentelemetry.baggage.propagation import W3CBaggagePropagator
