@@ -66,7 +66,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
-from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
+from otel_eda.messaging import Incoming, Outcome, Processing, PullTracker
 from otel_eda.process_hooks import ForkHook, fresh_lock_in_child, register_fork_hook, unregister_fork_hook
 from otel_eda.transports.redis.telemetry import RedisTelemetry, pack_reserved, split_reserved
 
@@ -644,7 +644,7 @@ def _deliveries(
             wrapped.append(entry)  # an id only (JUSTID), or a deleted entry of the history
             continue
         carrier = split_reserved(entry[1])
-        incoming = messaging.extract(carrier, destination=destination, getter=TEXT_GETTER)
+        incoming = messaging.extract(carrier, destination=destination)  # its getter: TEXT_GETTER
         delivery = _Delivery(incoming, carrier, destination, group, _text(entry[0]), state)
         item = Entry(entry)
         item.otel_eda_delivery = delivery
@@ -920,9 +920,11 @@ def _acked(stream: Any, group: Any, ids: tuple[Any, ...]) -> list[_Delivery]:
     """The open handlings of the entries an XACK names (each lookup is one atomic dict read)."""
     if not _open:
         return []
-    key_stream, key_group = _text(stream), _text(group)
+    key_stream = stream if type(stream) is str else _text(stream)
+    key_group = group if type(group) is str else _text(group)
     if len(ids) == 1:
-        found = _open.get((key_stream, key_group, _text(ids[0])))
+        entry_id = ids[0]
+        found = _open.get((key_stream, key_group, entry_id if type(entry_id) is str else _text(entry_id)))
         return [] if found is None else [found]
     return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
 
