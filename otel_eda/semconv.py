@@ -219,8 +219,6 @@ METRIC_BROKER_NACKS: Final = "eda.broker.nacks"
 #: ``messaging.system`` of Redis Streams: the conventions have no well-known value for Redis
 #: yet (semconv #2266), so otel-eda uses ``redis``.
 MESSAGING_SYSTEM_REDIS: Final = "redis"
-#: The stream entry id (``1718000000000-0``) of a handled entry (no convention exists).
-EDA_REDIS_ENTRY_ID: Final = "eda.redis.entry_id"
 #: Entries delivered to a consumer group and not acknowledged yet (its pending entries list):
 #: an observable gauge in ``{message}``, attributes ``messaging.system``,
 #: ``messaging.destination.name``, ``messaging.consumer.group.name``.

@@ -250,13 +250,15 @@ def test_processing_block_records_the_handlers_exception(setup: Setup, client: r
     t = setup
     client.xadd(t.stream, {"n": "1"})
     [[_, [entry]]] = client.xreadgroup(t.group, "c1", {t.stream: ">"})
+    handled = []
     with pytest.raises(ConnectionError), processing(entry) as handling:
         assert handling is not None and current_event() == handling.event
+        handled.append(handling.event.event_id)
         raise ConnectionError("card service down")
     (process,) = t.spans(name=f"process {t.stream}")
     assert process.status.status_code is StatusCode.ERROR
     assert t.attr(process, semconv.ERROR_TYPE) == "ConnectionError"
-    assert t.attr(process, semconv.EDA_REDIS_ENTRY_ID) == entry[0].decode()
+    assert t.attr(process, semconv.MESSAGING_MESSAGE_ID) == handled[0]
     with processing(("1-0", {"not": "instrumented"})) as nothing:
         assert nothing is None
 
@@ -268,15 +270,13 @@ def test_an_entry_settled_by_its_xack_is_not_handled_again_by_processing(setup: 
     [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"})
     for _ in entries:
         pass  # hands both over: the first one's handling ended when the second was handed over
-    with processing(entries[0]):  # a handling of its own again
+    with processing(entries[0]) as handling:  # a handling of its own again
+        assert handling is not None
+        first_event = handling.event.event_id
         client.xack(t.stream, t.group, entries[0][0])  # settles it
     with processing(entries[0]):  # settled by its XACK: nothing new
         pass
-    first = [
-        p
-        for p in t.spans(name=f"process {t.stream}")
-        if t.attr(p, semconv.EDA_REDIS_ENTRY_ID) == entries[0][0].decode()
-    ]
+    first = [p for p in t.spans(name=f"process {t.stream}") if t.attr(p, semconv.MESSAGING_MESSAGE_ID) == first_event]
     assert len(first) == 2
 
 
@@ -459,8 +459,9 @@ def test_threads_sharing_one_sync_client_each_handle_their_own_entries(setup: Se
     assert not errors
     processes = t.spans(name=f"process {t.stream}")
     assert len(processes) == 20 == sum(len(v) for v in seen.values())
-    by_entry = {t.attr(p, semconv.EDA_REDIS_ENTRY_ID): t.attr(p, semconv.MESSAGING_MESSAGE_ID) for p in processes}
-    assert all(by_entry[entry_id] == event_id for v in seen.values() for entry_id, event_id in v)
+    handled = [pair for v in seen.values() for pair in v]
+    assert len({entry_id for entry_id, _ in handled}) == 20  # each entry handled once
+    assert sorted(t.attr(p, semconv.MESSAGING_MESSAGE_ID) for p in processes) == sorted(e for _, e in handled)
     assert all(t.attr(p, semconv.EDA_OUTCOME) == "completed" for p in processes)
 
 

@@ -87,6 +87,8 @@ _FIELDS: Final = frozenset(
 )
 
 _log = logging.getLogger(__name__)
+#: ``opentelemetry.propagate.get_global_textmap``, once imported (see EdaPropagator)
+_get_global_textmap: Callable[[], object] | None = None
 _default_getter: Final = DefaultGetter()
 _default_setter: Final = DefaultSetter()
 
@@ -107,8 +109,19 @@ def _first(getter: Getter[CarrierT], carrier: CarrierT, name: str) -> object:
         return values
 
 
-def _read(getter: Getter[CarrierT], carrier: CarrierT, name: str, problem: Callable[[object], str | None]) -> Any:
-    value = _first(getter, carrier, name)
+def _read(
+    getter: Getter[CarrierT],
+    carrier: CarrierT,
+    name: str,
+    problem: Callable[[object], str | None],
+    direct_max: int = 0,
+) -> Any:
+    if direct_max:  # a dict read by a getter that returns its plain text values as they are
+        value: Any = carrier.get(name)  # type: ignore[attr-defined]
+        if value is not None and not (type(value) is str and len(value) <= direct_max and value.isascii()):
+            value = _first(getter, carrier, name)  # anything else: what the getter makes of it
+    else:
+        value = _first(getter, carrier, name)
     if value is None:
         return None
     reason = problem(value)
@@ -137,12 +150,15 @@ class EdaPropagator(TextMapPropagator):
         getter: Getter[CarrierT] = _default_getter,  # type: ignore[assignment]
     ) -> Context:
         try:
-            event_id = _read(getter, carrier, HEADER_EVENT_ID, id_problem)
-            event_type = _read(getter, carrier, HEADER_EVENT_TYPE, type_problem)
-            created = _read(getter, carrier, HEADER_CREATED, created_ns_problem)
-            business_key = _read(getter, carrier, HEADER_BUSINESS_KEY, type_problem)
-            correlation_id = _read(getter, carrier, HEADER_CORRELATION_ID, id_problem)
-            causation_id = _read(getter, carrier, HEADER_CAUSATION_ID, id_problem)
+            # a getter may say that it returns the ASCII ``str`` values of a ``dict`` up to
+            # ``direct_max`` characters as they are: those are read without calling it
+            direct = getattr(getter, "direct_max", 0) if type(carrier) is dict else 0
+            event_id = _read(getter, carrier, HEADER_EVENT_ID, id_problem, direct)
+            event_type = _read(getter, carrier, HEADER_EVENT_TYPE, type_problem, direct)
+            created = _read(getter, carrier, HEADER_CREATED, created_ns_problem, direct)
+            business_key = _read(getter, carrier, HEADER_BUSINESS_KEY, type_problem, direct)
+            correlation_id = _read(getter, carrier, HEADER_CORRELATION_ID, id_problem, direct)
+            causation_id = _read(getter, carrier, HEADER_CAUSATION_ID, id_problem, direct)
             if (
                 event_id is None
                 and event_type is None
@@ -194,11 +210,15 @@ class EdaPropagator(TextMapPropagator):
 
     def _baggage_propagator_configured(self) -> bool:
         """Whether the global propagator also carries W3C baggage (checked when it changes)."""
-        # Imported here: opentelemetry.propagate builds the global propagator, and this
-        # class, at its own import time.
-        from opentelemetry import propagate
+        # Imported at the first call: opentelemetry.propagate builds the global propagator,
+        # and this class, at its own import time (an import statement per call costs as much
+        # as the rest of this method).
+        global _get_global_textmap
+        if _get_global_textmap is None:
+            from opentelemetry import propagate
 
-        textmap = propagate.get_global_textmap()
+            _get_global_textmap = propagate.get_global_textmap
+        textmap = _get_global_textmap()
         if textmap is not self._checked_textmap:
             self._checked_textmap = textmap
             from opentelemetry.baggage.propagation import W3CBaggagePropagator

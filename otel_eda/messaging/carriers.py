@@ -166,6 +166,14 @@ class TextGetter(Getter[Any]):
     """Reads any mapping of headers (values ``str``, ``bytes``, or anything else); never raises."""
 
     safe = True
+    #: the value of a ``dict`` that is an ASCII ``str`` of at most this length is read as it
+    #: is (what ``get`` returns for it, as its only item): readers may skip the call
+    direct_max = MAX_HEADER_VALUE
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.get is not TextGetter.get:  # a get of its own: every value goes through it
+            cls.direct_max = 0
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         try:

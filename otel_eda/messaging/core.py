@@ -810,7 +810,8 @@ class Messaging:
     ) -> None:
         """The CLIENT span of a pull that returned ``messages``: call it after the call
         returns, with ``start_ns = time.time_ns()`` taken before it. Nothing for an empty
-        result. One link per message; each message is counted as delivered here.
+        result. One link per message, to its producer span (without attributes: the ids are
+        on the link of the message's process span); each message is counted as delivered here.
 
         ``destination``: the one destination of the batch (``None`` when it spans several:
         the span is then named just ``{operation_name}``).
@@ -839,7 +840,10 @@ class Messaging:
             context,
             kind=_SPANKIND_CLIENT,
             attributes=attrs,
-            links=[m.link for m in messages if m.link is not None],
+            # to each producer span, without the ids the process span's link carries: no rule,
+            # the explorer or a convention reads them on a receive span (the SDK would copy
+            # and check two attributes per message)
+            links=[Link(m.producer) for m in messages if m.link is not None],
             start_time=start_ns,
         )
         span.end(end_ns)

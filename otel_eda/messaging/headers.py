@@ -94,7 +94,11 @@ def read_metadata(getter: Getter[Any], carrier: Any) -> dict[str, str]:
     """The valid ``eda-meta-*`` headers of ``carrier`` (at most 16; the rest dropped and counted)."""
     metadata: dict[str, str] = {}
     try:
-        names = [n for n in getter.keys(carrier) if isinstance(n, str) and n.startswith(METADATA_PREFIX)]
+        direct: int = getattr(getter, "direct_max", 0)
+        if direct and type(carrier) is dict:  # TextGetter's keys, in one pass
+            names = [n for n in carrier if isinstance(n, str) and n.startswith(METADATA_PREFIX)]
+        else:
+            names = [n for n in getter.keys(carrier) if isinstance(n, str) and n.startswith(METADATA_PREFIX)]
     except Exception:
         count_invalid("carrier", "unreadable")
         return metadata

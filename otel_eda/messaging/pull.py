@@ -176,9 +176,10 @@ class _Reaper:
     def watch(self, tracker: PullTracker[Any], processing: Processing, max_s: float) -> None:
         known = tracker._watch is not None
         tracker._watch = (time.monotonic() + max_s, processing)
-        thread = self._thread
-        if known and thread is not None and thread.is_alive():
-            return  # a tracker's deadlines only move later: the thread needs no wake-up
+        if known and self._thread is not None:
+            # a tracker's deadlines only move later: the thread needs no wake-up (it runs while
+            # a tracker is watched, and clears _thread whenever it stops)
+            return
         with self._cond:
             self._watched.add(tracker)
             if self._thread is None or not self._thread.is_alive():
@@ -188,6 +189,14 @@ class _Reaper:
                 self._cond.notify()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _loop(self) -> None:
         while True:
             overdue: list[tuple[float, Processing]] = []
             cond = self._cond  # one condition per pass, even if a fork hook replaces it

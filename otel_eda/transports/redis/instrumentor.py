@@ -66,7 +66,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from otel_eda import otel_internals, semconv
 from otel_eda._selfmetrics import count_invalid, internal_error
 from otel_eda.identity import EventContext
-from otel_eda.messaging import TEXT_GETTER, Incoming, Outcome, Processing, PullTracker
+from otel_eda.messaging import Incoming, Outcome, Processing, PullTracker
 from otel_eda.process_hooks import ForkHook, fresh_lock_in_child, register_fork_hook, unregister_fork_hook
 from otel_eda.transports.redis.telemetry import RedisTelemetry, pack_reserved, split_reserved
 
@@ -210,7 +210,6 @@ class _OwnerState:
                 destination=_STREAM_OF,
                 carrier=_INCOMING_OF,
                 consumer_group=group,
-                attributes=_entry_attributes,
                 attempt=_ATTEMPT_OF,
             )
         return tracker
@@ -231,10 +230,6 @@ class _OwnerState:
 _STREAM_OF: Final = operator.attrgetter("stream")
 _INCOMING_OF: Final = operator.attrgetter("incoming")
 _ATTEMPT_OF: Final = operator.attrgetter("attempt")
-
-
-def _entry_attributes(delivery: _Delivery) -> dict[str, Any]:
-    return {semconv.EDA_REDIS_ENTRY_ID: delivery.entry_id}
 
 
 def _forget(delivery: _Delivery) -> None:
@@ -649,7 +644,7 @@ def _deliveries(
             wrapped.append(entry)  # an id only (JUSTID), or a deleted entry of the history
             continue
         carrier = split_reserved(entry[1])
-        incoming = messaging.extract(carrier, destination=destination, getter=TEXT_GETTER)
+        incoming = messaging.extract(carrier, destination=destination)  # its getter: TEXT_GETTER
         delivery = _Delivery(incoming, carrier, destination, group, _text(entry[0]), state)
         item = Entry(entry)
         item.otel_eda_delivery = delivery
@@ -925,9 +920,11 @@ def _acked(stream: Any, group: Any, ids: tuple[Any, ...]) -> list[_Delivery]:
     """The open handlings of the entries an XACK names (each lookup is one atomic dict read)."""
     if not _open:
         return []
-    key_stream, key_group = _text(stream), _text(group)
+    key_stream = stream if type(stream) is str else _text(stream)
+    key_group = group if type(group) is str else _text(group)
     if len(ids) == 1:
-        found = _open.get((key_stream, key_group, _text(ids[0])))
+        entry_id = ids[0]
+        found = _open.get((key_stream, key_group, entry_id if type(entry_id) is str else _text(entry_id)))
         return [] if found is None else [found]
     return [d for d in (_open.get((key_stream, key_group, _text(i))) for i in ids) if d is not None]
 

@@ -101,7 +101,7 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
         len(lines) == len(headers)
         and packed.count("\n") == len(lines) - 1
         and "\r" not in packed
-        and (all(name in _PLAIN_NAMES for name in headers) or all(_plain_name(name) for name in headers))
+        and (_PLAIN_NAMES.issuperset(headers) or all(_plain_name(name) for name in headers))
     ):
         if packed:
             fields[PACKED_FIELD] = packed
