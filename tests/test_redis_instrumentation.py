@@ -23,6 +23,7 @@ from otel_eda.flows.records import LifecycleRecord, Stage
 from otel_eda.flows.store import EventStore
 from otel_eda.identity import current_event
 from otel_eda.testing import TelemetryCapture
+from otel_eda.transports.redis import telemetry as redis_telemetry
 from otel_eda.transports.redis.instrumentor import (
     RedisStreamsInstrumentor,
     adead_letter_past_limit,
@@ -351,6 +352,40 @@ def test_hostile_field_values_never_raise_and_are_counted(
     assert seen == [set()] * len(hostile)  # the reserved fields are gone, whatever they held
     assert t.capture.counter_total(semconv.METRIC_INVALID_HEADERS) >= len(hostile)
     assert len(t.spans(name=f"process {t.stream}")) == len(hostile)
+
+
+def test_a_packed_field_of_many_lines_costs_one_count_and_is_not_read(
+    setup: Setup, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = setup
+    counted: list[tuple[str, str]] = []
+    monkeypatch.setattr(_selfmetrics, "count_invalid", lambda what, why: counted.append((what, why)))
+    monkeypatch.setattr(redis_telemetry, "count_invalid", lambda what, why: counted.append((what, why)))
+    raw_xadd = redis.Redis.xadd.__otel_eda_original__[0]  # type: ignore[attr-defined]
+    raw_xadd(client, t.stream, {PACKED_FIELD: "\n" * 60_000})
+    raw_xadd(client, t.stream, {PACKED_FIELD: "\n".join(f"h{i}=v" for i in range(8_000))})
+    [[_, entries]] = client.xreadgroup(t.group, "c1", {t.stream: ">"})
+    for entry in entries:
+        with processing(entry):
+            event = current_event()
+            assert event is not None and event.correlation_id == event.event_id
+        assert entry[1] == {}
+    assert counted.count((PACKED_FIELD, "too_many_lines")) == 2
+    assert len(counted) <= 6, counted  # per entry: the field, then its missing identity
+
+
+def test_xadd_of_fields_that_are_no_mapping_is_redis_pys_error_and_leaves_no_span_open(
+    setup: Setup, client: redis.Redis
+) -> None:
+    t = setup
+    with pytest.raises(redis.DataError):
+        client.xadd(t.stream, None)  # type: ignore[arg-type]
+    assert not trace.get_current_span().get_span_context().is_valid
+    assert current_event() is None
+    assert t.spans(kind=SpanKind.PRODUCER) == []
+    client.xadd(t.stream, {"order": "7"})  # the next entry is a new flow of its own
+    (send,) = t.spans(kind=SpanKind.PRODUCER)
+    assert send.parent is None
 
 
 def test_consumer_group_lag_and_pending_gauges(setup: Setup, client: redis.Redis) -> None:

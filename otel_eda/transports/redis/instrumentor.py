@@ -540,7 +540,13 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name: str
 
 
 # -- producer -------------------------------------------------------------------------------
-def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> tuple[Any, dict[Any, Any]]:
+def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> tuple[Any, dict[Any, Any]] | None:
+    """Start the send of one entry: ``(publication, the fields to send)``, or ``None`` when
+    ``fields`` is no mapping of fields (redis-py reports it, as without otel-eda)."""
+    try:
+        carrier = dict(fields)  # the application's own dict stays untouched
+    except Exception:
+        return None
     messaging = telemetry.messaging
     headers: dict[str, str] = {}  # what the propagators write, packed into the entry's fields
     destination = _text(stream)
@@ -563,7 +569,6 @@ def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> t
     publication.__enter__()
     if outgoing is not None:
         outgoing.events.append(publication.event)
-    carrier = dict(fields)  # the application's own dict stays untouched
     try:
         split_reserved(carrier)  # stale otel-eda fields of a forwarded entry: only this event's go
         pack_reserved(headers, carrier)
@@ -577,10 +582,13 @@ def _xadd_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
 
     def xadd_sync(self: Any, name: Any, fields: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            publication, carrier = _start_publication(telemetry, name, fields)
+            started = _start_publication(telemetry, name, fields)
         except Exception:
             internal_error("redis", "starting a send span")
             return original(self, name, fields, *args, **kwargs)
+        if started is None:
+            return original(self, name, fields, *args, **kwargs)
+        publication, carrier = started
         try:
             result = original(self, name, carrier, *args, **kwargs)
         except BaseException as exc:
@@ -594,10 +602,13 @@ def _xadd_wrapper(telemetry: RedisTelemetry, cls: type, is_async: bool) -> Calla
 
     async def xadd_async(self: Any, name: Any, fields: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            publication, carrier = _start_publication(telemetry, name, fields)
+            started = _start_publication(telemetry, name, fields)
         except Exception:
             internal_error("redis", "starting a send span")
             return await original(self, name, fields, *args, **kwargs)
+        if started is None:
+            return await original(self, name, fields, *args, **kwargs)
+        publication, carrier = started
         try:
             result = await original(self, name, carrier, *args, **kwargs)
         except BaseException as exc:

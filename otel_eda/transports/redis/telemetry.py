@@ -64,6 +64,9 @@ _PACKED_NAME: Final = PACKED_FIELD[_PREFIX_LENGTH:]
 #: Longest packed field read (longer: ignored and counted); each value is then checked as
 #: any header value is (at most 8 KiB, text).
 MAX_PACKED: Final = 65_536
+#: Most header lines read from one packed field (more: none read, counted); the propagators
+#: write about ten (trace context, baggage, the identity, up to 16 metadata entries).
+MAX_PACKED_LINES: Final = 64
 #: header name -> its field name (the same few names on every entry: one concatenation each)
 _FIELD_NAMES: dict[str, str] = {}
 _MAX_FIELD_NAMES: Final = 1024
@@ -177,12 +180,19 @@ def _unpack(value: Any, found: dict[str, Any]) -> None:
     if len(value) > MAX_PACKED:
         count_invalid(PACKED_FIELD, "too_long")
         return
-    for line in value.split("\n"):
+    lines = value.split("\n", MAX_PACKED_LINES)
+    if len(lines) > MAX_PACKED_LINES:  # far more than any propagator writes: none of it is read
+        count_invalid(PACKED_FIELD, "too_many_lines")
+        return
+    malformed = False
+    for line in lines:
         name, sep, text = line.partition("=")
         if sep and name:
             found[name] = text
         else:
-            count_invalid(PACKED_FIELD, "malformed")
+            malformed = True
+    if malformed:  # counted once per field, whatever the number of bad lines
+        count_invalid(PACKED_FIELD, "malformed")
 
 
 class RedisTelemetry:
