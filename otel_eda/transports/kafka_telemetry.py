@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_eda import semconv
@@ -26,9 +27,13 @@ from otel_eda.messaging import Binding, Messaging, TraceMode
 from otel_eda.transports.recent import RecentKeys
 from otel_eda.version import VERSION
 
-__all__ = ["DUPLICATE_WINDOW", "MAX_PARTITIONS", "KafkaTelemetry", "PartitionLag"]
+__all__ = ["DUPLICATE_WINDOW", "MAX_PARTITIONS", "NO_EXEMPLAR", "KafkaTelemetry", "PartitionLag"]
 
 _log = logging.getLogger(__name__)
+
+#: the context of the send durations' measurements: no span, so no exemplar (no default rule
+#: reads one; the other brokers' operation durations have none either)
+NO_EXEMPLAR: Final = Context()
 #: Event ids remembered per process to mark a repeated one as a duplicate (per consumer group).
 DUPLICATE_WINDOW: Final = 10_000
 

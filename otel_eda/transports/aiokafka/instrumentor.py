@@ -64,7 +64,7 @@ from otel_eda.transports.kafka_records import (
     receive,
     start_send,
 )
-from otel_eda.transports.kafka_telemetry import KafkaTelemetry
+from otel_eda.transports.kafka_telemetry import NO_EXEMPLAR, KafkaTelemetry
 from otel_eda.transports.patching import patch as _patch
 from otel_eda.transports.patching import unpatch as _unpatch
 
@@ -184,7 +184,9 @@ def _send_wrapper(telemetry: KafkaTelemetry) -> Callable[..., Any]:
         except BaseException as exc:
             publication.__exit__(type(exc), exc, exc.__traceback__)
             telemetry.send_duration.record(
-                time.perf_counter() - started, telemetry.operation_attributes("send", topic, None, error_type(exc))
+                time.perf_counter() - started,
+                telemetry.operation_attributes("send", topic, None, error_type(exc)),
+                context=NO_EXEMPLAR,
             )
             raise
         publication.__exit__(None, None, None)
@@ -202,7 +204,9 @@ def _delivered(telemetry: KafkaTelemetry, topic: str, started: float, future: An
         elif future.exception() is not None:
             error = error_type(future.exception())
         telemetry.send_duration.record(
-            time.perf_counter() - started, telemetry.operation_attributes("send", topic, None, error)
+            time.perf_counter() - started,
+            telemetry.operation_attributes("send", topic, None, error),
+            context=NO_EXEMPLAR,
         )
     except Exception:
         internal_error("aiokafka", "recording a delivery")

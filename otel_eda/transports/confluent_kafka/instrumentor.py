@@ -89,7 +89,7 @@ from otel_eda.transports.kafka_records import (
     receive,
     start_send,
 )
-from otel_eda.transports.kafka_telemetry import KafkaTelemetry
+from otel_eda.transports.kafka_telemetry import NO_EXEMPLAR, KafkaTelemetry
 
 __all__ = [
     "SCOPE",
@@ -215,7 +215,9 @@ class _Delivery:
         try:
             error = None if err is None else _error_name(err)
             telemetry.send_duration.record(
-                time.perf_counter() - self.started, telemetry.operation_attributes("send", self.topic, None, error)
+                time.perf_counter() - self.started,
+                telemetry.operation_attributes("send", self.topic, None, error),
+                context=NO_EXEMPLAR,
             )
             if error is not None:
                 _log.warning(
@@ -287,7 +289,9 @@ def _produce(
     except BaseException as exc:
         publication.__exit__(type(exc), exc, exc.__traceback__)
         telemetry.send_duration.record(
-            time.perf_counter() - started, telemetry.operation_attributes("send", topic, None, error_type(exc))
+            time.perf_counter() - started,
+            telemetry.operation_attributes("send", topic, None, error_type(exc)),
+            context=NO_EXEMPLAR,
         )
         raise
     publication.__exit__(None, None, None)
