@@ -189,6 +189,22 @@ def test_a_lag_that_starts_growing_after_hours_of_wandering_is_caught() -> None:
     assert growing and growing[0] - 1_440 <= 24, fired_at
 
 
+def test_a_consumer_falling_behind_for_hours_stays_growing() -> None:
+    # The baseline holds a rise out for as long as the window keeps rising: three hours of a
+    # lag climbing 40 messages per evaluation stay anomalous to the end.
+    detector = GrowthDetector(12, min_increase=10, baseline_span=720)
+    rng = random.Random(1)
+    lag, per_hour = 200.0, [0, 0, 0]
+    for i in range(1_440 + 3 * 720):
+        lag = 200.0 + 0.9 * (lag - 200.0) + rng.gauss(0.0, 20.0)
+        value = max(0.0, lag) + (40.0 * (i - 1_440) if i >= 1_440 else 0.0)
+        anomalous = detector.update(5.0 * i, value).is_anomaly
+        if i >= 1_440:
+            per_hour[(i - 1_440) // 720] += anomalous
+    assert per_hour[1] >= 700 and per_hour[2] >= 700, per_hour
+    assert detector.is_anomaly
+
+
 def test_a_lag_that_moves_to_a_new_level_stops_alerting_once_the_baseline_follows() -> None:
     # A lasting shift (100 to 1000, the same wander) is growth for the hour the baseline holds
     # it out; after that the baseline learns the new level and the wander there is usual again.

@@ -17,7 +17,17 @@ from opentelemetry import baggage, trace
 from opentelemetry.context import attach, detach, get_current
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_eda import DeadLetter, EventContext, EventStore, LifecycleRecord, Stage, _selfmetrics, current_event, flow_ids
+from otel_eda import (
+    DeadLetter,
+    EventContext,
+    EventStore,
+    LifecycleRecord,
+    Stage,
+    _selfmetrics,
+    current_event,
+    flow_ids,
+    semconv,
+)
 from otel_eda.messaging import (
     BYTES_SETTER,
     HEADER_LIST_GETTER,
@@ -655,3 +665,28 @@ def test_a_detach_from_another_thread_leaves_the_owners_context_for_the_owner(ca
     handling.detach()  # the consumer's next poll
     assert get_current() is before
     assert current_event() is None
+
+
+def test_a_reaper_thread_that_cannot_start_is_counted_and_started_by_the_next_watch(
+    capture: TelemetryCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otel_eda.messaging import pull
+
+    errors = capture.meter_provider.get_meter("t").create_counter(semconv.METRIC_INTERNAL_ERRORS)
+    monkeypatch.setattr(_selfmetrics, "_error_counter", lambda: errors)
+    messaging = capture.messaging("kafka", getter=HEADER_LIST_GETTER)
+    reaper = pull._Reaper()  # a reaper of the test's own
+    tracker = PullTracker(messaging, destination="orders", carrier=lambda r: r)
+    with messaging.process(kafka_record(messaging, "order_placed")[0], destination="orders") as handling:
+        with mock.patch.object(threading.Thread, "start", side_effect=RuntimeError("can't start new thread")):
+            reaper.watch(tracker, handling, 0.05)  # no thread to be had: counted, nothing raised
+        assert reaper._thread is None
+        assert capture.counter_total(semconv.METRIC_INTERNAL_ERRORS) == 1
+        reaper.watch(tracker, handling, 0.05)  # the same tracker again: this time it starts
+        assert reaper._thread is not None and reaper._thread.is_alive()
+        deadline = time.monotonic() + 10.0
+        while not handling.settled:
+            assert time.monotonic() < deadline, "the overdue span was never ended"
+            time.sleep(0.01)
+    (span,) = capture.spans(kind=SpanKind.CONSUMER)
+    assert span.attributes["eda.process.truncated"] is True  # type: ignore[index]

@@ -354,6 +354,15 @@ def test_hostile_field_values_never_raise_and_are_counted(
     assert len(t.spans(name=f"process {t.stream}")) == len(hostile)
 
 
+def test_headers_past_the_packed_fields_lines_get_fields_of_their_own() -> None:
+    # a propagator writing one header per baggage entry can write more than a reader takes
+    headers = {f"uberctx-k{i}": "v" for i in range(100)} | {"eda-event-id": "e", "traceparent": "t"}
+    fields: dict[Any, Any] = {"order": "7"}
+    pack_reserved(headers, fields)
+    assert fields[PACKED_FIELD].count("\n") == 63  # 64 lines
+    assert split_reserved(fields) == headers and fields == {"order": "7"}
+
+
 def test_a_packed_field_of_many_lines_costs_one_count_and_is_not_read(
     setup: Setup, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -374,15 +383,17 @@ def test_a_packed_field_of_many_lines_costs_one_count_and_is_not_read(
     assert len(counted) <= 6, counted  # per entry: the field, then its missing identity
 
 
-def test_xadd_of_fields_that_are_no_mapping_is_redis_pys_error_and_leaves_no_span_open(
+def test_xadd_of_fields_redis_py_refuses_is_its_error_and_leaves_no_span_open(
     setup: Setup, client: redis.Redis
 ) -> None:
     t = setup
-    with pytest.raises(redis.DataError):
-        client.xadd(t.stream, None)  # type: ignore[arg-type]
+    for fields in (None, {}, [("order", "7")]):  # redis-py takes a non-empty dict only
+        with pytest.raises(redis.DataError):
+            client.xadd(t.stream, fields)  # type: ignore[arg-type]
     assert not trace.get_current_span().get_span_context().is_valid
     assert current_event() is None
     assert t.spans(kind=SpanKind.PRODUCER) == []
+    assert client.xlen(t.stream) == 0
     client.xadd(t.stream, {"order": "7"})  # the next entry is a new flow of its own
     (send,) = t.spans(kind=SpanKind.PRODUCER)
     assert send.parent is None

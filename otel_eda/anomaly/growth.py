@@ -16,8 +16,8 @@ times a simulated day at one point every 5 s; with the baseline below, 3-11). Wi
 exponentially weighted mean plus ``baseline_sigmas`` standard deviations of the values
 *before* the window (span ``baseline_span`` points; values above that level are held out of
 it, for at most ``baseline_span`` points in a row, so that a consumer falling behind does
-not teach it that falling behind is usual; after that many the level itself has moved, and
-every value is learnt until one is within the usual level again). Until ``10 x window``
+not teach it that falling behind is usual; after that many, values are learnt again while
+the window shows no significant rise: the level itself has moved). Until ``10 x window``
 values have left the window the trend test decides alone.
 """
 
@@ -92,7 +92,6 @@ class GrowthDetector:
         self._var = 0.0
         self._learned = 0  # values in the baseline
         self._held = 0  # values held out of it in a row
-        self._relearning = False  # after span values held out: learning them all again
 
     def update(self, t: float, x: float) -> Self:
         trend = self._trend
@@ -123,16 +122,16 @@ class GrowthDetector:
         span = self.baseline_span
         assert span is not None
         if self._learned >= 10 * self.window and self._above_usual(value):
-            if not self._relearning:
-                if self._held < span:
-                    self._held += 1
-                    return
-                # held out for span values in a row: the level itself has moved; learn every
-                # value until one is usual again
-                self._relearning = True
+            trend = self._trend
+            if self._held < span or (trend.slope > 0 and trend.score >= self.threshold):
+                # held out: an excursion, or a rise still going on (a consumer falling behind
+                # for hours must not become usual while it falls)
+                self._held += 1
+                return
+            # held out for span values and no longer rising: the level itself has moved; learn
+            # it (the values above the usual level, as long as the window stays flat)
         else:
-            self._relearning = False
-        self._held = 0
+            self._held = 0
         alpha = self._alpha
         delta = value - self._mean
         self._mean += alpha * delta

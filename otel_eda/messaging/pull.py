@@ -183,8 +183,13 @@ class _Reaper:
         with self._cond:
             self._watched.add(tracker)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="otel-eda-process-span-reaper", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="otel-eda-process-span-reaper", daemon=True)
+                try:
+                    thread.start()
+                except Exception:  # no thread to be had (the process's limit): tried again next time
+                    internal_error("pull", "starting the process span reaper")
+                    return
+                self._thread = thread  # only a started thread: the fast path above trusts it
             else:
                 self._cond.notify()
 

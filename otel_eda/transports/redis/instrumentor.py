@@ -542,11 +542,11 @@ def _arg(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name: str
 # -- producer -------------------------------------------------------------------------------
 def _start_publication(telemetry: RedisTelemetry, stream: Any, fields: Any) -> tuple[Any, dict[Any, Any]] | None:
     """Start the send of one entry: ``(publication, the fields to send)``, or ``None`` when
-    ``fields`` is no mapping of fields (redis-py reports it, as without otel-eda)."""
-    try:
-        carrier = dict(fields)  # the application's own dict stays untouched
-    except Exception:
+    ``fields`` is not what redis-py takes (a non-empty ``dict``): redis-py reports it, as
+    without otel-eda, and nothing is started."""
+    if not isinstance(fields, dict) or not fields:
         return None
+    carrier = dict(fields)  # the application's own dict stays untouched
     messaging = telemetry.messaging
     headers: dict[str, str] = {}  # what the propagators write, packed into the entry's fields
     destination = _text(stream)

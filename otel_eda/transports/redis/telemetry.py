@@ -64,8 +64,9 @@ _PACKED_NAME: Final = PACKED_FIELD[_PREFIX_LENGTH:]
 #: Longest packed field read (longer: ignored and counted); each value is then checked as
 #: any header value is (at most 8 KiB, text).
 MAX_PACKED: Final = 65_536
-#: Most header lines read from one packed field (more: none read, counted); the propagators
-#: write about ten (trace context, baggage, the identity, up to 16 metadata entries).
+#: Most header lines in one packed field: a writer puts the headers past them in fields of
+#: their own, a reader reads none of a field with more (counted). otel-eda's propagators write
+#: at most about 25 (trace context, baggage, the identity, up to 16 metadata entries).
 MAX_PACKED_LINES: Final = 64
 #: header name -> its field name (the same few names on every entry: one concatenation each)
 _FIELD_NAMES: dict[str, str] = {}
@@ -96,12 +97,14 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
     """Add ``headers`` (name -> value, as the propagators wrote them) to an entry's ``fields``:
     one :data:`PACKED_FIELD` line ``name=value`` each, except a header that cannot go on a
     line (a value with a line break or that is not text, a name with ``=``), which gets a
-    field of its own, ``otel-eda:<name>``."""
+    field of its own, ``otel-eda:<name>``, as do the headers past the
+    :data:`MAX_PACKED_LINES` a reader takes (a propagator writing one header per baggage
+    entry, say)."""
     lines = [f"{name}={value}" for name, value in headers.items() if type(value) is str]
     packed = "\n".join(lines)
     # the usual case in two scans of the joined text: every header a line, no stray line break
     if (
-        len(lines) == len(headers)
+        len(lines) == len(headers) <= MAX_PACKED_LINES
         and packed.count("\n") == len(lines) - 1
         and "\r" not in packed
         and (_PLAIN_NAMES.issuperset(headers) or all(_plain_name(name) for name in headers))
@@ -111,7 +114,13 @@ def pack_reserved(headers: MutableMapping[str, Any], fields: MutableMapping[Any,
         return
     lines = []
     for name, value in headers.items():
-        if type(value) is str and "\n" not in value and "\r" not in value and _plain_name(name):
+        if (
+            len(lines) < MAX_PACKED_LINES
+            and type(value) is str
+            and "\n" not in value
+            and "\r" not in value
+            and _plain_name(name)
+        ):
             lines.append(f"{name}={value}")
         else:
             fields[_field_name(name)] = value
