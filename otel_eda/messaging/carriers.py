@@ -172,8 +172,8 @@ class TextGetter(Getter[Any]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.get is not TextGetter.get:  # a get of its own: every value goes through it
-            cls.direct_max = 0
+        if cls.get is not TextGetter.get or cls.keys is not TextGetter.keys:
+            cls.direct_max = 0  # a get or keys of its own: every read goes through them
 
     def get(self, carrier: Any, key: str) -> list[str] | None:
         try:
