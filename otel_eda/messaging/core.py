@@ -1080,19 +1080,7 @@ class Processing:
                 self._note = None
             else:  # _deliver without measurements
                 message.delivered = True
-                note = message.note
-                subscriber = group or m.service
-                if (
-                    note is not None
-                    and m._only_store is not None
-                    and not default_recorders.installed()
-                    and EventStore.note_more(
-                        note, _STAGE_RECEIVED, event, m.service, subscriber, 0, None, None, message.producer
-                    )
-                ):  # _join_step's common case
-                    self._note = note
-                else:
-                    self._note = m._join_step(None, _STAGE_RECEIVED, event, message.producer, subscriber)
+                self._note = m._join_step(message.note, _STAGE_RECEIVED, event, message.producer, group or m.service)
             current: Any = (context if context is not None else _current()).get(SPAN_KEY)
             span: trace.Span
             if current is not None and current.get_span_context().is_valid:
@@ -1230,45 +1218,7 @@ class Processing:
         span = self.span
         if type(span) is NonRecordingSpan and m._quiet():  # telemetry off: the lifecycle step alone
             try:
-                note = self._note
-                error = exc if outcome is not _COMPLETED else None
-                if note is None:
-                    m._step(
-                        _STAGES[outcome],
-                        self.event,
-                        span.get_span_context(),
-                        self._group or m.service,
-                        self.attempt,
-                        seconds,
-                        error,
-                    )
-                else:
-                    self._note = None
-                    if (
-                        m._only_store is None
-                        or default_recorders.installed()
-                        or not EventStore.note_more(
-                            note,
-                            _STAGES[outcome],
-                            self.event,
-                            m.service,
-                            self._group or m.service,
-                            self.attempt,
-                            seconds,
-                            error_type(error) if error is not None else None,
-                            span.get_span_context(),
-                        )
-                    ):  # not _join_step's common case
-                        m._join_step(
-                            None,
-                            _STAGES[outcome],
-                            self.event,
-                            span.get_span_context(),
-                            self._group or m.service,
-                            self.attempt,
-                            seconds,
-                            error,
-                        )
+                self._settled_step(outcome, span, seconds, exc if outcome is not _COMPLETED else None)
             except Exception:
                 internal_error("messaging", "settling a message")
             return seconds
@@ -1295,34 +1245,22 @@ class Processing:
                     span.set_status(Status(_STATUSCODE_ERROR, outcome.value))
                 if m._span_events:
                     span.add_event(_SPAN_EVENTS[outcome], {semconv.EDA_STAGE_SECONDS: seconds})
-            note = self._note
-            if note is None:
-                m._step(
-                    _STAGES[outcome],
-                    self.event,
-                    span.get_span_context(),
-                    self._group or m.service,
-                    self.attempt,
-                    seconds,
-                    exc if outcome is not _COMPLETED else None,
-                )
-            else:
-                self._note = None
-                m._join_step(
-                    note,
-                    _STAGES[outcome],
-                    self.event,
-                    span.get_span_context(),
-                    self._group or m.service,
-                    self.attempt,
-                    seconds,
-                    exc if outcome is not _COMPLETED else None,
-                )
+            self._settled_step(outcome, span, seconds, exc if outcome is not _COMPLETED else None)
         except Exception:
             internal_error("messaging", "settling a message")
         finally:
             span.end(end_ns)
         return seconds
+
+    def _settled_step(self, outcome: Outcome, span: trace.Span, seconds: float, error: BaseException | None) -> None:
+        """The settled lifecycle step: joined to the event's waiting steps if it has some."""
+        m = self._messaging
+        note, self._note = self._note, None
+        stage, subscriber = _STAGES[outcome], self._group or m.service
+        if note is None:
+            m._step(stage, self.event, span.get_span_context(), subscriber, self.attempt, seconds, error)
+        else:
+            m._join_step(note, stage, self.event, span.get_span_context(), subscriber, self.attempt, seconds, error)
 
     def fail(self, exc: BaseException) -> float:
         """Settle as rejected (:class:`Rejected`) or failed: for pull loops that catch the
