@@ -60,6 +60,20 @@ class OpenSpans(SpanProcessor):
             self.open.discard(span.context.span_id if span.context else 0)
 
 
+def depths(capture: TelemetryCapture) -> list[Any]:
+    """The queue depth gauge's values."""
+    return [p.value for p in capture.points(semconv.METRIC_BROKER_QUEUE_DEPTH)]
+
+
+def depth_errors(capture: TelemetryCapture) -> int:
+    """The depth refreshes' failures counted in eda.internal.errors."""
+    return sum(
+        p.value
+        for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
+        if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
+    )
+
+
 def until(condition: Callable[[], bool], what: str, wait_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + wait_s
     while not condition():
@@ -193,16 +207,6 @@ def test_a_broker_outage_mid_flow(
         depth_refresh_s=0.2,
     )
 
-    def depth() -> list[Any]:
-        return [p.value for p in capture.points(semconv.METRIC_BROKER_QUEUE_DEPTH)]
-
-    def depth_errors() -> int:
-        return sum(
-            p.value
-            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
-            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
-        )
-
     consumer = Consumer(broker.url)
     try:
         with pika.BlockingConnection(pika.URLParameters(broker.url)) as setup:
@@ -210,14 +214,14 @@ def test_a_broker_outage_mid_flow(
         consumer.thread.start()
         sent = publish(broker.url, 30, 0)
         until(lambda: set(sent) <= set(consumer.acked), "the first 30 acknowledged")
-        until(lambda: depth() == [0], "the depth read")
+        until(lambda: depths(capture) == [0], "the depth read")
         # the broker goes away while a message is being handled
         consumer.hold()
         held = publish(broker.url, 1, 30)
         assert consumer.holding.wait(WAIT_S)
         broker.stop()
-        until(lambda: depth_errors() >= 2, "the depth thread's failures counted")
-        assert depth() == [], "no stale depth while the broker is away"
+        until(lambda: depth_errors(capture) >= 2, "the depth thread's failures counted")
+        assert depths(capture) == [], "no stale depth while the broker is away"
         consumer.release()  # its ack cannot leave: pika raises, the application goes on
         broker.start()
         sent += held + publish(broker.url, 20, 31)
@@ -226,7 +230,7 @@ def test_a_broker_outage_mid_flow(
             f"{len(set(sent) - set(consumer.acked))} never acknowledged",
         )
         assert consumer.thread.is_alive(), "\n".join(map(str, consumer.errors))
-        until(lambda: depth() == [0], "the depth read again after the outage")
+        until(lambda: depths(capture) == [0], "the depth read again after the outage")
     finally:
         consumer.stop.set()
         consumer.release()
@@ -273,29 +277,21 @@ def test_a_frozen_broker_is_noticed_by_the_depth_thread_within_seconds(
         tracer_provider=capture.tracer_provider, meter_provider=capture.meter_provider, depth_refresh_s=0.2
     )
 
-    def depth() -> list[Any]:
-        return [p.value for p in capture.points(semconv.METRIC_BROKER_QUEUE_DEPTH)]
-
-    def depth_errors() -> int:
-        return sum(
-            p.value
-            for p in capture.points(semconv.METRIC_INTERNAL_ERRORS)
-            if p.attributes.get(semconv.EDA_COMPONENT) == "queue_depth"
-        )
-
     node = broker.pids()["beam"]
     connection = pika.BlockingConnection(pika.URLParameters(broker.url))
     try:
         channel = connection.channel()
         channel.queue_declare(QUEUE)
         channel.basic_get(QUEUE)  # the queue is tracked
-        until(lambda: depth() == [0], "the depth read")
+        until(lambda: depths(capture) == [0], "the depth read")
         os.kill(node, signal.SIGSTOP)
         try:
-            until(lambda: depth_errors() >= 1 and depth() == [], "the frozen broker noticed", wait_s=40.0)
+            until(
+                lambda: depth_errors(capture) >= 1 and depths(capture) == [], "the frozen broker noticed", wait_s=40.0
+            )
         finally:
             os.kill(node, signal.SIGCONT)
-        until(lambda: depth() == [0], "the depth read again")
+        until(lambda: depths(capture) == [0], "the depth read again")
     finally:
         instrumentor.uninstrument()
         with contextlib.suppress(Exception):
